@@ -1,0 +1,546 @@
+"""The ``grantex-archive`` command line: ``db``, ``ingest``, ``simulate`` and ``demo``.
+
+Library code raises its own exceptions; this module turns them into exit
+codes and one-line ``Error:`` messages with a hint on what to do next.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import secrets
+import sys
+import time
+from collections.abc import Callable
+from datetime import datetime
+from pathlib import Path
+from typing import Any, TypeVar
+
+import click
+import sqlalchemy as sa
+
+from . import migrate
+from .events import TimestampError, format_timestamp, parse_timestamp
+from .logs import setup_logging
+from .settings import (
+    DEFAULT_BASE_URL,
+    DEFAULT_DB,
+    ENV_BASE_URL,
+    ENV_DB,
+    ConfigError,
+    IngestSettings,
+    check_base_url,
+    load_api_key,
+    parse_types,
+)
+from .store import LockHeld, SchemaBehind, Store, StoreError, events, rejected_events, sqlite_path
+from .worker import EXIT_CONFIG, EXIT_DATABASE, EXIT_LOCKED, RunResult, Worker
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+class CliError(click.ClickException):
+    """An ``Error:`` line and a chosen exit code."""
+
+    def __init__(self, message: str, exit_code: int = 1) -> None:
+        super().__init__(message)
+        self.exit_code = exit_code  # type: ignore[misc]
+
+
+def db_option(func: F) -> F:
+    return click.option(
+        "--db",
+        "db_url",
+        envvar=ENV_DB,
+        default=DEFAULT_DB,
+        show_default=True,
+        metavar="URL",
+        help=f"Archive database as an SQLAlchemy URL (env {ENV_DB}).",
+    )(func)
+
+
+def _parse_since(value: str | None) -> datetime | None:
+    if value is None:
+        return None
+    try:
+        return parse_timestamp(value)
+    except TimestampError:
+        raise click.BadParameter(
+            f"{value!r} is not an ISO 8601 timestamp (e.g. 2026-03-01T12:00:00Z)",
+            param_hint="'--since'",
+        ) from None
+
+
+def _check_db_url(url: str) -> None:
+    try:
+        sa.engine.make_url(url)
+    except sa.exc.ArgumentError:
+        raise CliError(
+            f"invalid database URL in --db/{ENV_DB} (expected e.g. {DEFAULT_DB})", EXIT_CONFIG
+        ) from None
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="grantex-archive")
+def main() -> None:
+    """Keep, query and hand over the record of what your Grantex agents were allowed to do.
+
+    \b
+    Quick start (a local simulator, no account needed):
+      grantex-archive demo
+    Archive your account's events until caught up (cron):
+      GRANTEX_API_KEY=... grantex-archive ingest --until-idle 60 --max-runtime 3300
+    """
+
+
+# -- db ------------------------------------------------------------------------
+
+
+@main.group()
+def db() -> None:
+    """Create and migrate the archive's schema."""
+
+
+@db.command("upgrade")
+@db_option
+@click.option("--revision", default="head", show_default=True, help="Target revision.")
+def db_upgrade(db_url: str, revision: str) -> None:
+    """Migrate the archive to the newest schema (creating a SQLite file if needed).
+
+    \b
+    Example:
+      grantex-archive db upgrade --db postgresql+psycopg://archiver@db/grantex
+    """
+    _check_db_url(db_url)
+    path = sqlite_path(db_url)
+    if path is not None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        migrate.upgrade(db_url, revision)
+        engine = Store.open(db_url).engine
+        state = migrate.schema_state(engine)
+        engine.dispose()
+    except (sa.exc.OperationalError, sa.exc.InterfaceError) as exc:
+        raise CliError(f"database unusable: {_first_line(exc)}", EXIT_DATABASE) from None
+    click.echo(f"{_safe(db_url)}: at revision {state.current} (head)")
+
+
+@db.command("current")
+@db_option
+def db_current(db_url: str) -> None:
+    """Show the archive's schema revision and whether it is the newest.
+
+    Exits 0 at head, 1 when behind (run `grantex-archive db upgrade`), 4 when
+    the database cannot be reached.
+
+    \b
+    Example:
+      grantex-archive db current
+    """
+    _check_db_url(db_url)
+    path = sqlite_path(db_url)
+    if path is not None and not path.exists():
+        raise CliError(f"no archive at {path}: run `grantex-archive db upgrade`", 1)
+    engine = Store.open(db_url).engine
+    try:
+        state = migrate.schema_state(engine)
+    except (sa.exc.OperationalError, sa.exc.InterfaceError) as exc:
+        raise CliError(f"database unusable: {_first_line(exc)}", EXIT_DATABASE) from None
+    finally:
+        engine.dispose()
+    if state.at_head:
+        click.echo(f"{state.current} (head)")
+        return
+    click.echo(f"{state.current or 'none'} (head is {state.head})")
+    raise CliError("the archive is behind: run `grantex-archive db upgrade`", 1)
+
+
+@db.command("downgrade")
+@db_option
+@click.argument("revision")
+def db_downgrade(db_url: str, revision: str) -> None:
+    """Migrate the archive back to REVISION (``base`` drops every table).
+
+    \b
+    Example:
+      grantex-archive db downgrade base
+    """
+    _check_db_url(db_url)
+    migrate.downgrade(db_url, revision)
+    click.echo(f"{_safe(db_url)}: downgraded to {revision}")
+
+
+# -- ingest ----------------------------------------------------------------------
+
+
+def _positive(_ctx: click.Context, param: click.Parameter, value: Any) -> Any:
+    if value is not None and value <= 0:
+        raise click.BadParameter("must be greater than 0", param=param)
+    return value
+
+
+@main.command()
+@db_option
+@click.option(
+    "--api-key-file",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="File holding the API key (default: env GRANTEX_API_KEY). Never pass the key itself.",
+)
+@click.option(
+    "--base-url",
+    envvar=ENV_BASE_URL,
+    default=DEFAULT_BASE_URL,
+    show_default=True,
+    help=f"Grantex API base URL (env {ENV_BASE_URL}).",
+)
+@click.option("--types", "types_", metavar="T1,T2", help="Only these event types (default: all).")
+@click.option("--since", metavar="ISO8601", help="Start here instead of the resume point.")
+@click.option(
+    "--overlap",
+    type=click.FloatRange(min=0),
+    default=300.0,
+    show_default=True,
+    help="Seconds to re-read before the newest stored event when resuming.",
+)
+@click.option(
+    "--until-idle",
+    type=float,
+    callback=_positive,
+    metavar="SECONDS",
+    help="Exit 0 once connected and no event arrived for this long (cron mode).",
+)
+@click.option(
+    "--max-runtime",
+    type=float,
+    callback=_positive,
+    metavar="SECONDS",
+    help="Stop after this long; exit 69 if the service was never reached.",
+)
+@click.option("--max-events", type=int, callback=_positive, help="Stop after N events.")
+@click.option(
+    "--batch-size",
+    type=click.IntRange(min=1, max=100_000),
+    default=1000,
+    show_default=True,
+    help="Events per transaction.",
+)
+@click.option(
+    "--flush-interval",
+    type=float,
+    default=1.0,
+    show_default=True,
+    callback=_positive,
+    help="Seconds before a partial batch is committed.",
+)
+@click.option("--source", default="default", show_default=True, help="Label for this account.")
+@click.option(
+    "--read-timeout",
+    type=float,
+    default=90.0,
+    show_default=True,
+    callback=_positive,
+    help="Seconds without data (keepalives included) before reconnecting.",
+)
+@click.option(
+    "--db-retry-timeout",
+    type=click.FloatRange(min=0),
+    default=60.0,
+    show_default=True,
+    help="Seconds to keep retrying an unusable database before exiting 4.",
+)
+@click.option(
+    "--log-format",
+    type=click.Choice(["text", "json"]),
+    default="text",
+    show_default=True,
+    help="Log line format on stderr.",
+)
+@click.option("-q", "--quiet", is_flag=True, help="Only warnings and errors.")
+def ingest(
+    db_url: str,
+    api_key_file: Path | None,
+    base_url: str,
+    types_: str | None,
+    since: str | None,
+    overlap: float,
+    until_idle: float | None,
+    max_runtime: float | None,
+    max_events: int | None,
+    batch_size: int,
+    flush_interval: float,
+    source: str,
+    read_timeout: float,
+    db_retry_timeout: float,
+    log_format: str,
+    quiet: bool,
+) -> None:
+    """Stream Grantex events into the archive.
+
+    Resumes from the newest archived event minus --overlap, de-duplicates on
+    the event id, and follows the stream until a stopping option says so.
+
+    \b
+    Exit codes: 0 done (also after SIGTERM/SIGINT), 2 usage or configuration
+    error, 3 credentials rejected, 4 database unusable, 69 service unreachable
+    for the whole run, 75 another ingest holds the lock.
+
+    \b
+    Examples:
+      # cron: catch up, then exit
+      grantex-archive ingest --until-idle 60 --max-runtime 3300
+      # a service: follow forever
+      grantex-archive ingest --api-key-file /etc/grantex/key --source prod
+    """
+    since_at = _parse_since(since)
+    _check_db_url(db_url)
+    if not source.strip():
+        raise click.BadParameter("must not be empty", param_hint="'--source'")
+    try:
+        api_key = load_api_key(api_key_file)
+        settings = IngestSettings(
+            db_url=db_url,
+            base_url=check_base_url(base_url),
+            api_key=api_key,
+            source=source,
+            types=parse_types(types_),
+            since=since_at,
+            overlap=overlap,
+            until_idle=until_idle,
+            max_runtime=max_runtime,
+            max_events=max_events,
+            batch_size=batch_size,
+            flush_interval=flush_interval,
+            read_timeout=read_timeout,
+            db_retry_timeout=db_retry_timeout,
+        )
+    except ConfigError as exc:
+        raise CliError(str(exc), EXIT_CONFIG) from None
+    setup_logging(
+        log_format, logging.WARNING if quiet else logging.INFO, secrets=(api_key.reveal(),)
+    )
+    result = run_ingest(settings)
+    if result.exit_code != 0:
+        raise CliError(result.error or result.outcome, result.exit_code)
+
+
+def run_ingest(settings: IngestSettings) -> RunResult:
+    """Open (or create) the archive, take the lock and run the worker."""
+    store = _open_with_retry(settings.db_url, settings.db_retry_timeout)
+    try:
+        with store.lock(settings.source):
+            return Worker(settings, store).run()
+    except LockHeld as exc:
+        raise CliError(str(exc), EXIT_LOCKED) from None
+    except StoreError as exc:
+        raise CliError(str(exc), EXIT_DATABASE) from None
+    finally:
+        store.close()
+
+
+def _open_with_retry(url: str, timeout: float) -> Store:
+    give_up = time.monotonic() + timeout
+    delay = 0.5
+    while True:
+        try:
+            return migrate.open_archive(url)
+        except SchemaBehind as exc:
+            raise CliError(str(exc), EXIT_DATABASE) from None
+        except (StoreError, sa.exc.OperationalError, sa.exc.InterfaceError) as exc:
+            message = _first_line(exc) if isinstance(exc, sa.exc.DBAPIError) else str(exc)
+            if time.monotonic() + delay > give_up:
+                raise CliError(f"database unusable: {message}", EXIT_DATABASE) from None
+            logging.getLogger("grantex_archive").warning(
+                "database unusable, retrying in %.1fs: %s", delay, message
+            )
+            time.sleep(delay)
+            delay = min(delay * 2, 5.0)
+
+
+def _first_line(exc: BaseException) -> str:
+    orig = getattr(exc, "orig", None)
+    return str(orig or exc).strip().splitlines()[0] if str(orig or exc).strip() else repr(exc)
+
+
+def _safe(url: str) -> str:
+    return sa.engine.make_url(url).render_as_string(hide_password=True)
+
+
+# -- simulate and demo ---------------------------------------------------------------
+
+
+@main.command()
+@click.option("--port", type=click.IntRange(0, 65535), default=8765, show_default=True)
+@click.option("--seed", type=int, default=1, show_default=True, help="Random seed.")
+@click.option(
+    "--backlog",
+    type=click.IntRange(min=0),
+    default=1000,
+    show_default=True,
+    help="Events of history to generate up front (replayed with `since`).",
+)
+@click.option(
+    "--rate",
+    type=click.FloatRange(min=0),
+    default=5.0,
+    show_default=True,
+    help="Live events per second.",
+)
+@click.option("--total-events", type=click.IntRange(min=0), help="Stop live events after N.")
+@click.option(
+    "--envelope",
+    type=click.Choice(["live", "documented", "mixed"]),
+    default="live",
+    show_default=True,
+    help="Envelope and data shapes: the live service's or the documented SDK's.",
+)
+@click.option("--keepalive", type=click.FloatRange(min=0), default=30.0, show_default=True)
+@click.option("--drop-every", type=click.IntRange(min=1), help="Fault: drop mid-frame every N.")
+@click.option(
+    "--fail-status",
+    "fail_statuses",
+    type=int,
+    multiple=True,
+    help="Fault: answer the first requests with these statuses (repeatable).",
+)
+@click.option("--fail-always", type=int, help="Fault: answer every request with this status.")
+@click.option("--retry-after", type=click.FloatRange(min=0), help="Retry-After on faults.")
+@click.option("--malformed-every", type=click.IntRange(min=1), help="Fault: bad frame every N.")
+@click.option("--emit-ids", is_flag=True, help="Send `id:` fields and honour Last-Event-ID.")
+def simulate(
+    port: int,
+    seed: int,
+    backlog: int,
+    rate: float,
+    total_events: int | None,
+    envelope: str,
+    keepalive: float,
+    drop_every: int | None,
+    fail_statuses: tuple[int, ...],
+    fail_always: int | None,
+    retry_after: float | None,
+    malformed_every: int | None,
+    emit_ids: bool,
+) -> None:
+    """Serve a Grantex-compatible event stream on 127.0.0.1 for tests and trials.
+
+    The server requires the bearer key from GRANTEX_API_KEY; with none set it
+    makes one up and prints it. It prints its base URL on stdout, then serves
+    until interrupted.
+
+    \b
+    Example:
+      GRANTEX_API_KEY=dev grantex-archive simulate --port 8765 --backlog 5000 &
+      GRANTEX_API_KEY=dev GRANTEX_BASE_URL=http://127.0.0.1:8765 \\
+        grantex-archive ingest --since 2000-01-01T00:00:00Z --until-idle 2
+    """
+    from .simulator import Simulator, SimulatorConfig
+
+    key = os.environ.get("GRANTEX_API_KEY", "").strip()
+    made_up = not key
+    if made_up:
+        key = "sim_" + secrets.token_hex(12)
+    config = SimulatorConfig(
+        api_key=key,
+        port=port,
+        seed=seed,
+        backlog=backlog,
+        rate=rate,
+        total_events=total_events,
+        envelope=envelope,
+        keepalive=keepalive,
+        drop_every=drop_every,
+        fail_statuses=fail_statuses,
+        fail_always=fail_always,
+        retry_after=retry_after,
+        malformed_every=malformed_every,
+        emit_ids=emit_ids,
+    )
+    try:
+        sim = Simulator(config).start()
+    except OSError as exc:
+        raise CliError(f"cannot listen on 127.0.0.1:{port}: {exc.strerror}", 1) from None
+    click.echo(f"Serving Grantex events at {sim.base_url}")
+    click.echo(f"History starts at {format_timestamp(sim.history_start)}")
+    if made_up:
+        # A throwaway key for a local simulator, printed so it can be used.
+        click.echo(f"GRANTEX_API_KEY={key}")
+    sys.stdout.flush()
+    try:
+        sim.serve_forever()
+    finally:
+        sim.stop()
+
+
+@main.command()
+@click.option(
+    "--db",
+    "db_url",
+    default="sqlite:///grantex-demo.db",
+    show_default=True,
+    metavar="URL",
+    help="Demo archive (a SQLite file here is replaced).",
+)
+@click.option("--events", "backlog", type=click.IntRange(min=1), default=20000, show_default=True)
+@click.option("--seed", type=int, default=7, show_default=True)
+def demo(db_url: str, backlog: int, seed: int) -> None:
+    """Run the whole pipeline locally: simulator, ingest until idle, a summary.
+
+    \b
+    Example:
+      grantex-archive demo --events 50000
+    """
+    from .simulator import Simulator, SimulatorConfig
+
+    _check_db_url(db_url)
+    path = sqlite_path(db_url)
+    if path is not None:
+        for suffix in ("", "-wal", "-shm"):
+            Path(f"{path}{suffix}").unlink(missing_ok=True)
+    key = "demo_" + secrets.token_hex(12)
+    setup_logging("text", logging.INFO, secrets=(key,))
+    config = SimulatorConfig(api_key=key, seed=seed, backlog=backlog, rate=20.0, keepalive=1.0)
+    with Simulator(config) as sim:
+        click.echo(f"Simulator at {sim.base_url} with {backlog} events of history", err=True)
+        from .settings import Secret
+
+        settings = IngestSettings(
+            db_url=db_url,
+            base_url=sim.base_url,
+            api_key=Secret(key),
+            since=sim.history_start,
+            until_idle=2.0,
+            max_runtime=600.0,
+            progress_interval=2.0,
+        )
+        result = run_ingest(settings)
+    if result.exit_code != 0:
+        raise CliError(result.error or result.outcome, result.exit_code)
+    _print_summary(db_url)
+
+
+def _print_summary(db_url: str) -> None:
+    engine = Store.open(db_url).engine
+    with engine.connect() as conn:
+        rows = conn.execute(
+            sa.select(events.c.type, sa.func.count())
+            .group_by(events.c.type)
+            .order_by(sa.func.count().desc(), events.c.type)
+        ).all()
+        span = conn.execute(
+            sa.select(sa.func.min(events.c.occurred_at), sa.func.max(events.c.occurred_at))
+        ).one()
+        rejected = conn.execute(sa.select(sa.func.count()).select_from(rejected_events)).scalar()
+    engine.dispose()
+    total = sum(count for _, count in rows)
+    click.echo(f"\nArchived {total} events in {_safe(db_url)}")
+    width = max((len(t) for t, _ in rows), default=4)
+    click.echo(f"  {'type'.ljust(width)}  events")
+    for event_type, count in rows:
+        click.echo(f"  {event_type.ljust(width)}  {count:>6}")
+    if span[0] is not None:
+        click.echo(f"  from {span[0]} to {span[1]} (UTC)")
+    click.echo(f"  rejected frames: {rejected}")
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()

@@ -1,0 +1,114 @@
+"""Settings from flags and the environment, including the API key.
+
+The key is read from ``GRANTEX_API_KEY`` or from a file, never from the
+command line, and is wrapped so that printing the settings cannot show it.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+
+import httpx
+
+DEFAULT_DB = "sqlite:///grantex-archive.db"
+DEFAULT_BASE_URL = "https://api.grantex.dev"
+ENV_DB = "GRANTEX_ARCHIVE_DB"
+ENV_API_KEY = "GRANTEX_API_KEY"
+ENV_BASE_URL = "GRANTEX_BASE_URL"
+
+
+class ConfigError(Exception):
+    """A setting is missing or invalid (exit code 2)."""
+
+
+class Secret:
+    """A string that never shows itself in ``repr``, ``str`` or logs."""
+
+    __slots__ = ("_value",)
+
+    def __init__(self, value: str) -> None:
+        self._value = value
+
+    def reveal(self) -> str:
+        return self._value
+
+    def __repr__(self) -> str:
+        return "Secret('********')"
+
+    __str__ = __repr__
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Secret) and other._value == self._value
+
+    def __hash__(self) -> int:
+        return hash(self._value)
+
+
+def load_api_key(key_file: Path | None, environ: dict[str, str] | None = None) -> Secret:
+    """The API key from ``--api-key-file`` or ``GRANTEX_API_KEY``; the file wins."""
+    env = os.environ if environ is None else environ
+    if key_file is not None:
+        try:
+            value = key_file.read_text(encoding="utf-8").strip()
+        except OSError as exc:
+            raise ConfigError(f"cannot read API key file {key_file}: {exc.strerror}") from None
+        if not value:
+            raise ConfigError(f"API key file {key_file} is empty")
+        return Secret(value)
+    value = env.get(ENV_API_KEY, "").strip()
+    if not value:
+        raise ConfigError(
+            f"no API key: set {ENV_API_KEY} or pass --api-key-file PATH "
+            "(the key is never accepted as a flag)"
+        )
+    return Secret(value)
+
+
+def check_base_url(url: str) -> str:
+    """Validate the service's base URL; returns it without a trailing slash."""
+    try:
+        parsed = httpx.URL(url)
+    except (httpx.InvalidURL, TypeError, ValueError) as exc:
+        raise ConfigError(f"invalid base URL {url!r}: {exc}") from None
+    if parsed.scheme not in ("http", "https") or not parsed.host:
+        raise ConfigError(f"invalid base URL {url!r}: expected http(s)://host[:port]")
+    if parsed.userinfo:
+        raise ConfigError("the base URL must not carry credentials; use GRANTEX_API_KEY")
+    return url.rstrip("/")
+
+
+def parse_types(value: str | None) -> tuple[str, ...]:
+    """``--types a,b`` as a sorted tuple without blanks or repeats."""
+    if not value:
+        return ()
+    types = sorted({part.strip() for part in value.split(",") if part.strip()})
+    if not types:
+        raise ConfigError("--types needs at least one event type")
+    return tuple(types)
+
+
+@dataclass(frozen=True)
+class IngestSettings:
+    """Everything one ingest run needs; built by the CLI, used by the worker."""
+
+    db_url: str
+    base_url: str
+    api_key: Secret = field(repr=False)
+    source: str = "default"
+    types: tuple[str, ...] = ()
+    since: datetime | None = None
+    overlap: float = 300.0
+    until_idle: float | None = None
+    max_runtime: float | None = None
+    max_events: int | None = None
+    batch_size: int = 1000
+    flush_interval: float = 1.0
+    read_timeout: float = 90.0
+    connect_timeout: float = 10.0
+    progress_interval: float = 10.0
+    db_retry_timeout: float = 60.0
+    backoff_initial: float = 0.5
+    backoff_max: float = 60.0

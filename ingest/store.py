@@ -1,0 +1,484 @@
+"""The archive's schema and every read and write the worker makes.
+
+The schema here is the one the Alembic migrations create; ``alembic check``
+in the tests keeps the two in step. Nothing in this module knows about HTTP.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.engine import Connection, Engine
+
+from .events import Event, Rejection, same_payload
+
+NAMING_CONVENTION = {
+    "ix": "ix_%(table_name)s_%(column_0_N_name)s",
+    "uq": "uq_%(table_name)s_%(column_0_N_name)s",
+    "ck": "ck_%(table_name)s_%(constraint_name)s",
+    "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+    "pk": "pk_%(table_name)s",
+}
+
+metadata = sa.MetaData(naming_convention=NAMING_CONVENTION)
+
+# SQLite only makes INTEGER PRIMARY KEY the rowid; AUTOINCREMENT keeps ``seq``
+# strictly increasing even after deletes, which incremental readers rely on.
+_Seq = sa.BigInteger().with_variant(sa.Integer(), "sqlite")
+_Id = sa.String(255)
+_Time = sa.DateTime(timezone=True)
+
+events = sa.Table(
+    "events",
+    metadata,
+    sa.Column("seq", _Seq, sa.Identity(), primary_key=True),
+    sa.Column("id", _Id, nullable=False),
+    sa.Column("source", _Id, nullable=False),
+    sa.Column("type", _Id, nullable=False),
+    sa.Column("occurred_at", _Time, nullable=False),
+    sa.Column("received_at", _Time, nullable=False),
+    sa.Column("grant_id", _Id),
+    sa.Column("agent_id", _Id),
+    sa.Column("principal_id", _Id),
+    sa.Column("revoked_by", _Id),
+    sa.Column("token_id", _Id),
+    sa.Column("method", _Id),
+    sa.Column("percentage", sa.Float()),
+    sa.Column("remaining", sa.Float()),
+    sa.Column("initial", sa.Float()),
+    sa.Column("payload", sa.Text(), nullable=False),
+    sa.UniqueConstraint("id"),
+    sa.Index(None, "source", "occurred_at"),
+    sa.Index(None, "type", "occurred_at"),
+    sa.Index(None, "grant_id"),
+    sqlite_autoincrement=True,
+)
+
+ingest_runs = sa.Table(
+    "ingest_runs",
+    metadata,
+    sa.Column("id", sa.Integer(), sa.Identity(), primary_key=True),
+    sa.Column("source", _Id, nullable=False),
+    sa.Column("started_at", _Time, nullable=False),
+    sa.Column("finished_at", _Time),
+    sa.Column("since_requested", _Time),
+    sa.Column("types", sa.Text()),
+    sa.Column("base_url", sa.Text()),
+    sa.Column("received", sa.Integer(), nullable=False, server_default="0"),
+    sa.Column("inserted", sa.Integer(), nullable=False, server_default="0"),
+    sa.Column("duplicates", sa.Integer(), nullable=False, server_default="0"),
+    sa.Column("rejected", sa.Integer(), nullable=False, server_default="0"),
+    sa.Column("reconnects", sa.Integer(), nullable=False, server_default="0"),
+    sa.Column("first_occurred_at", _Time),
+    sa.Column("last_occurred_at", _Time),
+    sa.Column("outcome", sa.String(32), nullable=False),
+    sa.Column("exit_code", sa.Integer()),
+    sa.Column("error", sa.Text()),
+    sa.Index(None, "source", "started_at"),
+)
+
+ingest_connections = sa.Table(
+    "ingest_connections",
+    metadata,
+    sa.Column("id", sa.Integer(), sa.Identity(), primary_key=True),
+    sa.Column(
+        "run_id",
+        sa.Integer(),
+        sa.ForeignKey("ingest_runs.id", ondelete="CASCADE"),
+        nullable=False,
+    ),
+    sa.Column("opened_at", _Time, nullable=False),
+    sa.Column("closed_at", _Time),
+    sa.Column("since_requested", _Time),
+    sa.Column("status_code", sa.Integer()),
+    sa.Column("events", sa.Integer(), nullable=False, server_default="0"),
+    sa.Column("close_reason", sa.Text()),
+    sa.Index(None, "run_id"),
+)
+
+rejected_events = sa.Table(
+    "rejected_events",
+    metadata,
+    sa.Column("id", sa.Integer(), sa.Identity(), primary_key=True),
+    sa.Column("source", _Id, nullable=False),
+    sa.Column("received_at", _Time, nullable=False),
+    sa.Column("reason", sa.Text(), nullable=False),
+    sa.Column("raw", sa.Text(), nullable=False),
+    sa.Column("raw_length", sa.Integer(), nullable=False),
+    sa.Column("event_id", _Id),
+    sa.Column("run_id", sa.Integer(), sa.ForeignKey("ingest_runs.id", ondelete="SET NULL")),
+    sa.Index(None, "source", "received_at"),
+    sa.Index(None, "event_id"),
+)
+
+
+class StoreError(Exception):
+    """The archive cannot be used (exit code 4)."""
+
+
+class SchemaBehind(StoreError):
+    """The archive's schema is older than this version of the tool."""
+
+
+class LockHeld(Exception):
+    """Another ingest holds the lock for this archive and source (exit code 75)."""
+
+
+@dataclass(frozen=True)
+class Received:
+    """An item that arrived on the stream, stamped with when."""
+
+    item: Event | Rejection
+    received_at: datetime
+
+
+@dataclass
+class BatchResult:
+    inserted: int = 0
+    duplicates: int = 0
+    conflicts: int = 0
+    rejected: int = 0
+
+
+def utc(value: datetime | None) -> datetime | None:
+    """Databases without time zones hand back naive UTC; make it aware."""
+    if value is None:
+        return None
+    if value.tzinfo is None:
+        return value.replace(tzinfo=timezone.utc)
+    return value.astimezone(timezone.utc)
+
+
+def create_archive_engine(url: str) -> Engine:
+    """An engine for the archive, with the settings each dialect needs."""
+    try:
+        parsed = sa.engine.make_url(url)
+    except sa.exc.ArgumentError as exc:
+        raise ValueError(f"invalid database URL: {exc}") from None
+    if parsed.get_backend_name() == "sqlite":
+        engine = sa.create_engine(parsed, connect_args={"timeout": 30})
+        sa.event.listen(engine, "connect", _sqlite_pragmas)
+        return engine
+    return sa.create_engine(parsed, pool_pre_ping=True)
+
+
+def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
+    cursor = dbapi_connection.cursor()
+    # WAL lets readers (reports, status) work while the worker writes;
+    # NORMAL is durable across application crashes in WAL mode.
+    cursor.execute("PRAGMA journal_mode=WAL")
+    cursor.execute("PRAGMA synchronous=NORMAL")
+    cursor.execute("PRAGMA foreign_keys=ON")
+    cursor.close()
+
+
+def sqlite_path(url: str) -> Path | None:
+    """The file behind a SQLite URL, or None for other databases and memory."""
+    parsed = sa.engine.make_url(url)
+    if parsed.get_backend_name() != "sqlite":
+        return None
+    database = parsed.database
+    if not database or database == ":memory:" or database.startswith("file::memory:"):
+        return None
+    return Path(database)
+
+
+def _row(entry: Received, source: str) -> dict[str, Any]:
+    event = entry.item
+    assert isinstance(event, Event)
+    return {
+        "id": event.id,
+        "source": source,
+        "type": event.type,
+        "occurred_at": event.occurred_at,
+        "received_at": entry.received_at,
+        "grant_id": event.grant_id,
+        "agent_id": event.agent_id,
+        "principal_id": event.principal_id,
+        "revoked_by": event.revoked_by,
+        "token_id": event.token_id,
+        "method": event.method,
+        "percentage": event.percentage,
+        "remaining": event.remaining,
+        "initial": event.initial,
+        "payload": event.payload,
+    }
+
+
+class Store:
+    """The archive: one engine, the worker's reads and writes."""
+
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+        dialect = engine.dialect.name
+        insert: Any = postgresql.insert if dialect == "postgresql" else sqlite.insert
+        if dialect not in ("sqlite", "postgresql"):
+            raise StoreError(f"unsupported database {dialect!r}: use SQLite or PostgreSQL")
+        self._insert_events = insert(events).on_conflict_do_nothing(index_elements=["id"])
+
+    @classmethod
+    def open(cls, url: str) -> Store:
+        return cls(create_archive_engine(url))
+
+    def close(self) -> None:
+        self.engine.dispose()
+
+    # -- reads ---------------------------------------------------------------
+
+    def newest_occurred_at(self, source: str, types: Sequence[str] = ()) -> datetime | None:
+        """The newest stored event time for a source (and type filter): the resume cursor."""
+        query = sa.select(sa.func.max(events.c.occurred_at)).where(events.c.source == source)
+        if types:
+            query = query.where(events.c.type.in_(list(types)))
+        with self.engine.connect() as conn:
+            return utc(conn.execute(query).scalar())
+
+    # -- writes --------------------------------------------------------------
+
+    def write_batch(
+        self, source: str, run_id: int | None, batch: Sequence[Received]
+    ) -> BatchResult:
+        """Store one batch in one transaction: events insert-or-ignore, rejections appended.
+
+        An id seen again with the same payload is a duplicate (a no-op); with a
+        different payload the first one stays and the conflict is recorded as a
+        rejection.
+        """
+        result = BatchResult()
+        fresh: dict[str, Received] = {}
+        rejections: list[tuple[Rejection, datetime]] = []
+        for entry in batch:
+            item = entry.item
+            if isinstance(item, Rejection):
+                rejections.append((item, entry.received_at))
+                continue
+            seen = fresh.get(item.id)
+            if seen is None:
+                fresh[item.id] = entry
+            elif same_payload(_payload(seen), item.payload):
+                result.duplicates += 1
+            else:
+                rejections.append((_conflict(item), entry.received_at))
+                result.duplicates += 1
+                result.conflicts += 1
+        with self.engine.begin() as conn:
+            if fresh:
+                stored = self._existing_payloads(conn, list(fresh))
+                for event_id, payload in stored.items():
+                    entry = fresh.pop(event_id)
+                    result.duplicates += 1
+                    item = entry.item
+                    assert isinstance(item, Event)
+                    if not same_payload(payload, item.payload):
+                        rejections.append((_conflict(item), entry.received_at))
+                        result.conflicts += 1
+            if fresh:
+                rows = [_row(entry, source) for entry in fresh.values()]
+                outcome = conn.execute(self._insert_events, rows)
+                result.inserted = outcome.rowcount if outcome.rowcount >= 0 else len(rows)
+                result.duplicates += len(rows) - result.inserted
+            if rejections:
+                conn.execute(
+                    rejected_events.insert(),
+                    [
+                        {
+                            "source": source,
+                            "received_at": received_at,
+                            "reason": rejection.reason,
+                            "raw": rejection.raw,
+                            "raw_length": rejection.raw_length,
+                            "event_id": rejection.event_id,
+                            "run_id": run_id,
+                        }
+                        for rejection, received_at in rejections
+                    ],
+                )
+        result.rejected = len(rejections)
+        return result
+
+    def _existing_payloads(self, conn: Connection, ids: list[str]) -> dict[str, str]:
+        found: dict[str, str] = {}
+        for start in range(0, len(ids), 500):
+            chunk = ids[start : start + 500]
+            query = sa.select(events.c.id, events.c.payload).where(events.c.id.in_(chunk))
+            found.update({row.id: row.payload for row in conn.execute(query)})
+        return found
+
+    # -- run records -----------------------------------------------------------
+
+    def start_run(
+        self,
+        source: str,
+        started_at: datetime,
+        since: datetime | None,
+        types: Sequence[str],
+        base_url: str,
+    ) -> int:
+        with self.engine.begin() as conn:
+            run_id = conn.execute(
+                ingest_runs.insert().returning(ingest_runs.c.id),
+                {
+                    "source": source,
+                    "started_at": started_at,
+                    "since_requested": since,
+                    "types": ",".join(types) or None,
+                    "base_url": base_url,
+                    "outcome": "running",
+                },
+            ).scalar_one()
+        return int(run_id)
+
+    def update_run(self, run_id: int, **values: Any) -> None:
+        with self.engine.begin() as conn:
+            conn.execute(ingest_runs.update().where(ingest_runs.c.id == run_id).values(**values))
+
+    def open_connection(
+        self, run_id: int, opened_at: datetime, since: datetime | None, status_code: int | None
+    ) -> int:
+        with self.engine.begin() as conn:
+            conn_id = conn.execute(
+                ingest_connections.insert().returning(ingest_connections.c.id),
+                {
+                    "run_id": run_id,
+                    "opened_at": opened_at,
+                    "since_requested": since,
+                    "status_code": status_code,
+                },
+            ).scalar_one()
+        return int(conn_id)
+
+    def close_connection(
+        self, conn_id: int, closed_at: datetime, received: int, reason: str
+    ) -> None:
+        with self.engine.begin() as conn:
+            conn.execute(
+                ingest_connections.update()
+                .where(ingest_connections.c.id == conn_id)
+                .values(closed_at=closed_at, events=received, close_reason=reason[:2000])
+            )
+
+    def record_attempt(
+        self,
+        run_id: int,
+        at: datetime,
+        since: datetime | None,
+        status_code: int | None,
+        reason: str,
+    ) -> None:
+        """A connection attempt that never became a stream (refused, 429, 5xx)."""
+        with self.engine.begin() as conn:
+            conn.execute(
+                ingest_connections.insert(),
+                {
+                    "run_id": run_id,
+                    "opened_at": at,
+                    "closed_at": at,
+                    "since_requested": since,
+                    "status_code": status_code,
+                    "events": 0,
+                    "close_reason": reason[:2000],
+                },
+            )
+
+    # -- locking ---------------------------------------------------------------
+
+    @contextmanager
+    def lock(self, source: str) -> Iterator[None]:
+        """Hold the one-ingest-per-archive-and-source lock, or raise :class:`LockHeld`."""
+        if self.engine.dialect.name == "postgresql":
+            with self._advisory_lock(source):
+                yield
+            return
+        path = sqlite_path(self.engine.url.render_as_string(hide_password=False))
+        if path is None:
+            yield
+            return
+        with _file_lock(_lock_path(path, source)):
+            yield
+
+    @contextmanager
+    def _advisory_lock(self, source: str) -> Iterator[None]:
+        with self.engine.connect() as conn:
+            where = conn.execute(sa.text("SELECT current_database(), current_schema()")).one()
+            key = _lock_key(f"{where[0]}/{where[1]}/{source}")
+            got = conn.execute(sa.text("SELECT pg_try_advisory_lock(:k)"), {"k": key}).scalar()
+            conn.commit()
+            if not got:
+                raise LockHeld(
+                    f"another ingest is running for source {source!r} on this archive "
+                    "(PostgreSQL advisory lock held)"
+                )
+            try:
+                yield
+            finally:
+                try:
+                    conn.execute(sa.text("SELECT pg_advisory_unlock(:k)"), {"k": key})
+                    conn.commit()
+                except sa.exc.DBAPIError:
+                    # The session is gone, and its lock with it.
+                    pass
+
+
+def _payload(entry: Received) -> str:
+    item = entry.item
+    assert isinstance(item, Event)
+    return item.payload
+
+
+def _conflict(event: Event) -> Rejection:
+    from .events import reject
+
+    return reject(
+        f"conflicting duplicate: event {event.id} is already archived with a different payload",
+        event.payload,
+        event.id,
+    )
+
+
+def _lock_key(name: str) -> int:
+    digest = hashlib.blake2b(f"grantex-archive:{name}".encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "big", signed=True)
+
+
+def _lock_path(archive: Path, source: str) -> Path:
+    safe = hashlib.blake2b(source.encode(), digest_size=6).hexdigest()
+    return archive.with_name(f"{archive.name}.ingest-{safe}.lock")
+
+
+@contextmanager
+def _file_lock(path: Path) -> Iterator[None]:
+    import fcntl
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise LockHeld(
+                f"another ingest is running for this archive and source (lock file {path})"
+            ) from None
+        os.ftruncate(fd, 0)
+        os.write(fd, f"{os.getpid()}\n".encode())
+        try:
+            yield
+        finally:
+            fcntl.flock(fd, fcntl.LOCK_UN)
+    finally:
+        os.close(fd)
+
+
+def overlap_since(newest: datetime | None, overlap: float) -> datetime | None:
+    """The resume point: the newest stored event time minus the look-back window."""
+    if newest is None:
+        return None
+    return newest - timedelta(seconds=overlap)

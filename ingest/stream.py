@@ -1,0 +1,301 @@
+"""The Grantex event stream: connection loop, resume point, backoff and liveness.
+
+:func:`stream_events` owns everything httpx-sse leaves to its user:
+reconnecting, ``Last-Event-ID``, the ``retry:`` field, capped jittered
+backoff, ``Retry-After``, which statuses are fatal, and the read timeout as
+the liveness signal. It yields frames and connection events and knows
+nothing about databases: the resume point comes from a callback.
+"""
+
+from __future__ import annotations
+
+import email.utils
+import logging
+import random
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from datetime import datetime, timezone
+
+import httpx
+
+from .events import format_timestamp
+from .settings import Secret
+from .sse import Control, Frame, FrameDecoder
+
+log = logging.getLogger("grantex_archive.stream")
+
+STREAM_PATH = "/v1/events/stream"
+RETRY_AFTER_CAP = 300.0
+RETRY_FIELD_CAP = 60.0
+
+
+class StreamError(Exception):
+    """The stream cannot be used and retrying will not help."""
+
+    exit_code = 1
+
+
+class AuthenticationError(StreamError):
+    """401/403: the API rejected the key (exit code 3)."""
+
+    exit_code = 3
+
+
+class EndpointError(StreamError):
+    """404 or another client error: the URL or a parameter is wrong (exit code 2)."""
+
+    exit_code = 2
+
+
+@dataclass(frozen=True, slots=True)
+class Chunk:
+    """The frames decoded from one network read."""
+
+    frames: list[Frame]
+    received_at: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class Opened:
+    """A stream connection was established (HTTP 200, event stream)."""
+
+    since: datetime | None
+    status_code: int
+    at: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class Closed:
+    """An established connection ended."""
+
+    reason: str
+    events: int
+    at: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class Failed:
+    """A connection attempt that did not become a stream; it will be retried."""
+
+    reason: str
+    status_code: int | None
+    since: datetime | None
+    at: datetime
+    retry_in: float
+
+
+StreamItem = Chunk | Opened | Closed | Failed
+
+
+@dataclass(frozen=True)
+class StreamOptions:
+    base_url: str
+    api_key: Secret
+    types: tuple[str, ...] = ()
+    read_timeout: float = 90.0
+    connect_timeout: float = 10.0
+    backoff_initial: float = 0.5
+    backoff_max: float = 60.0
+
+
+class Backoff:
+    """Capped exponential backoff with jitter ("equal jitter": half fixed, half random)."""
+
+    def __init__(self, initial: float, maximum: float, rng: random.Random | None = None) -> None:
+        self.initial = initial
+        self.maximum = maximum
+        self.failures = 0
+        self._rng = rng or random.Random()
+
+    def next_delay(self) -> float:
+        ceiling: float = min(self.maximum, self.initial * 2.0**self.failures)
+        self.failures += 1
+        return ceiling / 2 + self._rng.uniform(0, ceiling / 2)
+
+    def reset(self) -> None:
+        self.failures = 0
+
+
+def parse_retry_after(value: str | None, now: float | None = None) -> float | None:
+    """``Retry-After`` as seconds (delta-seconds or an HTTP date), clamped."""
+    if not value:
+        return None
+    value = value.strip()
+    try:
+        seconds: float = float(value)
+    except ValueError:
+        try:
+            when = email.utils.parsedate_to_datetime(value)
+        except (TypeError, ValueError, IndexError):
+            return None
+        if when.tzinfo is None:
+            when = when.replace(tzinfo=timezone.utc)
+        seconds = when.timestamp() - (time.time() if now is None else now)
+    if seconds != seconds:  # NaN
+        return None
+    return float(min(max(seconds, 0.0), RETRY_AFTER_CAP))
+
+
+def _now() -> datetime:
+    return datetime.now(timezone.utc)
+
+
+def _status_reason(response: httpx.Response) -> str:
+    # The body of an error (JSON message and code) helps the operator; it
+    # never contains the key, but cap it anyway.
+    try:
+        body = response.read().decode("utf-8", "replace").strip()
+    except httpx.HTTPError:
+        body = ""
+    detail = f": {body[:300]}" if body else ""
+    return f"HTTP {response.status_code}{detail}"
+
+
+def stream_events(
+    options: StreamOptions,
+    since_for_connect: Callable[[], datetime | None],
+    stop: threading.Event,
+    client: httpx.Client | None = None,
+    rng: random.Random | None = None,
+) -> Iterator[StreamItem]:
+    """Connect, read and reconnect until ``stop`` is set or a fatal error is raised.
+
+    ``since_for_connect`` is called before every connection attempt and
+    returns the ``since`` to ask for (the caller reads it back from what it
+    has committed). Raises :class:`AuthenticationError` or
+    :class:`EndpointError` for responses that retrying cannot fix.
+    """
+    own_client = client is None
+    http = client or httpx.Client(
+        timeout=httpx.Timeout(
+            connect=options.connect_timeout,
+            read=options.read_timeout,
+            write=options.connect_timeout,
+            pool=options.connect_timeout,
+        ),
+        follow_redirects=True,
+        headers={"User-Agent": "grantex-archive"},
+    )
+    backoff = Backoff(options.backoff_initial, options.backoff_max, rng)
+    url = options.base_url + STREAM_PATH
+    last_event_id = ""
+    retry_field: float | None = None
+    try:
+        while not stop.is_set():
+            since = since_for_connect()
+            if stop.is_set():
+                return
+            params: dict[str, str] = {}
+            if options.types:
+                params["types"] = ",".join(options.types)
+            if since is not None:
+                params["since"] = format_timestamp(since)
+            headers = {
+                "Authorization": f"Bearer {options.api_key.reveal()}",
+                "Accept": "text/event-stream",
+                "Cache-Control": "no-cache",
+            }
+            if last_event_id:
+                headers["Last-Event-ID"] = last_event_id
+            delivered = 0
+            delay: float
+            try:
+                with http.stream("GET", url, params=params, headers=headers) as response:
+                    status = response.status_code
+                    if status in (401, 403):
+                        raise AuthenticationError(
+                            f"the API rejected the credentials ({_status_reason(response)})"
+                        )
+                    if status != 200:
+                        reason = _status_reason(response)
+                        if status == 429 or status == 408 or status >= 500:
+                            wait = parse_retry_after(response.headers.get("Retry-After"))
+                            delay = wait if wait is not None else backoff.next_delay()
+                            yield Failed(reason, status, since, _now(), delay)
+                            _sleep(stop, delay)
+                            continue
+                        raise EndpointError(f"{url} answered {reason}")
+                    content_type = response.headers.get("content-type", "")
+                    if not content_type.startswith("text/event-stream"):
+                        delay = backoff.next_delay()
+                        yield Failed(
+                            f"protocol error: expected text/event-stream, got {content_type!r}",
+                            status,
+                            since,
+                            _now(),
+                            delay,
+                        )
+                        _sleep(stop, delay)
+                        continue
+                    yield Opened(since, status, _now())
+                    decoder = FrameDecoder()
+                    reason = "end of stream"
+                    try:
+                        for raw in response.iter_bytes():
+                            items = decoder.feed(raw)
+                            frames = [item for item in items if isinstance(item, Frame)]
+                            if decoder.retry is not None:
+                                retry_field = min(max(decoder.retry / 1000, 0.0), RETRY_FIELD_CAP)
+                            last_event_id = decoder.last_event_id
+                            if frames:
+                                delivered += len(frames)
+                                yield Chunk(frames, _now())
+                            if stop.is_set():
+                                reason = "stopped"
+                                break
+                    except httpx.ReadTimeout:
+                        reason = f"no data for {options.read_timeout:g}s (read timeout)"
+                    except httpx.TransportError as exc:
+                        reason = f"connection lost: {type(exc).__name__}: {exc}".rstrip(": ")
+                    decoder.close()
+                    yield Closed(reason, delivered, _now())
+            except StreamError:
+                raise
+            except httpx.TransportError as exc:
+                delay = backoff.next_delay()
+                yield Failed(
+                    f"cannot connect: {type(exc).__name__}: {exc}".rstrip(": "),
+                    None,
+                    since,
+                    _now(),
+                    delay,
+                )
+                _sleep(stop, delay)
+                continue
+            if stop.is_set():
+                return
+            # A connection that delivered events resets the backoff, so a
+            # flapping but working stream reconnects at once.
+            if delivered:
+                backoff.reset()
+                delay = retry_field or 0.0
+            else:
+                delay = max(backoff.next_delay(), retry_field or 0.0)
+            _sleep(stop, delay)
+    finally:
+        if own_client:
+            http.close()
+
+
+def _sleep(stop: threading.Event, seconds: float) -> None:
+    if seconds > 0:
+        stop.wait(seconds)
+
+
+__all__ = [
+    "AuthenticationError",
+    "Backoff",
+    "Chunk",
+    "Closed",
+    "Control",
+    "EndpointError",
+    "Failed",
+    "Opened",
+    "StreamError",
+    "StreamItem",
+    "StreamOptions",
+    "parse_retry_after",
+    "stream_events",
+]

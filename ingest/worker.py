@@ -1,0 +1,496 @@
+"""The ingest worker: stream -> normalise -> batch -> store, with stopping rules.
+
+A reader thread runs :func:`~ingest.stream.stream_events` and hands decoded
+chunks over a bounded queue; the main thread normalises, batches and
+commits. When the database is slow the queue fills, the reader blocks and
+the socket is no longer read: backpressure instead of unbounded buffering.
+Before every reconnect the reader asks the main thread for the resume point,
+which the main thread answers only after committing everything received.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import signal
+import threading
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from types import FrameType
+from typing import Any
+
+import sqlalchemy as sa
+
+from .events import Event, Rejection, format_timestamp, normalise, reject
+from .settings import IngestSettings
+from .sse import Frame
+from .store import Received, Store, StoreError, overlap_since
+from .stream import (
+    Chunk,
+    Closed,
+    Failed,
+    Opened,
+    StreamError,
+    StreamItem,
+    StreamOptions,
+    stream_events,
+)
+
+log = logging.getLogger("grantex_archive.ingest")
+
+EXIT_OK = 0
+EXIT_CONFIG = 2
+EXIT_AUTH = 3
+EXIT_DATABASE = 4
+EXIT_UNAVAILABLE = 69
+EXIT_LOCKED = 75
+
+QUEUE_CHUNKS = 256
+
+
+@dataclass(frozen=True)
+class _NeedSince:
+    """The reader is about to (re)connect and waits for the resume point."""
+
+
+@dataclass(frozen=True)
+class _ReaderDone:
+    error: BaseException | None = None
+
+
+@dataclass
+class RunCounts:
+    received: int = 0
+    inserted: int = 0
+    duplicates: int = 0
+    rejected: int = 0
+    reconnects: int = 0
+    connections: int = 0
+    first_occurred_at: datetime | None = None
+    last_occurred_at: datetime | None = None
+    newest_committed: datetime | None = None
+
+    def as_row(self) -> dict[str, Any]:
+        return {
+            "received": self.received,
+            "inserted": self.inserted,
+            "duplicates": self.duplicates,
+            "rejected": self.rejected,
+            "reconnects": self.reconnects,
+            "first_occurred_at": self.first_occurred_at,
+            "last_occurred_at": self.last_occurred_at,
+        }
+
+
+@dataclass
+class RunResult:
+    exit_code: int
+    outcome: str
+    counts: RunCounts = field(default_factory=RunCounts)
+    error: str | None = None
+
+
+def _now() -> datetime:
+    return datetime.now(timezone.utc)
+
+
+class Worker:
+    """One ingest run against one archive and source."""
+
+    def __init__(
+        self,
+        settings: IngestSettings,
+        store: Store,
+        stream: Callable[..., Iterator[StreamItem]] = stream_events,
+    ) -> None:
+        self.settings = settings
+        self.store = store
+        self._stream = stream
+        self.stop = threading.Event()
+        self.stop_reason = ""
+        self.counts = RunCounts()
+        self._queue: queue.Queue[StreamItem | _NeedSince | _ReaderDone] = queue.Queue(
+            maxsize=QUEUE_CHUNKS
+        )
+        self._answers: queue.Queue[datetime | None] = queue.Queue(maxsize=1)
+        self._batch: list[Received] = []
+        self._batch_newest: datetime | None = None
+        self._run_id: int | None = None
+        self._connection_id: int | None = None
+        self._connection_events = 0
+        self._connected = False
+        self._ever_connected = False
+        self._first_connect = True
+        self._initial_since: datetime | None = None
+
+    # -- the reader thread -------------------------------------------------------
+
+    def _since_for_connect(self) -> datetime | None:
+        if self._first_connect:
+            self._first_connect = False
+            return self._initial_since
+        self._put(_NeedSince())
+        while not self.stop.is_set():
+            try:
+                return self._answers.get(timeout=0.2)
+            except queue.Empty:
+                continue
+        return None
+
+    def _put(self, item: StreamItem | _NeedSince | _ReaderDone) -> None:
+        # Blocks while the main thread is behind (backpressure), but never
+        # past a stop request.
+        while True:
+            try:
+                self._queue.put(item, timeout=0.2)
+                return
+            except queue.Full:
+                if self.stop.is_set() and not isinstance(item, _ReaderDone):
+                    return
+
+    def _read(self) -> None:
+        s = self.settings
+        options = StreamOptions(
+            base_url=s.base_url,
+            api_key=s.api_key,
+            types=s.types,
+            read_timeout=s.read_timeout,
+            connect_timeout=s.connect_timeout,
+            backoff_initial=s.backoff_initial,
+            backoff_max=s.backoff_max,
+        )
+        error: BaseException | None = None
+        try:
+            for item in self._stream(options, self._since_for_connect, self.stop):
+                self._put(item)
+        except BaseException as exc:  # handed to the main thread, which decides
+            error = exc
+        self._put(_ReaderDone(error))
+
+    # -- the main thread -----------------------------------------------------------
+
+    def resume_since(self) -> datetime | None:
+        """The ``since`` for the next connection, read back from the archive."""
+        s = self.settings
+        run_newest = overlap_since(self.counts.newest_committed, s.overlap)
+        if s.since is not None:
+            # An explicit start stays the lower bound for the whole run, so a
+            # backfill that reconnects does not skip to newer stored events.
+            return max(s.since, run_newest) if run_newest else s.since
+        stored = overlap_since(self.store.newest_occurred_at(s.source, s.types), s.overlap)
+        return stored
+
+    def run(self) -> RunResult:
+        s = self.settings
+        started = _now()
+        self._initial_since = self._with_db_retry(self.resume_since)
+        self._run_id = self._with_db_retry(
+            lambda: self.store.start_run(
+                s.source, started, self._initial_since, s.types, s.base_url
+            )
+        )
+        log.info(
+            "ingest starting: archive=%s source=%s since=%s types=%s",
+            _safe_url(s.db_url),
+            s.source,
+            format_timestamp(self._initial_since) if self._initial_since else "live",
+            ",".join(s.types) or "all",
+        )
+        reader = threading.Thread(target=self._read, name="grantex-stream", daemon=True)
+        result: RunResult
+        with _signals(self._on_signal):
+            reader.start()
+            try:
+                result = self._loop(time.monotonic())
+            except StoreError as exc:
+                result = RunResult(EXIT_DATABASE, "database_error", self.counts, str(exc))
+            finally:
+                self.stop.set()
+        reader.join(timeout=2)
+        self._finish(result)
+        return result
+
+    def _loop(self, t0: float) -> RunResult:
+        s = self.settings
+        deadline = t0 + s.max_runtime if s.max_runtime is not None else None
+        next_flush = t0 + s.flush_interval
+        next_progress = t0 + s.progress_interval
+        idle_from: float | None = None
+        last_counts = (0, t0)
+        while True:
+            now = time.monotonic()
+            if self.stop.is_set():
+                self._drain()
+                self._flush()
+                return RunResult(EXIT_OK, "interrupted", self.counts, self.stop_reason or None)
+            if deadline is not None and now >= deadline:
+                self._flush()
+                if not self._ever_connected:
+                    return RunResult(
+                        EXIT_UNAVAILABLE,
+                        "unreachable",
+                        self.counts,
+                        f"the service could not be reached in {s.max_runtime:g}s",
+                    )
+                return RunResult(EXIT_OK, "max_runtime", self.counts)
+            if (
+                s.until_idle is not None
+                and self._connected
+                and idle_from is not None
+                and now - idle_from >= s.until_idle
+            ):
+                self._flush()
+                return RunResult(EXIT_OK, "idle", self.counts)
+            if now >= next_flush:
+                self._flush()
+                next_flush = now + s.flush_interval
+            if now >= next_progress:
+                last_counts = self._progress(now, last_counts)
+                next_progress = now + s.progress_interval
+
+            wait = min(next_flush, next_progress) - now
+            if deadline is not None:
+                wait = min(wait, deadline - now)
+            if s.until_idle is not None and self._connected and idle_from is not None:
+                wait = min(wait, idle_from + s.until_idle - now)
+            try:
+                item = self._queue.get(timeout=max(0.0, min(wait, 0.25)))
+            except queue.Empty:
+                continue
+
+            if isinstance(item, Chunk):
+                idle_from = time.monotonic()
+                if self._take(item):
+                    self._flush()
+                    return RunResult(EXIT_OK, "max_events", self.counts)
+                if len(self._batch) >= s.batch_size:
+                    self._flush()
+                    next_flush = time.monotonic() + s.flush_interval
+            elif isinstance(item, Opened):
+                self._on_opened(item)
+                idle_from = time.monotonic()
+            elif isinstance(item, Closed):
+                self._on_closed(item)
+                idle_from = None
+            elif isinstance(item, Failed):
+                self._on_failed(item)
+            elif isinstance(item, _NeedSince):
+                self._flush()
+                self._answers.put(self._with_db_retry(self.resume_since))
+            elif isinstance(item, _ReaderDone):
+                self._flush()
+                return self._reader_done(item)
+
+    def _take(self, chunk: Chunk) -> bool:
+        """Normalise a chunk into the batch; True once ``--max-events`` is reached."""
+        limit = self.settings.max_events
+        for frame in chunk.frames:
+            item = _normalise(frame)
+            self._batch.append(Received(item, chunk.received_at))
+            self._connection_events += 1
+            if isinstance(item, Event):
+                self.counts.received += 1
+                occurred = item.occurred_at
+                if self._batch_newest is None or occurred > self._batch_newest:
+                    self._batch_newest = occurred
+                c = self.counts
+                if c.first_occurred_at is None or occurred < c.first_occurred_at:
+                    c.first_occurred_at = occurred
+                if c.last_occurred_at is None or occurred > c.last_occurred_at:
+                    c.last_occurred_at = occurred
+                if limit is not None and c.received >= limit:
+                    return True
+        return False
+
+    def _flush(self) -> None:
+        if not self._batch:
+            return
+        batch = self._batch
+        result = self._with_db_retry(
+            lambda: self.store.write_batch(self.settings.source, self._run_id, batch)
+        )
+        self._batch = []
+        c = self.counts
+        c.inserted += result.inserted
+        c.duplicates += result.duplicates
+        c.rejected += result.rejected
+        if self._batch_newest is not None and (
+            c.newest_committed is None or self._batch_newest > c.newest_committed
+        ):
+            c.newest_committed = self._batch_newest
+        self._batch_newest = None
+
+    def _drain(self) -> None:
+        while True:
+            try:
+                item = self._queue.get_nowait()
+            except queue.Empty:
+                return
+            if isinstance(item, Chunk):
+                self._take(item)
+
+    def _on_opened(self, item: Opened) -> None:
+        self._connected = True
+        if self._ever_connected:
+            self.counts.reconnects += 1
+        self._ever_connected = True
+        self.counts.connections += 1
+        self._connection_events = 0
+        assert self._run_id is not None
+        run_id = self._run_id
+        self._connection_id = self._with_db_retry(
+            lambda: self.store.open_connection(run_id, item.at, item.since, item.status_code)
+        )
+        log.info(
+            "connected: since=%s",
+            format_timestamp(item.since) if item.since else "live",
+        )
+
+    def _on_closed(self, item: Closed) -> None:
+        self._connected = False
+        self._flush()
+        if self._connection_id is not None:
+            conn_id = self._connection_id
+            self._with_db_retry(
+                lambda: self.store.close_connection(
+                    conn_id, item.at, self._connection_events, item.reason
+                )
+            )
+            self._connection_id = None
+        if item.reason != "stopped":
+            log.warning("disconnected after %d frames: %s", item.events, item.reason)
+
+    def _on_failed(self, item: Failed) -> None:
+        self._connected = False
+        self.counts.reconnects += 1
+        assert self._run_id is not None
+        run_id = self._run_id
+        self._with_db_retry(
+            lambda: self.store.record_attempt(
+                run_id, item.at, item.since, item.status_code, item.reason
+            )
+        )
+        log.warning("connection failed: %s; retrying in %.1fs", item.reason, item.retry_in)
+
+    def _reader_done(self, item: _ReaderDone) -> RunResult:
+        error = item.error
+        if error is None:
+            return RunResult(EXIT_OK, "stopped", self.counts)
+        if isinstance(error, StreamError):
+            outcome = "auth_failed" if error.exit_code == 3 else "endpoint_error"
+            return RunResult(error.exit_code, outcome, self.counts, str(error))
+        log.error("stream reader failed: %r", error)
+        return RunResult(1, "failed", self.counts, f"{type(error).__name__}: {error}")
+
+    def _progress(self, now: float, last: tuple[int, float]) -> tuple[int, float]:
+        c = self.counts
+        rate = (c.received - last[0]) / max(now - last[1], 1e-9)
+        lag = (_now() - c.last_occurred_at).total_seconds() if c.last_occurred_at else None
+        log.info(
+            "progress: received=%d inserted=%d duplicates=%d rejected=%d rate=%.0f/s lag=%s",
+            c.received,
+            c.inserted,
+            c.duplicates,
+            c.rejected,
+            rate,
+            f"{lag:.1f}s" if lag is not None else "n/a",
+        )
+        if self._run_id is not None:
+            run_id = self._run_id
+            # Keeps a killed run's row close to what it did.
+            self._with_db_retry(lambda: self.store.update_run(run_id, **c.as_row()))
+        return c.received, now
+
+    def _finish(self, result: RunResult) -> None:
+        c = self.counts
+        if self._connection_id is not None:
+            conn_id = self._connection_id
+            self._connection_id = None
+            try:
+                self._with_db_retry(
+                    lambda: self.store.close_connection(
+                        conn_id, _now(), self._connection_events, f"run ended: {result.outcome}"
+                    ),
+                    attempts=3,
+                )
+            except StoreError as exc:
+                log.error("could not record the connection: %s", exc)
+        if self._run_id is not None:
+            run_id = self._run_id
+            values = dict(
+                c.as_row(),
+                finished_at=_now(),
+                outcome=result.outcome,
+                exit_code=result.exit_code,
+                error=result.error,
+            )
+            try:
+                self._with_db_retry(lambda: self.store.update_run(run_id, **values), attempts=3)
+            except StoreError as exc:
+                log.error("could not record the run: %s", exc)
+        log.info(
+            "ingest finished: outcome=%s received=%d inserted=%d duplicates=%d "
+            "rejected=%d reconnects=%d",
+            result.outcome,
+            c.received,
+            c.inserted,
+            c.duplicates,
+            c.rejected,
+            c.reconnects,
+        )
+
+    def _on_signal(self, signum: int, _frame: FrameType | None) -> None:
+        self.stop_reason = f"stopped by {signal.Signals(signum).name}"
+        self.stop.set()
+
+    def _with_db_retry(self, action: Callable[[], Any], attempts: int | None = None) -> Any:
+        """Run a database action, retrying operational errors with backoff, then give up."""
+        give_up = time.monotonic() + self.settings.db_retry_timeout
+        delay = 0.25
+        tries = 0
+        while True:
+            tries += 1
+            try:
+                return action()
+            except (sa.exc.OperationalError, sa.exc.InterfaceError) as exc:
+                message = _db_message(exc)
+                out_of_time = time.monotonic() + delay > give_up
+                if out_of_time or (attempts is not None and tries >= attempts):
+                    raise StoreError(f"database unusable: {message}") from None
+                log.warning("database error, retrying in %.1fs: %s", delay, message)
+                time.sleep(delay)
+                delay = min(delay * 2, 5.0)
+
+
+def _normalise(frame: Frame) -> Event | Rejection:
+    if frame.truncated_length is not None:
+        rejection = reject("frame larger than 1048576 bytes", frame.data)
+        return Rejection(rejection.reason, rejection.raw, frame.truncated_length)
+    return normalise(frame.data)
+
+
+def _db_message(exc: sa.exc.DBAPIError) -> str:
+    return str(exc.orig).strip().splitlines()[0] if exc.orig else str(exc)
+
+
+def _safe_url(url: str) -> str:
+    try:
+        return sa.engine.make_url(url).render_as_string(hide_password=True)
+    except sa.exc.ArgumentError:
+        return "<invalid URL>"
+
+
+@contextmanager
+def _signals(handler: Callable[[int, FrameType | None], None]) -> Iterator[None]:
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = {sig: signal.signal(sig, handler) for sig in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        yield
+    finally:
+        for sig, old in previous.items():
+            signal.signal(sig, old)
