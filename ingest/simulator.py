@@ -14,10 +14,10 @@ can never gap or overlap.
 
 from __future__ import annotations
 
-import base64
 import bisect
 import calendar
 import contextlib
+import functools
 import hmac
 import json
 import random
@@ -33,6 +33,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from itertools import accumulate, chain, islice
 from types import TracebackType
 from typing import cast
 from urllib.parse import parse_qs, urlsplit
@@ -78,7 +79,6 @@ _TYPE_CODES: dict[str, int] = {name: code for code, name in enumerate(EVENT_TYPE
 _WRITE_CHUNK = 256 * 1024
 # Upper bound on one live batch so a generator that fell behind cannot hold the GIL for long.
 _MAX_LIVE_BATCH = 20_000
-_BACKLOG_BATCH = 8192
 # Idle streams wake this often to notice a client that hung up; without it a closed
 # connection would keep its slot (and trigger false 429s) until the next keepalive write.
 _IDLE_POLL_S = 0.1
@@ -94,7 +94,8 @@ _MUL2 = 0xC2B2AE3D27D4EB4F165B
 _INV1 = pow(_MUL1, -1, 1 << 80)
 _INV2 = pow(_MUL2, -1, 1 << 80)
 _CROCKFORD = "0123456789ABCDEFGHJKMNPQRSTVWXYZ"
-_B32_TO_CROCKFORD = bytes.maketrans(b"ABCDEFGHIJKLMNOPQRSTUVWXYZ234567", _CROCKFORD.encode())
+_PAIRS = [a + b for a in _CROCKFORD for b in _CROCKFORD]
+_TRIPLES = [ab + c for ab in _PAIRS for c in _CROCKFORD]
 _CROCKFORD_VALUES: dict[str, int] = {}
 for _i, _c in enumerate(_CROCKFORD):
     _CROCKFORD_VALUES[_c] = _i
@@ -118,11 +119,24 @@ def _unmix80(x: int) -> int:
     return (x * _INV1) & _M80
 
 
+@functools.lru_cache(maxsize=4096)
+def _ulid_time_head(head: int) -> str:
+    p = _PAIRS
+    return (
+        f"{p[(head >> 30) & 1023]}{p[(head >> 20) & 1023]}{p[(head >> 10) & 1023]}{p[head & 1023]}"
+    )
+
+
 def _ulid(ms: int, rand80: int) -> str:
-    # 128 bits left-padded to 160 so the stdlib base32 encoder sees whole 5-byte groups;
-    # the first six symbols are then the padding and the rest is exactly a ULID.
-    raw = ((ms << 80) | rand80).to_bytes(20, "big")
-    return base64.b32encode(raw)[6:].translate(_B32_TO_CROCKFORD).decode("ascii")
+    # Table lookups of 2-3 Crockford symbols at a time, and the leading 8 time symbols
+    # (which change once a second) cached: id rendering was the largest share of backlog
+    # generation time (base64.b32encode is pure Python and slower still).
+    t = _TRIPLES
+    return (
+        f"{_ulid_time_head(ms >> 10)}{_PAIRS[ms & 1023]}{t[rand80 >> 65]}"
+        f"{t[(rand80 >> 50) & 32767]}{t[(rand80 >> 35) & 32767]}{t[(rand80 >> 20) & 32767]}"
+        f"{t[(rand80 >> 5) & 32767]}{_CROCKFORD[rand80 & 31]}"
+    )
 
 
 def _ulid_decode(text: str) -> tuple[int, int] | None:
@@ -281,12 +295,13 @@ class _EventFactory:
     of generating a large backlog.
     """
 
-    def __init__(self, seed: int, envelope: str) -> None:
+    def __init__(self, seed: int, envelope: str, frame_ids: bool = False) -> None:
         if envelope not in ENVELOPES:
             raise ValueError(f"envelope must be one of {ENVELOPES}, got {envelope!r}")
         rng = random.Random(seed)
         self._rng = rng
         self._envelope = envelope
+        self._frame_ids = frame_ids
         self.event_key = rng.getrandbits(80)
         self.malformed_key = rng.getrandbits(80)
         self._entity_key = rng.getrandbits(80)
@@ -294,6 +309,7 @@ class _EventFactory:
         self._entities = 0
         self._grant_seq = 0
         self._pool: list[_Grant] = []
+        self._out: list[tuple[str, bool, str]] = []
         self._fmt = _TsFormatter()
         self._fmt_aux = _TsFormatter()
         agent_epoch = 1_735_689_600_000  # 2025-01-01: agents were registered long ago
@@ -326,14 +342,15 @@ class _EventFactory:
         ms, rand = decoded
         return (_unmix80(rand) - self.event_key) & _M80, ms
 
-    def emit(self, ts: int, room: int) -> list[tuple[str, str, str]]:
-        """Produce the next 1 or 2 events (never more than ``room``) stamped ``ts``.
+    def emit(self, ts: int, room: int, batch: _Batch) -> int:
+        """Append the next 1 or 2 events (never more than ``room``), stamped ``ts``.
 
-        Returns ``(type, event id, envelope JSON)`` tuples. Two events share one call only
-        for a grant.created/token.issued pair, which the live service writes in the same
-        millisecond and sometimes in the "wrong" order.
+        Events are rendered straight to SSE frames. Two events come from one call only for
+        a grant.created/token.issued pair, which the live service publishes in the same
+        millisecond and sometimes in the "wrong" order. Returns the number appended.
         """
-        out: list[tuple[str, bool, str]] = []
+        out = self._out
+        out.clear()
         rng = self._rng
         r = rng.random()
         pool = self._pool
@@ -345,15 +362,26 @@ class _EventFactory:
         else:
             self._advance(pool[int(rng.random() * size)], ts, out)
         stamp = self._fmt(ts)
-        result: list[tuple[str, str, str]] = []
+        key = self.event_key
         for typ, doc, data in out:
-            eid = "evt_" + _ulid(ts, _mix80((self.index + self.event_key) & _M80))
-            self.index += 1
-            key = "timestamp" if doc else "createdAt"
-            result.append(
-                (typ, eid, f'{{"id":"{eid}","type":"{typ}","{key}":"{stamp}","data":{data}}}')
-            )
-        return result
+            index = self.index
+            self.index = index + 1
+            eid = f"evt_{_ulid(ts, _mix80((index + key) & _M80))}"
+            stamp_key = "timestamp" if doc else "createdAt"
+            if self._frame_ids:
+                frame = (
+                    f'id: {eid}\ndata: {{"id":"{eid}","type":"{typ}","{stamp_key}":"{stamp}",'
+                    f'"data":{data}}}\n\n'
+                )
+            else:
+                frame = (
+                    f'data: {{"id":"{eid}","type":"{typ}","{stamp_key}":"{stamp}",'
+                    f'"data":{data}}}\n\n'
+                )
+            batch.ts.append(ts)
+            batch.codes.append(_TYPE_CODES[typ])
+            batch.frames.append(frame)
+        return len(out)
 
     # -- lifecycle construction
 
@@ -592,16 +620,28 @@ class _EventFactory:
             )
 
 
-def _iter_records(
-    factory: _EventFactory, start_ms: int, count: int, num: int, den: int
-) -> Iterator[tuple[int, str, str, str]]:
-    """Yield ``(ts_ms, type, id, json)`` for ``count`` events at ``start + i*num/den`` ms."""
+class _Batch:
+    """Parallel columns of freshly generated events, appended to the history in one go."""
+
+    __slots__ = ("codes", "frames", "ts")
+
+    def __init__(self) -> None:
+        self.ts: list[int] = []
+        self.codes: list[int] = []
+        self.frames: list[str] = []
+
+
+def _spread_batches(
+    factory: _EventFactory, start_ms: int, count: int, num: int, den: int, size: int
+) -> Iterator[_Batch]:
+    """Batches of ``count`` events, event ``i`` stamped ``start_ms + i*num/den`` ms."""
     i = 0
     while i < count:
-        ts = start_ms + (i * num) // den
-        for typ, eid, text in factory.emit(ts, count - i):
-            yield ts, typ, eid, text
-            i += 1
+        batch = _Batch()
+        limit = min(count, i + size)
+        while i < limit:
+            i += factory.emit(start_ms + (i * num) // den, count - i, batch)
+        yield batch
 
 
 def generate_events(
@@ -611,14 +651,14 @@ def generate_events(
 
     Events are ``spacing_s`` apart, except that a grant.created/token.issued pair shares
     one millisecond (as on the live service). A naive ``start`` is taken as UTC. The
-    simulator's backlog is exactly this sequence for its seed and envelope.
+    simulator's backlog is this same sequence for its seed and envelope.
     """
     factory = _EventFactory(seed, envelope)
     spacing_us = round(spacing_s * 1_000_000)
-    for _ts, _typ, _eid, text in _iter_records(
-        factory, _datetime_to_ms(start), count, spacing_us, 1000
-    ):
-        yield cast("dict[str, object]", json.loads(text))
+    start_ms = _datetime_to_ms(start)
+    for batch in _spread_batches(factory, start_ms, count, spacing_us, 1000, 1024):
+        for frame in batch.frames:
+            yield cast("dict[str, object]", json.loads(frame[6:-2]))
 
 
 # --------------------------------------------------------------------------- history log
@@ -637,39 +677,30 @@ class _History:
         self.last_ts = 0
         # The JSON starts after "data: " (and the fixed-width "id: evt_<26>\n" line).
         self.json_skip = (4 + 30 + 1 + 6) if emit_ids else 6
-        self._emit_ids = emit_ids
 
-    def append(self, records: list[tuple[int, str, str, str]]) -> None:
-        if self._emit_ids:
-            frames = [f"id: {eid}\ndata: {text}\n\n" for _ts, _typ, eid, text in records]
-        else:
-            frames = [f"data: {text}\n\n" for _ts, _typ, _eid, text in records]
+    def append(self, batch: _Batch) -> None:
+        frames = batch.frames
+        if not frames:
+            return
         blob = "".join(frames)
         with self.cond:
             offsets = self.offsets
-            pos = offsets[-1]
             if blob.isascii():
-                # ASCII: str lengths are byte lengths, so one encode serves the whole batch.
+                # ASCII: str lengths are byte lengths, so one encode serves the whole batch
+                # and the offsets are a running sum computed without a Python-level loop.
                 self.buf += blob.encode("ascii")
-                for frame in frames:
-                    pos += len(frame)
-                    offsets.append(pos)
+                ends = accumulate(chain((offsets[-1],), map(len, frames)))
+                offsets.extend(islice(ends, 1, None))
             else:
                 for frame in frames:
                     data = frame.encode("utf-8")
                     self.buf += data
-                    pos += len(data)
-                    offsets.append(pos)
-            ts_col = self.ts
-            type_col = self.types
-            codes = _TYPE_CODES
-            for ts, typ, _eid, _text in records:
-                ts_col.append(ts)
-                type_col.append(codes[typ])
-            if records:
-                self.last_ts = records[-1][0]
+                    offsets.append(offsets[-1] + len(data))
+            self.ts.extend(batch.ts)
+            self.types.extend(batch.codes)
+            self.last_ts = batch.ts[-1]
             # Publish the new length last: readers only look at indices below `count`.
-            self.count += len(records)
+            self.count += len(frames)
             self.cond.notify_all()
 
     def envelope(self, index: int) -> dict[str, object]:
@@ -819,7 +850,7 @@ class Simulator:
         self.config = config
         self.stats = SimulatorStats()
         self._lock = threading.Lock()
-        self._factory = _EventFactory(config.seed, config.envelope)
+        self._factory = _EventFactory(config.seed, config.envelope, config.emit_ids)
         self._history = _History(config.emit_ids)
         self._stopping = threading.Event()
         self._started = False
@@ -944,14 +975,9 @@ class Simulator:
     # -- generation
 
     def _generate_backlog(self, count: int, span_ms: int) -> None:
-        records = _iter_records(self._factory, self._history_start_ms, count, span_ms, count)
-        batch: list[tuple[int, str, str, str]] = []
-        for record in records:
-            batch.append(record)
-            if len(batch) >= _BACKLOG_BATCH:
-                self._history.append(batch)
-                batch = []
-        self._history.append(batch)
+        start_ms = self._history_start_ms
+        for batch in _spread_batches(self._factory, start_ms, count, span_ms, count, 8192):
+            self._history.append(batch)
 
     def _live_loop(self) -> None:
         cfg = self.config
@@ -974,12 +1000,12 @@ class Simulator:
                 room = min(room, total - produced)
             # Live timestamps never go backwards, so `since` can bisect the whole log.
             now = max(time.time_ns() // 1_000_000, history.last_ts, self._start_ms)
-            batch: list[tuple[int, str, str, str]] = []
-            while len(batch) < room:
-                for typ, eid, text in factory.emit(now, room - len(batch)):
-                    batch.append((now, typ, eid, text))
+            batch = _Batch()
+            made = 0
+            while made < room:
+                made += factory.emit(now, room - made, batch)
             history.append(batch)
-            produced += len(batch)
+            produced += made
 
     # -- HTTP
 

@@ -1,0 +1,253 @@
+"""The connection policy of stream_events(), with httpx.MockTransport standing in for HTTP."""
+
+from __future__ import annotations
+
+import random
+import threading
+from collections.abc import Callable, Iterator
+from datetime import datetime, timezone
+
+import httpx
+import pytest
+
+from ingest.settings import Secret
+from ingest.stream import (
+    AuthenticationError,
+    Backoff,
+    Chunk,
+    Closed,
+    EndpointError,
+    Failed,
+    Opened,
+    StreamItem,
+    StreamOptions,
+    parse_retry_after,
+    stream_events,
+)
+
+KEY = "sk_live_secret_value"
+SINCE = datetime(2026, 3, 1, 12, tzinfo=timezone.utc)
+
+
+def sse(*lines: str) -> bytes:
+    return "".join(lines).encode()
+
+
+class Script:
+    """Answers requests in order; records them; stops the stream after the last one."""
+
+    def __init__(self, *responses: Callable[[httpx.Request], httpx.Response]) -> None:
+        self.responses = list(responses)
+        self.requests: list[httpx.Request] = []
+        self.stop = threading.Event()
+
+    def __call__(self, request: httpx.Request) -> httpx.Response:
+        self.requests.append(request)
+        if len(self.requests) >= len(self.responses):
+            self.stop.set()
+        return self.responses[min(len(self.requests), len(self.responses)) - 1](request)
+
+
+def ok(body: bytes) -> Callable[[httpx.Request], httpx.Response]:
+    return lambda _r: httpx.Response(200, headers={"content-type": "text/event-stream"}, content=body)
+
+
+def status(code: int, **headers: str) -> Callable[[httpx.Request], httpx.Response]:
+    return lambda _r: httpx.Response(code, headers=headers, json={"message": "no", "code": "X"})
+
+
+def run(
+    script: Script,
+    since: Callable[[], datetime | None] = lambda: None,
+    types: tuple[str, ...] = (),
+    sleeps: list[float] | None = None,
+) -> list[StreamItem]:
+    options = StreamOptions(
+        base_url="http://grantex.test",
+        api_key=Secret(KEY),
+        types=types,
+        backoff_initial=0.001,
+        backoff_max=0.004,
+    )
+    client = httpx.Client(transport=httpx.MockTransport(script))
+    stop = script.stop
+    original_wait = stop.wait
+
+    def record_wait(seconds: float | None = None) -> bool:
+        if sleeps is not None and seconds is not None:
+            sleeps.append(seconds)
+        return original_wait(0)
+
+    stop.wait = record_wait  # type: ignore[method-assign]
+    items: Iterator[StreamItem] = stream_events(
+        options, since, stop, client=client, rng=random.Random(1)
+    )
+    return list(items)
+
+
+def test_request_shape_headers_and_query() -> None:
+    script = Script(ok(sse('data: {"a":1}\n\n')))
+    items = run(script, since=lambda: SINCE, types=("grant.created", "grant.revoked"))
+    [request] = script.requests
+    assert request.url.path == "/v1/events/stream"
+    assert request.url.params["types"] == "grant.created,grant.revoked"
+    assert request.url.params["since"] == "2026-03-01T12:00:00.000Z"
+    assert request.headers["authorization"] == f"Bearer {KEY}"
+    assert request.headers["accept"] == "text/event-stream"
+    assert "last-event-id" not in request.headers
+    kinds = [type(i) for i in items]
+    assert kinds == [Opened, Chunk, Closed]
+
+
+def test_no_since_means_live() -> None:
+    script = Script(ok(b""))
+    run(script)
+    assert "since" not in script.requests[0].url.params
+
+
+@pytest.mark.parametrize("code", [401, 403])
+def test_auth_errors_are_fatal_and_do_not_leak_the_key(code: int) -> None:
+    script = Script(status(code))
+    with pytest.raises(AuthenticationError) as info:
+        run(script)
+    assert len(script.requests) == 1
+    assert KEY not in str(info.value)
+    assert str(code) in str(info.value)
+
+
+@pytest.mark.parametrize("code", [400, 404, 410])
+def test_client_errors_are_fatal(code: int) -> None:
+    with pytest.raises(EndpointError):
+        run(Script(status(code)))
+
+
+@pytest.mark.parametrize("code", [429, 500, 502, 503, 504])
+def test_retryable_statuses_then_success(code: int) -> None:
+    script = Script(status(code), ok(sse("data: x\n\n")))
+    items = run(script)
+    assert [type(i) for i in items] == [Failed, Opened, Chunk, Closed]
+    assert isinstance(items[0], Failed) and items[0].status_code == code
+
+
+def test_retry_after_seconds_is_honoured() -> None:
+    sleeps: list[float] = []
+    script = Script(status(429, **{"Retry-After": "7"}), ok(b""))
+    items = run(script, sleeps=sleeps)
+    assert isinstance(items[0], Failed) and items[0].retry_in == 7.0
+    assert sleeps[0] == 7.0
+
+
+def test_retry_after_is_clamped() -> None:
+    assert parse_retry_after("100000") == 300.0
+    assert parse_retry_after("-5") == 0.0
+    assert parse_retry_after("soon") is None
+    assert parse_retry_after(None) is None
+    assert parse_retry_after("Wed, 21 Oct 2015 07:28:00 GMT", now=1445412470.0) == 10.0
+
+
+def test_transport_error_is_retried() -> None:
+    def refuse(request: httpx.Request) -> httpx.Response:
+        raise httpx.ConnectError("refused", request=request)
+
+    script = Script(refuse, ok(sse("data: x\n\n")))
+    items = run(script)
+    assert isinstance(items[0], Failed) and items[0].status_code is None
+    assert "cannot connect" in items[0].reason
+
+
+def test_wrong_content_type_is_a_retryable_protocol_error() -> None:
+    script = Script(
+        lambda _r: httpx.Response(200, headers={"content-type": "text/html"}, content=b"<html>"),
+        ok(b""),
+    )
+    items = run(script)
+    assert isinstance(items[0], Failed) and "protocol error" in items[0].reason
+
+
+def test_clean_end_of_stream_reconnects_and_asks_for_since_each_time() -> None:
+    calls: list[int] = []
+
+    def since() -> datetime | None:
+        calls.append(1)
+        return SINCE
+
+    script = Script(ok(sse("data: a\n\n")), ok(sse("data: b\n\n")))
+    items = run(script, since=since)
+    assert len(calls) == 2
+    closed = [i for i in items if isinstance(i, Closed)]
+    assert closed[0].reason == "end of stream"
+    assert len(closed) == 2
+
+
+def test_last_event_id_is_sent_after_the_server_sent_ids() -> None:
+    script = Script(ok(sse("id: 41\ndata: a\n\nid: 42\ndata: b\n\n")), ok(b""))
+    run(script)
+    assert "last-event-id" not in script.requests[0].headers
+    assert script.requests[1].headers["last-event-id"] == "42"
+
+
+def test_retry_field_sets_the_reconnect_delay() -> None:
+    sleeps: list[float] = []
+    script = Script(ok(sse("retry: 2500\n\ndata: a\n\n")), ok(b""))
+    run(script, sleeps=sleeps)
+    assert sleeps[0] == 2.5
+
+
+def test_delivering_connection_resets_backoff() -> None:
+    sleeps: list[float] = []
+    script = Script(
+        status(503), status(503), ok(sse("data: a\n\n")), ok(b""), ok(b"")
+    )
+    run(script, sleeps=sleeps)
+    # Two failures back off, the delivering connection reconnects at once
+    # (no sleep recorded), the empty one backs off from the start again.
+    assert len(sleeps) == 3
+    assert sleeps[2] <= 0.001
+
+
+def test_backoff_is_capped_and_jittered() -> None:
+    backoff = Backoff(0.5, 60.0, random.Random(3))
+    delays = [backoff.next_delay() for _ in range(12)]
+    assert 0.25 <= delays[0] <= 0.5
+    assert all(d <= 60.0 for d in delays)
+    assert delays[-1] >= 30.0
+    assert len(set(delays)) == len(delays)
+    backoff.reset()
+    assert backoff.next_delay() <= 0.5
+
+
+def test_read_timeout_closes_the_connection_for_reconnect() -> None:
+    class Stalling(httpx.SyncByteStream):
+        def __iter__(self) -> Iterator[bytes]:
+            yield b"data: a\n\n"
+            raise httpx.ReadTimeout("stalled")
+
+    script = Script(
+        lambda _r: httpx.Response(
+            200, headers={"content-type": "text/event-stream"}, stream=Stalling()
+        ),
+        ok(b""),
+    )
+    items = run(script)
+    closed = [i for i in items if isinstance(i, Closed)]
+    assert "read timeout" in closed[0].reason
+    assert closed[0].events == 1
+
+
+def test_drop_mid_frame_keeps_complete_frames_only() -> None:
+    class Dropping(httpx.SyncByteStream):
+        def __iter__(self) -> Iterator[bytes]:
+            yield b"data: whole\n\ndata: hal"
+            raise httpx.RemoteProtocolError("peer closed connection")
+
+    script = Script(
+        lambda _r: httpx.Response(
+            200, headers={"content-type": "text/event-stream"}, stream=Dropping()
+        ),
+        ok(b""),
+    )
+    items = run(script)
+    chunks = [i for i in items if isinstance(i, Chunk)]
+    assert [f.data for c in chunks for f in c.frames] == ["whole"]
+    closed = [i for i in items if isinstance(i, Closed)]
+    assert "connection lost" in closed[0].reason
