@@ -33,7 +33,17 @@ from .settings import (
     load_api_key,
     parse_types,
 )
-from .store import LockHeld, SchemaBehind, Store, StoreError, events, rejected_events, sqlite_path
+from .store import (
+    DatabaseURLError,
+    LockHeld,
+    SchemaBehind,
+    Store,
+    StoreError,
+    create_archive_engine,
+    events,
+    rejected_events,
+    sqlite_path,
+)
 from .worker import EXIT_CONFIG, EXIT_DATABASE, EXIT_LOCKED, RunResult, Worker
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -73,11 +83,9 @@ def _parse_since(value: str | None) -> datetime | None:
 
 def _check_db_url(url: str) -> None:
     try:
-        sa.engine.make_url(url)
-    except sa.exc.ArgumentError:
-        raise CliError(
-            f"invalid database URL in --db/{ENV_DB} (expected e.g. {DEFAULT_DB})", EXIT_CONFIG
-        ) from None
+        create_archive_engine(url).dispose()
+    except DatabaseURLError as exc:
+        raise CliError(f"{exc} (from --db/{ENV_DB})", EXIT_CONFIG) from None
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})

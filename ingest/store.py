@@ -121,6 +121,10 @@ rejected_events = sa.Table(
 )
 
 
+class DatabaseURLError(ValueError):
+    """The archive URL is malformed or names a database this tool cannot use."""
+
+
 class StoreError(Exception):
     """The archive cannot be used (exit code 4)."""
 
@@ -162,13 +166,23 @@ def create_archive_engine(url: str) -> Engine:
     """An engine for the archive, with the settings each dialect needs."""
     try:
         parsed = sa.engine.make_url(url)
+        if parsed.get_backend_name() == "sqlite":
+            engine = sa.create_engine(parsed, connect_args={"timeout": 30})
+            sa.event.listen(engine, "connect", _sqlite_pragmas)
+            return engine
+        return sa.create_engine(parsed, pool_pre_ping=True)
     except sa.exc.ArgumentError as exc:
-        raise ValueError(f"invalid database URL: {exc}") from None
-    if parsed.get_backend_name() == "sqlite":
-        engine = sa.create_engine(parsed, connect_args={"timeout": 30})
-        sa.event.listen(engine, "connect", _sqlite_pragmas)
-        return engine
-    return sa.create_engine(parsed, pool_pre_ping=True)
+        raise DatabaseURLError(f"invalid database URL: {exc}") from None
+    except sa.exc.NoSuchModuleError:
+        raise DatabaseURLError(
+            f"unsupported database URL scheme {url.split(':', 1)[0]!r}: "
+            "use sqlite:///FILE or postgresql+psycopg://..."
+        ) from None
+    except ImportError as exc:
+        raise DatabaseURLError(
+            f"the database driver is not installed ({exc.name}): "
+            "for PostgreSQL install grantex-archive[postgres]"
+        ) from None
 
 
 def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:

@@ -52,7 +52,8 @@ def test_parse_timestamp_variants_give_utc(text: str, expected: datetime) -> Non
 
 
 @pytest.mark.parametrize(
-    "text", ["", "yesterday", "2026-13-01T00:00:00Z", "2026-02-30T00:00:00Z", "1700000000", "2026-03-01"]
+    "text",
+    ["", "yesterday", "2026-13-01T00:00:00Z", "2026-02-30T00:00:00Z", "1700000000", "2026-03-01"],
 )
 def test_parse_timestamp_rejects_garbage(text: str) -> None:
     with pytest.raises(TimestampError):

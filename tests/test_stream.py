@@ -49,7 +49,9 @@ class Script:
 
 
 def ok(body: bytes) -> Callable[[httpx.Request], httpx.Response]:
-    return lambda _r: httpx.Response(200, headers={"content-type": "text/event-stream"}, content=body)
+    return lambda _r: httpx.Response(
+        200, headers={"content-type": "text/event-stream"}, content=body
+    )
 
 
 def status(code: int, **headers: str) -> Callable[[httpx.Request], httpx.Response]:
@@ -195,9 +197,7 @@ def test_retry_field_sets_the_reconnect_delay() -> None:
 
 def test_delivering_connection_resets_backoff() -> None:
     sleeps: list[float] = []
-    script = Script(
-        status(503), status(503), ok(sse("data: a\n\n")), ok(b""), ok(b"")
-    )
+    script = Script(status(503), status(503), ok(sse("data: a\n\n")), ok(b""), ok(b""))
     run(script, sleeps=sleeps)
     # Two failures back off, the delivering connection reconnects at once
     # (no sleep recorded), the empty one backs off from the start again.
