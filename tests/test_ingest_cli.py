@@ -141,7 +141,8 @@ def test_every_rejected_input_is_kept_with_a_reason(archive_url: str) -> None:
             "'data' is not an object",
         ),
         (
-            b'data: {"id":"evt_u","type":"x","createdAt":"2026-03-01T12:00:00Z","data":{"s":"\xff"}}\n\n',
+            b'data: {"id":"evt_u","type":"x","createdAt":"2026-03-01T12:00:00Z",'
+            b'"data":{"s":"\xff"}}\n\n',
             "invalid UTF-8",
         ),
         (frame(big), "frame larger than"),
@@ -155,7 +156,7 @@ def test_every_rejected_input_is_kept_with_a_reason(archive_url: str) -> None:
         archive_url, "SELECT reason, raw_length, event_id, run_id FROM rejected_events ORDER BY id"
     )
     assert len(stored) == len(bad)
-    for (reason, length, _event_id, run_id), (chunk, expected) in zip(stored, bad):
+    for (reason, _length, _event_id, run_id), (_chunk, expected) in zip(stored, bad, strict=False):
         assert reason.startswith(expected), (reason, expected)
         assert run_id == 1
     assert stored[-1][1] == len(big.encode())

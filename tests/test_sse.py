@@ -27,7 +27,10 @@ def test_whatwg_example_multiline_data() -> None:
 
 
 def test_whatwg_example_comments_ids_and_last_event_id() -> None:
-    stream = b": test stream\n\ndata: first event\nid: 1\n\ndata:second event\nid\n\ndata:  third event\n\n"
+    stream = (
+        b": test stream\n\ndata: first event\nid: 1\n\n"
+        b"data:second event\nid\n\ndata:  third event\n\n"
+    )
     out = [f for f in frames([stream]) if isinstance(f, Frame)]
     assert [f.data for f in out] == ["first event", "second event", " third event"]
     assert [f.id for f in out] == ["1", "", ""]
@@ -136,7 +139,8 @@ def test_any_chunking_of_a_valid_stream_gives_the_same_events(
 ) -> None:
     stream = _stream(events, eol, bom)
     points = sorted({c % (len(stream) + 1) for c in cuts})
-    chunks = [stream[a:b] for a, b in zip([0, *points], [*points, len(stream)]) if b > a]
+    bounds = zip([0, *points], [*points, len(stream)], strict=True)
+    chunks = [stream[a:b] for a, b in bounds if b > a]
     whole = [normalise(d) for d in datas([stream])]
     pieces = [normalise(d) for d in datas(chunks)]
     assert pieces == whole
