@@ -1,18 +1,21 @@
 """Bytes to SSE frames, with no I/O.
 
-httpx-sse owns the framing rules (line endings, fields, comments, ``id``
-persistence); this module feeds it text decoded from raw bytes so that the
-archive can still tell invalid UTF-8 and a byte-order mark apart, and bounds
-the memory one frame may take.
+httpx-sse's ``SSEDecoder`` owns the field rules (``data``, ``event``, ``id``,
+``retry``, comments, ``id`` persistence). This module feeds it text decoded
+from raw bytes, so the archive can still tell invalid UTF-8 and a byte-order
+mark apart; splits frames at blank lines with CR, LF and CRLF treated alike;
+bounds the memory one frame may take; and takes a shortcut for the frame the
+live producer sends (one ``data: <json>`` line), which yields exactly what
+``SSEDecoder`` would.
 """
 
 from __future__ import annotations
 
 import codecs
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass
+from typing import NamedTuple
 
-from httpx_sse._decoders import SSEDecoder, SSELineDecoder
+from httpx_sse._decoders import SSEDecoder
 
 from .events import MAX_FRAME_BYTES, RAW_CAP
 
@@ -21,8 +24,7 @@ DISCARD_LIMIT = 8 * MAX_FRAME_BYTES
 """A frame still growing past this is cut off and skipped to its end."""
 
 
-@dataclass(frozen=True, slots=True)
-class Frame:
+class Frame(NamedTuple):
     """One dispatched SSE frame with data.
 
     ``data`` holds undecodable bytes as surrogate escapes. ``truncated_length``
@@ -31,13 +33,12 @@ class Frame:
     """
 
     data: str
-    event: str = ""
+    event: str = "message"
     id: str = ""
     truncated_length: int | None = None
 
 
-@dataclass(frozen=True, slots=True)
-class Control:
+class Control(NamedTuple):
     """A frame without data: only ``id:`` or ``retry:`` fields."""
 
     id: str = ""
@@ -49,12 +50,11 @@ class FrameDecoder:
 
     def __init__(self) -> None:
         self._text = codecs.getincrementaldecoder("utf-8")(errors="surrogateescape")
-        self._lines = SSELineDecoder()
         self._sse = SSEDecoder()
         self._started = False
-        self._pending = 0
-        self._discarding: tuple[str, int] | None = None
         self._skip_lf = False
+        self._tail = ""
+        self._discarding: tuple[str, int] | None = None
         self.last_event_id = ""
         self.retry: int | None = None
 
@@ -75,74 +75,72 @@ class FrameDecoder:
         self._skip_lf = text.endswith("\r")
         if "\r" in text:
             text = text.replace("\r\n", "\n").replace("\r", "\n")
-        return self._decode(self._lines.decode(text))
+        return self._split(text)
 
     def close(self) -> list[Frame | Control]:
         """End of stream: an unterminated frame is incomplete and is not dispatched."""
         self._text.decode(b"", final=True)
-        self._lines.flush()
+        self._tail = ""
         self._discarding = None
         return []
 
-    def _decode(self, lines: Iterable[str]) -> list[Frame | Control]:
+    def _split(self, text: str) -> list[Frame | Control]:
         out: list[Frame | Control] = []
-        for line in lines:
-            if self._discarding is not None:
-                if line:
-                    head, length = self._discarding
-                    self._discarding = (head, length + len(line) + 1)
-                    continue
+        if self._discarding is not None:
+            end = (self._tail[-1:] + text).find("\n\n")
+            if end < 0:
                 head, length = self._discarding
-                self._discarding = None
-                self._pending = 0
-                self._sse = _carry_state(self._sse)
-                out.append(Frame(data=head, truncated_length=length))
+                self._discarding = (head, length + len(text))
+                self._tail = text[-1:]
+                return out
+            head, length = self._discarding
+            cut = end + 2 - len(self._tail[-1:])
+            self._discarding = None
+            self._tail = ""
+            self._sse = _carry_state(self._sse)
+            out.append(Frame(head, truncated_length=length + cut))
+            text = text[cut:]
+        text = self._tail + text
+        boundary = text.rfind("\n\n")
+        if boundary < 0:
+            self._tail = text
+            if len(text) > DISCARD_LIMIT:
+                self._start_discard(text)
+            return out
+        self._tail = text[boundary + 2 :]
+        if len(self._tail) > DISCARD_LIMIT:
+            self._start_discard(self._tail)
+        sse = self._sse
+        for block in text[:boundary].split("\n\n"):
+            if block.startswith("data: ") and "\n" not in block and not sse._data:
+                # The live producer's frame: one data line, nothing else.
+                out.append(Frame(block[6:], "message", sse._last_event_id))
                 continue
-            self._pending += len(line) + 1
-            if self._pending > DISCARD_LIMIT:
-                self._start_discard(line)
-                continue
-            sse = self._sse.decode(line)
-            if not line:
-                self._pending = 0
-            if sse is None:
-                continue
-            self.last_event_id = sse.id
-            if sse.retry is not None:
-                self.retry = sse.retry
-            if sse.data == "":
-                out.append(Control(id=sse.id, retry=sse.retry))
-            else:
-                out.append(Frame(data=sse.data, event=sse.event, id=sse.id))
-        self._guard_buffer()
+            self._block(block, out)
         return out
 
-    def _start_discard(self, line: str) -> None:
-        head = "\n".join(self._sse._data)[:RAW_CAP] or _field_value(line)[:RAW_CAP]
-        self._discarding = (head, self._pending)
+    def _block(self, block: str, out: list[Frame | Control]) -> None:
+        decode = self._sse.decode
+        for line in [*block.split("\n"), ""]:
+            event = decode(line)
+            if event is None:
+                continue
+            self.last_event_id = event.id
+            if event.retry is not None:
+                self.retry = event.retry
+            if event.data == "":
+                out.append(Control(event.id, event.retry))
+            else:
+                out.append(Frame(event.data, event.event, event.id))
 
-    def _guard_buffer(self) -> None:
-        # An unterminated line sits in httpx-sse's line buffer; cap it so a
-        # hostile or broken producer cannot grow it without bound.
-        buffer = getattr(self._lines, "buffer", None)
-        if not buffer:
-            return
-        size = sum(len(part) for part in buffer)
-        if self._pending + size <= DISCARD_LIMIT:
-            return
-        joined = "".join(buffer)
-        if self._discarding is None:
-            head = "\n".join(self._sse._data) or _field_value(joined)
-            self._discarding = (head[:RAW_CAP], self._pending + size)
-        else:
-            head, length = self._discarding
-            self._discarding = (head, length + size)
-        self._lines.buffer = []
-
-
-def _field_value(line: str) -> str:
-    value = line.partition(":")[2]
-    return value[1:] if value.startswith(" ") else value
+    def _start_discard(self, pending: str) -> None:
+        # Keep the head of the frame's data for the dead-letter row, drop the
+        # rest until the frame ends.
+        first_line = pending.lstrip("\n").partition("\n")[0]
+        value = first_line.partition(":")[2]
+        head = value[1:] if value.startswith(" ") else value
+        self._discarding = (head[:RAW_CAP], len(pending))
+        self._tail = pending[-1:]
 
 
 def _carry_state(old: SSEDecoder) -> SSEDecoder:

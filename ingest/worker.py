@@ -57,6 +57,18 @@ class _NeedSince:
 
 
 @dataclass(frozen=True)
+class _Normalised:
+    """A chunk's frames, normalised on the reader thread.
+
+    Normalising there lets it overlap with the database's own work, which
+    runs without the GIL.
+    """
+
+    items: list[Event | Rejection]
+    received_at: datetime
+
+
+@dataclass(frozen=True)
 class _ReaderDone:
     error: BaseException | None = None
 
@@ -112,9 +124,7 @@ class Worker:
         self.stop = threading.Event()
         self.stop_reason = ""
         self.counts = RunCounts()
-        self._queue: queue.Queue[StreamItem | _NeedSince | _ReaderDone] = queue.Queue(
-            maxsize=QUEUE_CHUNKS
-        )
+        self._queue: queue.Queue[_QueueItem] = queue.Queue(maxsize=QUEUE_CHUNKS)
         self._answers: queue.Queue[datetime | None] = queue.Queue(maxsize=1)
         self._batch: list[Received] = []
         self._batch_newest: datetime | None = None
@@ -140,7 +150,7 @@ class Worker:
                 continue
         return None
 
-    def _put(self, item: StreamItem | _NeedSince | _ReaderDone) -> None:
+    def _put(self, item: _QueueItem) -> None:
         # Blocks while the main thread is behind (backpressure), but never
         # past a stop request.
         while True:
@@ -165,7 +175,11 @@ class Worker:
         error: BaseException | None = None
         try:
             for item in self._stream(options, self._since_for_connect, self.stop):
-                self._put(item)
+                if type(item) is Chunk:
+                    normalised = [_normalise(frame) for frame in item.frames]
+                    self._put(_Normalised(normalised, item.received_at))
+                else:
+                    self._put(item)
         except BaseException as exc:  # handed to the main thread, which decides
             error = exc
         self._put(_ReaderDone(error))
@@ -261,7 +275,7 @@ class Worker:
             except queue.Empty:
                 continue
 
-            if isinstance(item, Chunk):
+            if type(item) is _Normalised:
                 idle_from = time.monotonic()
                 if self._take(item):
                     self._flush()
@@ -284,14 +298,15 @@ class Worker:
                 self._flush()
                 return self._reader_done(item)
 
-    def _take(self, chunk: Chunk) -> bool:
-        """Normalise a chunk into the batch; True once ``--max-events`` is reached."""
+    def _take(self, chunk: _Normalised) -> bool:
+        """Add a chunk to the batch; True once ``--max-events`` is reached."""
         limit = self.settings.max_events
-        for frame in chunk.frames:
-            item = _normalise(frame)
-            self._batch.append(Received(item, chunk.received_at))
+        received_at = chunk.received_at
+        batch = self._batch
+        for item in chunk.items:
+            batch.append(Received(item, received_at))
             self._connection_events += 1
-            if isinstance(item, Event):
+            if type(item) is Event:
                 self.counts.received += 1
                 occurred = item.occurred_at
                 if self._batch_newest is None or occurred > self._batch_newest:
@@ -329,7 +344,7 @@ class Worker:
                 item = self._queue.get_nowait()
             except queue.Empty:
                 return
-            if isinstance(item, Chunk):
+            if type(item) is _Normalised:
                 self._take(item)
 
     def _on_opened(self, item: Opened) -> None:
@@ -463,6 +478,9 @@ class Worker:
                 log.warning("database error, retrying in %.1fs: %s", delay, message)
                 time.sleep(delay)
                 delay = min(delay * 2, 5.0)
+
+
+_QueueItem = _Normalised | Opened | Closed | Failed | _NeedSince | _ReaderDone
 
 
 def _normalise(frame: Frame) -> Event | Rejection:
