@@ -175,7 +175,7 @@ class Worker:
         error: BaseException | None = None
         try:
             for item in self._stream(options, self._since_for_connect, self.stop):
-                if type(item) is Chunk:
+                if isinstance(item, Chunk):
                     normalised = [_normalise(frame) for frame in item.frames]
                     self._put(_Normalised(normalised, item.received_at))
                 else:
