@@ -219,7 +219,7 @@ class Store:
             raise StoreError(f"unsupported database {dialect!r}: use SQLite or PostgreSQL")
         self._sqlite = dialect == "sqlite"
         insert: Any = sqlite.insert if self._sqlite else postgresql.insert
-        values: dict[str, Any] = {name: sa.bindparam(name) for name in _EVENT_COLUMNS}
+        values: dict[str, Any] = {name: sa.bindparam(name) for name in EVENT_COLUMNS}
         if self._sqlite:
             # Python's sqlite3 binds None through its slow adapter lookup;
             # optional text goes in as '' (NULLIF makes it NULL, and the
@@ -232,7 +232,7 @@ class Store:
         # executemany, skipping per-row parameter processing.
         compiled = statement.compile(dialect=engine.dialect)
         if compiled.positiontup is not None:
-            assert tuple(compiled.positiontup) == _EVENT_COLUMNS, compiled.positiontup
+            assert tuple(compiled.positiontup) == EVENT_COLUMNS, compiled.positiontup
         self._insert_sql = str(compiled)
 
     @classmethod
@@ -448,7 +448,7 @@ class Store:
                     pass
 
 
-_EVENT_COLUMNS = (
+EVENT_COLUMNS = (
     "id",
     "source",
     "type",

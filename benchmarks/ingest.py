@@ -1,0 +1,337 @@
+"""Ingest benchmark: a backlog streamed over loopback into fresh archives.
+
+Run with ``make bench`` (1M events, plus a 4M run for the memory check) or
+``python -m benchmarks.ingest --help``. In one run it measures:
+
+- end-to-end: the real ``grantex-archive ingest`` process replaying the
+  simulator's backlog (``--since`` its start, ``--max-events N``) into a fresh
+  SQLite file and a fresh PostgreSQL schema; events/s over the process's
+  wall time, and its peak RSS;
+- the ceiling: the same rows inserted with plain ``sqlite3`` ``executemany``
+  in batches of 1000 into the same schema and indexes, no network (rows built
+  the straightforward way, ``None`` for missing values);
+- the naive baseline: one ORM insert and commit per event;
+- flatness: peak RSS of the ingest process for a larger backlog.
+
+The simulator runs as a separate process (``grantex-archive simulate``), as
+does each ingest, so the two share the machine's cores the way a real
+deployment shares a host with the network.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import re
+import sqlite3
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from dataclasses import dataclass
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+
+import sqlalchemy as sa
+from sqlalchemy.orm import Session, registry
+
+from ingest import migrate
+from ingest.events import Event, normalise
+from ingest.simulator import generate_events
+from ingest.store import EVENT_COLUMNS, events
+
+ROOT = Path(__file__).resolve().parent.parent
+CLI = [sys.executable, "-m", "ingest.cli"]
+PG_URL = os.environ.get("GRANTEX_TEST_PG_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
+KEY = "bench_" + uuid.uuid4().hex
+
+
+@dataclass
+class Measure:
+    label: str
+    events: int
+    seconds: float
+    rss_mb: float | None = None
+
+    @property
+    def rate(self) -> float:
+        return self.events / self.seconds if self.seconds else 0.0
+
+
+class SimulatorProcess:
+    def __init__(self, backlog: int, seed: int = 42) -> None:
+        env = dict(os.environ, GRANTEX_API_KEY=KEY)
+        self.proc = subprocess.Popen(
+            [
+                *CLI,
+                "simulate",
+                "--port",
+                "0",
+                "--backlog",
+                str(backlog),
+                "--rate",
+                "0",
+                "--seed",
+                str(seed),
+                "--keepalive",
+                "5",
+            ],
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        assert self.proc.stdout is not None
+        url_line = self.proc.stdout.readline()
+        start_line = self.proc.stdout.readline()
+        match = re.search(r"(http://\S+)", url_line)
+        if not match:
+            self.proc.kill()
+            raise RuntimeError(f"simulator did not start: {url_line!r} {self.proc.stderr.read()!r}")  # type: ignore[union-attr]
+        self.base_url = match.group(1)
+        self.history_start = start_line.strip().rsplit(" ", 1)[-1]
+
+    def close(self) -> None:
+        self.proc.terminate()
+        try:
+            self.proc.wait(10)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+
+
+def run_ingest(db_url: str, sim: SimulatorProcess, count: int) -> Measure:
+    env = dict(os.environ, GRANTEX_API_KEY=KEY)
+    args = [
+        *CLI,
+        "ingest",
+        "--db",
+        db_url,
+        "--base-url",
+        sim.base_url,
+        "--since",
+        sim.history_start,
+        "--max-events",
+        str(count),
+        "--max-runtime",
+        "1800",
+        "--quiet",
+    ]
+    started = time.perf_counter()
+    proc = subprocess.Popen(
+        args, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
+    _pid, status, usage = os.wait4(proc.pid, 0)
+    seconds = time.perf_counter() - started
+    stderr = proc.stderr.read() if proc.stderr else ""
+    if os.waitstatus_to_exitcode(status) != 0:
+        raise RuntimeError(f"ingest failed ({status}): {stderr[-2000:]}")
+    engine = sa.create_engine(db_url)
+    with engine.connect() as conn:
+        stored = conn.execute(sa.select(sa.func.count()).select_from(events)).scalar_one()
+    engine.dispose()
+    if stored != count:
+        raise RuntimeError(f"archive holds {stored} events, expected {count}")
+    return Measure("", count, seconds, usage.ru_maxrss / 1024)
+
+
+def backlog_rows(count: int, seed: int) -> list[tuple[object, ...]]:
+    start = datetime.now(timezone.utc) - timedelta(days=1)
+    received = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M:%S.%f")
+    rows = []
+    for envelope in generate_events(seed, start, count, 86400 / max(count, 1), "live"):
+        import json
+
+        event = normalise(json.dumps(envelope, separators=(",", ":")))
+        assert isinstance(event, Event)
+        rows.append(
+            (
+                event.id,
+                "default",
+                event.type,
+                event.occurred_at.strftime("%Y-%m-%d %H:%M:%S.%f"),
+                received,
+                event.grant_id,
+                event.agent_id,
+                event.principal_id,
+                event.revoked_by,
+                event.token_id,
+                event.method,
+                event.percentage,
+                event.remaining,
+                event.initial,
+                event.payload,
+            )
+        )
+    return rows
+
+
+def ceiling(rows: list[tuple[object, ...]], workdir: Path) -> Measure:
+    path = workdir / "ceiling.db"
+    migrate.upgrade(f"sqlite:///{path}")
+    conn = sqlite3.connect(path)
+    conn.execute("PRAGMA journal_mode=WAL")
+    conn.execute("PRAGMA synchronous=NORMAL")
+    columns = ", ".join(EVENT_COLUMNS)
+    marks = ", ".join("?" for _ in EVENT_COLUMNS)
+    sql = f"INSERT INTO events ({columns}) VALUES ({marks}) ON CONFLICT (id) DO NOTHING"
+    started = time.perf_counter()
+    for start in range(0, len(rows), 1000):
+        conn.executemany(sql, rows[start : start + 1000])
+        conn.commit()
+    seconds = time.perf_counter() - started
+    conn.close()
+    return Measure("ceiling: sqlite3 executemany, batches of 1000", len(rows), seconds)
+
+
+def naive(rows: list[tuple[object, ...]], workdir: Path) -> Measure:
+    url = f"sqlite:///{workdir / 'naive.db'}"
+    migrate.upgrade(url)
+    mapper = registry()
+
+    class Row:
+        pass
+
+    mapper.map_imperatively(Row, events)
+    engine = sa.create_engine(url)
+    started = time.perf_counter()
+    with Session(engine) as session:
+        for values in rows:
+            record = Row()
+            for name, value in zip(EVENT_COLUMNS, values, strict=True):
+                if name in ("occurred_at", "received_at"):
+                    value = datetime.fromisoformat(str(value))
+                setattr(record, name, value)
+            session.add(record)
+            session.commit()
+    seconds = time.perf_counter() - started
+    engine.dispose()
+    return Measure("naive: one ORM insert and commit per event", len(rows), seconds)
+
+
+def fresh_pg_schema() -> tuple[str, str]:
+    schema = f"bench_{uuid.uuid4().hex[:10]}"
+    admin = sa.create_engine(PG_URL, isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
+        conn.execute(sa.text(f'CREATE SCHEMA "{schema}"'))
+    admin.dispose()
+    url = f"{PG_URL}?options=-csearch_path%3D{schema}"
+    migrate.upgrade(url)
+    return url, schema
+
+
+def drop_pg_schema(schema: str) -> None:
+    admin = sa.create_engine(PG_URL, isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
+        conn.execute(sa.text(f'DROP SCHEMA "{schema}" CASCADE'))
+    admin.dispose()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--events", type=int, default=1_000_000)
+    parser.add_argument(
+        "--flat-events",
+        type=int,
+        default=4_000_000,
+        help="backlog for the RSS flatness check (0 skips it)",
+    )
+    parser.add_argument("--naive-events", type=int, default=20_000)
+    parser.add_argument("--no-postgres", action="store_true")
+    parser.add_argument("--no-write", action="store_true", help="do not update BENCHMARKS.md")
+    args = parser.parse_args()
+
+    results: list[Measure] = []
+    with tempfile.TemporaryDirectory(prefix="gxa-bench-") as tmp:
+        workdir = Path(tmp)
+        print(f"building a {args.events:,}-event backlog in the simulator...", flush=True)
+        sim = SimulatorProcess(args.events)
+        try:
+            m = run_ingest(f"sqlite:///{workdir / 'e2e.db'}", sim, args.events)
+            m.label = "end-to-end, SQLite"
+            results.append(m)
+            print(f"  {m.label}: {m.rate:,.0f} events/s, peak RSS {m.rss_mb:.0f} MB", flush=True)
+            if not args.no_postgres:
+                url, schema = fresh_pg_schema()
+                try:
+                    m = run_ingest(url, sim, args.events)
+                finally:
+                    drop_pg_schema(schema)
+                m.label = "end-to-end, PostgreSQL"
+                results.append(m)
+                print(
+                    f"  {m.label}: {m.rate:,.0f} events/s, peak RSS {m.rss_mb:.0f} MB", flush=True
+                )
+        finally:
+            sim.close()
+
+        rows = backlog_rows(args.events, 42)
+        m = ceiling(rows, workdir)
+        results.append(m)
+        print(f"  {m.label}: {m.rate:,.0f} rows/s", flush=True)
+        m = naive(rows[: args.naive_events], workdir)
+        results.append(m)
+        print(f"  {m.label}: {m.rate:,.0f} events/s", flush=True)
+        del rows
+
+        if args.flat_events:
+            print(f"building a {args.flat_events:,}-event backlog...", flush=True)
+            sim = SimulatorProcess(args.flat_events, seed=43)
+            try:
+                m = run_ingest(f"sqlite:///{workdir / 'flat.db'}", sim, args.flat_events)
+            finally:
+                sim.close()
+            m.label = f"end-to-end, SQLite, {args.flat_events:,} backlog"
+            results.append(m)
+            print(f"  {m.label}: {m.rate:,.0f} events/s, peak RSS {m.rss_mb:.0f} MB", flush=True)
+
+    table = render(results, args)
+    print()
+    print(table)
+    if not args.no_write:
+        write_section(table)
+
+
+def render(results: list[Measure], args: argparse.Namespace) -> str:
+    by_label = {m.label: m for m in results}
+    lines = [
+        f"Run on {datetime.now(timezone.utc):%Y-%m-%d} · Python {platform.python_version()} · "
+        f"SQLite {sqlite3.sqlite_version} · {os.cpu_count()} cores · "
+        f"`python -m benchmarks.ingest --events {args.events} --flat-events {args.flat_events}`",
+        "",
+        "| measure | events | seconds | events/s | peak RSS |",
+        "|---|---:|---:|---:|---:|",
+    ]
+    for m in results:
+        rss = f"{m.rss_mb:.0f} MB" if m.rss_mb is not None else "-"
+        lines.append(f"| {m.label} | {m.events:,} | {m.seconds:.1f} | {m.rate:,.0f} | {rss} |")
+    e2e = by_label.get("end-to-end, SQLite")
+    ceil = by_label.get("ceiling: sqlite3 executemany, batches of 1000")
+    if e2e and ceil:
+        lines += ["", f"SQLite end-to-end / ceiling: **{e2e.rate / ceil.rate:.2f}x**"]
+    flat = [m for m in results if "backlog" in m.label]
+    if e2e and flat and e2e.rss_mb and flat[0].rss_mb:
+        lines.append(
+            f"Peak RSS, {flat[0].events:,} vs {e2e.events:,} backlog: "
+            f"{flat[0].rss_mb:.0f} MB vs {e2e.rss_mb:.0f} MB "
+            f"({(flat[0].rss_mb / e2e.rss_mb - 1) * 100:+.0f}%)"
+        )
+    return "\n".join(lines)
+
+
+def write_section(table: str) -> None:
+    path = ROOT / "BENCHMARKS.md"
+    text = path.read_text() if path.exists() else "# Benchmarks\n"
+    begin, end = "<!-- ingest:begin -->", "<!-- ingest:end -->"
+    block = f"{begin}\n{table}\n{end}"
+    if begin in text and end in text:
+        text = text[: text.index(begin)] + block + text[text.index(end) + len(end) :]
+    else:
+        text = text.rstrip() + "\n\n" + block + "\n"
+    path.write_text(text)
+    print(f"updated {path}")
+
+
+if __name__ == "__main__":
+    main()
