@@ -38,7 +38,9 @@ def render() -> str:
         "",
     ]
     for path in _commands(main, []):
-        result = runner.invoke(main, [*path, "--help"], prog_name="grantex-archive", terminal_width=88)
+        result = runner.invoke(
+            main, [*path, "--help"], prog_name="grantex-archive", terminal_width=88
+        )
         title = " ".join(["grantex-archive", *path])
         parts += [f"## `{title}`", "", "```", result.output.rstrip(), "```", ""]
     return "\n".join(parts)

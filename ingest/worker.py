@@ -10,6 +10,7 @@ which the main thread answers only after committing everything received.
 
 from __future__ import annotations
 
+import gc
 import logging
 import queue
 import signal
@@ -213,6 +214,11 @@ class Worker:
             format_timestamp(self._initial_since) if self._initial_since else "live",
             ",".join(s.types) or "all",
         )
+        # The pipeline allocates many short-lived tuples; collecting the
+        # youngest generation less often is measurably faster and changes
+        # nothing else (see BENCHMARKS.md).
+        gc_thresholds = gc.get_threshold()
+        gc.set_threshold(50_000, 20, 100)
         reader = threading.Thread(target=self._read, name="grantex-stream", daemon=True)
         result: RunResult
         with _signals(self._on_signal):
@@ -224,6 +230,7 @@ class Worker:
             finally:
                 self.stop.set()
         reader.join(timeout=2)
+        gc.set_threshold(*gc_thresholds)
         self._finish(result)
         return result
 
@@ -478,6 +485,10 @@ class Worker:
                 log.warning("database error, retrying in %.1fs: %s", delay, message)
                 time.sleep(delay)
                 delay = min(delay * 2, 5.0)
+            except sa.exc.DBAPIError as exc:
+                # Not transient (a missing table, a permission): retrying
+                # cannot help, and nothing uncommitted was acknowledged.
+                raise StoreError(f"database unusable: {_db_message(exc)}") from None
 
 
 _QueueItem = _Normalised | Opened | Closed | Failed | _NeedSince | _ReaderDone

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import signal
+import sqlite3
 import time
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
@@ -492,3 +493,45 @@ def test_second_ingest_on_same_archive_and_source_exits_75(archive_url: str) -> 
             proc.send_signal(signal.SIGTERM)
             proc.communicate(timeout=15)
     assert proc.returncode == 0
+
+
+def test_database_failing_mid_run_exits_4_keeping_what_was_committed(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'archive.db'}"
+    chunks = [frame(ev(n)) for n in range(1, 4)]
+    later = [frame(ev(n)) for n in range(4, 7)]
+    with ScriptedServer(
+        [Reply(chunks=chunks + [b": wait\n\n"] * 30 + later, pause=0.1, hold=30)]
+    ) as server:
+        proc = spawn(
+            [
+                "ingest",
+                "--db",
+                url,
+                "--base-url",
+                server.base_url,
+                "--flush-interval",
+                "0.2",
+                "--db-retry-timeout",
+                "2",
+            ]
+        )
+        try:
+            _wait_for(lambda: (tmp_path / "archive.db").exists() and _count(url) == 3)
+            conn = sqlite3.connect(tmp_path / "archive.db")
+            conn.execute("ALTER TABLE events RENAME TO events_elsewhere")
+            conn.commit()
+            conn.close()
+            _out, err = proc.communicate(timeout=30)
+        finally:
+            proc.kill()
+    assert proc.returncode == 4, err
+    assert "Error: database unusable" in err
+    assert API_KEY not in err
+    assert rows(url, "SELECT count(*) FROM events_elsewhere") == [(3,)]
+
+
+def _count(url: str) -> int:
+    try:
+        return int(rows(url, "SELECT count(*) FROM events")[0][0])
+    except Exception:  # the archive may still be being created
+        return -1
