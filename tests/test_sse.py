@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterable
+from datetime import datetime, timezone
 
+import sqlalchemy as sa
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from ingest.events import Event, normalise
+from ingest.events import Event, Rejection, normalise
 from ingest.sse import DISCARD_LIMIT, Control, Frame, FrameDecoder, decode_all
+from ingest.store import Received, Store, events, metadata
 
 
 def frames(chunks: Iterable[bytes]) -> list[Frame | Control]:
@@ -103,11 +106,21 @@ def test_huge_frame_is_truncated_and_skipped_to_its_end() -> None:
     assert second == Frame(data="next", event="message")
 
 
-def _stream(events: list[dict[str, object]], eol: str, bom: bool) -> bytes:
+def _stream(events: list[dict[str, object]], eol: str, bom: bool, style: int) -> bytes:
+    """The same events framed in one of several valid ways."""
     parts = ["\ufeff"] if bom else []
-    for event in events:
-        parts.append(f": keepalive{eol}{eol}")
-        parts.append(f"data: {json.dumps(event)}{eol}{eol}")
+    for n, event in enumerate(events):
+        text = json.dumps(event)
+        if style == 0:
+            parts.append(f"data: {text}{eol}{eol}")
+        elif style == 1:
+            parts.append(f": keepalive{eol}{eol}event: grant{eol}id: {n}{eol}data:{text}{eol}{eol}")
+        elif style == 2:
+            # Multi-line data: JSON allows a newline between tokens.
+            head, _, tail = text.partition(", ")
+            parts.append(f"data: {head},{eol}data: {tail}{eol}{eol}{eol}")
+        else:
+            parts.append(f"retry: 1000{eol}{eol}data: {text}{eol}: comment{eol}{eol}")
     return "".join(parts).encode()
 
 
@@ -132,12 +145,13 @@ events_strategy = st.lists(
     events=events_strategy,
     eol=st.sampled_from(["\n", "\r", "\r\n"]),
     bom=st.booleans(),
+    style=st.integers(min_value=0, max_value=3),
     cuts=st.lists(st.integers(min_value=0, max_value=10_000), max_size=30),
 )
 def test_any_chunking_of_a_valid_stream_gives_the_same_events(
-    events: list[dict[str, object]], eol: str, bom: bool, cuts: list[int]
+    events: list[dict[str, object]], eol: str, bom: bool, style: int, cuts: list[int]
 ) -> None:
-    stream = _stream(events, eol, bom)
+    stream = _stream(events, eol, bom, style)
     points = sorted({c % (len(stream) + 1) for c in cuts})
     bounds = zip([0, *points], [*points, len(stream)], strict=True)
     chunks = [stream[a:b] for a, b in bounds if b > a]
@@ -145,4 +159,23 @@ def test_any_chunking_of_a_valid_stream_gives_the_same_events(
     pieces = [normalise(d) for d in datas(chunks)]
     assert pieces == whole
     assert all(isinstance(e, Event) for e in whole)
+    # And the archive they make is the same.
+    assert _archive(pieces) == _archive(whole)
     assert [e.id for e in whole if isinstance(e, Event)] == [e["id"] for e in events]
+
+
+def _archive(items: list[Event | Rejection]) -> list[tuple[object, ...]]:
+    store = Store.open("sqlite://")
+    metadata.create_all(store.engine)
+    now = datetime(2026, 3, 1, tzinfo=timezone.utc)
+    store.write_batch("default", None, [Received(item, now) for item in items])
+    with store.engine.connect() as conn:
+        stored = list(conn.execute(sa.select(events).order_by(events.c.seq)).all())
+    store.close()
+    return [tuple(row) for row in stored]
+
+
+def test_three_newlines_and_split_blank_line() -> None:
+    assert datas([b"data: a\n\n\ndata: b\n\n"]) == ["a", "b"]
+    assert datas([b"data: a\n", b"\n", b"data: b\n\n"]) == ["a", "b"]
+    assert datas([b"data: a\r", b"\r", b"\ndata: b\r\n\r\n"]) == ["a", "b"]

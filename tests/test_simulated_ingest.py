@@ -1,0 +1,222 @@
+"""The real CLI against the simulator: whole lifecycles, faults, kills and resumes."""
+
+from __future__ import annotations
+
+import json
+import signal
+import time
+from collections import Counter
+from collections.abc import Iterator
+
+import pytest
+
+from ingest import migrate
+from ingest.events import format_timestamp
+from ingest.simulator import Simulator, SimulatorConfig
+from tests.conftest import API_KEY, invoke, rows, spawn
+
+
+@pytest.fixture
+def archive_url(archive_url: str) -> str:
+    if archive_url.startswith("postgresql"):
+        migrate.upgrade(archive_url)
+    return archive_url
+
+
+@pytest.fixture
+def simulator(request: pytest.FixtureRequest) -> Iterator[Simulator]:
+    options = getattr(request, "param", {})
+    config = SimulatorConfig(api_key=API_KEY, seed=11, rate=0, keepalive=0.5, **options)
+    with Simulator(config) as sim:
+        yield sim
+
+
+def catch_up(url: str, sim: Simulator, *extra: str) -> tuple[int, str]:
+    result = invoke(
+        [
+            "ingest",
+            "--db",
+            url,
+            "--base-url",
+            sim.base_url,
+            "--since",
+            format_timestamp(sim.history_start),
+            "--until-idle",
+            "1.5",
+            "--max-runtime",
+            "60",
+            *extra,
+        ]
+    )
+    return result.exit_code, result.output
+
+
+def archived(url: str) -> list[tuple[str, str]]:
+    return [(r[0], r[1]) for r in rows(url, "SELECT id, payload FROM events ORDER BY seq")]
+
+
+@pytest.mark.parametrize("simulator", [{"backlog": 3000}], indirect=True)
+def test_backlog_is_archived_exactly_once(archive_url: str, simulator: Simulator) -> None:
+    code, output = catch_up(archive_url, simulator)
+    assert code == 0, output
+    expected = {e["id"]: e for e in simulator.events()}
+    stored = archived(archive_url)
+    assert len(stored) == len(expected) == 3000
+    assert {event_id for event_id, _ in stored} == set(expected)
+    for event_id, payload in stored:
+        assert json.loads(payload) == expected[event_id]
+    # Again: everything is a duplicate, nothing changes.
+    code, output = catch_up(archive_url, simulator)
+    assert code == 0, output
+    assert len(archived(archive_url)) == 3000
+    [(inserted, duplicates)] = rows(
+        archive_url, "SELECT inserted, duplicates FROM ingest_runs WHERE id = 2"
+    )
+    assert (inserted, duplicates) == (0, 3000)
+
+
+@pytest.mark.parametrize("simulator", [{"backlog": 2000, "envelope": "documented"}], indirect=True)
+def test_documented_envelope_typed_columns(sqlite_archive: str, simulator: Simulator) -> None:
+    code, output = catch_up(sqlite_archive, simulator)
+    assert code == 0, output
+    counts = dict(rows(sqlite_archive, "SELECT type, count(*) FROM events GROUP BY type"))
+    expected = Counter(e["type"] for e in simulator.events())
+    assert counts == dict(expected)
+    revoked = rows(
+        sqlite_archive,
+        "SELECT count(*) FROM events WHERE type = 'grant.revoked' AND revoked_by IS NULL",
+    )
+    assert revoked == [(0,)]
+    thresholds = rows(
+        sqlite_archive,
+        "SELECT count(*) FROM events WHERE type = 'budget.threshold' AND percentage IS NULL",
+    )
+    assert thresholds == [(0,)]
+
+
+@pytest.mark.parametrize("simulator", [{"backlog": 2000}], indirect=True)
+def test_live_envelope_typed_columns(sqlite_archive: str, simulator: Simulator) -> None:
+    code, output = catch_up(sqlite_archive, simulator)
+    assert code == 0, output
+    [(missing_pct,)] = rows(
+        sqlite_archive,
+        "SELECT count(*) FROM events WHERE type = 'budget.threshold' "
+        "AND (percentage IS NULL OR remaining IS NULL)",
+    )
+    assert missing_pct == 0
+    [(with_actor,)] = rows(
+        sqlite_archive,
+        "SELECT count(*) FROM events WHERE type = 'grant.revoked' AND revoked_by IS NOT NULL",
+    )
+    assert with_actor == 0
+
+
+@pytest.mark.parametrize("simulator", [{"backlog": 1500}], indirect=True)
+def test_types_filter_on_the_server(sqlite_archive: str, simulator: Simulator) -> None:
+    code, output = catch_up(sqlite_archive, simulator, "--types", "grant.created,grant.revoked")
+    assert code == 0, output
+    types = {r[0] for r in rows(sqlite_archive, "SELECT DISTINCT type FROM events")}
+    assert types == {"grant.created", "grant.revoked"}
+    expected = sum(1 for e in simulator.events() if e["type"] in ("grant.created", "grant.revoked"))
+    assert len(archived(sqlite_archive)) == expected
+
+
+@pytest.mark.parametrize(
+    "simulator", [{"backlog": 3000, "drop_every": 250, "malformed_every": 90}], indirect=True
+)
+def test_flapping_stream_with_malformed_frames_loses_nothing(
+    archive_url: str, simulator: Simulator
+) -> None:
+    code, output = catch_up(archive_url, simulator, "--overlap", "0")
+    assert code == 0, output
+    assert {r[0] for r in archived(archive_url)} == {e["id"] for e in simulator.events()}
+    reasons = [r[0] for r in rows(archive_url, "SELECT reason FROM rejected_events")]
+    assert reasons, "malformed frames must be kept"
+    assert all(not r.startswith("conflicting") for r in reasons)
+    [(reconnects,)] = rows(archive_url, "SELECT reconnects FROM ingest_runs")
+    assert reconnects >= 10
+
+
+@pytest.mark.parametrize(
+    "simulator",
+    [{"backlog": 500, "fail_statuses": (429, 503, 503), "retry_after": 0.3}],
+    indirect=True,
+)
+def test_rate_limited_then_served(sqlite_archive: str, simulator: Simulator) -> None:
+    code, output = catch_up(sqlite_archive, simulator)
+    assert code == 0, output
+    assert len(archived(sqlite_archive)) == 500
+    statuses = [
+        r[0] for r in rows(sqlite_archive, "SELECT status_code FROM ingest_connections ORDER BY id")
+    ]
+    assert statuses[:4] == [429, 503, 503, 200]
+
+
+@pytest.mark.parametrize("simulator", [{"backlog": 200, "fail_always": 503}], indirect=True)
+def test_simulated_outage_exits_69(sqlite_archive: str, simulator: Simulator) -> None:
+    result = invoke(
+        ["ingest", "--db", sqlite_archive, "--base-url", simulator.base_url, "--max-runtime", "2"]
+    )
+    assert result.exit_code == 69
+
+
+@pytest.mark.parametrize("simulator", [{"backlog": 200}], indirect=True)
+def test_wrong_key_exits_3(sqlite_archive: str, simulator: Simulator) -> None:
+    result = invoke(
+        ["ingest", "--db", sqlite_archive, "--base-url", simulator.base_url, "--max-runtime", "5"],
+        env={"GRANTEX_API_KEY": "not-the-key"},
+    )
+    assert result.exit_code == 3
+    assert "not-the-key" not in result.output
+
+
+@pytest.mark.parametrize("simulator", [{"backlog": 120_000}], indirect=True)
+def test_sigkill_mid_ingest_then_resume(archive_url: str, simulator: Simulator) -> None:
+    since = format_timestamp(simulator.history_start)
+    proc = spawn(
+        [
+            "ingest",
+            "--db",
+            archive_url,
+            "--base-url",
+            simulator.base_url,
+            "--since",
+            since,
+            "--batch-size",
+            "500",
+        ]
+    )
+    try:
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            try:
+                [(count,)] = rows(archive_url, "SELECT count(*) FROM events")
+            except Exception:  # still being created
+                count = 0
+            if count >= 5000:
+                break
+            time.sleep(0.02)
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(10)
+    finally:
+        proc.kill()
+    [(partial,)] = rows(archive_url, "SELECT count(*) FROM events")
+    assert 0 < partial < 120_000, "the kill must land mid-ingest"
+    # The killed run stays "running"; the next run marks nothing lost.
+    result = invoke(
+        [
+            "ingest",
+            "--db",
+            archive_url,
+            "--base-url",
+            simulator.base_url,
+            "--until-idle",
+            "1.5",
+            "--max-runtime",
+            "120",
+        ]
+    )
+    assert result.exit_code == 0, result.output
+    stored = [r[0] for r in rows(archive_url, "SELECT id FROM events")]
+    assert len(stored) == len(set(stored)) == 120_000
+    assert set(stored) == {e["id"] for e in simulator.events()}
