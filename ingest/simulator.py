@@ -35,7 +35,7 @@ from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from itertools import accumulate, chain, islice
 from types import TracebackType
-from typing import cast
+from typing import Any, cast
 from urllib.parse import parse_qs, urlsplit
 
 __all__ = [
@@ -88,58 +88,31 @@ _EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
 
 # --------------------------------------------------------------------------- ids & times
 
-_M80 = (1 << 80) - 1
-_MUL1 = 0x9E3779B97F4A7C15F39D
-_MUL2 = 0xC2B2AE3D27D4EB4F165B
-_INV1 = pow(_MUL1, -1, 1 << 80)
-_INV2 = pow(_MUL2, -1, 1 << 80)
 _CROCKFORD = "0123456789ABCDEFGHJKMNPQRSTVWXYZ"
 _PAIRS = [a + b for a in _CROCKFORD for b in _CROCKFORD]
-_TRIPLES = [ab + c for ab in _PAIRS for c in _CROCKFORD]
 _CROCKFORD_VALUES: dict[str, int] = {}
 for _i, _c in enumerate(_CROCKFORD):
     _CROCKFORD_VALUES[_c] = _i
     _CROCKFORD_VALUES[_c.lower()] = _i
-
-
-def _mix80(x: int) -> int:
-    # A bijection on 80-bit ints: ids look random, stay unique per index, and can be
-    # inverted to find an event's index from its id (Last-Event-ID) without an id index.
-    x = (x * _MUL1) & _M80
-    x ^= x >> 41
-    x = (x * _MUL2) & _M80
-    x ^= x >> 37
-    return x
-
-
-def _unmix80(x: int) -> int:
-    x ^= (x >> 37) ^ (x >> 74)
-    x = (x * _INV2) & _M80
-    x ^= x >> 41
-    return (x * _INV1) & _M80
+# Random bytes -> Crockford symbols in one C-level translate (256 is a multiple of 32, so
+# every symbol stays equally likely).
+_BYTE_TO_CROCKFORD = bytes(_CROCKFORD.encode("ascii")[b & 31] for b in range(256))
+_RANDOM_POOL_CHARS = 16 * 4096
+# Formatting "%03d" costs more than everything else in a timestamp; look it up instead.
+_MILLIS = tuple(f".{i:03d}Z" for i in range(1000))
 
 
 @functools.lru_cache(maxsize=4096)
 def _ulid_time_head(head: int) -> str:
+    """The first 8 of the 10 ULID time symbols (ms >> 10), which change about once a second."""
     p = _PAIRS
     return (
         f"{p[(head >> 30) & 1023]}{p[(head >> 20) & 1023]}{p[(head >> 10) & 1023]}{p[head & 1023]}"
     )
 
 
-def _ulid(ms: int, rand80: int) -> str:
-    # Table lookups of 2-3 Crockford symbols at a time, and the leading 8 time symbols
-    # (which change once a second) cached: id rendering was the largest share of backlog
-    # generation time (base64.b32encode is pure Python and slower still).
-    t = _TRIPLES
-    return (
-        f"{_ulid_time_head(ms >> 10)}{_PAIRS[ms & 1023]}{t[rand80 >> 65]}"
-        f"{t[(rand80 >> 50) & 32767]}{t[(rand80 >> 35) & 32767]}{t[(rand80 >> 20) & 32767]}"
-        f"{t[(rand80 >> 5) & 32767]}{_CROCKFORD[rand80 & 31]}"
-    )
-
-
-def _ulid_decode(text: str) -> tuple[int, int] | None:
+def _ulid_ms(text: str) -> int | None:
+    """The millisecond timestamp of a 26-symbol ULID, or None if it is not one."""
     if len(text) != 26:
         return None
     value = 0
@@ -150,33 +123,62 @@ def _ulid_decode(text: str) -> tuple[int, int] | None:
         value = (value << 5) | digit
     if value >> 128:
         return None
-    return value >> 80, value & _M80
+    return value >> 80
+
+
+class _UlidSource:
+    """ULID-style ids: 48-bit ms time, then 80 random bits from a seeded generator.
+
+    The random symbols are drawn in bulk and sliced off a pool; rendering ids one integer
+    at a time was the largest single cost of generating a big backlog.
+    """
+
+    __slots__ = ("_rng", "pool", "pos")
+
+    def __init__(self, rng: random.Random) -> None:
+        self._rng = rng
+        self.pool = ""
+        self.pos = 0
+
+    def refill(self, size: int = _RANDOM_POOL_CHARS) -> None:
+        # Sizes stay multiples of 4 bytes, so the symbol sequence is one continuous stream
+        # whatever the refill pattern (randbytes consumes whole 32-bit words).
+        raw = self._rng.randbytes(size)
+        self.pool = raw.translate(_BYTE_TO_CROCKFORD).decode("ascii")
+        self.pos = 0
+
+    def take(self, count: int) -> list[str]:
+        """The random parts (16 symbols each) of the next ``count`` ids."""
+        need = 16 * count
+        pos = self.pos
+        if pos + need > len(self.pool):
+            rest = self.pool[pos:]
+            self.refill(max(_RANDOM_POOL_CHARS, need))
+            self.pool = rest + self.pool
+            pos = 0
+        self.pos = pos + need
+        pool = self.pool
+        return [pool[i : i + 16] for i in range(pos, pos + need, 16)]
+
+    def __call__(self, ms: int) -> str:
+        pos = self.pos
+        if pos + 16 > len(self.pool):
+            rest = self.pool[pos:]
+            self.refill()
+            self.pool = rest + self.pool
+            pos = 0
+        self.pos = pos + 16
+        return f"{_ulid_time_head(ms >> 10)}{_PAIRS[ms & 1023]}{self.pool[pos : pos + 16]}"
 
 
 def _format_ms(ms: int) -> str:
-    sec, milli = divmod(ms, 1000)
-    return f"{time.strftime('%Y-%m-%dT%H:%M:%S', time.gmtime(sec))}.{milli:03d}Z"
+    return _second_text(ms // 1000) + _MILLIS[ms % 1000]
 
 
-class _TsFormatter:
-    """Formats ms timestamps, reusing the date-time prefix while the second is unchanged.
-
-    Consecutive events mostly share a second, and strftime dominates generation cost
-    otherwise.
-    """
-
-    __slots__ = ("_prefix", "_sec")
-
-    def __init__(self) -> None:
-        self._sec = -1
-        self._prefix = ""
-
-    def __call__(self, ms: int) -> str:
-        sec, milli = divmod(ms, 1000)
-        if sec != self._sec:
-            self._sec = sec
-            self._prefix = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(sec))
-        return f"{self._prefix}.{milli:03d}Z"
+@functools.lru_cache(maxsize=8192)
+def _second_text(sec: int) -> str:
+    """``YYYY-MM-DDTHH:MM:SS`` of a Unix second; cached, as strftime dominates otherwise."""
+    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(sec))
 
 
 def _datetime_to_ms(value: datetime) -> int:
@@ -250,18 +252,65 @@ _SCOPE_SETS: tuple[tuple[str, ...], ...] = (
 _BUDGETS = (5, 10, 20, 25, 50, 100, 250, 500)
 _ANOMALY_REASONS = ("velocity_spike", "scope_escalation", "geo_anomaly", "budget_burn_rate")
 _VAULT_SERVICES = ("github", "google", "slack", "stripe", "notion", "salesforce")
-_SSO_PROVIDERS = ('"okta","method":"saml"', '"azure_ad","method":"oidc"',
-                  '"google_workspace","method":"oidc"')  # fmt: skip
+_SSO_PROVIDERS = (("okta", "saml"), ("azure_ad", "oidc"), ("google_workspace", "oidc"))
 _DPDP_PURPOSES = ("analytics", "marketing", "personalization", "model_training")
 
 _STEP_TOKEN = 0
 _STEP_BUDGET = 1
 _STEP_REVOKE = 2
 _REVOKERS = ("developer", "developer", "developer", "principal", "principal", "system")
+_TOKEN_STEP = (_STEP_TOKEN, 0, 0)
+_EXHAUSTED_STEP = (_STEP_BUDGET, 100, 0)
+
+
+_Step = tuple[int, int, int]  # (kind, a, b): budget (pct or 100, remaining cents), revoker
+_Plan = tuple[int, tuple[_Step, ...]]  # (initial budget in cents, steps after grant.created)
+
+
+def _make_plan(rng: random.Random, budget: bool) -> _Plan:
+    """One grant's future: token refreshes, budget debits, maybe a revocation."""
+    rand = rng.random
+    r = rand()
+    n_tokens = 1 if r < 0.5 else (2 if r < 0.85 else 3)
+    initial_c = 0
+    steps: list[_Step] = []
+    if budget:
+        initial_c = _BUDGETS[int(rand() * len(_BUDGETS))] * 100
+        # Debit until exhausted or the agent stops spending; an event per debit >= 50%.
+        consumed = 0
+        stop_level = 2.0 if rand() < 0.6 else 0.3 + rand() * 0.6
+        jump = 0.12  # the first debit is more often one big one that exhausts at once
+        while True:
+            if rand() < jump:
+                consumed = initial_c
+            else:
+                consumed += max(1, int(initial_c * (0.04 + rand() * 0.3)))
+            jump = 0.05
+            if consumed >= initial_c:
+                steps.append(_EXHAUSTED_STEP)
+                break
+            level = consumed / initial_c
+            if level >= 0.8:
+                steps.append((_STEP_BUDGET, 80, initial_c - consumed))
+            elif level >= 0.5:
+                steps.append((_STEP_BUDGET, 50, initial_c - consumed))
+            if level >= stop_level:
+                break
+    # Tokens get refreshed while the budget is being spent.
+    for _ in range(n_tokens):
+        steps.insert(int(rand() * (len(steps) + 1)), _TOKEN_STEP)
+    if rand() < 0.30:
+        del steps[int(rand() * (len(steps) + 1)) :]
+        steps.append((_STEP_REVOKE, int(rand() * len(_REVOKERS)), 0))
+    return initial_c, tuple(steps)
 
 
 def _compact_json(value: object) -> str:
     return json.dumps(value, separators=(",", ":"))
+
+
+# (timestamp ms, event type, documented envelope?, data JSON) of an event not yet rendered
+_Pending = tuple[int, str, bool, str]
 
 
 class _Grant:
@@ -284,15 +333,15 @@ class _Grant:
         self.tokens = 0
         self.live_core = ""
         # Pending lifecycle steps, stored reversed so the next one is a cheap pop().
-        self.steps: list[tuple[int, int, int]] = []
+        self.steps: list[_Step] = []
 
 
 class _EventFactory:
     """Deterministic (per seed) stream of interleaved grant lifecycles and other events.
 
-    It renders JSON text directly: every string it emits is a generated ASCII token that
-    needs no escaping, and skipping dict building + json encoding roughly halves the cost
-    of generating a large backlog.
+    Everything is rendered straight to JSON text: each string it emits is a generated
+    ASCII token that needs no escaping, and skipping dict building + json encoding is what
+    makes a million-event backlog take seconds rather than a minute.
     """
 
     def __init__(self, seed: int, envelope: str, frame_ids: bool = False) -> None:
@@ -302,20 +351,15 @@ class _EventFactory:
         self._rng = rng
         self._envelope = envelope
         self._frame_ids = frame_ids
-        self.event_key = rng.getrandbits(80)
-        self.malformed_key = rng.getrandbits(80)
-        self._entity_key = rng.getrandbits(80)
-        self.index = 0
-        self._entities = 0
+        # Separate streams, so event ids do not depend on how generation is batched.
+        self._uid = _UlidSource(random.Random(f"grantex-entity-ids-{seed}"))
+        self._event_ids = _UlidSource(random.Random(f"grantex-event-ids-{seed}"))
         self._grant_seq = 0
         self._pool: list[_Grant] = []
-        self._out: list[tuple[str, bool, str]] = []
-        self._fmt = _TsFormatter()
-        self._fmt_aux = _TsFormatter()
+        self._pending: list[_Pending] = []
         agent_epoch = 1_735_689_600_000  # 2025-01-01: agents were registered long ago
         self._agents = [
-            "ag_" + self._entity_id(agent_epoch + rng.randrange(300 * 86_400_000))
-            for _ in range(36)
+            "ag_" + self._uid(agent_epoch + rng.randrange(300 * 86_400_000)) for _ in range(36)
         ]
         principals = [f"user_{name}" for name in _FIRST_NAMES]
         while len(principals) < 320:
@@ -323,36 +367,22 @@ class _EventFactory:
             principals.append(f"user_{name}{rng.randrange(10, 1000)}")
         self._principals = principals
         self._scopes_json = {s: _compact_json(list(s)) for s in _SCOPE_SETS}
+        # Grants draw their future from a per-seed library of plans: planning each grant
+        # afresh was a third of the cost of generating a large backlog.
+        planner = random.Random(f"grantex-plans-{seed}")
+        self._plain_plans = [_make_plan(planner, False) for _ in range(512)]
+        self._budget_plans = [_make_plan(planner, True) for _ in range(4096)]
 
-    def _entity_id(self, ms: int) -> str:
-        n = self._entities
-        self._entities = n + 1
-        return _ulid(ms, _mix80((n + self._entity_key) & _M80))
+    def emit(self, ts: int, room: int) -> int:
+        """Queue the next 1 or 2 events (never more than ``room``), stamped ``ts``.
 
-    def event_id(self, ms: int, index: int) -> str:
-        return "evt_" + _ulid(ms, _mix80((index + self.event_key) & _M80))
-
-    def index_of(self, event_id: str) -> tuple[int, int] | None:
-        """Invert :meth:`event_id` to ``(index, ms)``; the caller checks it exists."""
-        if not event_id.startswith("evt_"):
-            return None
-        decoded = _ulid_decode(event_id[4:])
-        if decoded is None:
-            return None
-        ms, rand = decoded
-        return (_unmix80(rand) - self.event_key) & _M80, ms
-
-    def emit(self, ts: int, room: int, batch: _Batch) -> int:
-        """Append the next 1 or 2 events (never more than ``room``), stamped ``ts``.
-
-        Events are rendered straight to SSE frames. Two events come from one call only for
-        a grant.created/token.issued pair, which the live service publishes in the same
-        millisecond and sometimes in the "wrong" order. Returns the number appended.
+        Two events come from one call only for a grant.created/token.issued pair, which
+        the live service publishes in the same millisecond and sometimes in the "wrong"
+        order. Returns the number queued; :meth:`flush` renders them.
         """
-        out = self._out
-        out.clear()
-        rng = self._rng
-        r = rng.random()
+        out = self._pending
+        before = len(out)
+        r = self._rng.random()
         pool = self._pool
         size = len(pool)
         if r < 0.035:
@@ -360,55 +390,69 @@ class _EventFactory:
         elif size < 4 or (size < 12 and r < 0.25):
             self._new_grant(ts, room, out)
         else:
-            self._advance(pool[int(rng.random() * size)], ts, out)
-        stamp = self._fmt(ts)
-        key = self.event_key
-        for typ, doc, data in out:
-            index = self.index
-            self.index = index + 1
-            eid = f"evt_{_ulid(ts, _mix80((index + key) & _M80))}"
-            stamp_key = "timestamp" if doc else "createdAt"
-            if self._frame_ids:
-                frame = (
-                    f'id: {eid}\ndata: {{"id":"{eid}","type":"{typ}","{stamp_key}":"{stamp}",'
-                    f'"data":{data}}}\n\n'
-                )
-            else:
-                frame = (
-                    f'data: {{"id":"{eid}","type":"{typ}","{stamp_key}":"{stamp}",'
-                    f'"data":{data}}}\n\n'
-                )
-            batch.ts.append(ts)
-            batch.codes.append(_TYPE_CODES[typ])
-            batch.frames.append(frame)
-        return len(out)
+            self._advance(pool[int(self._rng.random() * size)], ts, out)
+        return len(out) - before
 
-    # -- lifecycle construction
+    def flush(self, batch: _Batch) -> None:
+        """Render the queued events to SSE frames, appending them to ``batch``."""
+        pending = self._pending
+        if not pending:
+            return
+        # Rendering is done column-wise in comprehensions: per-event Python overhead is
+        # what bounds how fast a multi-million-event backlog can be generated.
+        sec_text = _second_text
+        rand = self._event_ids.take(len(pending))
+        head = _ulid_time_head
+        pairs = _PAIRS
+        millis = _MILLIS
+        if self._frame_ids:
+            frames = [
+                f'id: evt_{head(ts >> 10)}{pairs[ts & 1023]}{rid}\ndata: {{"id":"evt_'
+                f'{head(ts >> 10)}{pairs[ts & 1023]}{rid}","type":"{typ}",'
+                f'"{"timestamp" if doc else "createdAt"}":"{sec_text(ts // 1000)}'
+                f'{millis[ts % 1000]}","data":{data}}}\n\n'
+                for (ts, typ, doc, data), rid in zip(pending, rand, strict=True)
+            ]
+        else:
+            frames = [
+                f'data: {{"id":"evt_{head(ts >> 10)}{pairs[ts & 1023]}{rid}","type":"{typ}",'
+                f'"{"timestamp" if doc else "createdAt"}":"{sec_text(ts // 1000)}'
+                f'{millis[ts % 1000]}","data":{data}}}\n\n'
+                for (ts, typ, doc, data), rid in zip(pending, rand, strict=True)
+            ]
+        batch.frames.extend(frames)
+        batch.ts.extend([record[0] for record in pending])
+        codes = _TYPE_CODES
+        batch.codes.extend([codes[record[1]] for record in pending])
+        pending.clear()
 
-    def _new_grant(self, ts: int, room: int, out: list[tuple[str, bool, str]]) -> None:
-        rng = self._rng
+    # -- grant lifecycles
+
+    def _new_grant(self, ts: int, room: int, out: list[_Pending]) -> None:
+        rand = self._rng.random
         self._grant_seq += 1
         env = self._envelope
         doc = env == "documented" or (env == "mixed" and self._grant_seq % 2 == 0)
         parent: _Grant | None = None
-        if not doc and rng.random() < 0.08:
+        if not doc and rand() < 0.08:
             candidates = [g for g in self._pool if not g.doc and g.depth < 3]
             if candidates:
-                parent = candidates[int(rng.random() * len(candidates))]
+                parent = candidates[int(rand() * len(candidates))]
         agents = self._agents
-        agent = agents[int(rng.random() * len(agents))]
-        if parent is not None:
-            principal = parent.principal
-            scopes = parent.scopes[: 1 + int(rng.random() * len(parent.scopes))]
-            while agent == parent.agent:
-                agent = agents[int(rng.random() * len(agents))]
+        agent = agents[int(rand() * len(agents))]
+        if parent is None:
+            principal = self._principals[int(rand() * len(self._principals))]
+            scopes = _SCOPE_SETS[int(rand() * len(_SCOPE_SETS))]
+            depth = 0
         else:
-            principal = self._principals[int(rng.random() * len(self._principals))]
-            scopes = _SCOPE_SETS[int(rng.random() * len(_SCOPE_SETS))]
+            principal = parent.principal
+            scopes = parent.scopes[: 1 + int(rand() * len(parent.scopes))]
+            depth = parent.depth + 1
+            if agent == parent.agent:  # a sub-agent acts on the delegated grant
+                agent = agents[(agents.index(agent) + 1) % len(agents)]
         # The grant row is written a few ms before its event is published.
-        lag = int(rng.random() * 12)
-        gid = "grnt_" + self._entity_id(ts - lag)
-        depth = 0 if parent is None else parent.depth + 1
+        lag = int(rand() * 12)
+        gid = "grnt_" + self._uid(ts - lag)
         grant = _Grant(gid, agent, principal, scopes, doc, depth)
         scopes_json = self._scopes_json.get(scopes) or _compact_json(list(scopes))
         if doc:
@@ -417,48 +461,38 @@ class _EventFactory:
                 f'"scopes":{scopes_json}}}'
             )
         else:
-            expires = self._fmt_aux(ts + 3_600_000 - lag)
-            grant.live_core = (
+            expires = _format_ms(ts + 3_600_000 - lag)
+            core = grant.live_core = (
                 f'"agentId":"{agent}","principalId":"{principal}","scopes":{scopes_json},'
                 f'"expiresAt":"{expires}"'
             )
-            created = f'{{"grantId":"{gid}",{grant.live_core}'
-            if parent is not None:
-                created += f',"delegationDepth":{grant.depth},"parentGrantId":"{parent.gid}"'
+            if parent is None:
+                created = f'{{"grantId":"{gid}",{core}}}'
+            else:
+                created = (
+                    f'{{"grantId":"{gid}",{core},"delegationDepth":{depth},'
+                    f'"parentGrantId":"{parent.gid}"}}'
+                )
                 parent.children.append(grant)
-            created += "}"
 
-        n_tokens = 1 + (rng.random() < 0.45) + (rng.random() < 0.15)
-        pair = rng.random()
-        if room >= 2 and pair < 0.75:
-            n_tokens -= 1
+        pair = rand()
+        paired = room >= 2 and pair < 0.75
+        if paired:
             token = self._token(grant, ts)
             if pair < 0.62:
-                out.append(("grant.created", doc, created))
-                out.append(("token.issued", doc, token))
+                out.append((ts, "grant.created", doc, created))
+                out.append((ts, "token.issued", doc, token))
             else:
-                out.append(("token.issued", doc, token))
-                out.append(("grant.created", doc, created))
+                out.append((ts, "token.issued", doc, token))
+                out.append((ts, "grant.created", doc, created))
         else:
-            out.append(("grant.created", doc, created))
+            out.append((ts, "grant.created", doc, created))
 
-        budget: list[tuple[int, int, int]] = []
-        if "budget:spend" in scopes:
-            initial_c = _BUDGETS[int(rng.random() * len(_BUDGETS))] * 100
-            grant.initial_c = initial_c
-            budget = self._plan_budget(initial_c)
-        tokens = [(_STEP_TOKEN, 0, 0)] * n_tokens
-        steps: list[tuple[int, int, int]] = []
-        while tokens or budget:
-            if budget and (not tokens or rng.random() < 0.6):
-                steps.append(budget.pop(0))
-            else:
-                steps.append(tokens.pop())
-        if rng.random() < 0.30:
-            cut = int(rng.random() * (len(steps) + 1))
-            who = int(rng.random() * len(_REVOKERS))
-            del steps[cut:]
-            steps.append((_STEP_REVOKE, who, 0))
+        plans = self._budget_plans if "budget:spend" in scopes else self._plain_plans
+        grant.initial_c, plan = plans[int(rand() * len(plans))]
+        steps = list(plan)
+        if paired and _TOKEN_STEP in steps:
+            steps.remove(_TOKEN_STEP)  # that token went out with grant.created
         if steps:
             steps.reverse()
             grant.steps = steps
@@ -466,69 +500,66 @@ class _EventFactory:
         else:
             grant.alive = False
 
-    def _plan_budget(self, initial_c: int) -> list[tuple[int, int, int]]:
-        """Debit until exhausted (or the agent stops spending); one event per debit >= 50%."""
-        rng = self._rng
-        plan: list[tuple[int, int, int]] = []
-        consumed = 0
-        stop_level = 2.0 if rng.random() < 0.6 else 0.3 + rng.random() * 0.6
-        jump = 0.12  # first debit is more often the single big one that exhausts at once
-        while True:
-            if rng.random() < jump:
-                consumed = initial_c
-            else:
-                consumed += max(1, int(initial_c * (0.04 + rng.random() * 0.3)))
-            jump = 0.05
-            if consumed >= initial_c:
-                plan.append((_STEP_BUDGET, 100, 0))
-                return plan
-            level = consumed / initial_c
-            if level >= 0.8:
-                plan.append((_STEP_BUDGET, 80, initial_c - consumed))
-            elif level >= 0.5:
-                plan.append((_STEP_BUDGET, 50, initial_c - consumed))
-            if level >= stop_level:
-                return plan
-
     def _token(self, grant: _Grant, ts: int) -> str:
-        tid = "tok_" + self._entity_id(ts - int(self._rng.random() * 12))
+        tid = "tok_" + self._uid(ts - int(self._rng.random() * 12))
         grant.tokens += 1
         if grant.doc:
             method = "exchange" if grant.tokens == 1 else "refresh"
             return f'{{"grantId":"{grant.gid}","tokenId":"{tid}","method":"{method}"}}'
         return f'{{"tokenId":"{tid}","grantId":"{grant.gid}",{grant.live_core}}}'
 
-    def _advance(self, grant: _Grant, ts: int, out: list[tuple[str, bool, str]]) -> None:
-        kind, a, b = grant.steps.pop()
-        if not grant.steps:
+    def _advance(self, grant: _Grant, ts: int, out: list[_Pending]) -> None:
+        steps = grant.steps
+        kind, a, b = steps.pop()
+        if not steps:
             self._retire(grant)
-        doc = grant.doc
-        gid = grant.gid
         if kind == _STEP_TOKEN:
-            out.append(("token.issued", doc, self._token(grant, ts)))
+            out.append((ts, "token.issued", grant.doc, self._token(grant, ts)))
         elif kind == _STEP_BUDGET:
-            if a == 100:
-                if doc:
-                    data = f'{{"grantId":"{gid}","initial":{grant.initial_c / 100!r}}}'
-                else:
-                    data = f'{{"grantId":"{gid}","remaining":"0"}}'
-                out.append(("budget.exhausted", doc, data))
-            else:
-                if doc:
-                    data = (
-                        f'{{"grantId":"{gid}","percentage":{float(a)!r},'
-                        f'"remaining":{b / 100!r},"initial":{grant.initial_c / 100!r}}}'
+            gid = grant.gid
+            if grant.doc:
+                initial = grant.initial_c / 100
+                if a == 100:
+                    out.append(
+                        (
+                            ts,
+                            "budget.exhausted",
+                            True,
+                            f'{{"grantId":"{gid}","initial":{initial!r}}}',
+                        )
                     )
                 else:
-                    data = f'{{"grantId":"{gid}","pct":{a},"remaining":"{b / 100:.4f}"}}'
-                out.append(("budget.threshold", doc, data))
+                    out.append(
+                        (
+                            ts,
+                            "budget.threshold",
+                            True,
+                            f'{{"grantId":"{gid}","percentage":{float(a)!r},'
+                            f'"remaining":{b / 100!r},"initial":{initial!r}}}',
+                        )
+                    )
+            elif a == 100:
+                out.append(
+                    (ts, "budget.exhausted", False, f'{{"grantId":"{gid}","remaining":"0"}}')
+                )
+            else:
+                out.append(
+                    (
+                        ts,
+                        "budget.threshold",
+                        False,
+                        f'{{"grantId":"{gid}","pct":{a},"remaining":"{b // 100}.{b % 100:02d}00"}}',
+                    )
+                )
         else:
-            self._revoke(grant, _REVOKERS[a], out)
+            self._revoke(grant, _REVOKERS[a], ts, out)
 
-    def _revoke(self, grant: _Grant, who: str, out: list[tuple[str, bool, str]]) -> None:
+    def _revoke(self, grant: _Grant, who: str, ts: int, out: list[_Pending]) -> None:
         self._retire(grant)
         if grant.doc:
-            out.append(("grant.revoked", True, f'{{"grantId":"{grant.gid}","revokedBy":"{who}"}}'))
+            out.append(
+                (ts, "grant.revoked", True, f'{{"grantId":"{grant.gid}","revokedBy":"{who}"}}')
+            )
             return
         if who == "system":
             # The live service reports system revocations only as an anomaly event, and an
@@ -545,6 +576,7 @@ class _EventFactory:
             ids = ",".join(f'"{v.gid}"' for v in victims)
             out.append(
                 (
+                    ts,
                     "anomaly.auto_revoked",
                     False,
                     f'{{"agentId":"{grant.agent}","reason":"{reason}","revokedGrants":[{ids}]}}',
@@ -555,12 +587,12 @@ class _EventFactory:
         if cascade:
             self._retire_tree(grant)
         data = f'{{"grantId":"{grant.gid}","cascade":{"true" if cascade else "false"}}}'
-        out.append(("grant.revoked", False, data))
+        out.append((ts, "grant.revoked", False, data))
 
     def _retire(self, grant: _Grant) -> None:
         if grant.alive:
             grant.alive = False
-            with contextlib.suppress(ValueError):
+            if grant in self._pool:
                 self._pool.remove(grant)
 
     def _retire_tree(self, grant: _Grant) -> None:
@@ -568,56 +600,45 @@ class _EventFactory:
             self._retire(child)
             self._retire_tree(child)
 
-    def _other(self, ts: int, out: list[tuple[str, bool, str]]) -> None:
-        rng = self._rng
+    # -- everything else the live service publishes
+
+    def _other(self, ts: int, out: list[_Pending]) -> None:
+        rand = self._rng.random
         doc = self._envelope == "documented"
-        principal = self._principals[int(rng.random() * len(self._principals))]
-        pick = int(rng.random() * 4)
+        principal = self._principals[int(rand() * len(self._principals))]
+        pick = int(rand() * 4)
         if pick == 0:
-            cid = "vc_" + self._entity_id(ts)
-            service = _VAULT_SERVICES[int(rng.random() * len(_VAULT_SERVICES))]
-            kind = "oauth2" if rng.random() < 0.7 else "api_key"
-            out.append(
-                (
-                    "vault.credential.stored",
-                    doc,
-                    f'{{"credentialId":"{cid}","principalId":"{principal}",'
-                    f'"service":"{service}","credentialType":"{kind}"}}',
-                )
+            cid = "vc_" + self._uid(ts)
+            service = _VAULT_SERVICES[int(rand() * len(_VAULT_SERVICES))]
+            kind = "oauth2" if rand() < 0.7 else "api_key"
+            data = (
+                f'{{"credentialId":"{cid}","principalId":"{principal}",'
+                f'"service":"{service}","credentialType":"{kind}"}}'
             )
+            out.append((ts, "vault.credential.stored", doc, data))
         elif pick == 1:
-            sid = "sess_" + self._entity_id(ts)
-            provider = _SSO_PROVIDERS[int(rng.random() * len(_SSO_PROVIDERS))]
-            out.append(
-                (
-                    "sso.login",
-                    doc,
-                    f'{{"principalId":"{principal}","provider":{provider},"sessionId":"{sid}"}}',
-                )
+            sid = "sess_" + self._uid(ts)
+            provider, method = _SSO_PROVIDERS[int(rand() * len(_SSO_PROVIDERS))]
+            data = (
+                f'{{"principalId":"{principal}","provider":"{provider}","method":"{method}",'
+                f'"sessionId":"{sid}"}}'
             )
+            out.append((ts, "sso.login", doc, data))
         elif pick == 2:
-            pid = "pp_" + self._entity_id(ts)
-            agent = self._agents[int(rng.random() * len(self._agents))]
-            scopes = self._scopes_json[_SCOPE_SETS[int(rng.random() * len(_SCOPE_SETS))]]
-            expires = self._fmt_aux(ts + 86_400_000)
-            out.append(
-                (
-                    "passport.issued",
-                    doc,
-                    f'{{"passportId":"{pid}","agentId":"{agent}","principalId":"{principal}",'
-                    f'"scopes":{scopes},"expiresAt":"{expires}"}}',
-                )
+            pid = "pp_" + self._uid(ts)
+            agent = self._agents[int(rand() * len(self._agents))]
+            scopes = self._scopes_json[_SCOPE_SETS[int(rand() * len(_SCOPE_SETS))]]
+            expires = _format_ms(ts + 86_400_000)
+            data = (
+                f'{{"passportId":"{pid}","agentId":"{agent}","principalId":"{principal}",'
+                f'"scopes":{scopes},"expiresAt":"{expires}"}}'
             )
+            out.append((ts, "passport.issued", doc, data))
         else:
-            consent = "cns_" + self._entity_id(ts)
-            purpose = _DPDP_PURPOSES[int(rng.random() * len(_DPDP_PURPOSES))]
-            out.append(
-                (
-                    "dpdp.consent.withdrawn",
-                    doc,
-                    f'{{"principalId":"{principal}","consentId":"{consent}","purpose":"{purpose}"}}',
-                )
-            )
+            consent = "cns_" + self._uid(ts)
+            purpose = _DPDP_PURPOSES[int(rand() * len(_DPDP_PURPOSES))]
+            data = f'{{"principalId":"{principal}","consentId":"{consent}","purpose":"{purpose}"}}'
+            out.append((ts, "dpdp.consent.withdrawn", doc, data))
 
 
 class _Batch:
@@ -640,13 +661,14 @@ def _spread_batches(
         batch = _Batch()
         limit = min(count, i + size)
         while i < limit:
-            i += factory.emit(start_ms + (i * num) // den, count - i, batch)
+            i += factory.emit(start_ms + (i * num) // den, count - i)
+        factory.flush(batch)
         yield batch
 
 
 def generate_events(
     seed: int, start: datetime, count: int, spacing_s: float, envelope: str = "live"
-) -> Iterator[dict[str, object]]:
+) -> Iterator[dict[str, Any]]:
     """Deterministically generate ``count`` event envelopes, the first at ``start``.
 
     Events are ``spacing_s`` apart, except that a grant.created/token.issued pair shares
@@ -658,7 +680,7 @@ def generate_events(
     start_ms = _datetime_to_ms(start)
     for batch in _spread_batches(factory, start_ms, count, spacing_us, 1000, 1024):
         for frame in batch.frames:
-            yield cast("dict[str, object]", json.loads(frame[6:-2]))
+            yield cast("dict[str, Any]", json.loads(frame[6:-2]))
 
 
 # --------------------------------------------------------------------------- history log
@@ -703,10 +725,10 @@ class _History:
             self.count += len(frames)
             self.cond.notify_all()
 
-    def envelope(self, index: int) -> dict[str, object]:
+    def envelope(self, index: int) -> dict[str, Any]:
         start = self.offsets[index] + self.json_skip
         end = self.offsets[index + 1] - 2
-        return cast("dict[str, object]", json.loads(self.buf[start:end]))
+        return cast("dict[str, Any]", json.loads(self.buf[start:end]))
 
 
 # --------------------------------------------------------------------------- server
@@ -714,6 +736,19 @@ class _History:
 
 @dataclass(frozen=True)
 class SimulatorConfig:
+    """How the simulator behaves; the defaults mimic the live Grantex service.
+
+    ``backlog`` events are generated at start, spread over the ``backlog_span`` seconds
+    before it (replayed only for ``since``); live events follow at ``rate`` per second
+    (up to ``total_events``). ``envelope`` is "live", "documented" or "mixed" (alternating
+    per grant). Faults: ``drop_every`` cuts each connection mid-frame after that many
+    events; ``fail_statuses`` answers the first stream requests with those statuses,
+    ``fail_always`` every one (both with ``Retry-After: retry_after`` when set);
+    ``malformed_every`` slips a malformed frame (cycling through MALFORMED_KINDS) after
+    that many good ones. ``emit_ids`` adds ``id:`` fields and honours Last-Event-ID;
+    ``emit_retry`` writes ``retry: <ms>`` when a stream opens.
+    """
+
     api_key: str
     host: str = "127.0.0.1"
     port: int = 0
@@ -802,6 +837,11 @@ class _Handler(BaseHTTPRequestHandler):
         self.sim._handle_get(self)
 
     def _not_found(self) -> None:
+        # Drain a (small) request body first: closing with unread input makes the kernel
+        # send RST, and the client could lose the 404 it is about to receive.
+        length = self.headers.get("Content-Length", "")
+        if length.isdigit() and int(length) <= 1 << 20:
+            self.rfile.read(int(length))
         self.sim._send_json(self, 404, "NOT_FOUND", f"no route for {self.command} {self.path}")
 
     do_POST = do_PUT = do_PATCH = do_DELETE = do_OPTIONS = _not_found
@@ -861,6 +901,7 @@ class Simulator:
         self._sockets: set[socket.socket] = set()
         self._fault_seq = 0
         self._malformed_seq = 0
+        self._malformed_ids = _UlidSource(random.Random(f"grantex-malformed-{config.seed}"))
         self._start_ms = 0
         self._history_start_ms = 0
         self._key = config.api_key.encode("utf-8")
@@ -869,8 +910,8 @@ class Simulator:
 
     def start(self) -> Simulator:
         with self._lock:
-            if self._started:
-                raise RuntimeError("simulator already started")
+            if self._started or self._stopped:
+                raise RuntimeError("a simulator can be started only once")
             self._started = True
         cfg = self.config
         self._start_ms = time.time_ns() // 1_000_000
@@ -966,7 +1007,12 @@ class Simulator:
         """Number of well-formed events generated so far (backlog + live), without parsing."""
         return self._history.count
 
-    def events(self) -> list[dict[str, object]]:
+    def events(self) -> list[dict[str, Any]]:
+        """Every well-formed envelope generated so far (backlog + live), in emission order.
+
+        The dicts are parsed from the stored frames on each call, so this costs memory and
+        time proportional to the history: for big backlogs prefer :attr:`event_count`.
+        """
         history = self._history
         with history.cond:
             count = history.count
@@ -1003,7 +1049,8 @@ class Simulator:
             batch = _Batch()
             made = 0
             while made < room:
-                made += factory.emit(now, room - made, batch)
+                made += factory.emit(now, room - made)
+            factory.flush(batch)
             history.append(batch)
             produced += made
 
@@ -1118,14 +1165,29 @@ class Simulator:
         with history.cond:
             count = history.count
             if self.config.emit_ids and last_event_id:
-                found = self._factory.index_of(last_event_id.strip())
-                if found is not None:
-                    index, ms = found
-                    if index < count and history.ts[index] == ms:
-                        return index + 1
+                index = self._find_event(last_event_id.strip(), count)
+                if index is not None:
+                    return index + 1
             if since_ms is not None:
                 return bisect.bisect_left(history.ts, since_ms, 0, count)
             return count
+
+    def _find_event(self, event_id: str, count: int) -> int | None:
+        """Index of a known event id, found via its ULID time part: no id index is kept."""
+        if not event_id.startswith("evt_"):
+            return None
+        ms = _ulid_ms(event_id[4:])
+        if ms is None:
+            return None
+        history = self._history
+        needle = ("evt_" + event_id[4:].upper()).encode("ascii")
+        lo = bisect.bisect_left(history.ts, ms, 0, count)
+        hi = bisect.bisect_right(history.ts, ms, lo, count)
+        for index in range(lo, hi):
+            start = history.offsets[index] + 4  # frames start with "id: " when emit_ids is set
+            if history.buf[start : start + len(needle)] == needle:
+                return index
+        return None
 
     def _stream(self, conn: _Conn, cursor: int, allowed: frozenset[int] | None) -> None:
         cfg = self.config
@@ -1240,13 +1302,13 @@ class Simulator:
         raise _Closed
 
     def _malformed_frame(self) -> bytes:
+        ms = time.time_ns() // 1_000_000
         with self._lock:
             seq = self._malformed_seq
             self._malformed_seq += 1
+            eid = "evt_" + self._malformed_ids(ms)
         # Kinds cycle simulator-wide so clients that reconnect often still meet them all.
         kind = MALFORMED_KINDS[seq % len(MALFORMED_KINDS)]
-        ms = time.time_ns() // 1_000_000
-        eid = "evt_" + _ulid(ms, _mix80((seq + self._factory.malformed_key) & _M80))
         stamp = _format_ms(ms)
         key = "timestamp" if self.config.envelope == "documented" else "createdAt"
         data = '{"principalId":"user_mallory","provider":"okta","method":"saml"}'
