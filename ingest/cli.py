@@ -106,7 +106,12 @@ def main() -> None:
 
 @main.group()
 def db() -> None:
-    """Create and migrate the archive's schema."""
+    """Create and migrate the archive's schema.
+
+    \b
+    Example:
+      grantex-archive db upgrade && grantex-archive db current
+    """
 
 
 @db.command("upgrade")

@@ -153,6 +153,20 @@ def _status_reason(response: httpx.Response) -> str:
     return f"HTTP {response.status_code}{detail}"
 
 
+def make_client(options: StreamOptions) -> httpx.Client:
+    """The HTTP client for the stream: the read timeout is the liveness signal."""
+    return httpx.Client(
+        timeout=httpx.Timeout(
+            connect=options.connect_timeout,
+            read=options.read_timeout,
+            write=options.connect_timeout,
+            pool=options.connect_timeout,
+        ),
+        follow_redirects=True,
+        headers={"User-Agent": "grantex-archive"},
+    )
+
+
 def stream_events(
     options: StreamOptions,
     since_for_connect: Callable[[], datetime | None],
@@ -168,16 +182,7 @@ def stream_events(
     :class:`EndpointError` for responses that retrying cannot fix.
     """
     own_client = client is None
-    http = client or httpx.Client(
-        timeout=httpx.Timeout(
-            connect=options.connect_timeout,
-            read=options.read_timeout,
-            write=options.connect_timeout,
-            pool=options.connect_timeout,
-        ),
-        follow_redirects=True,
-        headers={"User-Agent": "grantex-archive"},
-    )
+    http = client or make_client(options)
     backoff = Backoff(options.backoff_initial, options.backoff_max, rng)
     url = options.base_url + STREAM_PATH
     last_event_id = ""

@@ -23,6 +23,7 @@ from datetime import datetime, timezone
 from types import FrameType
 from typing import Any
 
+import httpx
 import sqlalchemy as sa
 
 from .events import Event, Rejection, format_timestamp, normalise, reject
@@ -37,6 +38,7 @@ from .stream import (
     StreamError,
     StreamItem,
     StreamOptions,
+    make_client,
     stream_events,
 )
 
@@ -136,6 +138,7 @@ class Worker:
         self._ever_connected = False
         self._first_connect = True
         self._initial_since: datetime | None = None
+        self._client: httpx.Client | None = None
 
     # -- the reader thread -------------------------------------------------------
 
@@ -174,8 +177,11 @@ class Worker:
             backoff_max=s.backoff_max,
         )
         error: BaseException | None = None
+        self._client = make_client(options)
         try:
-            for item in self._stream(options, self._since_for_connect, self.stop):
+            for item in self._stream(
+                options, self._since_for_connect, self.stop, client=self._client
+            ):
                 if isinstance(item, Chunk):
                     normalised = [_normalise(frame) for frame in item.frames]
                     self._put(_Normalised(normalised, item.received_at))
@@ -229,7 +235,12 @@ class Worker:
                 result = RunResult(EXIT_DATABASE, "database_error", self.counts, str(exc))
             finally:
                 self.stop.set()
-        reader.join(timeout=2)
+        # The reader is a daemon thread that touches no database; one blocked
+        # in a socket read ends when the read returns, and must not delay
+        # the exit (cron and systemd wait on it).
+        reader.join(timeout=0.2)
+        if self._client is not None and not reader.is_alive():
+            self._client.close()
         gc.set_threshold(*gc_thresholds)
         self._finish(result)
         return result
