@@ -237,7 +237,7 @@ def main() -> None:
         default=4_000_000,
         help="backlog for the RSS flatness check (0 skips it)",
     )
-    parser.add_argument("--naive-events", type=int, default=20_000)
+    parser.add_argument("--naive-events", type=int, default=10_000)
     parser.add_argument("--no-postgres", action="store_true")
     parser.add_argument("--no-write", action="store_true", help="do not update BENCHMARKS.md")
     args = parser.parse_args()

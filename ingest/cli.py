@@ -419,6 +419,14 @@ def _safe(url: str) -> str:
 @click.option("--retry-after", type=click.FloatRange(min=0), help="Retry-After on faults.")
 @click.option("--malformed-every", type=click.IntRange(min=1), help="Fault: bad frame every N.")
 @click.option("--emit-ids", is_flag=True, help="Send `id:` fields and honour Last-Event-ID.")
+@click.option("--emit-retry", type=click.IntRange(min=0), metavar="MS", help="Send `retry: MS`.")
+@click.option(
+    "--backlog-span",
+    type=click.FloatRange(min=0, min_open=True),
+    default=86400.0,
+    show_default=True,
+    help="Seconds of history the backlog spans, ending now.",
+)
 def simulate(
     port: int,
     seed: int,
@@ -433,6 +441,8 @@ def simulate(
     retry_after: float | None,
     malformed_every: int | None,
     emit_ids: bool,
+    emit_retry: int | None,
+    backlog_span: float,
 ) -> None:
     """Serve a Grantex-compatible event stream on 127.0.0.1 for tests and trials.
 
@@ -452,22 +462,27 @@ def simulate(
     made_up = not key
     if made_up:
         key = "sim_" + secrets.token_hex(12)
-    config = SimulatorConfig(
-        api_key=key,
-        port=port,
-        seed=seed,
-        backlog=backlog,
-        rate=rate,
-        total_events=total_events,
-        envelope=envelope,
-        keepalive=keepalive,
-        drop_every=drop_every,
-        fail_statuses=fail_statuses,
-        fail_always=fail_always,
-        retry_after=retry_after,
-        malformed_every=malformed_every,
-        emit_ids=emit_ids,
-    )
+    try:
+        config = SimulatorConfig(
+            api_key=key,
+            port=port,
+            seed=seed,
+            backlog=backlog,
+            rate=rate,
+            total_events=total_events,
+            envelope=envelope,
+            keepalive=keepalive,
+            drop_every=drop_every,
+            fail_statuses=fail_statuses,
+            fail_always=fail_always,
+            retry_after=retry_after,
+            malformed_every=malformed_every,
+            emit_ids=emit_ids,
+            emit_retry=emit_retry,
+            backlog_span=backlog_span,
+        )
+    except ValueError as exc:
+        raise CliError(str(exc), EXIT_CONFIG) from None
     try:
         sim = Simulator(config).start()
     except OSError as exc:

@@ -7,6 +7,7 @@ import signal
 import time
 from collections import Counter
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
@@ -220,3 +221,36 @@ def test_sigkill_mid_ingest_then_resume(archive_url: str, simulator: Simulator) 
     stored = [r[0] for r in rows(archive_url, "SELECT id FROM events")]
     assert len(stored) == len(set(stored)) == 120_000
     assert set(stored) == {e["id"] for e in simulator.events()}
+
+
+def test_simulate_command_serves_until_terminated(tmp_path: Path) -> None:
+    proc = spawn(["simulate", "--port", "0", "--backlog", "50", "--rate", "0"])
+    try:
+        assert proc.stdout is not None
+        url = proc.stdout.readline().split()[-1]
+        start = proc.stdout.readline().split()[-1]
+        assert url.startswith("http://127.0.0.1:")
+        archive = f"sqlite:///{tmp_path / 'a.db'}"
+        result = invoke(
+            ["ingest", "--db", archive, "--base-url", url, "--since", start,
+             "--until-idle", "1", "--max-runtime", "30"]
+        )
+        assert result.exit_code == 0, result.output
+        assert rows(archive, "SELECT count(*) FROM events") == [(50,)]
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.communicate(timeout=10)
+
+
+def test_simulate_rejects_bad_options() -> None:
+    result = invoke(["simulate", "--port", "0", "--envelope", "weird"])
+    assert result.exit_code == 2
+    assert "Error:" in result.output
+
+
+def test_demo_runs_the_whole_pipeline(tmp_path: Path) -> None:
+    archive = f"sqlite:///{tmp_path / 'demo.db'}"
+    result = invoke(["demo", "--db", archive, "--events", "800"])
+    assert result.exit_code == 0, result.output
+    assert "Archived 800 events" in result.output
+    assert rows(archive, "SELECT count(*) FROM events") == [(800,)]
