@@ -9,9 +9,12 @@ from __future__ import annotations
 import logging
 import os
 import secrets
+import signal
 import sys
+import threading
 import time
 from collections.abc import Callable
+from contextlib import nullcontext
 from datetime import datetime
 from pathlib import Path
 from typing import Any, TypeVar
@@ -41,10 +44,18 @@ from .store import (
     StoreError,
     create_archive_engine,
     events,
+    file_lock_for,
     rejected_events,
     sqlite_path,
 )
-from .worker import EXIT_CONFIG, EXIT_DATABASE, EXIT_LOCKED, RunResult, Worker
+from .worker import (
+    EXIT_CONFIG,
+    EXIT_DATABASE,
+    EXIT_LOCKED,
+    RunResult,
+    Worker,
+    handle_signals,
+)
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -179,7 +190,10 @@ def db_downgrade(db_url: str, revision: str) -> None:
       grantex-archive db downgrade base
     """
     _check_db_url(db_url)
-    migrate.downgrade(db_url, revision)
+    try:
+        migrate.downgrade(db_url, revision)
+    except (sa.exc.OperationalError, sa.exc.InterfaceError) as exc:
+        raise CliError(f"database unusable: {_first_line(exc)}", EXIT_DATABASE) from None
     click.echo(f"{_safe(db_url)}: downgraded to {revision}")
 
 
@@ -337,25 +351,50 @@ def ingest(
 
 
 def run_ingest(settings: IngestSettings) -> RunResult:
-    """Open (or create) the archive, take the lock and run the worker."""
-    store = _open_with_retry(settings.db_url, settings.db_retry_timeout)
-    try:
-        with store.lock(settings.source):
-            return Worker(settings, store).run()
-    except LockHeld as exc:
-        raise CliError(str(exc), EXIT_LOCKED) from None
-    except StoreError as exc:
-        raise CliError(str(exc), EXIT_DATABASE) from None
-    finally:
-        store.close()
+    """Take the lock, open (or create) the archive and run the worker.
+
+    Signals are handled from the start, so SIGTERM while the database is
+    still being retried also ends the run cleanly with exit 0.
+    """
+    stop = threading.Event()
+    reason: list[str] = []
+
+    def on_signal(signum: int, _frame: object) -> None:
+        reason.append(f"stopped by {signal.Signals(signum).name}")
+        stop.set()
+
+    with handle_signals(on_signal):
+        path = sqlite_path(settings.db_url)
+        try:
+            # A SQLite archive is locked before it is created or migrated,
+            # so concurrent first runs cannot race on the schema.
+            with file_lock_for(path, settings.source) if path else nullcontext():
+                store = _open_with_retry(settings, stop)
+                if store is None:
+                    return RunResult(0, "interrupted", error=reason[0] if reason else None)
+                try:
+                    with store.lock(settings.source) if path is None else nullcontext():
+                        worker = Worker(settings, store, stop=stop)
+                        if reason:
+                            worker.stop_reason = reason[0]
+                        return worker.run()
+                finally:
+                    store.close()
+        except LockHeld as exc:
+            raise CliError(str(exc), EXIT_LOCKED) from None
+        except StoreError as exc:
+            raise CliError(str(exc), EXIT_DATABASE) from None
 
 
-def _open_with_retry(url: str, timeout: float) -> Store:
+def _open_with_retry(settings: IngestSettings, stop: threading.Event) -> Store | None:
+    timeout = settings.db_retry_timeout
+    if settings.max_runtime is not None:
+        timeout = min(timeout, settings.max_runtime)
     give_up = time.monotonic() + timeout
     delay = 0.5
-    while True:
+    while not stop.is_set():
         try:
-            return migrate.open_archive(url)
+            return migrate.open_archive(settings.db_url)
         except SchemaBehind as exc:
             raise CliError(str(exc), EXIT_DATABASE) from None
         except (StoreError, sa.exc.OperationalError, sa.exc.InterfaceError) as exc:
@@ -365,8 +404,9 @@ def _open_with_retry(url: str, timeout: float) -> Store:
             logging.getLogger("grantex_archive").warning(
                 "database unusable, retrying in %.1fs: %s", delay, message
             )
-            time.sleep(delay)
+            stop.wait(delay)
             delay = min(delay * 2, 5.0)
+    return None
 
 
 def _first_line(exc: BaseException) -> str:
@@ -411,11 +451,15 @@ def _safe(url: str) -> str:
 @click.option(
     "--fail-status",
     "fail_statuses",
-    type=int,
+    type=click.IntRange(400, 599),
     multiple=True,
     help="Fault: answer the first requests with these statuses (repeatable).",
 )
-@click.option("--fail-always", type=int, help="Fault: answer every request with this status.")
+@click.option(
+    "--fail-always",
+    type=click.IntRange(400, 599),
+    help="Fault: answer every request with this status.",
+)
 @click.option("--retry-after", type=click.FloatRange(min=0), help="Retry-After on faults.")
 @click.option("--malformed-every", type=click.IntRange(min=1), help="Fault: bad frame every N.")
 @click.option("--emit-ids", is_flag=True, help="Send `id:` fields and honour Last-Event-ID.")
@@ -526,7 +570,7 @@ def demo(db_url: str, backlog: int, seed: int) -> None:
             Path(f"{path}{suffix}").unlink(missing_ok=True)
     key = "demo_" + secrets.token_hex(12)
     setup_logging("text", logging.INFO, secrets=(key,))
-    config = SimulatorConfig(api_key=key, seed=seed, backlog=backlog, rate=20.0, keepalive=1.0)
+    config = SimulatorConfig(api_key=key, seed=seed, backlog=backlog, rate=0.0, keepalive=1.0)
     with Simulator(config) as sim:
         click.echo(f"Simulator at {sim.base_url} with {backlog} events of history", err=True)
         from .settings import Secret

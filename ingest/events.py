@@ -142,7 +142,10 @@ def _encoded_length(text: str) -> int:
 def reject(reason: str, raw: str, event_id: str | None = None) -> Rejection:
     """Build a rejection, capping the kept text and recording its full length."""
     length = _encoded_length(raw)
-    kept = raw if len(raw) <= RAW_CAP else raw[:RAW_CAP]
+    kept = raw
+    if length > RAW_CAP:
+        # Cap in bytes, without splitting a character.
+        kept = raw.encode("utf-8", "surrogateescape")[:RAW_CAP].decode("utf-8", "ignore")
     if not _storable(kept):
         # Undecodable bytes arrive as surrogate escapes: keep them as U+FFFD
         # (and NUL likewise) so every database accepts the text.
@@ -206,7 +209,7 @@ def normalise(data: str) -> Event | Rejection:
     can be told apart from a literal U+FFFD.
     """
     if len(data) > MAX_FRAME_BYTES // 4 and _encoded_length(data) > MAX_FRAME_BYTES:
-        return reject(f"frame larger than {MAX_FRAME_BYTES} bytes", data)
+        return reject(f"frame larger than {MAX_FRAME_BYTES} bytes", data, peek_id(data))
     if _has_surrogates(data):
         try:
             envelope = json.loads(data)
@@ -233,8 +236,11 @@ def normalise(data: str) -> Event | Rejection:
             "'type' holds characters that cannot be stored (NUL or lone surrogate)", data, event_id
         )
 
-    key = "timestamp" if "timestamp" in envelope else "createdAt"
+    key = "timestamp"
     stamp = envelope.get(key)
+    if stamp is None:
+        key = "createdAt"
+        stamp = envelope.get(key)
     if stamp is None:
         return reject("missing 'timestamp' or 'createdAt'", data, event_id)
     if not isinstance(stamp, str):
@@ -283,10 +289,26 @@ def _peek_id(envelope: Any) -> str | None:
 
 
 def same_payload(first: str, second: str) -> bool:
-    """Whether two envelopes carry the same content (whitespace and key order aside)."""
+    """Whether two envelopes carry the same content (whitespace and key order aside).
+
+    Compared as canonical JSON, so ``1``, ``1.0`` and ``true`` stay different.
+    """
     if first == second:
         return True
     try:
-        return bool(json.loads(first) == json.loads(second))
+        return _canonical(first) == _canonical(second)
     except ValueError:
         return False
+
+
+def _canonical(text: str) -> str:
+    return json.dumps(json.loads(text), sort_keys=True, separators=(",", ":"))
+
+
+_ID_IN_HEAD = re.compile(r'"id"\s*:\s*"([^"\\]{1,255})"')
+
+
+def peek_id(head: str) -> str | None:
+    """The event id from the start of a frame too large to parse, if it shows."""
+    match = _ID_IN_HEAD.search(head[:4096])
+    return match.group(1) if match else None

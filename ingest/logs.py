@@ -20,7 +20,12 @@ class Redactor(logging.Filter):
 
     def __init__(self, secrets: tuple[str, ...] = ()) -> None:
         super().__init__()
-        self.secrets = tuple(s for s in secrets if s)
+        forms: set[str] = set()
+        for secret in secrets:
+            if secret:
+                # The key as written, and as reprs and byte reprs show it.
+                forms.update({secret, repr(secret)[1:-1], repr(secret.encode())[2:-1]})
+        self.secrets = tuple(sorted(forms, key=len, reverse=True))
 
     def redact(self, text: str) -> str:
         text = _BEARER.sub(r"\1********", text)

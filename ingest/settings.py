@@ -7,6 +7,8 @@ command line, and is wrapped so that printing the settings cannot show it.
 from __future__ import annotations
 
 import os
+import re
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -47,22 +49,37 @@ class Secret:
         return hash(self._value)
 
 
-def load_api_key(key_file: Path | None, environ: dict[str, str] | None = None) -> Secret:
-    """The API key from ``--api-key-file`` or ``GRANTEX_API_KEY``; the file wins."""
+_KEY_CHARACTERS = re.compile(r"[\x21-\x7e]+")
+
+
+def load_api_key(key_file: Path | None, environ: Mapping[str, str] | None = None) -> Secret:
+    """The API key from ``--api-key-file`` or ``GRANTEX_API_KEY``; the file wins.
+
+    The key must be one line of visible ASCII: anything else could not go in
+    an HTTP header, and error messages about it would echo it.
+    """
     env = os.environ if environ is None else environ
     if key_file is not None:
         try:
             value = key_file.read_text(encoding="utf-8").strip()
-        except OSError as exc:
-            raise ConfigError(f"cannot read API key file {key_file}: {exc.strerror}") from None
+        except (OSError, UnicodeDecodeError) as exc:
+            reason = exc.strerror if isinstance(exc, OSError) else "not UTF-8 text"
+            raise ConfigError(f"cannot read API key file {key_file}: {reason}") from None
+        where = f"the API key in {key_file}"
         if not value:
             raise ConfigError(f"API key file {key_file} is empty")
-        return Secret(value)
-    value = env.get(ENV_API_KEY, "").strip()
-    if not value:
+    else:
+        value = env.get(ENV_API_KEY, "").strip()
+        where = f"{ENV_API_KEY}"
+        if not value:
+            raise ConfigError(
+                f"no API key: set {ENV_API_KEY} or pass --api-key-file PATH "
+                "(the key is never accepted as a flag)"
+            )
+    if not _KEY_CHARACTERS.fullmatch(value):
         raise ConfigError(
-            f"no API key: set {ENV_API_KEY} or pass --api-key-file PATH "
-            "(the key is never accepted as a flag)"
+            f"{where} is not a valid key: expected one line of printable ASCII "
+            "without spaces (the value is not shown)"
         )
     return Secret(value)
 
@@ -77,7 +94,18 @@ def check_base_url(url: str) -> str:
         raise ConfigError(f"invalid base URL {url!r}: expected http(s)://host[:port]")
     if parsed.userinfo:
         raise ConfigError("the base URL must not carry credentials; use GRANTEX_API_KEY")
+    if parsed.query or parsed.fragment or "?" in url or "#" in url:
+        raise ConfigError(f"invalid base URL {url!r}: no query string or fragment allowed")
+    if any(c.isspace() for c in url) or not _HOST.fullmatch(parsed.host):
+        raise ConfigError(f"invalid base URL {url!r}: bad host name")
+    authority = url.split("://", 1)[1].split("/", 1)[0]
+    port = authority.rsplit(":", 1)[1] if ":" in authority.rsplit("]", 1)[-1] else ""
+    if port and not (port.isdigit() and 0 < int(port) < 65536):
+        raise ConfigError(f"invalid base URL {url!r}: port must be 1-65535")
     return url.rstrip("/")
+
+
+_HOST = re.compile(r"[A-Za-z0-9.\-_]+|\[[0-9A-Fa-f:.]+\]|[0-9A-Fa-f:.]+")
 
 
 def parse_types(value: str | None) -> tuple[str, ...]:

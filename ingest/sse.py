@@ -29,7 +29,7 @@ class Frame(NamedTuple):
 
     ``data`` holds undecodable bytes as surrogate escapes. ``truncated_length``
     is set when the frame was too large to keep whole: ``data`` then holds its
-    head only.
+    head only and ``truncated_length`` the frame's size in bytes.
     """
 
     data: str
@@ -46,17 +46,35 @@ class Control(NamedTuple):
 
 
 class FrameDecoder:
-    """Incremental decoder: feed byte chunks, get :class:`Frame` and :class:`Control` items."""
+    """Incremental decoder: feed byte chunks, get :class:`Frame` and :class:`Control` items.
 
-    def __init__(self) -> None:
+    ``last_event_id`` carries over from an earlier connection, as the SSE
+    specification asks of a reconnecting client.
+    """
+
+    def __init__(self, last_event_id: str = "") -> None:
         self._text = codecs.getincrementaldecoder("utf-8")(errors="surrogateescape")
         self._sse = SSEDecoder()
+        self._sse._last_event_id = last_event_id
         self._started = False
         self._skip_lf = False
-        self._tail = ""
+        # The unterminated end of the stream, kept as pieces so that a large
+        # frame arriving in many reads costs linear, not quadratic, time.
+        self._pieces: list[str] = []
+        self._pending = 0
         self._discarding: tuple[str, int] | None = None
-        self.last_event_id = ""
+        self.last_event_id = last_event_id
         self.retry: int | None = None
+
+    @property
+    def partial(self) -> bool:
+        """Whether a frame with fields (not just a comment) has started but not ended."""
+        if self._discarding is not None:
+            return True
+        if not self._pieces:
+            return False
+        head = self._pieces[0].lstrip("\n")
+        return bool(head) and not head.startswith(":")
 
     def feed(self, chunk: bytes) -> list[Frame | Control]:
         text = self._text.decode(chunk)
@@ -68,8 +86,10 @@ class FrameDecoder:
                 text = text[1:]
         # A CR ends a line at once (no waiting for the next chunk to see
         # whether an LF follows); an LF right after it is then skipped.
-        if self._skip_lf and text.startswith("\n"):
-            text = text[1:]
+        if self._skip_lf and text:
+            self._skip_lf = False
+            if text.startswith("\n"):
+                text = text[1:]
         if not text:
             return []
         self._skip_lf = text.endswith("\r")
@@ -80,43 +100,42 @@ class FrameDecoder:
     def close(self) -> list[Frame | Control]:
         """End of stream: an unterminated frame is incomplete and is not dispatched."""
         self._text.decode(b"", final=True)
-        self._tail = ""
+        self._pieces = []
+        self._pending = 0
         self._discarding = None
         return []
 
     def _split(self, text: str) -> list[Frame | Control]:
         out: list[Frame | Control] = []
         if self._discarding is not None:
-            end = (self._tail[-1:] + text).find("\n\n")
-            if end < 0:
-                head, length = self._discarding
-                self._discarding = (head, length + len(text))
-                self._tail = text[-1:]
+            text = self._skip_discarded(text, out)
+            if not text:
                 return out
-            head, length = self._discarding
-            cut = end + 2 - len(self._tail[-1:])
-            self._discarding = None
-            self._tail = ""
-            self._sse = _carry_state(self._sse)
-            out.append(Frame(head, truncated_length=length + cut))
-            text = text[cut:]
-        text = self._tail + text
-        boundary = text.rfind("\n\n")
-        if boundary < 0:
-            self._tail = text
-            if len(text) > DISCARD_LIMIT:
-                self._start_discard(text)
+        # Only the new text (and the character before it) can hold a new
+        # frame boundary.
+        before = self._pieces[-1][-1:] if self._pieces else ""
+        if (before + text).find("\n\n") < 0:
+            self._pieces.append(text)
+            self._pending += len(text)
+            if self._pending > DISCARD_LIMIT:
+                self._start_discard()
             return out
-        self._tail = text[boundary + 2 :]
-        if len(self._tail) > DISCARD_LIMIT:
-            self._start_discard(self._tail)
+        if self._pieces:
+            text = "".join(self._pieces) + text
+            self._pieces = []
+        boundary = text.rfind("\n\n")
+        tail = text[boundary + 2 :]
+        self._pieces = [tail] if tail else []
+        self._pending = len(tail)
         sse = self._sse
         for block in text[:boundary].split("\n\n"):
-            if block.startswith("data: ") and "\n" not in block and not sse._data:
+            if len(block) > 6 and block.startswith("data: ") and "\n" not in block:
                 # The live producer's frame: one data line, nothing else.
                 out.append(Frame(block[6:], "message", sse._last_event_id))
                 continue
             self._block(block, out)
+        if self._pending > DISCARD_LIMIT:
+            self._start_discard()
         return out
 
     def _block(self, block: str, out: list[Frame | Control]) -> None:
@@ -133,14 +152,38 @@ class FrameDecoder:
             else:
                 out.append(Frame(event.data, event.event, event.id))
 
-    def _start_discard(self, pending: str) -> None:
-        # Keep the head of the frame's data for the dead-letter row, drop the
-        # rest until the frame ends.
+    def _start_discard(self) -> None:
+        # Keep the head of the frame's data for the dead-letter row, count
+        # the rest in bytes and drop it until the frame ends.
+        pending = "".join(self._pieces)
         first_line = pending.lstrip("\n").partition("\n")[0]
         value = first_line.partition(":")[2]
         head = value[1:] if value.startswith(" ") else value
-        self._discarding = (head[:RAW_CAP], len(pending))
-        self._tail = pending[-1:]
+        self._discarding = (head[:RAW_CAP], _byte_length(pending))
+        self._pieces = [pending[-1:]]
+        self._pending = 1
+
+    def _skip_discarded(self, text: str, out: list[Frame | Control]) -> str:
+        """Drop text up to the end of the frame being discarded; return what follows."""
+        assert self._discarding is not None
+        head, length = self._discarding
+        before = self._pieces[-1][-1:] if self._pieces else ""
+        end = (before + text).find("\n\n")
+        if end < 0:
+            self._discarding = (head, length + _byte_length(text))
+            self._pieces = [text[-1:]]
+            return ""
+        cut = end + 2 - len(before)
+        self._discarding = None
+        self._pieces = []
+        self._pending = 0
+        self._sse = _carry_state(self._sse)
+        out.append(Frame(head, truncated_length=length + _byte_length(text[:cut])))
+        return text[cut:]
+
+
+def _byte_length(text: str) -> int:
+    return len(text.encode("utf-8", "surrogateescape"))
 
 
 def _carry_state(old: SSEDecoder) -> SSEDecoder:

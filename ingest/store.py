@@ -9,7 +9,7 @@ from __future__ import annotations
 import hashlib
 import os
 from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
@@ -485,7 +485,7 @@ class Store:
         if path is None:
             yield
             return
-        with _file_lock(_lock_path(path, source)):
+        with file_lock_for(path, source):
             yield
 
     @contextmanager
@@ -611,6 +611,11 @@ def _conflict(event: Event) -> Rejection:
 def _lock_key(name: str) -> int:
     digest = hashlib.blake2b(f"grantex-archive:{name}".encode(), digest_size=8).digest()
     return int.from_bytes(digest, "big", signed=True)
+
+
+def file_lock_for(archive: Path, source: str) -> AbstractContextManager[None]:
+    """The ingest lock of a SQLite archive and source: a lock file beside the archive."""
+    return _file_lock(_lock_path(archive, source))
 
 
 def _lock_path(archive: Path, source: str) -> Path:

@@ -235,7 +235,7 @@ def stream_events(
                         _sleep(stop, delay)
                         continue
                     yield Opened(since, status, _now())
-                    decoder = FrameDecoder()
+                    decoder = FrameDecoder(last_event_id)
                     reason = "end of stream"
                     try:
                         for raw in response.iter_bytes():
@@ -247,6 +247,9 @@ def stream_events(
                             if frames:
                                 delivered += len(frames)
                                 yield Chunk(frames, _now())
+                            elif decoder.partial:
+                                # An event is still arriving: not idle.
+                                yield Chunk([], _now())
                             if stop.is_set():
                                 reason = "stopped"
                                 break

@@ -26,7 +26,16 @@ from typing import Any
 import httpx
 import sqlalchemy as sa
 
-from .events import Event, Rejection, format_timestamp, normalise, reject
+from .events import (
+    MAX_FRAME_BYTES,
+    Event,
+    Rejection,
+    format_timestamp,
+    normalise,
+    peek_id,
+    reject,
+)
+from .logs import Redactor
 from .settings import IngestSettings
 from .sse import Frame
 from .store import Received, Store, StoreError, overlap_since
@@ -120,12 +129,17 @@ class Worker:
         settings: IngestSettings,
         store: Store,
         stream: Callable[..., Iterator[StreamItem]] = stream_events,
+        stop: threading.Event | None = None,
     ) -> None:
         self.settings = settings
         self.store = store
         self._stream = stream
-        self.stop = threading.Event()
+        self.stop = stop or threading.Event()
         self.stop_reason = ""
+        # Error texts from the HTTP stack are stored and logged; they must
+        # never carry the key.
+        self._redact = Redactor((settings.api_key.reveal(),)).redact
+        self._deadline: float | None = None
         self.counts = RunCounts()
         self._queue: queue.Queue[_QueueItem] = queue.Queue(maxsize=QUEUE_CHUNKS)
         self._answers: queue.Queue[datetime | None] = queue.Queue(maxsize=1)
@@ -196,13 +210,18 @@ class Worker:
     def resume_since(self) -> datetime | None:
         """The ``since`` for the next connection, read back from the archive."""
         s = self.settings
-        run_newest = overlap_since(self.counts.newest_committed, s.overlap)
+        committed = self.counts.newest_committed
+        run_newest = overlap_since(min(committed, _now()), s.overlap) if committed else None
         if s.since is not None:
             # An explicit start stays the lower bound for the whole run, so a
             # backfill that reconnects does not skip to newer stored events.
             return max(s.since, run_newest) if run_newest else s.since
-        stored = overlap_since(self.store.newest_occurred_at(s.source, s.types), s.overlap)
-        return stored
+        newest = self.store.newest_occurred_at(s.source, s.types)
+        if newest is not None:
+            # An event stamped in the future (a skewed producer clock) must
+            # not push the resume point past now.
+            newest = min(newest, _now())
+        return overlap_since(newest, s.overlap)
 
     def run(self) -> RunResult:
         s = self.settings
@@ -227,7 +246,7 @@ class Worker:
         gc.set_threshold(50_000, 20, 100)
         reader = threading.Thread(target=self._read, name="grantex-stream", daemon=True)
         result: RunResult
-        with _signals(self._on_signal):
+        with handle_signals(self.on_signal):
             reader.start()
             try:
                 result = self._loop(time.monotonic())
@@ -248,6 +267,7 @@ class Worker:
     def _loop(self, t0: float) -> RunResult:
         s = self.settings
         deadline = t0 + s.max_runtime if s.max_runtime is not None else None
+        self._deadline = deadline
         next_flush = t0 + s.flush_interval
         next_progress = t0 + s.progress_interval
         idle_from: float | None = None
@@ -389,7 +409,7 @@ class Worker:
             conn_id = self._connection_id
             self._with_db_retry(
                 lambda: self.store.close_connection(
-                    conn_id, item.at, self._connection_events, item.reason
+                    conn_id, item.at, self._connection_events, self._redact(item.reason)
                 )
             )
             self._connection_id = None
@@ -403,20 +423,21 @@ class Worker:
         run_id = self._run_id
         self._with_db_retry(
             lambda: self.store.record_attempt(
-                run_id, item.at, item.since, item.status_code, item.reason
+                run_id, item.at, item.since, item.status_code, self._redact(item.reason)
             )
         )
         log.warning("connection failed: %s; retrying in %.1fs", item.reason, item.retry_in)
 
     def _reader_done(self, item: _ReaderDone) -> RunResult:
         error = item.error
-        if error is None:
-            return RunResult(EXIT_OK, "stopped", self.counts)
+        if error is None or self.stop.is_set():
+            # The reader ends on its own only when asked to stop.
+            return RunResult(EXIT_OK, "interrupted", self.counts, self.stop_reason or None)
         if isinstance(error, StreamError):
             outcome = "auth_failed" if error.exit_code == 3 else "endpoint_error"
-            return RunResult(error.exit_code, outcome, self.counts, str(error))
+            return RunResult(error.exit_code, outcome, self.counts, self._redact(str(error)))
         log.error("stream reader failed: %r", error)
-        return RunResult(1, "failed", self.counts, f"{type(error).__name__}: {error}")
+        return RunResult(1, "failed", self.counts, self._redact(f"{type(error).__name__}: {error}"))
 
     def _progress(self, now: float, last: tuple[int, float]) -> tuple[int, float]:
         c = self.counts
@@ -475,13 +496,17 @@ class Worker:
             c.reconnects,
         )
 
-    def _on_signal(self, signum: int, _frame: FrameType | None) -> None:
+    def on_signal(self, signum: int, _frame: FrameType | None) -> None:
+        """SIGTERM/SIGINT: stop reading, flush, record the run, exit 0."""
         self.stop_reason = f"stopped by {signal.Signals(signum).name}"
         self.stop.set()
 
     def _with_db_retry(self, action: Callable[[], Any], attempts: int | None = None) -> Any:
         """Run a database action, retrying operational errors with backoff, then give up."""
         give_up = time.monotonic() + self.settings.db_retry_timeout
+        if self._deadline is not None:
+            # --max-runtime bounds the retries too.
+            give_up = min(give_up, max(self._deadline, time.monotonic() + 1.0))
         delay = 0.25
         tries = 0
         while True:
@@ -507,8 +532,10 @@ _QueueItem = _Normalised | Opened | Closed | Failed | _NeedSince | _ReaderDone
 
 def _normalise(frame: Frame) -> Event | Rejection:
     if frame.truncated_length is not None:
-        rejection = reject("frame larger than 1048576 bytes", frame.data)
-        return Rejection(rejection.reason, rejection.raw, frame.truncated_length)
+        rejection = reject(
+            f"frame larger than {MAX_FRAME_BYTES} bytes", frame.data, peek_id(frame.data)
+        )
+        return rejection._replace(raw_length=frame.truncated_length)
     return normalise(frame.data)
 
 
@@ -524,7 +551,7 @@ def _safe_url(url: str) -> str:
 
 
 @contextmanager
-def _signals(handler: Callable[[int, FrameType | None], None]) -> Iterator[None]:
+def handle_signals(handler: Callable[[int, FrameType | None], None]) -> Iterator[None]:
     if threading.current_thread() is not threading.main_thread():
         yield
         return

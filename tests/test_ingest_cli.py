@@ -535,3 +535,110 @@ def _count(url: str) -> int:
         return int(rows(url, "SELECT count(*) FROM events")[0][0])
     except Exception:  # the archive may still be being created
         return -1
+
+
+@pytest.mark.parametrize(
+    "base_url",
+    ["http://127.0.0.1:99999", "http://exa mple.com", "http://127.0.0.1:8080/?x=1", "mailto:x"],
+)
+def test_bad_base_urls_are_configuration_errors(sqlite_archive: str, base_url: str) -> None:
+    result = invoke(
+        ["ingest", "--db", sqlite_archive, "--base-url", base_url, "--max-runtime", "1"]
+    )
+    assert result.exit_code == 2, result.output
+    assert "invalid base URL" in result.output
+
+
+@pytest.mark.parametrize("key", ["SECRET\nNEWLINEPART", "SECRET'LEAKY PART", "sécret-ключ"])
+def test_unusable_keys_exit_2_without_echoing(
+    sqlite_archive: str, tmp_path: Path, key: str
+) -> None:
+    path = tmp_path / "odd-key"
+    path.write_text(key)
+    with ScriptedServer([Reply(chunks=[frame(ev(1))], hold=5)]) as server:
+        result = ingest(sqlite_archive, server, "--api-key-file", str(path))
+        assert server.requests == []
+    assert result.exit_code == 2, result.output
+    assert "not a valid key" in result.output
+    for part in ("SECRET", "NEWLINEPART", "LEAKY", "sécret"):
+        assert part not in result.output
+
+
+def test_key_never_reaches_stored_rows_or_logs(sqlite_archive: str) -> None:
+    replies = [
+        Reply(status=503, headers={"Retry-After": "0"}),
+        Reply(chunks=[frame(ev(1))], hold=5),
+    ]
+    with ScriptedServer(replies) as server:
+        result = ingest(sqlite_archive, server, "--log-format", "json")
+    assert result.exit_code == 0
+    assert API_KEY not in result.output
+    for table in ("ingest_runs", "ingest_connections", "rejected_events", "events"):
+        dump = json.dumps(
+            [list(map(str, r)) for r in rows(sqlite_archive, f"SELECT * FROM {table}")]
+        )
+        assert API_KEY not in dump, table
+
+
+def test_idle_clock_waits_for_a_frame_still_arriving(sqlite_archive: str) -> None:
+    big = frame(ev(1, note="z" * 200_000))
+    pieces = [big[i : i + 10_000] for i in range(0, len(big), 10_000)]
+    with ScriptedServer([Reply(chunks=pieces, pause=0.15, hold=10)]) as server:
+        result = ingest(sqlite_archive, server, "--until-idle", "1")
+    assert result.exit_code == 0, result.output
+    assert ids(sqlite_archive) == ["evt_1"]
+
+
+def test_future_dated_event_does_not_push_resume_past_now(sqlite_archive: str) -> None:
+    future = ev(2, at=datetime(2099, 1, 1, tzinfo=UTC))
+    with ScriptedServer([Reply(chunks=[frame(ev(1)), frame(future)], hold=5)]) as s1:
+        assert ingest(sqlite_archive, s1).exit_code == 0
+    with ScriptedServer([Reply(hold=5)]) as server:
+        started = datetime.now(UTC)
+        assert ingest(sqlite_archive, server, "--overlap", "60").exit_code == 0
+        since = datetime.fromisoformat(server.requests[0].query["since"][0].replace("Z", "+00:00"))
+    assert since <= started
+
+
+def test_concurrent_first_runs_on_a_new_archive(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'fresh.db'}"
+    with ScriptedServer([], default=Reply(chunks=[frame(ev(1))], hold=8)) as server:
+        procs = [
+            spawn(
+                [
+                    "ingest",
+                    "--db",
+                    url,
+                    "--base-url",
+                    server.base_url,
+                    "--until-idle",
+                    "3",
+                    "--max-runtime",
+                    "20",
+                ]
+            )
+            for _ in range(3)
+        ]
+        codes = sorted(p.wait(timeout=60) for p in procs)
+        for p in procs:
+            p.communicate()
+    assert codes == [0, 75, 75], codes
+    assert ids(url) == ["evt_1"]
+
+
+def test_schema_from_a_newer_version_names_the_fix(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'newer.db'}"
+    migrate.upgrade(url)
+    engine_rows = rows(url, "SELECT version_num FROM alembic_version")
+    assert engine_rows == [("0001",)]
+    import sqlalchemy as sa
+
+    engine = sa.create_engine(url)
+    with engine.begin() as conn:
+        conn.execute(sa.text("UPDATE alembic_version SET version_num = '9999'"))
+    engine.dispose()
+    result = invoke(
+        ["ingest", "--db", url, "--base-url", "http://127.0.0.1:9", "--max-runtime", "1"]
+    )
+    assert result.exit_code == 4
+    assert "newer than this version" in result.output and "upgrade grantex-archive" in result.output

@@ -232,8 +232,19 @@ def test_simulate_command_serves_until_terminated(tmp_path: Path) -> None:
         assert url.startswith("http://127.0.0.1:")
         archive = f"sqlite:///{tmp_path / 'a.db'}"
         result = invoke(
-            ["ingest", "--db", archive, "--base-url", url, "--since", start,
-             "--until-idle", "1", "--max-runtime", "30"]
+            [
+                "ingest",
+                "--db",
+                archive,
+                "--base-url",
+                url,
+                "--since",
+                start,
+                "--until-idle",
+                "1",
+                "--max-runtime",
+                "30",
+            ]
         )
         assert result.exit_code == 0, result.output
         assert rows(archive, "SELECT count(*) FROM events") == [(50,)]

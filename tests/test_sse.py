@@ -107,9 +107,13 @@ def test_huge_frame_is_truncated_and_skipped_to_its_end() -> None:
 
 
 def _stream(events: list[dict[str, object]], eol: str, bom: bool, style: int) -> bytes:
+    mixed = eol == "mixed"
     """The same events framed in one of several valid ways."""
     parts = ["\ufeff"] if bom else []
+    endings = ["\n", "\r", "\r\n"]
     for n, event in enumerate(events):
+        if mixed:
+            eol = endings[n % 3]
         text = json.dumps(event)
         if style == 0:
             parts.append(f"data: {text}{eol}{eol}")
@@ -143,7 +147,7 @@ events_strategy = st.lists(
 @settings(max_examples=200, deadline=None)
 @given(
     events=events_strategy,
-    eol=st.sampled_from(["\n", "\r", "\r\n"]),
+    eol=st.sampled_from(["\n", "\r", "\r\n", "mixed"]),
     bom=st.booleans(),
     style=st.integers(min_value=0, max_value=3),
     cuts=st.lists(st.integers(min_value=0, max_value=10_000), max_size=30),
@@ -179,3 +183,38 @@ def test_three_newlines_and_split_blank_line() -> None:
     assert datas([b"data: a\n\n\ndata: b\n\n"]) == ["a", "b"]
     assert datas([b"data: a\n", b"\n", b"data: b\n\n"]) == ["a", "b"]
     assert datas([b"data: a\r", b"\r", b"\ndata: b\r\n\r\n"]) == ["a", "b"]
+
+
+def test_lf_alone_in_a_read_after_cr() -> None:
+    # A read that is exactly "\n" after one ending in "\r" is the CRLF's LF.
+    assert datas([b"data: a\r", b"\n", b"\ndata: b\n\n"]) == ["a", "b"]
+    assert datas([b"data: a\r", b"\n", b"\r\n", b"data: b\r\n\r\n"]) == ["a", "b"]
+
+
+def test_empty_data_with_a_space_is_control_only() -> None:
+    assert frames([b"data: \n\n"]) == [Control()]
+    assert frames([b"data:\n\n"]) == [Control()]
+
+
+def test_last_event_id_carries_into_a_new_decoder() -> None:
+    decoder = FrameDecoder(last_event_id="41")
+    assert decoder.feed(b"data: x\n\n") == [Frame(data="x", id="41")]
+    assert decoder.last_event_id == "41"
+
+
+def test_partial_frame_is_reported() -> None:
+    decoder = FrameDecoder()
+    decoder.feed(b": keepalive\n\n")
+    assert not decoder.partial
+    decoder.feed(b'data: {"id": "evt_1", "ty')
+    assert decoder.partial
+    decoder.feed(b'pe": "x"}\n\n')
+    assert not decoder.partial
+
+
+def test_large_frame_in_small_reads_is_linear() -> None:
+    # 4 MiB in 4 KiB reads: quadratic re-scanning would take minutes.
+    body = b"data: " + b"y" * (4 * 1024 * 1024) + b"\n\n"
+    chunks = [body[i : i + 4096] for i in range(0, len(body), 4096)]
+    [frame] = frames(chunks)
+    assert isinstance(frame, Frame) and len(frame.data) == 4 * 1024 * 1024

@@ -251,3 +251,31 @@ def test_drop_mid_frame_keeps_complete_frames_only() -> None:
     assert [f.data for c in chunks for f in c.frames] == ["whole"]
     closed = [i for i in items if isinstance(i, Closed)]
     assert "connection lost" in closed[0].reason
+
+
+def test_last_event_id_survives_a_connection_without_ids() -> None:
+    script = Script(
+        ok(sse("id: abc\ndata: a\n\n")),
+        ok(sse(": keepalive\n\n")),
+        ok(sse("data: b\n\n")),
+        ok(b""),
+    )
+    run(script)
+    assert [r.headers.get("last-event-id") for r in script.requests] == [None, "abc", "abc", "abc"]
+
+
+def test_a_frame_still_arriving_is_reported_as_activity() -> None:
+    class Slow(httpx.SyncByteStream):
+        def __iter__(self) -> Iterator[bytes]:
+            yield b'data: {"id": "evt_1",'
+            yield b' "type": "x"}\n\n'
+
+    script = Script(
+        lambda _r: httpx.Response(
+            200, headers={"content-type": "text/event-stream"}, stream=Slow()
+        ),
+        ok(b""),
+    )
+    items = run(script)
+    chunks = [i for i in items if isinstance(i, Chunk)]
+    assert [len(c.frames) for c in chunks] == [0, 1]
