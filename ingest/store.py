@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import sqlite3
 from collections.abc import Iterator, Sequence
 from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass
@@ -235,6 +236,7 @@ class Store:
             assert tuple(compiled.positiontup) == EVENT_COLUMNS, compiled.positiontup
         self._insert_sql = str(compiled)
         self._multi_sql: dict[int, str] = {}
+        self._rows_per_statement: int | None = None
 
     def _multi_row_sql(self, count: int) -> str:
         """The insert with ``count`` VALUES groups (one statement, one GIL round trip)."""
@@ -247,15 +249,19 @@ class Store:
         return sql
 
     def _insert_sqlite(self, conn: Connection, rows: list[tuple[Any, ...]]) -> int:
-        # Multi-row statements of 64 rows (960 parameters, under the 999 of
-        # older SQLite builds) cut the per-row overhead of executemany.
-        cursor = conn.connection.driver_connection.cursor()  # type: ignore[union-attr]
+        # Multi-row statements cut the per-row overhead of executemany and
+        # release the GIL for a whole chunk at a time.
+        driver = conn.connection.driver_connection
+        if self._rows_per_statement is None:
+            self._rows_per_statement = _rows_per_statement(driver)
+        per = self._rows_per_statement
+        cursor = driver.cursor()  # type: ignore[union-attr]
         inserted = 0
-        full = len(rows) - len(rows) % _ROWS_PER_STATEMENT
+        full = len(rows) - len(rows) % per
         if full:
-            sql = self._multi_row_sql(_ROWS_PER_STATEMENT)
-            for start in range(0, full, _ROWS_PER_STATEMENT):
-                chunk = rows[start : start + _ROWS_PER_STATEMENT]
+            sql = self._multi_row_sql(per)
+            for start in range(0, full, per):
+                chunk = rows[start : start + per]
                 cursor.execute(sql, [value for row in chunk for value in row])
                 inserted += cursor.rowcount
         if full < len(rows):
@@ -530,7 +536,21 @@ EVENT_COLUMNS = (
 )
 
 
-_ROWS_PER_STATEMENT = 64
+def _rows_per_statement(connection: Any) -> int:
+    """Rows per multi-row INSERT: as many as the build's parameter limit allows, up to 500.
+
+    Long statements keep SQLite's work in one call that runs without the
+    GIL; SQLite before 3.32 (or a build with a low limit) allows 999
+    parameters, enough for 64 rows.
+    """
+    limit = 999
+    getlimit = getattr(connection, "getlimit", None)  # Python 3.11+
+    if getlimit is not None:
+        limit = getlimit(getattr(sqlite3, "SQLITE_LIMIT_VARIABLE_NUMBER", 9))
+    elif sqlite3.sqlite_version_info >= (3, 32, 0):
+        limit = 32766
+    return max(1, min(500, limit // len(EVENT_COLUMNS)))
+
 
 _PG_STAGING = """
 CREATE TEMPORARY TABLE IF NOT EXISTS gxa_incoming (

@@ -10,6 +10,7 @@ which the main thread answers only after committing everything received.
 
 from __future__ import annotations
 
+import contextlib
 import gc
 import logging
 import queue
@@ -153,6 +154,7 @@ class Worker:
         self._first_connect = True
         self._initial_since: datetime | None = None
         self._client: httpx.Client | None = None
+        self._writer = BatchWriter(self._commit)
 
     # -- the reader thread -------------------------------------------------------
 
@@ -254,6 +256,7 @@ class Worker:
                 result = RunResult(EXIT_DATABASE, "database_error", self.counts, str(exc))
             finally:
                 self.stop.set()
+                self._writer.close()
         # The reader is a daemon thread that touches no database; one blocked
         # in a socket read ends when the read returns, and must not delay
         # the exit (cron and systemd wait on it).
@@ -274,12 +277,13 @@ class Worker:
         last_counts = (0, t0)
         while True:
             now = time.monotonic()
+            self._writer.check()
             if self.stop.is_set():
                 self._drain()
-                self._flush()
+                self._flush(wait=True)
                 return RunResult(EXIT_OK, "interrupted", self.counts, self.stop_reason or None)
             if deadline is not None and now >= deadline:
-                self._flush()
+                self._flush(wait=True)
                 if not self._ever_connected:
                     return RunResult(
                         EXIT_UNAVAILABLE,
@@ -294,7 +298,7 @@ class Worker:
                 and idle_from is not None
                 and now - idle_from >= s.until_idle
             ):
-                self._flush()
+                self._flush(wait=True)
                 return RunResult(EXIT_OK, "idle", self.counts)
             if now >= next_flush:
                 self._flush()
@@ -316,7 +320,7 @@ class Worker:
             if type(item) is _Normalised:
                 idle_from = time.monotonic()
                 if self._take(item):
-                    self._flush()
+                    self._flush(wait=True)
                     return RunResult(EXIT_OK, "max_events", self.counts)
                 if len(self._batch) >= s.batch_size:
                     self._flush()
@@ -330,10 +334,11 @@ class Worker:
             elif isinstance(item, Failed):
                 self._on_failed(item)
             elif isinstance(item, _NeedSince):
-                self._flush()
+                # The resume point must cover everything received.
+                self._flush(wait=True)
                 self._answers.put(self._with_db_retry(self.resume_since))
             elif isinstance(item, _ReaderDone):
-                self._flush()
+                self._flush(wait=True)
                 return self._reader_done(item)
 
     def _take(self, chunk: _Normalised) -> bool:
@@ -358,23 +363,26 @@ class Worker:
                     return True
         return False
 
-    def _flush(self) -> None:
-        if not self._batch:
-            return
-        batch = self._batch
+    def _flush(self, wait: bool = False) -> None:
+        """Hand the pending batch to the writer; with ``wait``, until all is committed."""
+        if self._batch:
+            batch, newest = self._batch, self._batch_newest
+            self._batch, self._batch_newest = [], None
+            self._writer.submit(batch, newest)
+        if wait:
+            self._writer.wait()
+
+    def _commit(self, batch: list[Received], newest: datetime | None) -> None:
+        """Runs on the writer thread: one batch, one transaction."""
         result = self._with_db_retry(
             lambda: self.store.write_batch(self.settings.source, self._run_id, batch)
         )
-        self._batch = []
         c = self.counts
         c.inserted += result.inserted
         c.duplicates += result.duplicates
         c.rejected += result.rejected
-        if self._batch_newest is not None and (
-            c.newest_committed is None or self._batch_newest > c.newest_committed
-        ):
-            c.newest_committed = self._batch_newest
-        self._batch_newest = None
+        if newest is not None and (c.newest_committed is None or newest > c.newest_committed):
+            c.newest_committed = newest
 
     def _drain(self) -> None:
         while True:
@@ -525,6 +533,73 @@ class Worker:
                 # Not transient (a missing table, a permission): retrying
                 # cannot help, and nothing uncommitted was acknowledged.
                 raise StoreError(f"database unusable: {_db_message(exc)}") from None
+
+
+class BatchWriter:
+    """Commits batches on a thread of its own.
+
+    The database does most of its work without the GIL (SQLite inside one
+    multi-row statement, PostgreSQL on the other side of a socket), so
+    committing one batch while the next is decoded and normalised uses both
+    cores. At most one batch waits while another is written: a slow database
+    blocks ``submit()``, which stops the reader (backpressure).
+    """
+
+    def __init__(self, commit: Callable[[list[Received], datetime | None], None]) -> None:
+        self._commit = commit
+        self._jobs: queue.Queue[tuple[list[Received], datetime | None] | None] = queue.Queue(
+            maxsize=1
+        )
+        self._done = threading.Condition()
+        self._pending = 0
+        self._error: StoreError | None = None
+        self._thread = threading.Thread(target=self._run, name="grantex-writer", daemon=True)
+        self._thread.start()
+
+    def submit(self, batch: list[Received], newest: datetime | None) -> None:
+        self.check()
+        with self._done:
+            self._pending += 1
+        while True:
+            try:
+                self._jobs.put((batch, newest), timeout=0.2)
+                return
+            except queue.Full:
+                self.check()
+
+    def wait(self) -> None:
+        """Until every submitted batch is committed; raises the writer's error."""
+        with self._done:
+            while self._pending and self._error is None:
+                self._done.wait(0.2)
+        self.check()
+
+    def close(self) -> None:
+        # A thread stuck retrying a failed batch is a daemon and ends with us.
+        with contextlib.suppress(queue.Full):
+            self._jobs.put(None, timeout=0.2)
+
+    def check(self) -> None:
+        """Raise the writer's error, if a batch could not be committed."""
+        if self._error is not None:
+            raise self._error
+
+    def _run(self) -> None:
+        while True:
+            job = self._jobs.get()
+            if job is None:
+                return
+            try:
+                if self._error is None:
+                    self._commit(*job)
+            except StoreError as exc:
+                self._error = exc
+            except Exception as exc:  # reported to the main thread, not lost
+                self._error = StoreError(f"database unusable: {type(exc).__name__}: {exc}")
+            finally:
+                with self._done:
+                    self._pending -= 1
+                    self._done.notify_all()
 
 
 _QueueItem = _Normalised | Opened | Closed | Failed | _NeedSince | _ReaderDone

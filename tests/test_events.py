@@ -188,7 +188,7 @@ def test_oversized_frame_is_rejected_with_capped_raw() -> None:
     assert result.reason.startswith("frame larger than")
     assert result.raw_length == len(text)
     assert len(result.raw) == RAW_CAP
-    assert result.event_id is None
+    assert result.event_id == "evt_1"  # read from the kept head
 
 
 def test_same_payload_ignores_formatting_only() -> None:
