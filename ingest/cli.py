@@ -496,7 +496,7 @@ def simulate(
 
     \b
     Example:
-      GRANTEX_API_KEY=dev grantex-archive simulate --port 8765 --backlog 5000 &
+      GRANTEX_API_KEY=dev grantex-archive simulate --port 8765 --backlog 5000 --rate 0 &
       GRANTEX_API_KEY=dev GRANTEX_BASE_URL=http://127.0.0.1:8765 \\
         grantex-archive ingest --since 2000-01-01T00:00:00Z --until-idle 2
     """

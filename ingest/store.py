@@ -413,6 +413,13 @@ class Store:
         base_url: str,
     ) -> int:
         with self.engine.begin() as conn:
+            # The caller holds this source's lock, so an earlier run still
+            # marked running was killed before it could record its end.
+            conn.execute(
+                ingest_runs.update()
+                .where(ingest_runs.c.source == source, ingest_runs.c.outcome == "running")
+                .values(outcome="abandoned")
+            )
             run_id = conn.execute(
                 ingest_runs.insert().returning(ingest_runs.c.id),
                 {

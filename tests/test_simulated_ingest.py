@@ -203,7 +203,7 @@ def test_sigkill_mid_ingest_then_resume(archive_url: str, simulator: Simulator) 
         proc.kill()
     [(partial,)] = rows(archive_url, "SELECT count(*) FROM events")
     assert 0 < partial < 120_000, "the kill must land mid-ingest"
-    # The killed run stays "running"; the next run marks nothing lost.
+    # The next run resumes through the overlap: nothing lost, nothing doubled.
     result = invoke(
         [
             "ingest",
@@ -220,6 +220,8 @@ def test_sigkill_mid_ingest_then_resume(archive_url: str, simulator: Simulator) 
     assert result.exit_code == 0, result.output
     stored = [r[0] for r in rows(archive_url, "SELECT id FROM events")]
     assert len(stored) == len(set(stored)) == 120_000
+    outcomes = rows(archive_url, "SELECT outcome FROM ingest_runs ORDER BY id")
+    assert outcomes == [("abandoned",), ("idle",)]
     assert set(stored) == {e["id"] for e in simulator.events()}
 
 
