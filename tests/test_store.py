@@ -193,3 +193,15 @@ def test_lock_is_released_when_holder_thread_ends(store: Store, archive_url: str
             pass
     finally:
         other.close()
+
+
+def test_large_batch_with_duplicates_and_a_conflict(store: Store, archive_url: str) -> None:
+    # 1200 rows: long multi-row statements plus a row-by-row remainder.
+    store.write_batch("default", None, received(*[event(n) for n in range(600)]))
+    batch = [event(n) for n in range(1200)]
+    batch[10] = event(10, agentId="changed")
+    result = store.write_batch("default", None, received(*batch))
+    assert (result.inserted, result.duplicates, result.conflicts) == (600, 600, 1)
+    assert rows(archive_url, "SELECT count(*), count(DISTINCT id) FROM events") == [(1200, 1200)]
+    seqs = [r[0] for r in rows(archive_url, "SELECT seq FROM events ORDER BY id")]
+    assert len(set(seqs)) == 1200
