@@ -300,11 +300,14 @@ class Worker:
                 and self._connected
                 and idle_from is not None
                 and now - idle_from >= s.until_idle
+                and self._queue.empty()
             ):
                 self._flush(wait=True)
                 return RunResult(EXIT_OK, "idle", self.counts)
             if now >= next_flush:
-                self._flush()
+                blocked = self._flush()
+                if idle_from is not None:
+                    idle_from += blocked
                 next_flush = now + s.flush_interval
             if now >= next_progress:
                 last_counts = self._progress(now, last_counts)
@@ -326,7 +329,7 @@ class Worker:
                     self._flush(wait=True)
                     return RunResult(EXIT_OK, "max_events", self.counts)
                 if len(self._batch) >= s.batch_size:
-                    self._flush()
+                    idle_from += self._flush()
                     next_flush = time.monotonic() + s.flush_interval
             elif isinstance(item, Opened):
                 self._on_opened(item)
@@ -366,14 +369,20 @@ class Worker:
                     return True
         return False
 
-    def _flush(self, wait: bool = False) -> None:
-        """Hand the pending batch to the writer; with ``wait``, until all is committed."""
+    def _flush(self, wait: bool = False) -> float:
+        """Hand the pending batch to the writer; with ``wait``, until all is committed.
+
+        Returns the seconds spent blocked behind a slow database, during
+        which nothing was read: the idle clock must not count them.
+        """
+        started = time.monotonic()
         if self._batch:
             batch, newest = self._batch, self._batch_newest
             self._batch, self._batch_newest = [], None
             self._writer.submit(batch, newest)
         if wait:
             self._writer.wait()
+        return time.monotonic() - started
 
     def _commit(self, batch: list[Received], newest: datetime | None) -> None:
         """Runs on the writer thread: one batch, one transaction."""

@@ -267,3 +267,57 @@ def test_demo_runs_the_whole_pipeline(tmp_path: Path) -> None:
     assert result.exit_code == 0, result.output
     assert "Archived 800 events" in result.output
     assert rows(archive, "SELECT count(*) FROM events") == [(800,)]
+
+
+@pytest.mark.parametrize("simulator", [{"backlog": 150_000}], indirect=True)
+def test_a_blocked_database_stops_the_reading_not_the_buffering(
+    archive_url: str, simulator: Simulator
+) -> None:
+    import sqlalchemy as sa
+
+    since = format_timestamp(simulator.history_start)
+    proc = spawn(
+        [
+            "ingest",
+            "--db",
+            archive_url,
+            "--base-url",
+            simulator.base_url,
+            "--since",
+            since,
+            "--until-idle",
+            "2",
+            "--max-runtime",
+            "120",
+        ]
+    )
+    engine = sa.create_engine(archive_url)
+    try:
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            try:
+                [(count,)] = rows(archive_url, "SELECT count(*) FROM events")
+            except Exception:  # still being created
+                count = 0
+            if count > 0:
+                break
+            time.sleep(0.02)
+        with engine.connect() as conn:
+            # Hold the write lock: the worker's inserts wait behind it.
+            if engine.dialect.name == "sqlite":
+                conn.exec_driver_sql("BEGIN IMMEDIATE")
+            else:
+                conn.execute(sa.text("LOCK TABLE events IN ACCESS EXCLUSIVE MODE"))
+            time.sleep(3)
+            sent_before = simulator.stats.events_sent
+            time.sleep(2)
+            sent_after = simulator.stats.events_sent
+            conn.rollback()
+        assert sent_after == sent_before, "the worker kept reading while it could not write"
+        assert sent_before < 150_000
+        proc.communicate(timeout=120)
+    finally:
+        proc.kill()
+        engine.dispose()
+    assert proc.returncode == 0
+    assert rows(archive_url, "SELECT count(*) FROM events") == [(150_000,)]
