@@ -167,10 +167,24 @@ def create_archive_engine(url: str) -> Engine:
     try:
         parsed = sa.engine.make_url(url)
         if parsed.get_backend_name() == "sqlite":
-            engine = sa.create_engine(parsed, connect_args={"timeout": 30})
+            # Only ingest writes, one batch at a time: a lock held longer
+            # than this is an outage, handled by the retries above it.
+            engine = sa.create_engine(parsed, connect_args={"timeout": 10})
             sa.event.listen(engine, "connect", _sqlite_pragmas)
             return engine
-        return sa.create_engine(parsed, pool_pre_ping=True)
+        engine = sa.create_engine(
+            parsed,
+            pool_pre_ping=True,
+            connect_args={
+                "connect_timeout": 10,
+                "keepalives": 1,
+                "keepalives_idle": 30,
+                "keepalives_interval": 10,
+                "keepalives_count": 3,
+            },
+        )
+        sa.event.listen(engine, "connect", _postgres_settings)
+        return engine
     except sa.exc.ArgumentError as exc:
         raise DatabaseURLError(f"invalid database URL: {exc}") from None
     except sa.exc.NoSuchModuleError:
@@ -199,6 +213,15 @@ def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
     cursor.close()
 
 
+def _postgres_settings(dbapi_connection: Any, _record: Any) -> None:
+    # A statement stuck behind a lock or a dead server must fail (and be
+    # retried) rather than hang the worker.
+    with dbapi_connection.cursor() as cursor:
+        cursor.execute("SET lock_timeout = '30s'")
+        cursor.execute("SET statement_timeout = '120s'")
+    dbapi_connection.commit()
+
+
 def sqlite_path(url: str) -> Path | None:
     """The file behind a SQLite URL, or None for other databases and memory."""
     parsed = sa.engine.make_url(url)
@@ -219,6 +242,7 @@ class Store:
         if dialect not in ("sqlite", "postgresql"):
             raise StoreError(f"unsupported database {dialect!r}: use SQLite or PostgreSQL")
         self._sqlite = dialect == "sqlite"
+        self._driver_error: type[Exception] = engine.dialect.loaded_dbapi.Error
         insert: Any = sqlite.insert if self._sqlite else postgresql.insert
         values: dict[str, Any] = {name: sa.bindparam(name) for name in EVENT_COLUMNS}
         if self._sqlite:
@@ -348,6 +372,23 @@ class Store:
             if not same_payload(_payload(seen), item.payload):
                 rejections.append((_conflict(item), entry.received_at))
                 result.conflicts += 1
+        try:
+            self._write(source, run_id, fresh, rejections, result)
+        except self._driver_error as exc:
+            # The hot path talks to the driver directly; its errors are
+            # translated so callers see SQLAlchemy's (retryable) classes.
+            raise sa.exc.DBAPIError.instance(None, None, exc, self._driver_error) from exc
+        result.rejected = len(rejections)
+        return result
+
+    def _write(
+        self,
+        source: str,
+        run_id: int | None,
+        fresh: dict[str, Received],
+        rejections: list[tuple[Rejection, datetime]],
+        result: BatchResult,
+    ) -> None:
         with self.engine.begin() as conn:
             if fresh:
                 self._insert(conn, source, list(fresh.values()), result, rejections)
@@ -367,8 +408,6 @@ class Store:
                         for rejection, received_at in rejections
                     ],
                 )
-        result.rejected = len(rejections)
-        return result
 
     def _insert(
         self,

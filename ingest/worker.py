@@ -65,6 +65,8 @@ EXIT_UNAVAILABLE = 69
 EXIT_LOCKED = 75
 
 QUEUE_CHUNKS = 64
+STOP_GRACE = 10.0
+"""Seconds the database gets to take the pending batch once the run must end."""
 
 
 @dataclass(frozen=True)
@@ -157,7 +159,9 @@ class Worker:
         self._first_connect = True
         self._initial_since: datetime | None = None
         self._client: httpx.Client | None = None
-        self._writer = BatchWriter(self._commit)
+        self._writer = BatchWriter(self._commit, self._give_up_reason)
+        self._reader: threading.Thread | None = None
+        self._stopped_at: float | None = None
 
     # -- the reader thread -------------------------------------------------------
 
@@ -181,7 +185,7 @@ class Worker:
                 self._queue.put(item, timeout=0.2)
                 return
             except queue.Full:
-                if self.stop.is_set() and not isinstance(item, _ReaderDone):
+                if self.stop.is_set():
                     return
 
     def _read(self) -> None:
@@ -196,8 +200,8 @@ class Worker:
             backoff_max=s.backoff_max,
         )
         error: BaseException | None = None
-        self._client = make_client(options)
         try:
+            self._client = make_client(options)
             for item in self._stream(
                 options, self._since_for_connect, self.stop, client=self._client
             ):
@@ -208,7 +212,8 @@ class Worker:
                     self._put(item)
         except BaseException as exc:  # handed to the main thread, which decides
             error = exc
-        self._put(_ReaderDone(error))
+        finally:
+            self._put(_ReaderDone(error))
 
     # -- the main thread -----------------------------------------------------------
 
@@ -229,14 +234,30 @@ class Worker:
         return overlap_since(newest, s.overlap)
 
     def run(self) -> RunResult:
+        with handle_signals(self.on_signal):
+            result = self._run()
+        # The reader is a daemon thread that touches no database; one blocked
+        # in a socket read ends when the read returns, and must not delay
+        # the exit (cron and systemd wait on it).
+        if self._reader is not None:
+            self._reader.join(timeout=0.2)
+            if self._client is not None and not self._reader.is_alive():
+                self._client.close()
+        self._finish(result)
+        return result
+
+    def _run(self) -> RunResult:
         s = self.settings
         started = _now()
-        self._initial_since = self._with_db_retry(self.resume_since)
-        self._run_id = self._with_db_retry(
-            lambda: self.store.start_run(
-                s.source, started, self._initial_since, s.types, s.base_url
+        try:
+            self._initial_since = self._with_db_retry(self.resume_since)
+            self._run_id = self._with_db_retry(
+                lambda: self.store.start_run(
+                    s.source, started, self._initial_since, s.types, s.base_url
+                )
             )
-        )
+        except StoreError as exc:
+            return RunResult(EXIT_DATABASE, "database_error", self.counts, str(exc))
         log.info(
             "ingest starting: archive=%s source=%s since=%s types=%s",
             _safe_url(s.db_url),
@@ -249,26 +270,21 @@ class Worker:
         # 15-25% faster in the micro-benchmarks, and changes nothing else.
         gc_thresholds = gc.get_threshold()
         gc.set_threshold(50_000, 20, 100)
-        reader = threading.Thread(target=self._read, name="grantex-stream", daemon=True)
-        result: RunResult
-        with handle_signals(self.on_signal):
-            reader.start()
-            try:
-                result = self._loop(time.monotonic())
-            except StoreError as exc:
-                result = RunResult(EXIT_DATABASE, "database_error", self.counts, str(exc))
-            finally:
-                self.stop.set()
-                self._writer.close()
-        # The reader is a daemon thread that touches no database; one blocked
-        # in a socket read ends when the read returns, and must not delay
-        # the exit (cron and systemd wait on it).
-        reader.join(timeout=0.2)
-        if self._client is not None and not reader.is_alive():
-            self._client.close()
-        gc.set_threshold(*gc_thresholds)
-        self._finish(result)
-        return result
+        self._reader = threading.Thread(target=self._read, name="grantex-stream", daemon=True)
+        self._reader.start()
+        try:
+            return self._loop(time.monotonic())
+        except StoreError as exc:
+            return RunResult(EXIT_DATABASE, "database_error", self.counts, str(exc))
+        except Exception as exc:  # recorded in ingest_runs, not lost in a traceback
+            log.exception("ingest failed")
+            return RunResult(1, "failed", self.counts, self._redact(f"{type(exc).__name__}: {exc}"))
+        finally:
+            self.stop.set()
+            # Every normal ending has waited for the writer already; after an
+            # error it may be stuck on the database, and is not waited for.
+            self._writer.close(timeout=1.0)
+            gc.set_threshold(*gc_thresholds)
 
     def _loop(self, t0: float) -> RunResult:
         s = self.settings
@@ -521,12 +537,34 @@ class Worker:
         self.stop_reason = f"stopped by {signal.Signals(signum).name}"
         self.stop.set()
 
+    def _give_up_reason(self) -> str | None:
+        """Why waiting on the database should end now, if it should.
+
+        A stop request or the end of --max-runtime leaves the database
+        STOP_GRACE seconds to take the pending batch; after that the run
+        ends with exit 4 rather than hang.
+        """
+        now = time.monotonic()
+        if self.stop.is_set():
+            if self._stopped_at is None:
+                self._stopped_at = now
+            if now - self._stopped_at > STOP_GRACE:
+                return (
+                    f"the database did not take the pending batch within {STOP_GRACE:g}s "
+                    "of stopping"
+                )
+        if self._deadline is not None and now > self._deadline + STOP_GRACE:
+            return "the database did not take the pending batch before --max-runtime ran out"
+        return None
+
     def _with_db_retry(self, action: Callable[[], Any], attempts: int | None = None) -> Any:
         """Run a database action, retrying operational errors with backoff, then give up."""
         give_up = time.monotonic() + self.settings.db_retry_timeout
         if self._deadline is not None:
             # --max-runtime bounds the retries too.
             give_up = min(give_up, max(self._deadline, time.monotonic() + 1.0))
+        if self.stop.is_set():
+            give_up = min(give_up, time.monotonic() + STOP_GRACE)
         delay = 0.25
         tries = 0
         while True:
@@ -541,6 +579,8 @@ class Worker:
                 log.warning("database error, retrying in %.1fs: %s", delay, message)
                 time.sleep(delay)
                 delay = min(delay * 2, 5.0)
+                if self.stop.is_set():
+                    give_up = min(give_up, time.monotonic() + STOP_GRACE)
             except sa.exc.DBAPIError as exc:
                 # Not transient (a missing table, a permission): retrying
                 # cannot help, and nothing uncommitted was acknowledged.
@@ -557,8 +597,13 @@ class BatchWriter:
     blocks ``submit()``, which stops the reader (backpressure).
     """
 
-    def __init__(self, commit: Callable[[list[Received], datetime | None], None]) -> None:
+    def __init__(
+        self,
+        commit: Callable[[list[Received], datetime | None], None],
+        give_up: Callable[[], str | None],
+    ) -> None:
         self._commit = commit
+        self._give_up = give_up
         self._jobs: queue.Queue[tuple[list[Received], datetime | None] | None] = queue.Queue(
             maxsize=1
         )
@@ -577,19 +622,31 @@ class BatchWriter:
                 self._jobs.put((batch, newest), timeout=0.2)
                 return
             except queue.Full:
-                self.check()
+                self._check_waiting()
 
     def wait(self) -> None:
         """Until every submitted batch is committed; raises the writer's error."""
         with self._done:
             while self._pending and self._error is None:
                 self._done.wait(0.2)
+                if self._pending:
+                    self._check_waiting()
         self.check()
 
-    def close(self) -> None:
-        # A thread stuck retrying a failed batch is a daemon and ends with us.
+    def close(self, timeout: float) -> None:
+        """Let the thread finish what it holds (up to ``timeout``), then end it."""
         with contextlib.suppress(queue.Full):
             self._jobs.put(None, timeout=0.2)
+        # A thread still stuck on the database is a daemon and ends with us.
+        self._thread.join(timeout=timeout)
+
+    def _check_waiting(self) -> None:
+        self.check()
+        reason = self._give_up()
+        if reason is not None:
+            raise StoreError(reason)
+        if not self._thread.is_alive():
+            raise StoreError("the database writer stopped unexpectedly")
 
     def check(self) -> None:
         """Raise the writer's error, if a batch could not be committed."""
@@ -639,10 +696,16 @@ def _safe_url(url: str) -> str:
 
 @contextmanager
 def handle_signals(handler: Callable[[int, FrameType | None], None]) -> Iterator[None]:
+    """SIGTERM/SIGINT call ``handler`` once; a second one gets the default action."""
     if threading.current_thread() is not threading.main_thread():
         yield
         return
-    previous = {sig: signal.signal(sig, handler) for sig in (signal.SIGTERM, signal.SIGINT)}
+
+    def once(signum: int, frame: FrameType | None) -> None:
+        signal.signal(signum, signal.SIG_DFL)
+        handler(signum, frame)
+
+    previous = {sig: signal.signal(sig, once) for sig in (signal.SIGTERM, signal.SIGINT)}
     try:
         yield
     finally:

@@ -642,3 +642,91 @@ def test_schema_from_a_newer_version_names_the_fix(tmp_path: Path) -> None:
     )
     assert result.exit_code == 4
     assert "newer than this version" in result.output and "upgrade grantex-archive" in result.output
+
+
+def test_reader_failing_at_start_ends_the_run(sqlite_archive: str) -> None:
+    # httpx needs an extra package for SOCKS proxies: creating the client fails.
+    with ScriptedServer([Reply(chunks=[frame(ev(1))], hold=5)]) as server:
+        started = time.monotonic()
+        result = ingest(sqlite_archive, server, env={"ALL_PROXY": "socks5://127.0.0.1:1"})
+        elapsed = time.monotonic() - started
+    assert result.exit_code == 1, result.output
+    assert elapsed < 10
+    [(outcome,)] = rows(sqlite_archive, "SELECT outcome FROM ingest_runs")
+    assert outcome == "failed"
+
+
+def test_sqlite_lock_outlasting_the_busy_timeout_is_retried(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'archive.db'}"
+    migrate.upgrade(url)
+    holder = sqlite3.connect(tmp_path / "archive.db", isolation_level=None)
+    holder.execute("BEGIN IMMEDIATE")
+    with ScriptedServer([Reply(chunks=[frame(ev(n)) for n in range(1, 4)], hold=30)]) as server:
+        proc = spawn(
+            [
+                "ingest",
+                "--db",
+                url,
+                "--base-url",
+                server.base_url,
+                "--until-idle",
+                "1",
+                "--max-runtime",
+                "60",
+                "--db-retry-timeout",
+                "60",
+            ]
+        )
+        try:
+            time.sleep(12)  # longer than the 10 s busy timeout
+            holder.execute("ROLLBACK")
+            holder.close()
+            _out, err = proc.communicate(timeout=45)
+        finally:
+            proc.kill()
+    assert proc.returncode == 0, err
+    assert "retrying" in err
+    assert ids(url) == ["evt_1", "evt_2", "evt_3"]
+
+
+def test_sigterm_with_a_stuck_database_ends_within_the_grace_period(pg_archive: str) -> None:
+    import sqlalchemy as sa
+
+    migrate.upgrade(pg_archive)
+    engine = sa.create_engine(pg_archive)
+    chunks = [frame(ev(n)) for n in range(1, 4)]
+    try:
+        reply = Reply(chunks=chunks, pause=3, hold=60)
+        with ScriptedServer([reply]) as server, engine.connect() as conn:
+            proc = spawn(
+                [
+                    "ingest",
+                    "--db",
+                    pg_archive,
+                    "--base-url",
+                    server.base_url,
+                    "--flush-interval",
+                    "0.2",
+                ]
+            )
+            try:
+                _wait_for(lambda: len(server.requests) == 1)
+                time.sleep(1)
+                # evt_1 is committed; evt_2 arrives behind this lock.
+                conn.execute(sa.text("LOCK TABLE events IN ACCESS EXCLUSIVE MODE"))
+                time.sleep(3)
+                started = time.monotonic()
+                proc.send_signal(signal.SIGTERM)
+                _out, err = proc.communicate(timeout=40)
+                elapsed = time.monotonic() - started
+            finally:
+                proc.kill()
+            conn.rollback()
+    finally:
+        engine.dispose()
+    assert proc.returncode == 4, err
+    assert elapsed < 20
+    assert "did not take the pending batch" in err
+    [(outcome,)] = rows(pg_archive, "SELECT outcome FROM ingest_runs")
+    assert outcome == "database_error"
+    assert ids(pg_archive) == ["evt_1"]
