@@ -345,8 +345,16 @@ def ingest(
     setup_logging(
         log_format, logging.WARNING if quiet else logging.INFO, secrets=(api_key.reveal(),)
     )
-    result = run_ingest(settings)
+    try:
+        result = run_ingest(settings)
+    except CliError as exc:
+        if log_format == "json":
+            # Machines reading JSON lines get the error as one too.
+            logging.getLogger("grantex_archive").error("%s", exc.message)
+        raise
     if result.exit_code != 0:
+        if log_format == "json":
+            logging.getLogger("grantex_archive").error("%s", result.error or result.outcome)
         raise CliError(result.error or result.outcome, result.exit_code)
 
 

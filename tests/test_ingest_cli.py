@@ -730,3 +730,14 @@ def test_sigterm_with_a_stuck_database_ends_within_the_grace_period(pg_archive: 
     [(outcome,)] = rows(pg_archive, "SELECT outcome FROM ingest_runs")
     assert outcome == "database_error"
     assert ids(pg_archive) == ["evt_1"]
+
+
+def test_json_logs_carry_the_error_too(sqlite_archive: str) -> None:
+    with ScriptedServer([Reply(status=401)]) as server:
+        result = ingest(sqlite_archive, server, "--log-format", "json")
+    assert result.exit_code == 3
+    lines = [line for line in result.output.splitlines() if line.strip()]
+    errors = [json.loads(line) for line in lines if line.startswith("{")]
+    assert any(e["level"] == "error" and "401" in e["message"] for e in errors)
+    assert lines[-1].startswith("Error:")
+    assert API_KEY not in result.output
