@@ -59,7 +59,6 @@ log = logging.getLogger("grantex_archive.ingest")
 
 EXIT_OK = 0
 EXIT_CONFIG = 2
-EXIT_AUTH = 3
 EXIT_DATABASE = 4
 EXIT_UNAVAILABLE = 69
 EXIT_LOCKED = 75
@@ -98,7 +97,6 @@ class RunCounts:
     duplicates: int = 0
     rejected: int = 0
     reconnects: int = 0
-    connections: int = 0
     first_occurred_at: datetime | None = None
     last_occurred_at: datetime | None = None
     newest_committed: datetime | None = None
@@ -426,7 +424,6 @@ class Worker:
         if self._ever_connected:
             self.counts.reconnects += 1
         self._ever_connected = True
-        self.counts.connections += 1
         self._connection_events = 0
         assert self._run_id is not None
         run_id = self._run_id

@@ -3,6 +3,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import time
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -116,3 +117,22 @@ def rows(url: str, sql: str, **params: Any) -> list[Any]:
             return list(conn.execute(sa.text(sql), params).all())
     finally:
         engine.dispose()
+
+
+def event_count(url: str) -> int:
+    """Events in the archive; 0 while it is still being created."""
+    try:
+        return int(rows(url, "SELECT count(*) FROM events")[0][0])
+    except Exception:  # no file or no table yet
+        return 0
+
+
+def wait_for_events(url: str, at_least: int, timeout: float = 60.0) -> int:
+    """Poll until the archive holds ``at_least`` events; fail after ``timeout``."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        count = event_count(url)
+        if count >= at_least:
+            return count
+        time.sleep(0.02)
+    raise AssertionError(f"fewer than {at_least} events after {timeout:g}s")

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from ingest import migrate
-from tests.conftest import API_KEY, invoke, rows, spawn
+from tests.conftest import API_KEY, event_count, invoke, rows, spawn
 from tests.scripted_server import Reply, ScriptedServer, frame
 
 UTC = timezone.utc
@@ -516,7 +516,7 @@ def test_database_failing_mid_run_exits_4_keeping_what_was_committed(tmp_path: P
             ]
         )
         try:
-            _wait_for(lambda: (tmp_path / "archive.db").exists() and _count(url) == 3)
+            _wait_for(lambda: (tmp_path / "archive.db").exists() and event_count(url) == 3)
             conn = sqlite3.connect(tmp_path / "archive.db")
             conn.execute("ALTER TABLE events RENAME TO events_elsewhere")
             conn.commit()
@@ -528,13 +528,6 @@ def test_database_failing_mid_run_exits_4_keeping_what_was_committed(tmp_path: P
     assert "Error: database unusable" in err
     assert API_KEY not in err
     assert rows(url, "SELECT count(*) FROM events_elsewhere") == [(3,)]
-
-
-def _count(url: str) -> int:
-    try:
-        return int(rows(url, "SELECT count(*) FROM events")[0][0])
-    except Exception:  # the archive may still be being created
-        return -1
 
 
 @pytest.mark.parametrize(

@@ -14,7 +14,7 @@ import pytest
 from ingest import migrate
 from ingest.events import format_timestamp
 from ingest.simulator import Simulator, SimulatorConfig
-from tests.conftest import API_KEY, invoke, rows, spawn
+from tests.conftest import API_KEY, invoke, rows, spawn, wait_for_events
 
 
 @pytest.fixture
@@ -188,15 +188,7 @@ def test_sigkill_mid_ingest_then_resume(archive_url: str, simulator: Simulator) 
         ]
     )
     try:
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline:
-            try:
-                [(count,)] = rows(archive_url, "SELECT count(*) FROM events")
-            except Exception:  # still being created
-                count = 0
-            if count >= 5000:
-                break
-            time.sleep(0.02)
+        wait_for_events(archive_url, 5000)
         proc.send_signal(signal.SIGKILL)
         proc.wait(10)
     finally:
@@ -293,15 +285,7 @@ def test_a_blocked_database_stops_the_reading_not_the_buffering(
     )
     engine = sa.create_engine(archive_url)
     try:
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline:
-            try:
-                [(count,)] = rows(archive_url, "SELECT count(*) FROM events")
-            except Exception:  # still being created
-                count = 0
-            if count > 0:
-                break
-            time.sleep(0.02)
+        wait_for_events(archive_url, 1)
         with engine.connect() as conn:
             # Hold the write lock: the worker's inserts wait behind it.
             if engine.dialect.name == "sqlite":
