@@ -43,9 +43,7 @@ from .store import (
     Store,
     StoreError,
     create_archive_engine,
-    events,
     file_lock_for,
-    rejected_events,
     sqlite_path,
 )
 from .worker import (
@@ -551,75 +549,15 @@ def simulate(
         sim.stop()
 
 
-@main.command()
-@click.option(
-    "--db",
-    "db_url",
-    default="sqlite:///grantex-demo.db",
-    show_default=True,
-    metavar="URL",
-    help="Demo archive (a SQLite file here is replaced).",
-)
-@click.option("--events", "backlog", type=click.IntRange(min=1), default=20000, show_default=True)
-@click.option("--seed", type=int, default=7, show_default=True)
-def demo(db_url: str, backlog: int, seed: int) -> None:
-    """Run the whole pipeline locally: simulator, ingest until idle, a summary.
+def _add_analytics_commands() -> None:
+    # The analytics commands sit downstream of ingest; the root group only assembles.
+    from queries.cli import COMMANDS
 
-    \b
-    Example:
-      grantex-archive demo --events 50000
-    """
-    from .simulator import Simulator, SimulatorConfig
-
-    _check_db_url(db_url)
-    path = sqlite_path(db_url)
-    if path is not None:
-        for suffix in ("", "-wal", "-shm"):
-            Path(f"{path}{suffix}").unlink(missing_ok=True)
-    key = "demo_" + secrets.token_hex(12)
-    setup_logging("text", logging.INFO, secrets=(key,))
-    config = SimulatorConfig(api_key=key, seed=seed, backlog=backlog, rate=0.0, keepalive=1.0)
-    with Simulator(config) as sim:
-        click.echo(f"Simulator at {sim.base_url} with {backlog} events of history", err=True)
-        from .settings import Secret
-
-        settings = IngestSettings(
-            db_url=db_url,
-            base_url=sim.base_url,
-            api_key=Secret(key),
-            since=sim.history_start,
-            until_idle=2.0,
-            max_runtime=600.0,
-            progress_interval=2.0,
-        )
-        result = run_ingest(settings)
-    if result.exit_code != 0:
-        raise CliError(result.error or result.outcome, result.exit_code)
-    _print_summary(db_url)
+    for command in COMMANDS:
+        main.add_command(command)
 
 
-def _print_summary(db_url: str) -> None:
-    engine = Store.open(db_url).engine
-    with engine.connect() as conn:
-        rows = conn.execute(
-            sa.select(events.c.type, sa.func.count())
-            .group_by(events.c.type)
-            .order_by(sa.func.count().desc(), events.c.type)
-        ).all()
-        span = conn.execute(
-            sa.select(sa.func.min(events.c.occurred_at), sa.func.max(events.c.occurred_at))
-        ).one()
-        rejected = conn.execute(sa.select(sa.func.count()).select_from(rejected_events)).scalar()
-    engine.dispose()
-    total = sum(count for _, count in rows)
-    click.echo(f"\nArchived {total} events in {_safe(db_url)}")
-    width = max((len(t) for t, _ in rows), default=4)
-    click.echo(f"  {'type'.ljust(width)}  events")
-    for event_type, count in rows:
-        click.echo(f"  {event_type.ljust(width)}  {count:>6}")
-    if span[0] is not None:
-        click.echo(f"  from {span[0]} to {span[1]} (UTC)")
-    click.echo(f"  rejected frames: {rejected}")
+_add_analytics_commands()
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -1,0 +1,525 @@
+"""The analytics commands: ``report``, ``sql``, ``status``, ``refresh`` and ``demo``.
+
+Each refreshes the analytics copy first (unless ``--no-refresh``), then runs
+DuckDB over it. Errors are one ``Error:`` line: exit 1 for SQL and copy
+problems, 2 for bad usage, 4 when the archive's database cannot be reached.
+"""
+
+from __future__ import annotations
+
+import logging
+import secrets
+import sys
+import time
+from collections.abc import Callable, Sequence
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, TypeVar
+
+import click
+import sqlalchemy as sa
+
+from ingest.cli import CliError, _check_db_url, _safe, db_option, run_ingest
+from ingest.events import TimestampError, parse_timestamp
+from ingest.logs import setup_logging
+from ingest.settings import IngestSettings, Secret
+from ingest.store import create_archive_engine, ingest_runs, sqlite_path
+from ingest.worker import EXIT_DATABASE
+
+from .copy import (
+    ENV_ANALYTICS_DIR,
+    AnalyticsCopy,
+    AnalyticsError,
+    ArchiveUnavailable,
+    RefreshResult,
+)
+from .render import output_options, render
+from .reports import PERIODS, ReportError, get_report, load_reports
+from .session import QueryError, Session, check_read_only, first_line
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+log = logging.getLogger(__name__)
+
+EXIT_STALE = 1
+
+
+def copy_options(func: F) -> F:
+    func = click.option(
+        "--no-refresh",
+        is_flag=True,
+        help="Use the analytics copy as it is, without bringing it up to the archive first.",
+    )(func)
+    func = click.option(
+        "--analytics-dir",
+        type=click.Path(file_okay=False, path_type=Path),
+        envvar=ENV_ANALYTICS_DIR,
+        default=None,
+        help=f"Where the analytics copy lives [default: beside a SQLite archive] "
+        f"(env {ENV_ANALYTICS_DIR}).",
+    )(func)
+    return db_option(func)
+
+
+def _parse_time(value: str | None, flag: str) -> datetime | None:
+    if value is None:
+        return None
+    text = value.strip()
+    try:
+        if len(text) == 10:
+            return datetime.fromisoformat(text).replace(tzinfo=timezone.utc)
+        return parse_timestamp(text)
+    except (TimestampError, ValueError):
+        raise click.BadParameter(
+            f"{value!r} is not an ISO 8601 date or timestamp (e.g. 2026-03-01 or "
+            "2026-03-01T12:00:00Z)",
+            param_hint=f"'{flag}'",
+        ) from None
+
+
+def open_copy(db_url: str, analytics_dir: Path | None, refresh: bool) -> AnalyticsCopy:
+    """The copy for ``db_url``, refreshed unless told not to."""
+    _check_db_url(db_url)
+    copy = AnalyticsCopy(db_url, analytics_dir)
+    if refresh:
+        refresh_copy(copy)
+    elif copy.manifest() is None:
+        raise CliError(
+            f"no analytics copy in {copy.directory} yet: run without --no-refresh "
+            "(or `grantex-archive refresh`)"
+        )
+    return copy
+
+
+def refresh_copy(copy: AnalyticsCopy, full: bool = False) -> RefreshResult:
+    progress = _Progress("Refreshing the analytics copy") if sys.stderr.isatty() else None
+    try:
+        result = copy.refresh(full=full, progress=progress)
+    except ArchiveUnavailable as exc:
+        raise CliError(str(exc), EXIT_DATABASE) from None
+    except AnalyticsError as exc:
+        raise CliError(str(exc)) from None
+    finally:
+        if progress is not None:
+            progress.done()
+    if result.waited:
+        click.echo(
+            "Note: another process is refreshing the analytics copy; "
+            f"using it as of {result.manifest.refreshed_at}",
+            err=True,
+        )
+    return result
+
+
+class _Progress:
+    """A single self-updating line on a terminal."""
+
+    def __init__(self, label: str) -> None:
+        self.label = label
+        self.started = time.monotonic()
+        self.shown = False
+
+    def __call__(self, done: int, total: int) -> None:
+        if time.monotonic() - self.started < 0.5 and not self.shown:
+            return
+        self.shown = True
+        pct = f" ({100 * done / total:.0f}%)" if total else ""
+        click.echo(f"\r{self.label}: {done:,} of {total:,} events{pct}", err=True, nl=False)
+
+    def done(self) -> None:
+        if self.shown:
+            click.echo("", err=True)
+
+
+def _run_query(copy: AnalyticsCopy, sql: str, params: dict[str, Any]) -> tuple[list[str], list]:  # type: ignore[type-arg]
+    session = Session(copy)
+    try:
+
+        def work(conn: Any) -> tuple[list[str], list]:  # type: ignore[type-arg]
+            result = conn.execute(sql, params)
+            columns = [d[0] for d in result.description] if result.description else []
+            return columns, result.fetchall()
+
+        return session.run(work)
+    except QueryError as exc:
+        raise CliError(str(exc)) from None
+    finally:
+        session.close()
+
+
+# --------------------------------------------------------------------------- report
+
+
+def _list_reports(ctx: click.Context, _param: click.Parameter, value: bool) -> None:
+    if not value or ctx.resilient_parsing:
+        return
+    reports = load_reports()
+    width = max(len(name) for name in reports)
+    for name, report in reports.items():
+        click.echo(f"{name.ljust(width)}  {report.summary}")
+    ctx.exit(0)
+
+
+@click.command()
+@click.argument("name", required=False)
+@click.option(
+    "--list",
+    "list_",
+    is_flag=True,
+    expose_value=False,
+    is_eager=True,
+    callback=_list_reports,
+    help="List the reports with a line on each, and exit.",
+)
+@click.option("--since", metavar="ISO", help="Start of the window (inclusive), UTC if no offset.")
+@click.option("--until", metavar="ISO", help="End of the window (exclusive).")
+@click.option("--source", metavar="S", help="Only this ingest source.")
+@click.option("--agent", metavar="ID", help="Only this agent.")
+@click.option(
+    "--by",
+    type=click.Choice([*PERIODS, "agent"]),
+    help="Group by calendar period (UTC) or agent, where the report allows.",
+)
+@click.option("--limit", type=click.IntRange(min=1), help="At most this many rows.")
+@click.option("--describe", is_flag=True, help="Print what the report computes, and exit.")
+@output_options
+@copy_options
+def report(
+    name: str | None,
+    since: str | None,
+    until: str | None,
+    source: str | None,
+    agent: str | None,
+    by: str | None,
+    limit: int | None,
+    describe: bool,
+    fmt: str | None,
+    output: str | None,
+    db_url: str,
+    analytics_dir: Path | None,
+    no_refresh: bool,
+) -> None:
+    """Run the named report NAME over the archive (`report --list` names them all).
+
+    Each report is a SQL file whose header states exactly what it computes
+    (`report NAME --describe` prints it). Windows are [--since, --until) on
+    UTC timestamps; a bare date means its midnight UTC.
+
+    \b
+    Example:
+      grantex-archive report revocations-by-actor --since 2026-01-01 --by month
+      grantex-archive report budget-exhaustion-rate --by agent --format csv -o budgets.csv
+    """
+    if name is None:
+        raise click.UsageError("give a report NAME, or --list to see them")
+    try:
+        chosen = get_report(name)
+    except ReportError as exc:
+        raise click.UsageError(str(exc)) from None
+    if describe:
+        click.echo(f"{chosen.name}: {chosen.summary}\n\n{chosen.description}")
+        click.echo(f"\nOptions: {', '.join('--' + o for o in chosen.options)}")
+        if chosen.by:
+            click.echo(f"--by: {', '.join(chosen.by)}")
+        return
+    start = _parse_time(since, "--since")
+    end = _parse_time(until, "--until")
+    if start is not None and end is not None and end <= start:
+        raise click.BadParameter("must be later than --since", param_hint="'--until'")
+    try:
+        params = chosen.parameters(since=start, until=end, source=source, agent=agent, by=by)
+    except ReportError as exc:
+        raise click.UsageError(str(exc)) from None
+    sql = chosen.statement(by)
+    if limit is not None:
+        sql = f"SELECT * FROM ({sql}) LIMIT {int(limit)}"
+    copy = open_copy(db_url, analytics_dir, not no_refresh)
+    columns, rows = _run_query(copy, sql, params)
+    render(columns, rows, fmt, output)
+
+
+# --------------------------------------------------------------------------- sql
+
+
+@click.command("sql")
+@click.argument("query", required=False)
+@click.option(
+    "-f",
+    "--file",
+    "sql_file",
+    type=click.File("r"),
+    help="Read the query from FILE ('-' for standard input).",
+)
+@click.option(
+    "-p",
+    "--param",
+    "params",
+    nargs=2,
+    multiple=True,
+    metavar="NAME VALUE",
+    help="Bind $NAME to VALUE (text; cast in SQL, e.g. $n::INTEGER).",
+)
+@output_options
+@copy_options
+def sql_command(
+    query: str | None,
+    sql_file: Any,
+    params: Sequence[tuple[str, str]],
+    fmt: str | None,
+    output: str | None,
+    db_url: str,
+    analytics_dir: Path | None,
+    no_refresh: bool,
+) -> None:
+    """Run one read-only SQL query (DuckDB dialect) over the analytics views.
+
+    The views are events, grants, rejected_events and ingest_runs (columns in
+    docs/analytics.md); QUERY '-' reads standard input. Only SELECT (and
+    EXPLAIN) runs: the archive cannot be changed from here.
+
+    \b
+    Example:
+      grantex-archive sql "SELECT type, count(*) FROM events GROUP BY type"
+      grantex-archive sql "SELECT * FROM grants WHERE agent_id = \\$agent" -p agent ag_123
+      echo "SELECT count(*) FROM grants" | grantex-archive sql -
+    """
+    if query is not None and sql_file is not None:
+        raise click.UsageError("give QUERY or --file, not both")
+    if query == "-":
+        text = sys.stdin.read()
+    elif query is not None:
+        text = query
+    elif sql_file is not None:
+        text = sql_file.read()
+    else:
+        raise click.UsageError("give a QUERY, --file FILE, or '-' to read standard input")
+    bound = {name: value for name, value in params}
+    copy = open_copy(db_url, analytics_dir, not no_refresh)
+    session = Session(copy)
+    try:
+        check_read_only(text, session.conn)
+    except QueryError as exc:
+        raise CliError(str(exc)) from None
+    finally:
+        session.close()
+    columns, rows = _run_query(copy, text, bound)
+    render(columns, rows, fmt, output)
+
+
+# --------------------------------------------------------------------------- status
+
+
+@click.command()
+@click.option(
+    "--max-age",
+    type=click.FloatRange(min=0, min_open=True),
+    metavar="MINUTES",
+    help="Exit 1 when the newest successful ingest finished longer ago than this.",
+)
+@output_options
+@copy_options
+def status(
+    max_age: float | None,
+    fmt: str | None,
+    output: str | None,
+    db_url: str,
+    analytics_dir: Path | None,
+    no_refresh: bool,
+) -> None:
+    """Show what the archive holds, how its ingest runs went, and the copy's freshness.
+
+    Rows are (section, name, value). With --max-age, exits 1 when no ingest
+    run finished successfully (exit code 0) within that many minutes: a check
+    for a cron-driven worker.
+
+    \b
+    Example:
+      grantex-archive status
+      grantex-archive status --max-age 90 --format json || alert "archive is stale"
+    """
+    _check_db_url(db_url)
+    path = sqlite_path(db_url)
+    if path is not None and not path.exists():
+        raise CliError(f"no archive at {path}: run `grantex-archive ingest` first")
+    last_run, last_success = _runs(db_url)
+    copy = open_copy(db_url, analytics_dir, not no_refresh)
+    rows: list[tuple[str, str, Any]] = []
+    _columns, counts = _run_query(
+        copy,
+        "SELECT type, count(*), min(occurred_at), max(occurred_at) FROM events "
+        "GROUP BY type ORDER BY count(*) DESC, type",
+        {},
+    )
+    total = sum(int(c[1]) for c in counts)
+    rows.append(("archive", "database", _safe(db_url)))
+    rows.append(("archive", "events", total))
+    rows.append(("archive", "first_occurred_at", min((c[2] for c in counts), default=None)))
+    rows.append(("archive", "last_occurred_at", max((c[3] for c in counts), default=None)))
+    _, rejected = _run_query(copy, "SELECT count(*) FROM rejected_events", {})
+    rows.append(("archive", "rejected_frames", int(rejected[0][0])))
+    for event_type, count, _first, _last in counts:
+        rows.append(("events", event_type, int(count)))
+    if last_run is not None:
+        for key in ("id", "source", "started_at", "finished_at", "outcome", "exit_code"):
+            rows.append(("last_run", key, last_run[key]))
+        rows.append(("last_run", "inserted", last_run["inserted"]))
+        if last_run["error"]:
+            rows.append(("last_run", "error", last_run["error"]))
+    else:
+        rows.append(("last_run", "id", None))
+    rows.append(("last_success", "finished_at", last_success))
+    age = None
+    if last_success is not None:
+        age = (datetime.now(timezone.utc) - last_success).total_seconds() / 60
+        rows.append(("last_success", "age_minutes", round(age, 1)))
+    manifest = copy.manifest()
+    rows.append(("analytics", "directory", str(copy.directory)))
+    rows.append(("analytics", "refreshed_at", manifest.refreshed_at if manifest else None))
+    rows.append(("analytics", "events", manifest.events if manifest else 0))
+    rows.append(("analytics", "size_bytes", copy.size_bytes()))
+    render(["section", "name", "value"], rows, fmt, output)
+    if max_age is not None:
+        if last_success is None:
+            raise CliError("no successful ingest run is recorded", EXIT_STALE)
+        if age is not None and age > max_age:
+            raise CliError(
+                f"the newest successful ingest finished {age:.0f} minutes ago "
+                f"(--max-age {max_age:g})",
+                EXIT_STALE,
+            )
+
+
+def _runs(db_url: str) -> tuple[dict[str, Any] | None, datetime | None]:
+    engine = create_archive_engine(db_url)
+    try:
+        with engine.connect() as conn:
+            last = conn.execute(
+                sa.select(ingest_runs).order_by(ingest_runs.c.started_at.desc()).limit(1)
+            ).first()
+            success = conn.execute(
+                sa.select(sa.func.max(ingest_runs.c.finished_at)).where(
+                    ingest_runs.c.exit_code == 0
+                )
+            ).scalar()
+    except (sa.exc.OperationalError, sa.exc.InterfaceError) as exc:
+        raise CliError(f"database unusable: {first_line(exc)}", EXIT_DATABASE) from None
+    except sa.exc.ProgrammingError:
+        raise CliError("the archive has no schema: run `grantex-archive db upgrade`") from None
+    finally:
+        engine.dispose()
+    if success is not None and success.tzinfo is None:
+        success = success.replace(tzinfo=timezone.utc)
+    return (dict(last._mapping) if last is not None else None), success
+
+
+# --------------------------------------------------------------------------- refresh
+
+
+@click.command("refresh")
+@click.option("--full", is_flag=True, help="Rebuild the copy from scratch.")
+@copy_options
+def refresh_command(full: bool, db_url: str, analytics_dir: Path | None, no_refresh: bool) -> None:
+    """Bring the analytics copy up to the archive (every analytics command does this too).
+
+    Useful right after a cron ingest so that reports start warm, or with --full
+    to rebuild a copy from scratch. The copy is a cache: deleting its directory
+    loses nothing.
+
+    \b
+    Example:
+      grantex-archive ingest --until-idle 60 && grantex-archive refresh
+    """
+    if no_refresh:
+        raise click.UsageError("--no-refresh makes no sense here")
+    _check_db_url(db_url)
+    copy = AnalyticsCopy(db_url, analytics_dir)
+    result = refresh_copy(copy, full=full)
+    what = "rebuilt" if result.rebuilt else "refreshed"
+    click.echo(
+        f"{what} {copy.directory}: {result.new_rows} new events"
+        + (f", {result.rescued_rows} re-scanned" if result.rescued_rows else "")
+        + f", {result.manifest.events} in all, in {result.seconds:.2f} s"
+    )
+
+
+# --------------------------------------------------------------------------- demo
+
+HEADLINES: tuple[tuple[str, dict[str, Any]], ...] = (
+    ("event-volume", {}),
+    ("revocations-by-actor", {}),
+    ("budget-exhaustion-rate", {}),
+    ("grant-lifetime", {}),
+    ("top-agents", {"limit": 5}),
+)
+
+
+@click.command()
+@click.option(
+    "--db",
+    "db_url",
+    default="sqlite:///grantex-demo.db",
+    show_default=True,
+    metavar="URL",
+    help="Demo archive (a SQLite file here is replaced).",
+)
+@click.option("--events", "backlog", type=click.IntRange(min=1), default=50000, show_default=True)
+@click.option("--seed", type=int, default=7, show_default=True)
+def demo(db_url: str, backlog: int, seed: int) -> None:
+    """Run everything locally: a simulator, ingest until idle, then the headline reports.
+
+    A fresh demo archive is filled from a local simulator with a realistic mix
+    of events (thousands of grants), then the reports show what it holds.
+
+    \b
+    Example:
+      grantex-archive demo --events 100000
+    """
+    from ingest.simulator import Simulator, SimulatorConfig
+
+    _check_db_url(db_url)
+    path = sqlite_path(db_url)
+    if path is not None:
+        for suffix in ("", "-wal", "-shm"):
+            Path(f"{path}{suffix}").unlink(missing_ok=True)
+    key = "demo_" + secrets.token_hex(12)
+    setup_logging("text", logging.INFO, secrets=(key,))
+    config = SimulatorConfig(
+        api_key=key, seed=seed, backlog=backlog, rate=0.0, keepalive=1.0, envelope="mixed"
+    )
+    with Simulator(config) as sim:
+        click.echo(f"Simulator at {sim.base_url} with {backlog} events of history", err=True)
+        settings = IngestSettings(
+            db_url=db_url,
+            base_url=sim.base_url,
+            api_key=Secret(key),
+            since=sim.history_start,
+            until_idle=2.0,
+            max_runtime=600.0,
+            progress_interval=1.0,
+        )
+        result = run_ingest(settings)
+    if result.exit_code != 0:
+        raise CliError(result.error or result.outcome, result.exit_code)
+    copy = AnalyticsCopy(db_url)
+    refreshed = refresh_copy(copy, full=True)
+    click.echo(
+        f"\nArchived {refreshed.manifest.events} events in {_safe(db_url)} "
+        f"({result.counts.rejected} frames rejected); analytics copy in {copy.directory}"
+    )
+    fmt = "table" if sys.stdout.isatty() else "csv"
+    for name, options in HEADLINES:
+        chosen = get_report(name)
+        sql = chosen.statement(None)
+        if "limit" in options:
+            sql = f"SELECT * FROM ({sql}) LIMIT {int(options['limit'])}"
+        columns, rows = _run_query(copy, sql, chosen.parameters())
+        click.echo(f"\n== grantex-archive report {name}: {chosen.summary}")
+        render(columns, rows, fmt, None)
+    click.echo(
+        f"\nThe demo archive is {_safe(db_url)}; try:\n"
+        f"  grantex-archive report --list --db {db_url}\n"
+        f'  grantex-archive sql "SELECT * FROM grants LIMIT 5" --db {db_url}'
+    )
+
+
+COMMANDS = (report, sql_command, status, refresh_command, demo)

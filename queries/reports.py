@@ -1,0 +1,151 @@
+"""Named reports: the ``.sql`` files in ``queries/reports/`` and their header comments.
+
+A report file starts with comment lines::
+
+    -- name: revocations-by-actor
+    -- summary: one line for ``report --list``
+    -- options: since, until, source, agent, by     (the flags it takes)
+    -- by: day, week, month, agent                  (values --by accepts)
+    -- default-by: day                              (optional)
+    --
+    -- What it computes, exactly, in prose.
+
+The SQL uses ``$since``, ``$until`` (TIMESTAMPTZ or NULL), ``$source``,
+``$agent`` (text or NULL) and ``$by`` (text or NULL). A report that takes
+``--by`` returns a ``period`` column for day/week/month and an ``agent_id``
+column for agent; the runner drops the one that was not asked for.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from importlib.resources import files
+from typing import Any
+
+OPTIONS = ("since", "until", "source", "agent", "by")
+PERIODS = ("day", "week", "month")
+
+
+class ReportError(Exception):
+    """An unknown report, or an option the report does not take."""
+
+
+@dataclass(frozen=True)
+class Report:
+    name: str
+    summary: str
+    description: str
+    sql: str
+    options: tuple[str, ...]
+    by: tuple[str, ...] = ()
+    default_by: str | None = None
+    columns_by: dict[str, str] = field(default_factory=dict)
+
+    def parameters(
+        self,
+        since: Any = None,
+        until: Any = None,
+        source: str | None = None,
+        agent: str | None = None,
+        by: str | None = None,
+    ) -> dict[str, Any]:
+        given = {"since": since, "until": until, "source": source, "agent": agent, "by": by}
+        for name, value in given.items():
+            if value is not None and name not in self.options:
+                raise ReportError(f"report {self.name!r} does not take --{name}")
+        if by is not None and by not in self.by:
+            raise ReportError(
+                f"report {self.name!r} takes --by {'|'.join(self.by)}, not {by!r}"
+                if self.by
+                else f"report {self.name!r} does not take --by"
+            )
+        given["by"] = by if by is not None else self.default_by
+        return {k: v for k, v in given.items() if f"${k}" in self.sql}
+
+    def statement(self, by: str | None) -> str:
+        """The SQL to run, without the grouping column that ``by`` did not ask for."""
+        by = by if by is not None else self.default_by
+        drop = []
+        if "period" in self.returns and by not in PERIODS:
+            drop.append("period")
+        if "agent_id" in self.returns and "agent" in self.by and by != "agent":
+            drop.append("agent_id")
+        if not drop:
+            return self.sql
+        return f"SELECT * EXCLUDE ({', '.join(drop)}) FROM ({self.sql.rstrip().rstrip(';')})"
+
+    @property
+    def returns(self) -> set[str]:
+        """Grouping columns this report can return (from its --by values)."""
+        out = set()
+        if any(b in PERIODS for b in self.by):
+            out.add("period")
+        if "agent" in self.by:
+            out.add("agent_id")
+        return out
+
+
+def parse_report(text: str, filename: str) -> Report:
+    meta: dict[str, str] = {}
+    prose: list[str] = []
+    in_meta = True
+    for line in text.splitlines():
+        if not line.startswith("--"):
+            break
+        body = line[2:].strip()
+        if (
+            in_meta
+            and ":" in body
+            and body.split(":", 1)[0]
+            in (
+                "name",
+                "summary",
+                "options",
+                "by",
+                "default-by",
+            )
+        ):
+            key, value = body.split(":", 1)
+            meta[key] = value.strip()
+            continue
+        in_meta = False
+        if body or prose:
+            prose.append(body)
+    missing = [k for k in ("name", "summary", "options") if k not in meta]
+    if missing:
+        raise ReportError(f"{filename}: header lacks {', '.join(missing)}")
+    options = tuple(o.strip() for o in meta["options"].split(",") if o.strip())
+    unknown = [o for o in options if o not in OPTIONS]
+    if unknown:
+        raise ReportError(f"{filename}: unknown options {', '.join(unknown)}")
+    by = tuple(b.strip() for b in meta.get("by", "").split(",") if b.strip())
+    return Report(
+        name=meta["name"],
+        summary=meta["summary"],
+        description="\n".join(prose).strip(),
+        sql=text,
+        options=options,
+        by=by,
+        default_by=meta.get("default-by") or None,
+    )
+
+
+def load_reports() -> dict[str, Report]:
+    """Every report shipped in the package, by name."""
+    out: dict[str, Report] = {}
+    folder = files("queries").joinpath("reports")
+    for entry in sorted(folder.iterdir(), key=lambda e: e.name):
+        if entry.name.endswith(".sql"):
+            report = parse_report(entry.read_text(encoding="utf-8"), entry.name)
+            out[report.name] = report
+    return out
+
+
+def get_report(name: str) -> Report:
+    reports = load_reports()
+    try:
+        return reports[name]
+    except KeyError:
+        raise ReportError(
+            f"no report named {name!r}; the reports are: {', '.join(sorted(reports))}"
+        ) from None

@@ -1,0 +1,44 @@
+-- name: budget-exhaustion-rate
+-- summary: Of the grants with budget activity in the window: how many crossed 50%, 80%, ran out.
+-- options: since, until, source, agent, by
+-- by: agent
+--
+-- grants: grants with at least one budget.threshold or budget.exhausted event
+-- whose occurred_at falls in [--since, --until) (and, with --source, from that
+-- source). For those grants, counted over everything archived before --until:
+-- reached_50 / reached_80: a threshold event with percentage >= 50 / >= 80, or
+-- a budget.exhausted event (a debit can jump straight to exhaustion, which the
+-- service reports with budget.exhausted alone); exhausted: a budget.exhausted
+-- event. Threshold events repeat per debit; each grant counts once.
+-- exhaustion_rate = exhausted / grants. median_seconds_to_exhaustion: median of
+-- exhausted_at - created_at over exhausted grants whose grant.created is archived.
+-- --agent filters on the grant's agent; --by agent gives one row per agent.
+WITH active AS (
+    SELECT DISTINCT grant_id
+    FROM events
+    WHERE type IN ('budget.threshold', 'budget.exhausted')
+        AND grant_id IS NOT NULL
+        AND ($since IS NULL OR occurred_at >= $since)
+        AND ($until IS NULL OR occurred_at < $until)
+        AND ($source IS NULL OR source = $source)
+),
+g AS (
+    SELECT g.*,
+        g.budget_50_at IS NOT NULL AND ($until IS NULL OR g.budget_50_at < $until) AS r50,
+        g.budget_80_at IS NOT NULL AND ($until IS NULL OR g.budget_80_at < $until) AS r80,
+        g.exhausted_at IS NOT NULL AND ($until IS NULL OR g.exhausted_at < $until) AS ex
+    FROM grants g SEMI JOIN active USING (grant_id)
+    WHERE $agent IS NULL OR g.agent_id = $agent
+)
+SELECT
+    CASE WHEN $by = 'agent' THEN agent_id END AS agent_id,
+    count(*) AS grants,
+    count(*) FILTER (WHERE r50) AS reached_50,
+    count(*) FILTER (WHERE r80) AS reached_80,
+    count(*) FILTER (WHERE ex) AS exhausted,
+    count(*) FILTER (WHERE ex) / count(*) AS exhaustion_rate,
+    median(epoch(exhausted_at) - epoch(created_at)) FILTER (WHERE ex AND created_at IS NOT NULL)
+        AS median_seconds_to_exhaustion
+FROM g
+GROUP BY ALL
+ORDER BY grants DESC, agent_id

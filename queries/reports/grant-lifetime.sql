@@ -1,0 +1,33 @@
+-- name: grant-lifetime
+-- summary: How long grants lived, created to revoked: count, median, p90, by actor.
+-- options: since, until, source, agent, by
+-- by: agent
+--
+-- Grants whose revoked_at falls in [--since, --until) and whose grant.created
+-- is archived; lifetime = revoked_at - created_at in seconds. One row per
+-- revocation actor (as in revocations-by-actor) and a row with actor 'all'.
+-- median_seconds and p90_seconds are continuous quantiles (interpolated).
+-- without_created counts revoked grants left out because their grant.created
+-- is not in the archive.
+WITH r AS (
+    SELECT
+        CASE WHEN $by = 'agent' THEN agent_id END AS agent_id,
+        revoked_by,
+        epoch(revoked_at) - epoch(created_at) AS seconds
+    FROM grants
+    WHERE revoked_at IS NOT NULL
+        AND ($since IS NULL OR revoked_at >= $since)
+        AND ($until IS NULL OR revoked_at < $until)
+        AND ($source IS NULL OR source = $source)
+        AND ($agent IS NULL OR agent_id = $agent)
+)
+SELECT
+    agent_id,
+    CASE WHEN grouping(revoked_by) = 1 THEN 'all' ELSE revoked_by END AS actor,
+    count(seconds) AS grants,
+    quantile_cont(seconds, 0.5) AS median_seconds,
+    quantile_cont(seconds, 0.9) AS p90_seconds,
+    count(*) - count(seconds) AS without_created
+FROM r
+GROUP BY GROUPING SETS ((agent_id, revoked_by), (agent_id))
+ORDER BY agent_id NULLS FIRST, grouping(revoked_by) DESC, grants DESC, actor

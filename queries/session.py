@@ -1,0 +1,108 @@
+"""DuckDB sessions over the analytics copy: the views, the macros, read-only SQL."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from typing import Any, TypeVar
+
+import duckdb
+
+from .copy import AnalyticsCopy, view_statements
+
+T = TypeVar("T")
+
+# Available to every report and to analyst SQL.
+MACROS = (
+    # The calendar period (UTC) of a timestamp for --by day|week|month, else NULL.
+    "CREATE OR REPLACE MACRO period(ts, unit) AS CASE unit "
+    "WHEN 'day' THEN CAST(date_trunc('day', ts) AS DATE) "
+    "WHEN 'week' THEN CAST(date_trunc('week', ts) AS DATE) "
+    "WHEN 'month' THEN CAST(date_trunc('month', ts) AS DATE) END",
+)
+
+# Statement types analyst SQL may run; everything else could write somewhere.
+READ_ONLY_STATEMENTS = frozenset({duckdb.StatementType.SELECT, duckdb.StatementType.EXPLAIN})
+
+
+class QueryError(Exception):
+    """DuckDB rejected a query; the message is DuckDB's first line."""
+
+
+class ReadOnlyError(QueryError):
+    """Analyst SQL tried something other than reading."""
+
+
+class Session:
+    """An in-memory DuckDB connection whose views read the copy's Parquet files."""
+
+    def __init__(self, copy: AnalyticsCopy, threads: int = 2, memory_limit: str = "1GB") -> None:
+        self.copy = copy
+        self.conn = duckdb.connect(
+            config={
+                "threads": threads,
+                "memory_limit": memory_limit,
+                "autoinstall_known_extensions": False,
+                "autoload_known_extensions": True,
+            }
+        )
+        self.conn.execute("SET TimeZone = 'UTC'").fetchall()
+        for macro in MACROS:
+            self.conn.execute(macro).fetchall()
+        self._load_views()
+
+    def _load_views(self) -> None:
+        for statement in view_statements(self.copy.directory, self.copy.manifest()):
+            self.conn.execute(statement).fetchall()
+
+    def close(self) -> None:
+        self.conn.close()
+
+    def run(self, work: Callable[[duckdb.DuckDBPyConnection], T]) -> T:
+        """Run ``work``; if a refresh retired a file under it, reload the views once."""
+        try:
+            return work(self.conn)
+        except duckdb.IOException as exc:
+            if "No such file" not in str(exc) and "does not exist" not in str(exc):
+                raise QueryError(first_line(exc)) from None
+        except duckdb.Error as exc:
+            raise QueryError(first_line(exc)) from None
+        self._load_views()
+        try:
+            return work(self.conn)
+        except duckdb.Error as exc:
+            raise QueryError(first_line(exc)) from None
+
+
+def check_read_only(sql: str, conn: duckdb.DuckDBPyConnection) -> None:
+    """Refuse anything but one SELECT (or EXPLAIN) before it runs."""
+    try:
+        statements = conn.extract_statements(sql)
+    except duckdb.Error as exc:
+        raise QueryError(first_line(exc)) from None
+    if not statements:
+        raise QueryError("no SQL statement given")
+    if len(statements) > 1:
+        raise QueryError(f"one statement at a time, got {len(statements)}")
+    kind = statements[0].type
+    if kind not in READ_ONLY_STATEMENTS:
+        name = str(kind).rsplit(".", 1)[-1]
+        raise ReadOnlyError(
+            f"the analytics views are read-only: {name} statements are not allowed "
+            "(use SELECT; the archive is changed only by ingest)"
+        )
+
+
+def referenced_parameters(sql: str, params: Mapping[str, Any]) -> dict[str, Any]:
+    """The subset of ``params`` that ``sql`` names as ``$name``.
+
+    DuckDB refuses values for parameters a statement does not use.
+    """
+    import re
+
+    names = set(re.findall(r"\$([A-Za-z_][A-Za-z0-9_]*)", sql))
+    return {k: v for k, v in params.items() if k in names}
+
+
+def first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__

@@ -1,0 +1,313 @@
+"""Each named report against the hand-built archive in analytics_fixture.py.
+
+The expected rows are worked out by hand from the fixture's story (see its
+docstring); each test runs on a SQLite file and on a PostgreSQL schema.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.analytics_fixture import build_archive
+from tests.conftest import invoke
+
+WINDOW = ["--since", "2026-03-02", "--until", "2026-03-05T00:00:00Z"]
+
+
+@pytest.fixture
+def archive(archive_url: str, tmp_path: Path) -> list[str]:
+    """CLI arguments for the hand-built archive and a fresh analytics directory."""
+    build_archive(archive_url)
+    return ["--db", archive_url, "--analytics-dir", str(tmp_path / "copy")]
+
+
+def report(archive: list[str], *args: str) -> list[dict[str, Any]]:
+    result = invoke(["report", *args, *archive, "--format", "json"])
+    assert result.exit_code == 0, result.output
+    rows: list[dict[str, Any]] = json.loads(result.output)
+    return rows
+
+
+def test_revocations_by_actor(archive: list[str]) -> None:
+    # In the window: G1 developer, G2 unknown (no revokedBy), G3 and G9 system
+    # (auto-revoked; G9 also has a grant.revoked, counted once), G8 principal
+    # (never created in the archive, still counted). G7 is revoked after it.
+    assert report(archive, "revocations-by-actor", *WINDOW) == [
+        {"actor": "system", "revocations": 2, "share": 0.4},
+        {"actor": "developer", "revocations": 1, "share": 0.2},
+        {"actor": "principal", "revocations": 1, "share": 0.2},
+        {"actor": "unknown", "revocations": 1, "share": 0.2},
+    ]
+    # Without a window G7 (principal, 03-06) joins.
+    rows = report(archive, "revocations-by-actor")
+    assert {r["actor"]: r["revocations"] for r in rows} == {
+        "system": 2,
+        "principal": 2,
+        "developer": 1,
+        "unknown": 1,
+    }
+    assert sum(r["share"] for r in rows) == pytest.approx(1.0)
+
+
+def test_revocations_by_actor_filters_and_groups(archive: list[str]) -> None:
+    assert report(archive, "revocations-by-actor", "--source", "acct-b") == [
+        {"actor": "principal", "revocations": 1, "share": 1.0},
+    ]
+    assert report(archive, "revocations-by-actor", *WINDOW, "--agent", "A1") == [
+        {"actor": "developer", "revocations": 1, "share": 0.5},
+        {"actor": "unknown", "revocations": 1, "share": 0.5},
+    ]
+    assert report(archive, "revocations-by-actor", *WINDOW, "--by", "day") == [
+        {"period": "2026-03-02", "actor": "developer", "revocations": 1, "share": 1.0},
+        {"period": "2026-03-03", "actor": "system", "revocations": 2, "share": 2 / 3},
+        {"period": "2026-03-03", "actor": "unknown", "revocations": 1, "share": 1 / 3},
+        {"period": "2026-03-04", "actor": "principal", "revocations": 1, "share": 1.0},
+    ]
+    by_agent = report(archive, "revocations-by-actor", *WINDOW, "--by", "agent")
+    assert by_agent == [
+        # G8's agent is unknown to the archive: its revocation is kept, agent null.
+        {"agent_id": None, "actor": "principal", "revocations": 1, "share": 1.0},
+        {"agent_id": "A1", "actor": "developer", "revocations": 1, "share": 0.5},
+        {"agent_id": "A1", "actor": "unknown", "revocations": 1, "share": 0.5},
+        {"agent_id": "A2", "actor": "system", "revocations": 1, "share": 1.0},
+        {"agent_id": "A3", "actor": "system", "revocations": 1, "share": 1.0},
+    ]
+
+
+def test_budget_exhaustion_rate(archive: list[str]) -> None:
+    # Budget activity in the window: G4 (50 via pct, 80 via percentage,
+    # exhausted after 3 h), G5 (exhausted after 48 h with no threshold event),
+    # G6 (50 twice: one grant). G7's only budget event is before the window.
+    assert report(archive, "budget-exhaustion-rate", *WINDOW) == [
+        {
+            "grants": 3,
+            "reached_50": 3,
+            "reached_80": 2,
+            "exhausted": 2,
+            "exhaustion_rate": 2 / 3,
+            "median_seconds_to_exhaustion": (3 * 3600 + 48 * 3600) / 2,
+        }
+    ]
+    assert report(archive, "budget-exhaustion-rate", *WINDOW, "--by", "agent") == [
+        {
+            "agent_id": "A1",
+            "grants": 2,
+            "reached_50": 2,
+            "reached_80": 1,
+            "exhausted": 1,
+            "exhaustion_rate": 0.5,
+            "median_seconds_to_exhaustion": 48 * 3600.0,
+        },
+        {
+            "agent_id": "A2",
+            "grants": 1,
+            "reached_50": 1,
+            "reached_80": 1,
+            "exhausted": 1,
+            "exhaustion_rate": 1.0,
+            "median_seconds_to_exhaustion": 3 * 3600.0,
+        },
+    ]
+    # All time: G7 joins (80 reached, not exhausted).
+    (everything,) = report(archive, "budget-exhaustion-rate")
+    assert (everything["grants"], everything["reached_80"], everything["exhausted"]) == (4, 3, 2)
+    assert everything["exhaustion_rate"] == 0.5
+    # Crossings after --until do not count: up to 03-03 02:30 only G4's 50/80
+    # and G6's 50 have happened.
+    (early,) = report(
+        archive, "budget-exhaustion-rate", "--since", "2026-03-02", "--until", "2026-03-03T02:30Z"
+    )
+    assert (early["grants"], early["reached_50"], early["reached_80"], early["exhausted"]) == (
+        2,
+        2,
+        1,
+        0,
+    )
+    assert early["median_seconds_to_exhaustion"] is None
+
+
+def test_event_volume(archive: list[str]) -> None:
+    rows = report(archive, "event-volume", *WINDOW)
+    got = {(r["period"], r["type"]): r["events"] for r in rows}
+    assert got == {
+        ("2026-03-02", "grant.created"): 4,  # G1 once despite the duplicate, G2, G5, G6
+        ("2026-03-02", "token.issued"): 3,
+        ("2026-03-02", "budget.threshold"): 2,
+        ("2026-03-02", "grant.revoked"): 1,
+        ("2026-03-02", "sso.login"): 1,
+        ("2026-03-03", "grant.revoked"): 2,
+        ("2026-03-03", "anomaly.auto_revoked"): 2,
+        ("2026-03-03", "grant.created"): 2,
+        ("2026-03-03", "budget.threshold"): 2,
+        ("2026-03-03", "token.issued"): 1,
+        ("2026-03-03", "budget.exhausted"): 1,
+        ("2026-03-03", "passport.renewed"): 1,  # unknown types are counted too
+        ("2026-03-04", "budget.exhausted"): 1,
+        ("2026-03-04", "grant.revoked"): 1,
+    }
+    assert [r["period"] for r in rows] == sorted(r["period"] for r in rows)
+    month = report(archive, "event-volume", "--by", "month")
+    assert {r["period"] for r in month} == {"2026-03-01"}
+    assert sum(r["events"] for r in month) == 29
+    week = report(archive, "event-volume", "--by", "week")
+    # 2026-03-01 is a Sunday: it belongs to the week of Monday 02-23.
+    assert {r["period"]: 0 for r in week}.keys() == {"2026-02-23", "2026-03-02"}
+    assert sum(r["events"] for r in week if r["period"] == "2026-02-23") == 3
+    source_b = report(archive, "event-volume", *WINDOW, "--source", "acct-b")
+    assert sum(r["events"] for r in source_b) == 7
+    agent = report(archive, "event-volume", "--agent", "A3")
+    assert {r["type"]: r["events"] for r in agent} == {
+        "grant.created": 1,
+        "grant.revoked": 1,  # carries no agentId; G9 belongs to A3
+        "anomaly.auto_revoked": 1,
+        "passport.renewed": 1,
+    }
+
+
+def test_token_issuance(archive: list[str]) -> None:
+    # A1: G1's documented tokens (exchange, refresh; agent from the grant) and
+    # G2's live token (no method). A2: G4's live token.
+    assert report(archive, "token-issuance", *WINDOW) == [
+        {
+            "agent_id": "A1",
+            "tokens": 3,
+            "exchange": 1,
+            "refresh": 1,
+            "method_unknown": 1,
+            "refresh_ratio": 0.5,
+            "grants": 2,
+        },
+        {
+            "agent_id": "A2",
+            "tokens": 1,
+            "exchange": 0,
+            "refresh": 0,
+            "method_unknown": 1,
+            "refresh_ratio": None,
+            "grants": 1,
+        },
+    ]
+    assert [r["agent_id"] for r in report(archive, "token-issuance", "--agent", "A2")] == ["A2"]
+    assert (
+        report(archive, "token-issuance", "--since", "2026-03-02T10:30Z", "--until", "2026-03-03")[
+            0
+        ]["tokens"]
+        == 1
+    )
+
+
+def test_grant_lifetime(archive: list[str]) -> None:
+    # Lifetimes in the window: G9 1 h (system), G1 2 h (developer), G2 24 h
+    # (unknown), G3 48 h (system); G8 has no grant.created.
+    h = 3600.0
+    assert report(archive, "grant-lifetime", *WINDOW) == [
+        {
+            "actor": "all",
+            "grants": 4,
+            "median_seconds": (2 * h + 24 * h) / 2,
+            "p90_seconds": 24 * h + 0.7 * (48 * h - 24 * h),
+            "without_created": 1,
+        },
+        {
+            "actor": "system",
+            "grants": 2,
+            "median_seconds": (1 * h + 48 * h) / 2,
+            "p90_seconds": 1 * h + 0.9 * (48 * h - 1 * h),
+            "without_created": 0,
+        },
+        {
+            "actor": "developer",
+            "grants": 1,
+            "median_seconds": 2 * h,
+            "p90_seconds": 2 * h,
+            "without_created": 0,
+        },
+        {
+            "actor": "unknown",
+            "grants": 1,
+            "median_seconds": 24 * h,
+            "p90_seconds": 24 * h,
+            "without_created": 0,
+        },
+        {
+            "actor": "principal",
+            "grants": 0,
+            "median_seconds": None,
+            "p90_seconds": None,
+            "without_created": 1,
+        },
+    ]
+
+
+def test_top_agents(archive: list[str]) -> None:
+    # Created in the window: A1 G1 G2 G5 G6, A2 G4, A3 G9.
+    assert report(archive, "top-agents", *WINDOW) == [
+        {
+            "rank": 1,
+            "agent_id": "A1",
+            "grants": 4,
+            "revoked": 2,
+            "revocation_rate": 0.5,
+            "exhausted": 1,
+            "exhaustion_rate": 0.25,
+            "tokens": 3,
+        },
+        {
+            "rank": 2,
+            "agent_id": "A3",
+            "grants": 1,
+            "revoked": 1,
+            "revocation_rate": 1.0,
+            "exhausted": 0,
+            "exhaustion_rate": 0.0,
+            "tokens": 0,
+        },
+        {
+            "rank": 2,
+            "agent_id": "A2",
+            "grants": 1,
+            "revoked": 0,
+            "revocation_rate": 0.0,
+            "exhausted": 1,
+            "exhaustion_rate": 1.0,
+            "tokens": 1,
+        },
+    ]
+    # With no window, every grant: A2 gains G3 and G7, and G8 (agent unknown) shows up.
+    everything = {r["agent_id"]: r["grants"] for r in report(archive, "top-agents")}
+    assert everything == {"A1": 4, "A2": 3, "A3": 1, None: 1}
+
+
+def test_ingest_coverage(archive: list[str]) -> None:
+    rows = report(archive, "ingest-coverage")
+    assert [(r["source"], r["run_id"], r["rejected"], r["gap_seconds"]) for r in rows] == [
+        ("acct-a", 1, 0, None),
+        ("acct-a", 2, 2, 2 * 3600.0),  # run 1 ended 01:00, run 2 began 03:00
+        ("acct-b", 3, 0, None),
+    ]
+    assert rows[1]["started_at"] == "2026-03-02T03:00:00.000Z"
+    assert rows[1]["outcome"] == "idle"
+    assert [r["run_id"] for r in report(archive, "ingest-coverage", "--source", "acct-b")] == [3]
+    late = report(archive, "ingest-coverage", "--since", "2026-03-02T02:00Z")
+    assert [r["run_id"] for r in late] == [2]
+
+
+def test_views_hold_every_archived_event_once(archive: list[str]) -> None:
+    result = invoke(
+        [
+            "sql",
+            "SELECT count(*) AS n, count(DISTINCT id) AS ids, "
+            "(SELECT count(*) FROM rejected_events) AS rejected, "
+            "(SELECT count(*) FROM grants) AS grants FROM events",
+            *archive,
+            "--format",
+            "json",
+        ]
+    )
+    assert result.exit_code == 0, result.output
+    # 22 distinct events from acct-a (one sent twice), 7 from acct-b; G1-G9.
+    assert json.loads(result.output) == [{"n": 29, "ids": 29, "rejected": 2, "grants": 9}]
