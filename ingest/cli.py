@@ -97,7 +97,33 @@ def _check_db_url(url: str) -> None:
         raise CliError(f"{exc} (from --db/{ENV_DB})", EXIT_CONFIG) from None
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+class RootGroup(click.Group):
+    """The root command: ingest's commands here, the analytics ones from ``queries``.
+
+    The analytics commands sit downstream of ingest and import from it, so they
+    are added when the command line is read rather than when this module loads.
+    """
+
+    _assembled = False
+
+    def _assemble(self) -> None:
+        if not self._assembled:
+            self._assembled = True
+            from queries.cli import COMMANDS
+
+            for command in COMMANDS:
+                self.add_command(command)
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        self._assemble()
+        return super().list_commands(ctx)
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        self._assemble()
+        return super().get_command(ctx, cmd_name)
+
+
+@click.group(cls=RootGroup, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(package_name="grantex-archive")
 def main() -> None:
     """Keep, query and hand over the record of what your Grantex agents were allowed to do.
@@ -547,17 +573,6 @@ def simulate(
         sim.serve_forever()
     finally:
         sim.stop()
-
-
-def _add_analytics_commands() -> None:
-    # The analytics commands sit downstream of ingest; the root group only assembles.
-    from queries.cli import COMMANDS
-
-    for command in COMMANDS:
-        main.add_command(command)
-
-
-_add_analytics_commands()
 
 
 if __name__ == "__main__":  # pragma: no cover

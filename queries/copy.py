@@ -137,7 +137,7 @@ def default_directory(db_url: str) -> Path:
         return path.with_name(path.name + ".analytics")
     parsed = sa.engine.make_url(db_url)
     # The password is not part of the archive's identity, and must not end up in a path.
-    identity = parsed.set(password=None).render_as_string(hide_password=False)
+    identity = parsed._replace(password=None).render_as_string(hide_password=False)
     digest = hashlib.sha256(identity.encode()).hexdigest()[:16]
     base = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
     return base / "grantex-archive" / f"{parsed.database or 'archive'}-{digest}"
@@ -404,7 +404,7 @@ class AnalyticsCopy:
         self.db_url = db_url
         self.directory = Path(directory) if directory else default_directory(db_url)
         url = sa.engine.make_url(db_url)
-        self.identity = url.set(password=None).render_as_string(hide_password=False)
+        self.identity = url._replace(password=None).render_as_string(hide_password=False)
         path = sqlite_path(db_url)
         if path is not None:
             self.identity = f"sqlite:///{path.resolve()}"

@@ -253,14 +253,6 @@ def test_simulate_rejects_bad_options() -> None:
     assert "Error:" in result.output
 
 
-def test_demo_runs_the_whole_pipeline(tmp_path: Path) -> None:
-    archive = f"sqlite:///{tmp_path / 'demo.db'}"
-    result = invoke(["demo", "--db", archive, "--events", "800"])
-    assert result.exit_code == 0, result.output
-    assert "Archived 800 events" in result.output
-    assert rows(archive, "SELECT count(*) FROM events") == [(800,)]
-
-
 @pytest.mark.parametrize("simulator", [{"backlog": 150_000}], indirect=True)
 def test_a_blocked_database_stops_the_reading_not_the_buffering(
     archive_url: str, simulator: Simulator
