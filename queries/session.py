@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable, Mapping
 from typing import Any, TypeVar
 
@@ -19,6 +20,8 @@ MACROS = (
     "WHEN 'week' THEN CAST(date_trunc('week', ts) AS DATE) "
     "WHEN 'month' THEN CAST(date_trunc('month', ts) AS DATE) END",
 )
+
+_EXPLAINED = re.compile(r"^\s*EXPLAIN\s+(?:ANALY[SZ]E\s+)?(?:\([^)]*\)\s*)?(.*)$", re.I | re.S)
 
 # Statement types analyst SQL may run; everything else could write somewhere.
 READ_ONLY_STATEMENTS = frozenset({duckdb.StatementType.SELECT, duckdb.StatementType.EXPLAIN})
@@ -84,10 +87,23 @@ def check_read_only(sql: str, conn: duckdb.DuckDBPyConnection) -> None:
     if len(statements) > 1:
         raise QueryError(f"one statement at a time, got {len(statements)}")
     kind = statements[0].type
+    if kind == duckdb.StatementType.EXPLAIN:
+        # EXPLAIN ANALYZE runs its statement: only a SELECT may follow.
+        inner = _EXPLAINED.match(statements[0].query)
+        try:
+            inner_kinds = [s.type for s in conn.extract_statements(inner.group(1))] if inner else []
+        except duckdb.Error:
+            inner_kinds = []
+        if inner_kinds != [duckdb.StatementType.SELECT]:
+            kind = duckdb.StatementType.INVALID
     if kind not in READ_ONLY_STATEMENTS:
-        name = str(kind).rsplit(".", 1)[-1]
+        name = (
+            "EXPLAIN of anything but SELECT"
+            if kind == duckdb.StatementType.INVALID
+            else (str(kind).rsplit(".", 1)[-1] + " statements")
+        )
         raise ReadOnlyError(
-            f"the analytics views are read-only: {name} statements are not allowed "
+            f"the analytics views are read-only: {name} are not allowed "
             "(use SELECT; the archive is changed only by ingest)"
         )
 
@@ -97,8 +113,6 @@ def referenced_parameters(sql: str, params: Mapping[str, Any]) -> dict[str, Any]
 
     DuckDB refuses values for parameters a statement does not use.
     """
-    import re
-
     names = set(re.findall(r"\$([A-Za-z_][A-Za-z0-9_]*)", sql))
     return {k: v for k, v in params.items() if k in names}
 

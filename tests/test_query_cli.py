@@ -60,9 +60,7 @@ def test_unknown_report_lists_the_valid_ones(archive: str) -> None:
     result = invoke(["report", "revocations", "--db", archive])
     assert result.exit_code == 2
     error = [line for line in result.output.splitlines() if line.startswith("Error:")]
-    assert error == [
-        "Error: no report named 'revocations'; the reports are: " + ", ".join(REPORTS)
-    ]
+    assert error == ["Error: no report named 'revocations'; the reports are: " + ", ".join(REPORTS)]
 
 
 @pytest.mark.parametrize(
@@ -151,6 +149,9 @@ def test_sql_with_parameters_file_and_stdin(archive: str, tmp_path: Path) -> Non
         "INSTALL sqlite",
         "SET threads = 1",
         "SELECT 1; DELETE FROM events",
+        "EXPLAIN ANALYZE COPY (SELECT 1) TO 'leak.csv'",
+        "EXPLAIN ANALYZE CREATE TABLE t AS SELECT 1",
+        "EXPLAIN /* sneaky */ ANALYZE COPY (SELECT 1) TO 'leak.csv'",
     ],
 )
 def test_sql_refuses_anything_but_reading(archive: str, statement: str) -> None:
@@ -162,6 +163,12 @@ def test_sql_refuses_anything_but_reading(archive: str, statement: str) -> None:
     assert "read-only" in errors[0] or "one statement at a time" in errors[0]
     assert rows(archive, "SELECT count(*) FROM events") == before
     assert not Path("leak.csv").exists()
+
+
+def test_sql_explains_a_select(archive: str) -> None:
+    result = invoke(["sql", "EXPLAIN ANALYZE SELECT count(*) FROM events", "--db", archive])
+    assert result.exit_code == 0, result.output
+    assert "explain_key" in result.output.splitlines()[0] or "QUERY" in result.output
 
 
 def test_sql_errors_are_duckdbs_first_line_and_exit_1(archive: str) -> None:
