@@ -49,7 +49,7 @@ from ingest.store import sqlite_path
 
 log = logging.getLogger(__name__)
 
-FORMAT = 1
+FORMAT = 2
 MANIFEST = "MANIFEST.json"
 ENV_ANALYTICS_DIR = "GRANTEX_ARCHIVE_ANALYTICS_DIR"
 
@@ -86,6 +86,15 @@ EVENT_COLUMNS: tuple[tuple[str, str], ...] = (
     ("initial", "DOUBLE"),
     ("payload", "VARCHAR"),
 )
+
+# Written beside the archive's columns so that grouping by period reads a
+# column instead of computing one per row.
+DERIVED_COLUMNS: tuple[tuple[str, str, str], ...] = (
+    ("day", "DATE", "CAST(occurred_at AS DATE)"),
+    ("week", "DATE", "CAST(date_trunc('week', occurred_at) AS DATE)"),
+    ("month", "DATE", "CAST(date_trunc('month', occurred_at) AS DATE)"),
+)
+SEGMENT_COLUMNS = EVENT_COLUMNS + tuple((name, kind) for name, kind, _ in DERIVED_COLUMNS)
 
 TABLE_COLUMNS: dict[str, tuple[tuple[str, str], ...]] = {
     "rejected_events": (
@@ -505,8 +514,11 @@ class _Refresher:
     def run(self, full: bool, started: float) -> RefreshResult:
         for sub in ("events", "grants", "tables", "trash"):
             (self.dir / sub).mkdir(parents=True, exist_ok=True)
-        manifest = None if full else self.copy.manifest()
         reason = None
+        try:
+            manifest = None if full else self.copy.manifest()
+        except AnalyticsError as exc:
+            reason, manifest = str(exc), None
         archive_max, archive_count = self.reader.scalar_row(
             "SELECT max(seq), count(*) FROM events", self.duck
         )
@@ -602,11 +614,14 @@ class _Refresher:
         """Stream rows of an archive table into the Parquet file ``tmp``."""
         key = columns[0][0]
         stream = self.reader.stream(_typed_select(table, columns, where, self.reader.sqlite))
+        select = f"SELECT {_duck_projection(columns)} FROM incoming WHERE {key} IS NOT NULL"
+        if table == "events":
+            derived = ", ".join(f"{sql} AS {name}" for name, _, sql in DERIVED_COLUMNS)
+            select = f"SELECT *, {derived} FROM ({select})"
         try:
             self.duck.from_arrow(stream).create_view("incoming", replace=True)
             self._exec(
-                f"COPY (SELECT {_duck_projection(columns)} FROM incoming "
-                f"WHERE {key} IS NOT NULL) "
+                f"COPY ({select}) "
                 f"TO '{_sql_text(str(tmp))}' (FORMAT parquet, COMPRESSION zstd, "
                 "ROW_GROUP_SIZE 100000)"
             )
@@ -814,7 +829,7 @@ def _file_list(files: list[Path]) -> str:
 
 def _events_from(files: list[Path]) -> str:
     if not files:
-        return f"(SELECT * FROM ({_empty_select(EVENT_COLUMNS)}))"
+        return f"(SELECT * FROM ({_empty_select(SEGMENT_COLUMNS)}))"
     return f"read_parquet({_file_list(files)})"
 
 
@@ -1013,13 +1028,7 @@ SELECT grant_id,
 FROM ({states}) s
 """
 
-EVENTS_VIEW = """
-SELECT *,
-    CAST(occurred_at AS DATE) AS day,
-    CAST(date_trunc('week', occurred_at) AS DATE) AS week,
-    CAST(date_trunc('month', occurred_at) AS DATE) AS month
-FROM {events}
-"""
+EVENTS_VIEW = "SELECT * FROM {events}"
 
 
 def view_statements(directory: Path, manifest: Manifest | None) -> list[str]:

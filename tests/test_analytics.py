@@ -179,6 +179,11 @@ def test_a_replaced_archive_or_a_damaged_copy_is_rebuilt(tmp_path: Path) -> None
     (analytics.directory / manifest.segments[0].file).unlink()
     assert analytics.refresh().rebuilt
 
+    # A manifest cut short (or from another version) is rebuilt too.
+    (analytics.directory / "MANIFEST.json").write_text('{"format": 1, "archi')
+    result = analytics.refresh()
+    assert result.rebuilt and result.reason and "damaged" in result.reason
+
     # The whole copy is deleted: nothing is lost.
     import shutil
 

@@ -179,7 +179,6 @@ def test_token_issuance(archive: list[str]) -> None:
             "refresh": 1,
             "method_unknown": 1,
             "refresh_ratio": 0.5,
-            "grants": 2,
         },
         {
             "agent_id": "A2",
@@ -188,7 +187,6 @@ def test_token_issuance(archive: list[str]) -> None:
             "refresh": 0,
             "method_unknown": 1,
             "refresh_ratio": None,
-            "grants": 1,
         },
     ]
     assert [r["agent_id"] for r in report(archive, "token-issuance", "--agent", "A2")] == ["A2"]

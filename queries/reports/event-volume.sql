@@ -9,7 +9,7 @@
 -- included. Weeks start on Monday. --agent keeps events that carry that
 -- agentId or belong to a grant of that agent.
 SELECT
-    period(occurred_at, $by) AS period,
+    CASE $by WHEN 'day' THEN day WHEN 'week' THEN week WHEN 'month' THEN month END AS period,
     type,
     count(*) AS events
 FROM events

@@ -7,17 +7,16 @@
 -- (documented envelopes carry only grantId), else NULL. exchange and refresh
 -- count events whose method says so; method_unknown counts the rest (the live
 -- service sends no method). refresh_ratio = refresh / (exchange + refresh),
--- NULL when no event of the agent names a method. grants: distinct grants
--- that were issued tokens.
+-- NULL when no event of the agent names a method.
 WITH t AS (
-    SELECT agent_id, grant_id, method
+    SELECT agent_id, method
     FROM events
     WHERE type = 'token.issued' AND agent_id IS NOT NULL
         AND ($since IS NULL OR occurred_at >= $since)
         AND ($until IS NULL OR occurred_at < $until)
         AND ($source IS NULL OR source = $source)
     UNION ALL
-    SELECT g.agent_id, e.grant_id, e.method
+    SELECT g.agent_id, e.method
     FROM events e LEFT JOIN grants g USING (grant_id)
     WHERE e.type = 'token.issued' AND e.agent_id IS NULL
         AND ($since IS NULL OR e.occurred_at >= $since)
@@ -34,8 +33,7 @@ SELECT
     CASE WHEN count(*) FILTER (WHERE method IN ('exchange', 'refresh')) > 0
         THEN count(*) FILTER (WHERE method = 'refresh')
             / count(*) FILTER (WHERE method IN ('exchange', 'refresh'))
-    END AS refresh_ratio,
-    count(DISTINCT grant_id) AS grants
+    END AS refresh_ratio
 FROM t
 WHERE $agent IS NULL OR agent_id = $agent
 GROUP BY agent_id
