@@ -34,8 +34,10 @@ import logging
 import os
 import secrets
 import shutil
+import threading
 import time
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -57,6 +59,8 @@ ENV_ANALYTICS_DIR = "GRANTEX_ARCHIVE_ANALYTICS_DIR"
 # once SMALL_SEGMENTS_MAX of them are under SMALL_SEGMENT_ROWS.
 SEGMENT_ROWS = 1_000_000
 SMALL_SEGMENT_ROWS = 250_000
+# Parallel archive readers during a full build (one per core here).
+TRANSFER_LANES = 2
 SMALL_SEGMENTS_MAX = 8
 # The re-scan looks at the archive's newest RESCAN_ROWS seq values, and at
 # everything copied during the last RESCAN_SECONDS.
@@ -93,6 +97,13 @@ DERIVED_COLUMNS: tuple[tuple[str, str, str], ...] = (
     ("day", "DATE", "CAST(occurred_at AS DATE)"),
     ("week", "DATE", "CAST(date_trunc('week', occurred_at) AS DATE)"),
     ("month", "DATE", "CAST(date_trunc('month', occurred_at) AS DATE)"),
+    # Read once here so that nothing later has to decompress every payload.
+    (
+        "revoked_grants",
+        "VARCHAR[]",
+        "CASE WHEN type = 'anomaly.auto_revoked' "
+        "THEN TRY_CAST(json_extract(payload, '$.data.revokedGrants') AS VARCHAR[]) END",
+    ),
 )
 SEGMENT_COLUMNS = EVENT_COLUMNS + tuple((name, kind) for name, kind, _ in DERIVED_COLUMNS)
 
@@ -401,6 +412,7 @@ class RefreshResult:
     manifest: Manifest
     waited: bool = False
     reason: str | None = None
+    timings: dict[str, float] = field(default_factory=dict)
 
 
 ProgressFn = Callable[[int, int], None]
@@ -535,9 +547,19 @@ class _Refresher:
         previous = manifest.watermark
         new_files: list[Segment] = []
 
-        rescued = self._rescan(manifest, previous, new_files) if not rebuilt else 0
-        new_rows = self._copy_new(manifest, previous, archive_max, int(archive_count), new_files)
+        timings: dict[str, float] = {}
+        clock = time.monotonic()
 
+        def lap(name: str) -> None:
+            nonlocal clock
+            now = time.monotonic()
+            timings[name] = now - clock
+            clock = now
+
+        rescued = self._rescan(manifest, previous, new_files) if not rebuilt else 0
+        lap("rescan")
+        new_rows = self._copy_new(manifest, previous, archive_max, int(archive_count), new_files)
+        lap("events")
         manifest.segments.extend(new_files)
         if new_files:
             if rebuilt:
@@ -546,8 +568,11 @@ class _Refresher:
                 self._update_grants(manifest, new_files)
         elif manifest.grants_base is None:
             self._build_grants(manifest)
+        lap("grants")
         self._compact_segments(manifest)
+        lap("compaction")
         self._refresh_tables(manifest)
+        lap("tables")
 
         if archive_max > manifest.watermark:
             manifest.watermark = archive_max
@@ -560,8 +585,16 @@ class _Refresher:
         _write_atomic(self.dir / "views.sql", views_sql(self.dir, manifest))
         self._retire_now()
         self._empty_trash()
+        lap("manifest")
+        log.debug("refresh timings: %s", {k: round(v, 3) for k, v in timings.items()})
         return RefreshResult(
-            rebuilt, new_rows, rescued, time.monotonic() - started, manifest, reason=reason
+            rebuilt,
+            new_rows,
+            rescued,
+            time.monotonic() - started,
+            manifest,
+            reason=reason,
+            timings=timings,
         )
 
     def _mismatch(self, manifest: Manifest, archive_max: int) -> str | None:
@@ -594,49 +627,97 @@ class _Refresher:
         archive_count: int,
         out: list[Segment],
     ) -> int:
-        copied = 0
-        lo = previous
+        """Copy rows above the watermark, in seq ranges of SEGMENT_ROWS.
+
+        Several ranges (a full build) go through TRANSFER_LANES readers at once:
+        one ADBC stream is bound by the driver's single thread, while DuckDB's
+        Parquet writer waits.
+        """
         total = max(archive_count - manifest.events, 0)
-        while lo < archive_max:
-            hi = min(lo + SEGMENT_ROWS, archive_max)
-            segment = self._write_segment(f"seq > {lo} AND seq <= {hi}")
-            if segment is not None:
-                out.append(segment)
-                copied += segment.rows
-            lo = hi
-            if self.progress is not None:
-                self.progress(copied, total)
-        return copied
+        ranges = [
+            (lo, min(lo + SEGMENT_ROWS, archive_max))
+            for lo in range(previous, archive_max, SEGMENT_ROWS)
+        ]
+        if not ranges:
+            return 0
+        done: list[Segment] = []
+        lock = threading.Lock()
+        pending = list(reversed(ranges))
+
+        def lane(reader: ArchiveReader, conn: duckdb.DuckDBPyConnection) -> None:
+            while True:
+                with lock:
+                    if not pending:
+                        return
+                    lo, hi = pending.pop()
+                segment = self._write_segment(f"seq > {lo} AND seq <= {hi}", reader, conn)
+                with lock:
+                    if segment is not None:
+                        done.append(segment)
+                    if self.progress is not None:
+                        self.progress(sum(s.rows for s in done), total)
+
+        extra = min(TRANSFER_LANES, len(ranges)) - 1
+        readers = [ArchiveReader(self.copy.db_url) for _ in range(extra)]
+        try:
+            with ThreadPoolExecutor(max_workers=extra + 1) as pool:
+                futures = [pool.submit(lane, self.reader, self.duck)]
+                futures += [pool.submit(lane, r, self.duck.cursor()) for r in readers]
+                for future in futures:
+                    future.result()
+        finally:
+            for reader in readers:
+                reader.close()
+        done.sort(key=lambda s: s.min_seq)
+        out.extend(done)
+        return sum(s.rows for s in done)
 
     def _copy_table(
-        self, table: str, columns: tuple[tuple[str, str], ...], where: str, tmp: Path
+        self,
+        table: str,
+        columns: tuple[tuple[str, str], ...],
+        where: str,
+        tmp: Path,
+        reader: ArchiveReader | None = None,
+        conn: duckdb.DuckDBPyConnection | None = None,
     ) -> None:
         """Stream rows of an archive table into the Parquet file ``tmp``."""
+        reader = reader or self.reader
+        conn = conn or self.duck
         key = columns[0][0]
-        stream = self.reader.stream(_typed_select(table, columns, where, self.reader.sqlite))
-        select = f"SELECT {_duck_projection(columns)} FROM incoming WHERE {key} IS NOT NULL"
+        stream = reader.stream(_typed_select(table, columns, where, reader.sqlite))
+        view = f"incoming_{secrets.token_hex(4)}"
+        select = f"SELECT {_duck_projection(columns)} FROM {view} WHERE {key} IS NOT NULL"
         if table == "events":
             derived = ", ".join(f"{sql} AS {name}" for name, _, sql in DERIVED_COLUMNS)
             select = f"SELECT *, {derived} FROM ({select})"
         try:
-            self.duck.from_arrow(stream).create_view("incoming", replace=True)
-            self._exec(
+            conn.from_arrow(stream).create_view(view)
+            conn.execute(
                 f"COPY ({select}) "
                 f"TO '{_sql_text(str(tmp))}' (FORMAT parquet, COMPRESSION zstd, "
                 "ROW_GROUP_SIZE 100000)"
-            )
+            ).fetchall()
         except duckdb.Error as exc:
             tmp.unlink(missing_ok=True)
             raise AnalyticsError(f"copying {table} failed: {_first(exc)}") from None
         finally:
             stream.close()
+            with contextlib.suppress(duckdb.Error):
+                conn.execute(f"DROP VIEW IF EXISTS {view}").fetchall()
 
-    def _write_segment(self, where: str) -> Segment | None:
+    def _write_segment(
+        self,
+        where: str,
+        reader: ArchiveReader | None = None,
+        conn: duckdb.DuckDBPyConnection | None = None,
+    ) -> Segment | None:
+        conn = conn or self.duck
         tmp = self.dir / f"events/part-{secrets.token_hex(8)}.parquet.tmp"
-        self._copy_table("events", EVENT_COLUMNS, where, tmp)
-        count, lo, hi = self._exec(
+        self._copy_table("events", EVENT_COLUMNS, where, tmp, reader, conn)
+        count, lo, hi = conn.execute(
             f"SELECT count(*), min(seq), max(seq) FROM read_parquet('{_sql_text(str(tmp))}')"
-        )[0]
+        ).fetchall()[0]
         if not count:
             tmp.unlink()
             return None
@@ -910,8 +991,7 @@ direct AS (
     GROUP BY grant_id
 ),
 listed AS (
-    SELECT unnest(CAST(json_extract(payload, '$.data.revokedGrants') AS VARCHAR[])) AS grant_id,
-        occurred_at, source, json_extract_string(payload, '$.data.agentId') AS agent_id
+    SELECT unnest(revoked_grants) AS grant_id, occurred_at, source, agent_id
     FROM ev WHERE type = 'anomaly.auto_revoked'
 ),
 auto AS (
@@ -942,7 +1022,16 @@ auto AS (
     FROM listed WHERE grant_id IS NOT NULL
     GROUP BY grant_id
 )
-{_combine_sql("SELECT * FROM direct UNION ALL BY NAME SELECT * FROM auto")}
+-- A join rather than a second GROUP BY: only the few auto-revoked grants need merging.
+SELECT d.* REPLACE (
+        least(d.source, a.source) AS source,
+        a.auto_revoked_at AS auto_revoked_at,
+        a.auto_agent_id AS auto_agent_id,
+        least(d.first_event_at, a.first_event_at) AS first_event_at,
+        greatest(d.last_event_at, a.last_event_at) AS last_event_at)
+FROM direct d LEFT JOIN auto a USING (grant_id)
+UNION ALL BY NAME
+SELECT a.* FROM auto a ANTI JOIN direct d USING (grant_id)
 """
 
 
