@@ -11,7 +11,8 @@ import logging
 import secrets
 import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, TypeVar
@@ -131,20 +132,23 @@ class _Progress:
             click.echo("", err=True)
 
 
-def _run_query(copy: AnalyticsCopy, sql: str, params: dict[str, Any]) -> tuple[list[str], list]:  # type: ignore[type-arg]
+@contextmanager
+def _query(
+    copy: AnalyticsCopy, sql: str, params: dict[str, Any]
+) -> Iterator[tuple[list[str], Iterator[tuple[Any, ...]]]]:
+    """The columns and (streamed) rows of ``sql``; DuckDB errors become ``Error:`` lines."""
     session = Session(copy)
     try:
-
-        def work(conn: Any) -> tuple[list[str], list]:  # type: ignore[type-arg]
-            result = conn.execute(sql, params)
-            columns = [d[0] for d in result.description] if result.description else []
-            return columns, result.fetchall()
-
-        return session.run(work)
+        yield session.stream(sql, params)
     except QueryError as exc:
         raise CliError(str(exc)) from None
     finally:
         session.close()
+
+
+def _fetch(copy: AnalyticsCopy, sql: str, params: dict[str, Any]) -> list[tuple[Any, ...]]:
+    with _query(copy, sql, params) as (_columns, rows):
+        return list(rows)
 
 
 # --------------------------------------------------------------------------- report
@@ -234,8 +238,8 @@ def report(
     if limit is not None:
         sql = f"SELECT * FROM ({sql}) LIMIT {int(limit)}"
     copy = open_copy(db_url, analytics_dir, not no_refresh)
-    columns, rows = _run_query(copy, sql, params)
-    render(columns, rows, fmt, output)
+    with _query(copy, sql, params) as (columns, rows):
+        render(columns, rows, fmt, output)
 
 
 # --------------------------------------------------------------------------- sql
@@ -302,8 +306,8 @@ def sql_command(
         raise CliError(str(exc)) from None
     finally:
         session.close()
-    columns, rows = _run_query(copy, text, bound)
-    render(columns, rows, fmt, output)
+    with _query(copy, text, bound) as (columns, rows):
+        render(columns, rows, fmt, output)
 
 
 # --------------------------------------------------------------------------- status
@@ -344,7 +348,7 @@ def status(
     last_run, last_success = _runs(db_url)
     copy = open_copy(db_url, analytics_dir, not no_refresh)
     rows: list[tuple[str, str, Any]] = []
-    _columns, counts = _run_query(
+    counts = _fetch(
         copy,
         "SELECT type, count(*), min(occurred_at), max(occurred_at) FROM events "
         "GROUP BY type ORDER BY count(*) DESC, type",
@@ -355,7 +359,7 @@ def status(
     rows.append(("archive", "events", total))
     rows.append(("archive", "first_occurred_at", min((c[2] for c in counts), default=None)))
     rows.append(("archive", "last_occurred_at", max((c[3] for c in counts), default=None)))
-    _, rejected = _run_query(copy, "SELECT count(*) FROM rejected_events", {})
+    rejected = _fetch(copy, "SELECT count(*) FROM rejected_events", {})
     rows.append(("archive", "rejected_frames", int(rejected[0][0])))
     for event_type, count, _first, _last in counts:
         rows.append(("events", event_type, int(count)))
@@ -512,9 +516,9 @@ def demo(db_url: str, backlog: int, seed: int) -> None:
         sql = chosen.statement(None)
         if "limit" in options:
             sql = f"SELECT * FROM ({sql}) LIMIT {int(options['limit'])}"
-        columns, rows = _run_query(copy, sql, chosen.parameters())
         click.echo(f"\n== grantex-archive report {name}: {chosen.summary}")
-        render(columns, rows, fmt, None)
+        with _query(copy, sql, chosen.parameters()) as (columns, rows):
+            render(columns, rows, fmt, None)
     click.echo(
         f"\nThe demo archive is {_safe(db_url)}; try:\n"
         f"  grantex-archive report --list --db {db_url}\n"

@@ -484,6 +484,17 @@ class AnalyticsCopy:
         is (``waited`` set): readers never fail because somebody else refreshes.
         """
         started = time.monotonic()
+        try:
+            return self._refresh(full, wait, progress, started)
+        except OSError as exc:
+            raise AnalyticsError(
+                f"cannot write the analytics copy in {self.directory}: "
+                f"{exc.strerror or exc} (choose another place with --analytics-dir)"
+            ) from None
+
+    def _refresh(
+        self, full: bool, wait: float, progress: ProgressFn | None, started: float
+    ) -> RefreshResult:
         with self._lock(wait) as held:
             if not held:
                 manifest = self.manifest()

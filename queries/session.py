@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import re
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from typing import Any, TypeVar
 
 import duckdb
@@ -74,6 +74,31 @@ class Session:
             return work(self.conn)
         except duckdb.Error as exc:
             raise QueryError(first_line(exc)) from None
+
+    def stream(
+        self, sql: str, params: Mapping[str, Any], chunk: int = 10_000
+    ) -> tuple[list[str], Iterator[tuple[Any, ...]]]:
+        """Column names and the rows of ``sql``, fetched a chunk at a time."""
+
+        def start(
+            conn: duckdb.DuckDBPyConnection,
+        ) -> tuple[duckdb.DuckDBPyConnection, list[str], list[tuple[Any, ...]]]:
+            result = conn.execute(sql, dict(params))
+            columns = [d[0] for d in result.description] if result.description else []
+            return result, columns, result.fetchmany(chunk)
+
+        result, columns, first = self.run(start)
+
+        def rows() -> Iterator[tuple[Any, ...]]:
+            batch = first
+            while batch:
+                yield from batch
+                try:
+                    batch = result.fetchmany(chunk)
+                except duckdb.Error as exc:
+                    raise QueryError(first_line(exc)) from None
+
+        return columns, rows()
 
 
 def check_read_only(sql: str, conn: duckdb.DuckDBPyConnection) -> None:

@@ -194,6 +194,25 @@ def test_no_refresh_needs_a_copy_and_the_env_var_moves_it(archive: str, tmp_path
     assert not Path(archive.removeprefix("sqlite:///") + ".analytics").exists()
 
 
+def test_an_unwritable_analytics_dir_is_a_clear_error(archive: str, tmp_path: Path) -> None:
+    blocker = tmp_path / "file"
+    blocker.write_text("not a directory")
+    result = invoke(["sql", "SELECT 1", "--db", archive, "--analytics-dir", str(blocker / "copy")])
+    assert result.exit_code == 1
+    assert result.output.startswith(f"Error: cannot write the analytics copy in {blocker / 'copy'}")
+    assert "--analytics-dir" in result.output
+
+
+def test_large_results_stream_to_a_file(archive: str, tmp_path: Path) -> None:
+    target = tmp_path / "big.jsonl"
+    result = invoke(
+        ["sql", "SELECT range AS n FROM range(25000)", "--db", archive, "-o", str(target)]
+    )
+    assert result.exit_code == 0, result.output
+    lines = target.read_text().splitlines()
+    assert len(lines) == 25000 and json.loads(lines[-1]) == {"n": 24999}
+
+
 def test_missing_archive_is_a_clear_error(tmp_path: Path) -> None:
     result = invoke(["report", "event-volume", "--db", f"sqlite:///{tmp_path / 'none.db'}"])
     assert result.exit_code == 1
