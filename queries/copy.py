@@ -542,9 +542,8 @@ class _Refresher:
             manifest = None if full else self.copy.manifest()
         except AnalyticsError as exc:
             reason, manifest = str(exc), None
-        archive_max, archive_count = self.reader.scalar_row(
-            "SELECT max(seq), count(*) FROM events", self.duck
-        )
+        # No count(*): on a large archive it is a scan, and the seq range tells enough.
+        (archive_max,) = self.reader.scalar_row("SELECT max(seq) FROM events", self.duck)
         archive_max = int(archive_max or 0)
         if manifest is not None:
             reason = self._mismatch(manifest, archive_max)
@@ -569,7 +568,7 @@ class _Refresher:
 
         rescued = self._rescan(manifest, previous, new_files) if not rebuilt else 0
         lap("rescan")
-        new_rows = self._copy_new(manifest, previous, archive_max, int(archive_count), new_files)
+        new_rows = self._copy_new(previous, archive_max, new_files)
         lap("events")
         manifest.segments.extend(new_files)
         if new_files:
@@ -630,21 +629,14 @@ class _Refresher:
             stream.close()
         return str(rows[0][0]) if rows else None
 
-    def _copy_new(
-        self,
-        manifest: Manifest,
-        previous: int,
-        archive_max: int,
-        archive_count: int,
-        out: list[Segment],
-    ) -> int:
+    def _copy_new(self, previous: int, archive_max: int, out: list[Segment]) -> int:
         """Copy rows above the watermark, in seq ranges of SEGMENT_ROWS.
 
         Several ranges (a full build) go through TRANSFER_LANES readers at once:
         one ADBC stream is bound by the driver's single thread, while DuckDB's
         Parquet writer waits.
         """
-        total = max(archive_count - manifest.events, 0)
+        total = archive_max - previous  # an upper bound: seq can have gaps
         ranges = [
             (lo, min(lo + SEGMENT_ROWS, archive_max))
             for lo in range(previous, archive_max, SEGMENT_ROWS)
@@ -741,12 +733,14 @@ class _Refresher:
         if not previous:
             return 0
         lo = max(previous - RESCAN_ROWS, 0)
+        # Rows copied within the horizon lie above the watermark of the newest
+        # refresh before it (or of the first refresh, when all are recent).
         horizon = time.time() - RESCAN_SECONDS
-        for when, mark in manifest.checkpoints:
-            if when >= horizon:
-                lo = min(lo, mark)
-                break
-        lo = max(lo, 0)
+        older = [mark for when, mark in manifest.checkpoints if when < horizon]
+        if older:
+            lo = min(lo, older[-1])
+        elif manifest.checkpoints:
+            lo = min(lo, manifest.checkpoints[0][1])
         stream = self.reader.stream(
             f"SELECT seq FROM events WHERE seq > {lo} AND seq <= {previous}"
         )

@@ -155,6 +155,30 @@ def test_rows_committed_out_of_seq_order_are_rescued(archive_url: str, tmp_path:
     assert (again.new_rows, again.rescued_rows) == (0, 0)
 
 
+def test_the_rescan_window_covers_recent_refreshes_and_trailing_rows(
+    sqlite_archive: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(copy_module, "RESCAN_ROWS", 0)
+    new_archive(sqlite_archive)
+    analytics = AnalyticsCopy(sqlite_archive, tmp_path / "copy")
+    _insert_with_seq(sqlite_archive, list(range(1, 11)), "a")
+    analytics.refresh()
+    _insert_with_seq(sqlite_archive, list(range(12, 21)), "b")
+    analytics.refresh()
+    # Seq 11 commits late; it is above the first refresh's watermark (10),
+    # and that refresh is within RESCAN_SECONDS.
+    _insert_with_seq(sqlite_archive, [11], "late")
+    assert analytics.refresh().rescued_rows == 1
+    # Once every refresh is older than the horizon, only RESCAN_ROWS counts.
+    monkeypatch.setattr(copy_module, "RESCAN_SECONDS", -1.0)
+    _insert_with_seq(sqlite_archive, [*range(21, 25), *range(26, 30)], "c")
+    analytics.refresh()
+    _insert_with_seq(sqlite_archive, [25], "late")
+    assert analytics.refresh().rescued_rows == 0
+    monkeypatch.setattr(copy_module, "RESCAN_ROWS", 10)
+    assert analytics.refresh().rescued_rows == 1
+
+
 def test_a_replaced_archive_or_a_damaged_copy_is_rebuilt(tmp_path: Path) -> None:
     url = f"sqlite:///{tmp_path / 'a.db'}"
     new_archive(url)
