@@ -5,7 +5,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: setup demo test lint bench bench-quick docs clean
+.PHONY: setup demo test lint bench bench-quick bench-analytics bench-analytics-quick docs clean
 
 $(STAMP): pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit("Python 3.10+ is required, found " + sys.version.split()[0]) if sys.version_info < (3, 10) else None'
@@ -32,6 +32,12 @@ bench: $(STAMP)
 
 bench-quick: $(STAMP)
 	$(BIN)/python -m benchmarks.ingest --events 100000 --flat-events 0 --no-write
+
+bench-analytics: $(STAMP)
+	$(BIN)/python -m benchmarks.analytics --events 10000000
+
+bench-analytics-quick: $(STAMP)
+	$(BIN)/python -m benchmarks.analytics --events 200000 --no-write
 
 clean:
 	rm -rf $(VENV) build dist *.egg-info .pytest_cache .mypy_cache .ruff_cache

@@ -1,0 +1,1138 @@
+"""Analytics benchmark: the DuckDB copy and its reports over a large SQLite archive.
+
+Run with ``make bench-analytics`` (10,000,000 events) or
+``python -m benchmarks.analytics --help``. Method, in one run:
+
+- **Archive.** N events from the simulator (``generate_events``, the mixed
+  envelope: live and documented grants alternate) spread over 90 days,
+  normalised by the ingest code and inserted with plain ``sqlite3`` into the
+  archive schema (``ingest.migrate.upgrade``), 200,000 rows per transaction,
+  with one ``ingest_runs`` row and two ``rejected_events`` rows per chunk. The
+  file is cached in ``benchmarks/.work/`` by size and seed; rows this script
+  appends are deleted again at the start and end of each run.
+- **Full refresh.** A child process builds a fresh analytics copy
+  (``AnalyticsCopy.refresh(full=True)``); its own ``VmHWM`` is its peak RSS.
+- **Incremental refresh.** 100,000 events (another seed, later timestamps) are
+  appended to the archive; a child process refreshes the copy. A second child
+  then refreshes with nothing new (what ``report`` pays before every run).
+- **Reports.** A child process opens one ``Session`` and runs each named
+  report with default options (and ``--by agent`` / ``--by month`` where the
+  report takes them): once cold, then N times; the median of the N is the warm
+  latency.
+- **Direct SQLite.** The same report written by hand for SQLite (the per-grant
+  state computed inside the query, json1 for ``revokedGrants``), run against the
+  archive with a per-query timeout; speedup = SQLite seconds / DuckDB warm median.
+  Results are compared row by row with DuckDB's.
+- **Concurrency.** A child process loops: append 20,000 events, refresh the
+  copy. Meanwhile the real CLI (``python -m ingest.cli report NAME --format
+  csv``) runs each report several times, with and without ``--no-refresh``; a
+  non-zero exit, an empty output or ``lock``/``Error`` on stderr is a failure.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import platform
+import re
+import shutil
+import sqlite3
+import statistics
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from datetime import date, datetime, timedelta, timezone
+from pathlib import Path
+from typing import Any
+
+import duckdb
+
+from benchmarks.ingest import PeakRss
+from ingest import migrate
+from ingest.events import Event, normalise
+from ingest.simulator import generate_events
+from ingest.store import EVENT_COLUMNS
+
+ROOT = Path(__file__).resolve().parent.parent
+WORK = ROOT / "benchmarks" / ".work"
+CHILD = "_child"
+BUILD_VERSION = 1  # bump when the archive's contents change, to invalidate the cache
+
+START = datetime(2026, 1, 1, tzinfo=timezone.utc)
+SPAN_DAYS = 90
+CHUNK_ROWS = 200_000
+APPEND_ROWS = 100_000
+CHURN_ROWS = 20_000
+SOURCE = "default"
+TIME_FORMAT = "%Y-%m-%d %H:%M:%S.%f"
+
+# Targets (2-core machine).
+WARM_TARGET_S = 0.5
+SPEEDUP_TARGET = 10.0
+INCREMENTAL_TARGET_S = 2.0
+FULL_TARGET_S = 60.0
+FULL_TARGET_EVENTS = 10_000_000
+RSS_TARGET_MB = 1024.0
+
+Row = tuple[Any, ...]
+
+
+# --------------------------------------------------------------------------- archive
+
+
+@dataclass
+class Archive:
+    """The cached SQLite archive and what it held when it was built."""
+
+    path: Path
+    events: int
+    max_seq: int
+    runs: int
+    rejected: int
+    spacing_s: float
+
+    @property
+    def url(self) -> str:
+        return f"sqlite:///{self.path}"
+
+    @property
+    def meta_path(self) -> Path:
+        return self.path.with_suffix(".json")
+
+
+def archive_row(event: Event, received: str) -> Row:
+    return (
+        event.id,
+        SOURCE,
+        event.type,
+        event.occurred_at.strftime(TIME_FORMAT),
+        received,
+        event.grant_id,
+        event.agent_id,
+        event.principal_id,
+        event.revoked_by,
+        event.token_id,
+        event.method,
+        event.percentage,
+        event.remaining,
+        event.initial,
+        event.payload,
+    )
+
+
+def event_chunks(seed: int, start: datetime, count: int, spacing_s: float) -> Iterator[list[Row]]:
+    """Archive rows for ``count`` simulator events, ``CHUNK_ROWS`` at a time."""
+    received = (start + timedelta(seconds=count * spacing_s)).strftime(TIME_FORMAT)
+    chunk: list[Row] = []
+    for envelope in generate_events(seed, start, count, spacing_s, "mixed"):
+        event = normalise(json.dumps(envelope, separators=(",", ":")))
+        assert isinstance(event, Event), event
+        chunk.append(archive_row(event, received))
+        if len(chunk) == CHUNK_ROWS:
+            yield chunk
+            chunk = []
+    if chunk:
+        yield chunk
+
+
+_INSERT_EVENT = (
+    f"INSERT INTO events ({', '.join(EVENT_COLUMNS)}) "
+    f"VALUES ({', '.join('?' for _ in EVENT_COLUMNS)})"
+)
+_INSERT_RUN = (
+    "INSERT INTO ingest_runs (source, started_at, finished_at, since_requested, types, base_url, "
+    "received, inserted, duplicates, rejected, reconnects, first_occurred_at, last_occurred_at, "
+    "outcome, exit_code) VALUES (?, ?, ?, NULL, NULL, 'http://127.0.0.1/', ?, ?, 0, 2, 0, ?, ?, "
+    "'max_events', 0)"
+)
+_INSERT_REJECTED = (
+    "INSERT INTO rejected_events (source, received_at, reason, raw, raw_length, event_id, run_id) "
+    "VALUES (?, ?, 'invalid JSON: unexpected end of data', '{\"id\":', 6, NULL, ?)"
+)
+
+
+def insert_chunk(conn: sqlite3.Connection, rows: list[Row]) -> None:
+    """One transaction: the rows, plus an ingest run that received them."""
+    first, last = rows[0][3], rows[-1][3]
+    with conn:
+        conn.executemany(_INSERT_EVENT, rows)
+        cursor = conn.execute(
+            _INSERT_RUN, (SOURCE, first, last, len(rows) + 2, len(rows), first, last)
+        )
+        conn.executemany(_INSERT_REJECTED, [(SOURCE, last, cursor.lastrowid)] * 2)
+
+
+def open_writer(path: Path) -> sqlite3.Connection:
+    conn = sqlite3.connect(path, timeout=60)
+    conn.execute("PRAGMA journal_mode=WAL")
+    conn.execute("PRAGMA synchronous=OFF")
+    return conn
+
+
+def build_archive(path: Path, count: int, seed: int) -> Archive:
+    building = path.with_suffix(".building")
+    for stale in (building, *(Path(f"{building}{s}") for s in ("-wal", "-shm"))):
+        stale.unlink(missing_ok=True)
+    migrate.upgrade(f"sqlite:///{building}")
+    spacing = SPAN_DAYS * 86400 / count
+    conn = open_writer(building)
+    started = time.perf_counter()
+    done = 0
+    for rows in event_chunks(seed, START, count, spacing):
+        insert_chunk(conn, rows)
+        done += len(rows)
+        rate = done / (time.perf_counter() - started)
+        print(f"\r  archive: {done:,} of {count:,} events ({rate:,.0f}/s)", end="", flush=True)
+    print(flush=True)
+    conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    max_seq, runs, rejected = conn.execute(
+        "SELECT (SELECT max(seq) FROM events), (SELECT count(*) FROM ingest_runs), "
+        "(SELECT count(*) FROM rejected_events)"
+    ).fetchone()
+    conn.close()
+    os.replace(building, path)
+    archive = Archive(path, count, int(max_seq), int(runs), int(rejected), spacing)
+    meta = {k: v for k, v in vars(archive).items() if k != "path"}
+    archive.meta_path.write_text(json.dumps(meta))
+    return archive
+
+
+def ensure_archive(count: int, seed: int, rebuild: bool) -> Archive:
+    """The cached archive for ``count`` and ``seed``, built when missing."""
+    WORK.mkdir(parents=True, exist_ok=True)
+    path = WORK / f"archive-v{BUILD_VERSION}-{count}-{seed}.db"
+    meta = path.with_suffix(".json")
+    if not rebuild and path.exists() and meta.exists():
+        return Archive(path, **json.loads(meta.read_text()))
+    path.unlink(missing_ok=True)
+    print(f"building a {count:,}-event archive (cached in {WORK})...", flush=True)
+    started = time.perf_counter()
+    archive = build_archive(path, count, seed)
+    print(f"  built in {time.perf_counter() - started:.0f} s", flush=True)
+    return archive
+
+
+def reset_archive(archive: Archive) -> None:
+    """Delete whatever earlier runs appended, so every run starts from the same archive."""
+    conn = open_writer(archive.path)
+    (max_seq,) = conn.execute("SELECT max(seq) FROM events").fetchone()
+    if max_seq != archive.max_seq:
+        with conn:
+            conn.execute("DELETE FROM events WHERE seq > ?", (archive.max_seq,))
+            conn.execute("DELETE FROM rejected_events WHERE id > ?", (archive.rejected,))
+            conn.execute("DELETE FROM ingest_runs WHERE id > ?", (archive.runs,))
+            conn.execute(
+                "UPDATE sqlite_sequence SET seq = ? WHERE name = 'events'", (archive.max_seq,)
+            )
+        conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    conn.close()
+
+
+def archive_end(conn: sqlite3.Connection) -> datetime:
+    """The newest occurred_at among the last rows appended."""
+    (text,) = conn.execute(
+        "SELECT max(occurred_at) FROM (SELECT occurred_at FROM events ORDER BY seq DESC LIMIT 1000)"
+    ).fetchone()
+    return datetime.fromisoformat(text).replace(tzinfo=timezone.utc)
+
+
+def append_events(path: Path, count: int, seed: int, spacing_s: float) -> int:
+    """Append ``count`` new events (``seed``), all later than the archive's newest."""
+    conn = open_writer(path)
+    start = archive_end(conn) + timedelta(seconds=spacing_s)
+    appended = 0
+    for rows in event_chunks(seed, start, count, spacing_s):
+        insert_chunk(conn, rows)
+        appended += len(rows)
+    conn.close()
+    return appended
+
+
+def archive_bytes(path: Path) -> int:
+    """The archive's size without free pages (rows this script deleted leave some)."""
+    conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+    (pages,) = conn.execute("PRAGMA page_count").fetchone()
+    (free,) = conn.execute("PRAGMA freelist_count").fetchone()
+    (size,) = conn.execute("PRAGMA page_size").fetchone()
+    conn.close()
+    return int((pages - free) * size)
+
+
+# --------------------------------------------------------------------------- child processes
+
+
+def own_peak_kb() -> int:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1])
+    return 0
+
+
+@dataclass
+class ChildRun:
+    data: dict[str, Any]
+    wall: float
+    rss_mb: float
+
+
+def child_command(mode: str, **kwargs: Any) -> list[str]:
+    return [sys.executable, "-m", "benchmarks.analytics", CHILD, mode, json.dumps(kwargs)]
+
+
+def finish_child(proc: subprocess.Popen[str], peak: PeakRss, started: float) -> ChildRun:
+    out, err = proc.communicate()
+    wall = time.perf_counter() - started
+    peak.stop()
+    if proc.returncode != 0:
+        raise RuntimeError(f"child failed ({proc.returncode}):\n{err[-4000:]}")
+    line = next(x for x in reversed(out.splitlines()) if x.startswith("RESULT "))
+    data = json.loads(line[len("RESULT ") :])
+    rss_kb = max(peak.kb, int(data.pop("peak_kb", 0)))
+    return ChildRun(data, wall, rss_kb / 1024)
+
+
+def start_child(mode: str, **kwargs: Any) -> tuple[subprocess.Popen[str], PeakRss, float]:
+    started = time.perf_counter()
+    proc = subprocess.Popen(
+        child_command(mode, **kwargs),
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    return proc, PeakRss(proc.pid), started
+
+
+def run_child(mode: str, **kwargs: Any) -> ChildRun:
+    return finish_child(*start_child(mode, **kwargs))
+
+
+def child_refresh(db_url: str, directory: str, full: bool) -> dict[str, Any]:
+    from queries.copy import AnalyticsCopy
+
+    copy = AnalyticsCopy(db_url, Path(directory))
+    result = copy.refresh(full=full)
+    manifest = result.manifest
+    return {
+        "seconds": result.seconds,
+        "new_rows": result.new_rows,
+        "rebuilt": result.rebuilt,
+        "events": manifest.events,
+        "segments": len(manifest.segments),
+        "grants": manifest.grants_base_rows + manifest.grants_delta_rows,
+        "copy_bytes": copy.size_bytes(),
+        # Seconds per refresh phase, where this version of the copy reports them.
+        "phases": getattr(result, "timings", {}),
+    }
+
+
+def report_variants() -> list[tuple[str, str | None]]:
+    """Each report with its default options, plus --by agent / --by month where taken."""
+    from queries.reports import load_reports
+
+    out: list[tuple[str, str | None]] = []
+    for name, report in load_reports().items():
+        out.append((name, None))
+        if "agent" in report.by:
+            out.append((name, "agent"))
+        if name == "event-volume":
+            out.append((name, "month"))
+    return out
+
+
+def timed_query(conn: duckdb.DuckDBPyConnection, sql: str, params: dict[str, Any]) -> float:
+    started = time.perf_counter()
+    conn.execute(sql, params).fetchall()
+    return time.perf_counter() - started
+
+
+def child_reports(db_url: str, directory: str, runs: int) -> dict[str, Any]:
+    from queries.copy import AnalyticsCopy
+    from queries.reports import load_reports
+    from queries.session import Session
+
+    reports = load_reports()
+    started = time.perf_counter()
+    session = Session(AnalyticsCopy(db_url, Path(directory)))
+    opened = time.perf_counter() - started
+    timings = []
+    for name, by in report_variants():
+        report = reports[name]
+        sql, params = report.statement(by), report.parameters(by=by)
+        cold = timed_query(session.conn, sql, params)
+        warm = [timed_query(session.conn, sql, params) for _ in range(runs)]
+        timings.append({"name": name, "by": by, "cold": cold, "warm": warm})
+    session.close()
+    return {"open_seconds": opened, "timings": timings}
+
+
+def child_churn(
+    path: str, directory: str, stop: str, seed: int, spacing_s: float
+) -> dict[str, Any]:
+    """Append and refresh in a loop until the ``stop`` file appears."""
+    from queries.copy import AnalyticsCopy
+
+    copy = AnalyticsCopy(f"sqlite:///{path}", Path(directory))
+    appended = 0
+    refreshes: list[float] = []
+    while not Path(stop).exists():
+        appended += append_events(Path(path), CHURN_ROWS, seed + len(refreshes), spacing_s)
+        refreshes.append(copy.refresh().seconds)
+    return {"appended": appended, "refreshes": refreshes}
+
+
+def child_main(mode: str, kwargs: dict[str, Any]) -> None:
+    handlers: dict[str, Callable[..., dict[str, Any]]] = {
+        "refresh": child_refresh,
+        "reports": child_reports,
+        "churn": child_churn,
+    }
+    data = handlers[mode](**kwargs)
+    data["peak_kb"] = own_peak_kb()
+    print("RESULT " + json.dumps(data), flush=True)
+
+
+# --------------------------------------------------------------------------- direct SQLite
+
+# The per-grant state of the copy's ``grants`` view, computed inside one SQLite
+# query. ``created``, ``revoker`` and ``auto_agent`` rely on SQLite's bare
+# columns: with a single min() the other columns come from the row holding it.
+SQLITE_GRANTS = """
+direct AS (
+    SELECT grant_id,
+        min(agent_id) AS any_agent_id,
+        min(CASE WHEN type = 'grant.created' THEN occurred_at END) AS created_at,
+        count(CASE WHEN type = 'token.issued' THEN 1 END) AS tokens_issued,
+        min(CASE WHEN type = 'grant.revoked' THEN occurred_at END) AS revoked_event_at,
+        min(CASE WHEN type = 'budget.exhausted'
+            OR (type = 'budget.threshold' AND percentage >= 50) THEN occurred_at END)
+            AS budget_50_at,
+        min(CASE WHEN type = 'budget.exhausted'
+            OR (type = 'budget.threshold' AND percentage >= 80) THEN occurred_at END)
+            AS budget_80_at,
+        min(CASE WHEN type = 'budget.exhausted' THEN occurred_at END) AS exhausted_at
+    FROM events WHERE grant_id IS NOT NULL
+    GROUP BY grant_id
+),
+created AS (
+    SELECT grant_id, min(occurred_at) AS at, agent_id
+    FROM events
+    WHERE type = 'grant.created' AND grant_id IS NOT NULL AND agent_id IS NOT NULL
+    GROUP BY grant_id
+),
+revoker AS (
+    SELECT grant_id, min(occurred_at) AS at, revoked_by
+    FROM events
+    WHERE type = 'grant.revoked' AND grant_id IS NOT NULL AND revoked_by IS NOT NULL
+    GROUP BY grant_id
+),
+listed AS (
+    SELECT j.value AS grant_id, e.occurred_at,
+        json_extract(e.payload, '$.data.agentId') AS agent_id
+    FROM events e, json_each(e.payload, '$.data.revokedGrants') j
+    WHERE e.type = 'anomaly.auto_revoked' AND j.value IS NOT NULL
+),
+auto AS (SELECT grant_id, min(occurred_at) AS at FROM listed GROUP BY grant_id),
+auto_agent AS (
+    SELECT grant_id, min(occurred_at) AS at, agent_id
+    FROM listed WHERE agent_id IS NOT NULL GROUP BY grant_id
+),
+grants AS (
+    SELECT d.grant_id,
+        coalesce(c.agent_id, d.any_agent_id, aa.agent_id) AS agent_id,
+        d.created_at,
+        d.tokens_issued,
+        CASE WHEN d.revoked_event_at IS NULL THEN a.at
+             WHEN a.at IS NULL THEN d.revoked_event_at
+             ELSE min(d.revoked_event_at, a.at) END AS revoked_at,
+        CASE WHEN r.revoked_by IS NOT NULL THEN r.revoked_by
+             WHEN a.at IS NOT NULL THEN 'system'
+             WHEN d.revoked_event_at IS NOT NULL THEN 'unknown' END AS revoked_by,
+        d.budget_50_at, d.budget_80_at, d.exhausted_at
+    FROM direct d
+    LEFT JOIN created c ON c.grant_id = d.grant_id
+    LEFT JOIN revoker r ON r.grant_id = d.grant_id
+    LEFT JOIN auto a ON a.grant_id = d.grant_id
+    LEFT JOIN auto_agent aa ON aa.grant_id = d.grant_id
+    UNION ALL
+    -- grants known only from an anomaly.auto_revoked list
+    SELECT a.grant_id, aa.agent_id, NULL, 0, a.at, 'system', NULL, NULL, NULL
+    FROM auto a LEFT JOIN auto_agent aa ON aa.grant_id = a.grant_id
+    WHERE NOT EXISTS (SELECT 1 FROM events e WHERE e.grant_id = a.grant_id)
+)"""
+
+# Seconds between two archive timestamps (text), like DuckDB's epoch(a) - epoch(b).
+_SECONDS = "(julianday({a}) - julianday({b})) * 86400.0"
+
+# Each report with default options (no window, no filters, the default --by).
+SQLITE_REPORTS: dict[str, str] = {
+    "revocations-by-actor": f"""
+WITH {SQLITE_GRANTS},
+counted AS (
+    SELECT revoked_by AS actor, count(*) AS revocations
+    FROM grants WHERE revoked_at IS NOT NULL GROUP BY revoked_by
+)
+SELECT actor, revocations, revocations * 1.0 / sum(revocations) OVER () AS share
+FROM counted
+ORDER BY revocations DESC, actor""",
+    "budget-exhaustion-rate": f"""
+WITH {SQLITE_GRANTS},
+g AS (
+    SELECT budget_50_at IS NOT NULL AS r50, budget_80_at IS NOT NULL AS r80,
+        exhausted_at IS NOT NULL AS ex, created_at, exhausted_at
+    FROM grants
+    WHERE grant_id IN (
+        SELECT grant_id FROM events
+        WHERE type IN ('budget.threshold', 'budget.exhausted') AND grant_id IS NOT NULL)
+),
+exh AS (
+    SELECT {_SECONDS.format(a="exhausted_at", b="created_at")} AS s
+    FROM g WHERE ex AND created_at IS NOT NULL
+),
+ranked AS (SELECT s, row_number() OVER (ORDER BY s) AS rn, count(*) OVER () AS n FROM exh)
+SELECT count(*) AS grants,
+    count(CASE WHEN r50 THEN 1 END) AS reached_50,
+    count(CASE WHEN r80 THEN 1 END) AS reached_80,
+    count(CASE WHEN ex THEN 1 END) AS exhausted,
+    count(CASE WHEN ex THEN 1 END) * 1.0 / count(*) AS exhaustion_rate,
+    (SELECT avg(s) FROM ranked WHERE rn IN ((n + 1) / 2, (n + 2) / 2))
+        AS median_seconds_to_exhaustion
+FROM g""",
+    "event-volume": """
+SELECT date(occurred_at) AS period, type, count(*) AS events
+FROM events
+GROUP BY period, type
+ORDER BY period, events DESC, type""",
+    "grant-lifetime": f"""
+WITH {SQLITE_GRANTS},
+r AS (
+    SELECT revoked_by AS actor, {_SECONDS.format(a="revoked_at", b="created_at")} AS seconds
+    FROM grants WHERE revoked_at IS NOT NULL
+),
+pairs AS (
+    SELECT 0 AS all_row, actor, seconds FROM r
+    UNION ALL SELECT 1, 'all', seconds FROM r
+),
+ranked AS (
+    SELECT all_row, actor, seconds,
+        row_number() OVER w AS rn,
+        0.5 * (count(*) OVER p - 1) AS pos50,
+        0.9 * (count(*) OVER p - 1) AS pos90
+    FROM pairs WHERE seconds IS NOT NULL
+    WINDOW p AS (PARTITION BY all_row, actor),
+        w AS (PARTITION BY all_row, actor ORDER BY seconds)
+),
+q AS (
+    SELECT all_row, actor,
+        max(CASE WHEN rn = CAST(pos50 AS INTEGER) + 1 THEN seconds END) AS lo50,
+        max(CASE WHEN rn = CAST(pos50 AS INTEGER) + 2 THEN seconds END) AS hi50,
+        max(pos50 - CAST(pos50 AS INTEGER)) AS f50,
+        max(CASE WHEN rn = CAST(pos90 AS INTEGER) + 1 THEN seconds END) AS lo90,
+        max(CASE WHEN rn = CAST(pos90 AS INTEGER) + 2 THEN seconds END) AS hi90,
+        max(pos90 - CAST(pos90 AS INTEGER)) AS f90
+    FROM ranked GROUP BY all_row, actor
+),
+counts AS (
+    SELECT all_row, actor, count(seconds) AS grants, count(*) - count(seconds) AS without_created
+    FROM pairs GROUP BY all_row, actor
+)
+SELECT c.actor, c.grants,
+    q.lo50 + q.f50 * (coalesce(q.hi50, q.lo50) - q.lo50) AS median_seconds,
+    q.lo90 + q.f90 * (coalesce(q.hi90, q.lo90) - q.lo90) AS p90_seconds,
+    c.without_created
+FROM counts c LEFT JOIN q ON q.all_row = c.all_row AND q.actor = c.actor
+ORDER BY c.all_row DESC, c.grants DESC, c.actor""",
+    "ingest-coverage": f"""
+WITH runs AS (
+    SELECT r.*, lag(coalesce(r.finished_at, r.started_at))
+        OVER (PARTITION BY r.source ORDER BY r.started_at, r.id) AS previous_end
+    FROM ingest_runs r
+),
+rejected AS (SELECT run_id, count(*) AS frames FROM rejected_events GROUP BY run_id)
+SELECT runs.source, runs.id AS run_id, started_at, finished_at, outcome,
+    first_occurred_at, last_occurred_at, received, inserted, duplicates,
+    coalesce(rejected.frames, 0) AS rejected,
+    CASE WHEN julianday(started_at) > julianday(previous_end)
+        THEN {_SECONDS.format(a="started_at", b="previous_end")} END AS gap_seconds
+FROM runs LEFT JOIN rejected ON rejected.run_id = runs.id
+ORDER BY runs.source, started_at, run_id""",
+    "token-issuance": f"""
+WITH {SQLITE_GRANTS},
+t AS (
+    SELECT agent_id, method FROM events
+    WHERE type = 'token.issued' AND agent_id IS NOT NULL
+    UNION ALL
+    SELECT g.agent_id, e.method
+    FROM events e LEFT JOIN grants g ON g.grant_id = e.grant_id
+    WHERE e.type = 'token.issued' AND e.agent_id IS NULL
+)
+SELECT agent_id,
+    count(*) AS tokens,
+    count(CASE WHEN method = 'exchange' THEN 1 END) AS exchange,
+    count(CASE WHEN method = 'refresh' THEN 1 END) AS refresh,
+    count(CASE WHEN method IS NULL OR method NOT IN ('exchange', 'refresh') THEN 1 END)
+        AS method_unknown,
+    CASE WHEN count(CASE WHEN method IN ('exchange', 'refresh') THEN 1 END) > 0
+        THEN count(CASE WHEN method = 'refresh' THEN 1 END) * 1.0
+            / count(CASE WHEN method IN ('exchange', 'refresh') THEN 1 END)
+    END AS refresh_ratio
+FROM t
+GROUP BY agent_id
+ORDER BY tokens DESC, agent_id NULLS LAST""",
+    "top-agents": f"""
+WITH {SQLITE_GRANTS}
+SELECT rank() OVER (ORDER BY count(*) DESC) AS rank,
+    agent_id,
+    count(*) AS grants,
+    count(revoked_at) AS revoked,
+    count(revoked_at) * 1.0 / count(*) AS revocation_rate,
+    count(exhausted_at) AS exhausted,
+    count(exhausted_at) * 1.0 / count(*) AS exhaustion_rate,
+    sum(tokens_issued) AS tokens
+FROM grants
+GROUP BY agent_id
+ORDER BY grants DESC, revocation_rate DESC, agent_id NULLS LAST""",
+}
+
+# Reports whose SQLite result must equal DuckDB's (the run fails otherwise).
+MUST_MATCH = ("event-volume", "revocations-by-actor")
+
+
+class SqliteTimeout(Exception):
+    pass
+
+
+def sqlite_query(conn: sqlite3.Connection, sql: str, timeout: float) -> tuple[float, list[Row]]:
+    """Seconds and rows for ``sql``; SqliteTimeout once ``timeout`` seconds have passed."""
+    started = time.perf_counter()
+    deadline = started + timeout
+    conn.set_progress_handler(lambda: int(time.perf_counter() > deadline), 100_000)
+    try:
+        rows = conn.execute(sql).fetchall()
+    except sqlite3.OperationalError as exc:
+        if "interrupt" in str(exc):
+            raise SqliteTimeout from None
+        raise
+    finally:
+        conn.set_progress_handler(None, 0)
+    return time.perf_counter() - started, rows
+
+
+def normal_value(value: Any) -> Any:
+    """A value as both engines can show it: timestamps as archive text, dates as ISO."""
+    if isinstance(value, datetime):
+        return value.astimezone(timezone.utc).strftime(TIME_FORMAT)
+    if isinstance(value, date):
+        return value.isoformat()
+    return value
+
+
+def same_value(a: Any, b: Any) -> bool:
+    a, b = normal_value(a), normal_value(b)
+    if isinstance(a, (int, float)) and isinstance(b, (int, float)):
+        return math.isclose(a, b, rel_tol=1e-6, abs_tol=1e-3)
+    return bool(a == b)
+
+
+def first_mismatch(duck: Sequence[Row], lite: Sequence[Row]) -> str | None:
+    if len(duck) != len(lite):
+        return f"{len(duck)} rows in DuckDB, {len(lite)} in SQLite"
+    for i, (a, b) in enumerate(zip(duck, lite, strict=True)):
+        if len(a) != len(b) or not all(same_value(x, y) for x, y in zip(a, b, strict=True)):
+            return f"row {i}: DuckDB {a!r} vs SQLite {b!r}"
+    return None
+
+
+@dataclass
+class SqliteResult:
+    name: str
+    seconds: float | None  # None: timed out
+    mismatch: str | None = None
+    timeout: float = 0.0
+
+
+def duckdb_rows(db_url: str, directory: Path) -> dict[str, list[Row]]:
+    """Each report's default result from DuckDB, to compare with SQLite's."""
+    from queries.copy import AnalyticsCopy
+    from queries.reports import load_reports
+    from queries.session import Session
+
+    session = Session(AnalyticsCopy(db_url, directory))
+    out = {}
+    for name, report in load_reports().items():
+        out[name] = session.conn.execute(report.statement(None), report.parameters()).fetchall()
+    session.close()
+    return out
+
+
+def run_sqlite(archive: Archive, directory: Path, runs: int, timeout: float) -> list[SqliteResult]:
+    expected = duckdb_rows(archive.url, directory)
+    conn = sqlite3.connect(f"file:{archive.path}?mode=ro", uri=True)
+    results = []
+    for name, sql in SQLITE_REPORTS.items():
+        times: list[float] = []
+        rows: list[Row] = []
+        try:
+            for _ in range(runs):
+                seconds, rows = sqlite_query(conn, sql, timeout)
+                times.append(seconds)
+        except SqliteTimeout:
+            print(f"  {name}: SQLite > {timeout:.0f} s (timed out)", flush=True)
+            results.append(SqliteResult(name, None, timeout=timeout))
+            continue
+        mismatch = first_mismatch(expected[name], rows)
+        results.append(SqliteResult(name, min(times), mismatch))
+        state = "same result" if mismatch is None else f"DIFFERENT: {mismatch}"
+        print(f"  {name}: SQLite {min(times):.2f} s, {state}", flush=True)
+    conn.close()
+    return results
+
+
+# --------------------------------------------------------------------------- concurrency
+
+
+@dataclass
+class CliRun:
+    name: str
+    refresh: bool
+    seconds: float
+    rss_mb: float
+    failure: str | None
+
+
+def run_cli(archive: Archive, directory: Path, name: str, refresh: bool) -> CliRun:
+    args = [
+        sys.executable,
+        "-m",
+        "ingest.cli",
+        "report",
+        name,
+        "--format",
+        "csv",
+        "--db",
+        archive.url,
+        "--analytics-dir",
+        str(directory),
+    ]
+    if not refresh:
+        args.append("--no-refresh")
+    started = time.perf_counter()
+    proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    peak = PeakRss(proc.pid)
+    out, err = proc.communicate()
+    seconds = time.perf_counter() - started
+    peak.stop()
+    failure = None
+    if proc.returncode != 0 or "lock" in err.lower() or "Error" in err:
+        failure = f"exit {proc.returncode}: {err.strip()[-500:]}"
+    elif not out.strip():
+        failure = "empty output"
+    return CliRun(name, refresh, seconds, peak.mb, failure)
+
+
+@dataclass
+class Concurrency:
+    idle: list[CliRun]
+    busy: list[CliRun]
+    churn: ChildRun
+
+
+def run_concurrency(archive: Archive, directory: Path, per_report: int, seed: int) -> Concurrency:
+    from queries.reports import load_reports
+
+    names = list(load_reports())
+    idle = [run_cli(archive, directory, name, refresh=False) for name in names]
+    stop = WORK / "churn.stop"
+    stop.unlink(missing_ok=True)
+    churn = start_child(
+        "churn",
+        path=str(archive.path),
+        directory=str(directory),
+        stop=str(stop),
+        seed=seed,
+        spacing_s=archive.spacing_s,
+    )
+    busy: list[CliRun] = []
+    try:
+        for i in range(per_report):
+            for name in names:
+                # Every third run refreshes first, as `report` does by default.
+                run = run_cli(archive, directory, name, refresh=i % 3 == 2)
+                busy.append(run)
+                if run.failure:
+                    print(f"  FAILED {name}: {run.failure}", flush=True)
+    finally:
+        stop.touch()
+    result = finish_child(*churn)
+    stop.unlink(missing_ok=True)
+    return Concurrency(idle, busy, result)
+
+
+# --------------------------------------------------------------------------- measure
+
+
+@dataclass
+class Timing:
+    name: str
+    by: str | None
+    cold: float
+    warm: list[float]
+    sqlite: SqliteResult | None = None
+
+    @property
+    def median(self) -> float:
+        return statistics.median(self.warm)
+
+    @property
+    def speedup(self) -> float | None:
+        """SQLite / DuckDB; for a timeout, the lower bound timeout / DuckDB."""
+        if self.sqlite is None:
+            return None
+        return (self.sqlite.seconds or self.sqlite.timeout) / self.median
+
+
+@dataclass
+class Results:
+    archive: Archive
+    archive_bytes: int
+    full: ChildRun
+    incremental: ChildRun
+    noop: ChildRun
+    reports: ChildRun
+    timings: list[Timing]
+    concurrency: Concurrency
+    calibration: str
+
+    def peak_rss(self) -> list[tuple[str, float]]:
+        cc = self.concurrency
+        return [
+            ("full refresh", self.full.rss_mb),
+            ("incremental refresh", self.incremental.rss_mb),
+            ("refresh, nothing new", self.noop.rss_mb),
+            ("reports session", self.reports.rss_mb),
+            ("append+refresh loop", cc.churn.rss_mb),
+            ("CLI report (max)", max(r.rss_mb for r in cc.idle + cc.busy)),
+        ]
+
+
+def calibrate() -> str:
+    out = subprocess.run(
+        [sys.executable, "-m", "timeit", "sum(range(1000))"],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    match = re.search(r"([\d.]+) (\w+) per loop", out)
+    return f"{match.group(1)} {match.group(2).replace('usec', 'µs')}" if match else out.strip()
+
+
+def measure(args: argparse.Namespace, archive: Archive) -> Results:
+    directory = WORK / "analytics"
+    shutil.rmtree(directory, ignore_errors=True)
+    size = archive_bytes(archive.path)
+    print("full refresh (child process)...", flush=True)
+    full = run_child("refresh", db_url=archive.url, directory=str(directory), full=True)
+    print(f"  {full.data['seconds']:.1f} s, peak RSS {full.rss_mb:.0f} MB", flush=True)
+
+    print(f"appending {APPEND_ROWS:,} events...", flush=True)
+    append_events(archive.path, APPEND_ROWS, args.seed + 1000, archive.spacing_s)
+    incremental = run_child("refresh", db_url=archive.url, directory=str(directory), full=False)
+    print(f"  incremental refresh {incremental.data['seconds']:.2f} s", flush=True)
+    noop = run_child("refresh", db_url=archive.url, directory=str(directory), full=False)
+    print(f"  refresh with nothing new {noop.data['seconds']:.2f} s", flush=True)
+
+    print("reports (child process, one session)...", flush=True)
+    reports = run_child("reports", db_url=archive.url, directory=str(directory), runs=args.runs)
+    timings = [Timing(t["name"], t["by"], t["cold"], t["warm"]) for t in reports.data["timings"]]
+    for t in timings:
+        print(f"  {variant(t)}: cold {t.cold:.3f} s, warm {t.median:.3f} s", flush=True)
+
+    print("the same reports directly in SQLite...", flush=True)
+    by_name = {t.name: t for t in timings if t.by is None}
+    for result in run_sqlite(archive, directory, args.sqlite_runs, args.sqlite_timeout):
+        by_name[result.name].sqlite = result
+
+    print("reports through the CLI while another process refreshes...", flush=True)
+    concurrency = run_concurrency(archive, directory, args.concurrent_runs, args.seed + 2000)
+    return Results(
+        archive, size, full, incremental, noop, reports, timings, concurrency, args.calibration
+    )
+
+
+# --------------------------------------------------------------------------- render
+
+
+def mark(met: bool) -> str:
+    return "met" if met else "**not met**"
+
+
+def mb(value: float) -> str:
+    return f"{value:,.0f} MB"
+
+
+def plural(count: int, noun: str) -> str:
+    return f"{count:,} {noun}" + ("" if count == 1 else "s")
+
+
+def secs(value: float) -> str:
+    return f"{value:.3f}" if value < 10 else f"{value:.1f}"
+
+
+def times(value: float) -> str:
+    return f"{value:.1f}x" if value < 100 else f"{value:,.0f}x"
+
+
+def render_refreshes(r: Results) -> list[str]:
+    churn = r.concurrency.churn.data["refreshes"] or [0.0]
+    full_s, incr_s = r.full.data["seconds"], r.incremental.data["seconds"]
+    full_target = FULL_TARGET_S * r.archive.events / FULL_TARGET_EVENTS
+    phases = [
+        f"{label}: " + ", ".join(f"{k} {v:.2f}" for k, v in run.data["phases"].items())
+        for label, run in (("full", r.full), ("incremental", r.incremental))
+        if run.data.get("phases")
+    ]
+    notes = ["", "Refresh phases (s) — " + "; ".join(phases) + "."] if phases else []
+    return [
+        "| refresh | events copied | seconds | events/s | process wall s | peak RSS | target |",
+        "|---|---:|---:|---:|---:|---:|---|",
+        f"| full, into a fresh copy | {r.full.data['new_rows']:,} | {full_s:.1f} | "
+        f"{r.full.data['new_rows'] / full_s:,.0f} | {r.full.wall:.1f} | {mb(r.full.rss_mb)} | "
+        f"≤ {full_target:.1f} s: {mark(full_s <= full_target)} |",
+        f"| incremental, +{APPEND_ROWS:,} | {r.incremental.data['new_rows']:,} | {incr_s:.2f} | "
+        f"{r.incremental.data['new_rows'] / incr_s:,.0f} | {r.incremental.wall:.1f} | "
+        f"{mb(r.incremental.rss_mb)} | ≤ {INCREMENTAL_TARGET_S:.0f} s: "
+        f"{mark(incr_s <= INCREMENTAL_TARGET_S)} |",
+        f"| nothing new | 0 | {r.noop.data['seconds']:.2f} | - | {r.noop.wall:.1f} | "
+        f"{mb(r.noop.rss_mb)} | |",
+        f"| loop: +{CHURN_ROWS:,}, under report load (median of {len(churn)}) | "
+        f"{CHURN_ROWS:,} | {statistics.median(churn):.2f} | "
+        f"{CHURN_ROWS / statistics.median(churn):,.0f} | - | {mb(r.concurrency.churn.rss_mb)} | |",
+        *notes,
+    ]
+
+
+def render_reports(r: Results) -> list[str]:
+    lines = [
+        "| report | --by | cold s | warm median s | SQLite s | speedup | same result | target |",
+        "|---|---|---:|---:|---:|---:|---|---|",
+    ]
+    for t in r.timings:
+        by = t.by or "(default)"
+        lite, speed, same = "-", "-", "-"
+        met = t.median <= WARM_TARGET_S
+        if t.sqlite is not None:
+            s = t.sqlite
+            lite = secs(s.seconds) if s.seconds is not None else f"> {s.timeout:.0f} (timeout)"
+            speed = times(t.speedup or 0.0)
+            if s.seconds is None:
+                speed = f"> {speed}"
+            same = "yes" if s.seconds is not None and s.mismatch is None else "-"
+            if s.mismatch is not None:
+                same = "**no**"
+            met = met and (t.speedup or 0) >= SPEEDUP_TARGET
+        lines.append(
+            f"| {t.name} | {by} | {t.cold:.3f} | {t.median:.3f} | {lite} | {speed} | {same} | "
+            f"{mark(met)} |"
+        )
+    return lines
+
+
+def render_concurrency(r: Results) -> list[str]:
+    c = r.concurrency
+    groups = [
+        ("CLI `report --no-refresh`, idle", c.idle),
+        ("CLI `report --no-refresh`, while refreshing", [x for x in c.busy if not x.refresh]),
+        ("CLI `report` (refreshes first), while refreshing", [x for x in c.busy if x.refresh]),
+    ]
+    lines = [
+        "| measure | runs | median s | max s | failures | peak RSS |",
+        "|---|---:|---:|---:|---:|---:|",
+    ]
+    for label, runs in groups:
+        if not runs:
+            continue
+        secs = [x.seconds for x in runs]
+        failures = sum(1 for x in runs if x.failure)
+        lines.append(
+            f"| {label} | {len(runs)} | {statistics.median(secs):.2f} | {max(secs):.2f} | "
+            f"{failures} | {mb(max(x.rss_mb for x in runs))} |"
+        )
+    appended = c.churn.data["appended"]
+    lines += [
+        "",
+        f"Meanwhile the refresher loop appended {appended:,} events in "
+        f"{len(c.churn.data['refreshes'])} refreshes.",
+    ]
+    return lines
+
+
+def variant(t: Timing) -> str:
+    return f"{t.name} --by {t.by}" if t.by else t.name
+
+
+def render_targets(r: Results) -> list[str]:
+    worst = max(r.timings, key=lambda t: t.median)
+    slow = [variant(t) for t in r.timings if t.median > WARM_TARGET_S]
+    compared = [t for t in r.timings if t.speedup is not None]
+    least = min(compared, key=lambda t: t.speedup or 0.0)
+    below = [t.name for t in compared if (t.speedup or 0.0) < SPEEDUP_TARGET]
+    full_s, incr_s = r.full.data["seconds"], r.incremental.data["seconds"]
+    full_target = FULL_TARGET_S * r.archive.events / FULL_TARGET_EVENTS
+    rss_name, rss = max(r.peak_rss(), key=lambda x: x[1])
+    failures = sum(1 for x in r.concurrency.busy if x.failure)
+    rows = [
+        (
+            f"every report ≤ {WARM_TARGET_S} s warm",
+            f"slowest {worst.median:.3f} s ({variant(worst)})"
+            + (f"; over: {', '.join(slow)}" if slow else ""),
+            not slow,
+        ),
+        (
+            f"every report ≥ {SPEEDUP_TARGET:.0f}x faster than direct SQLite",
+            f"lowest {times(least.speedup or 0.0)} ({least.name})"
+            + (f"; under: {', '.join(below)}" if below else ""),
+            not below,
+        ),
+        (
+            f"incremental refresh of {APPEND_ROWS:,} ≤ {INCREMENTAL_TARGET_S:.0f} s",
+            f"{incr_s:.2f} s",
+            incr_s <= INCREMENTAL_TARGET_S,
+        ),
+        (
+            f"full refresh of {r.archive.events:,} ≤ {full_target:.1f} s",
+            f"{full_s:.1f} s",
+            full_s <= full_target,
+        ),
+        (f"peak RSS ≤ {RSS_TARGET_MB:.0f} MB", f"{rss:.0f} MB ({rss_name})", rss <= RSS_TARGET_MB),
+        ("zero failures under concurrent refresh", f"{failures}", failures == 0),
+    ]
+    lines = ["| target | result | |", "|---|---|---|"]
+    lines += [f"| {label} | {result} | {mark(met)} |" for label, result, met in rows]
+    return lines
+
+
+def render(r: Results, args: argparse.Namespace) -> str:
+    copy = r.full.data["copy_bytes"]
+    rss = ", ".join(f"{name} {value:.0f}" for name, value in r.peak_rss())
+    command = f"python -m benchmarks.analytics --events {args.events}"
+    segments = plural(r.full.data["segments"], "segment")
+    lines = [
+        f"Run on {datetime.now(timezone.utc):%Y-%m-%d} · Python {platform.python_version()} · "
+        f"DuckDB {duckdb.__version__} · SQLite {sqlite3.sqlite_version} · {os.cpu_count()} cores "
+        f'· `python -m timeit "sum(range(1000))"`: {r.calibration} · `{command}`',
+        "",
+        f"Archive: {r.archive.events:,} events over {SPAN_DAYS} days "
+        f"({r.full.data['grants']:,} grants), SQLite file {r.archive_bytes / 2**20:,.0f} MB; "
+        f"analytics copy {copy / 2**20:,.0f} MB "
+        f"({copy / r.archive_bytes:.0%} of the archive, {segments}).",
+        "",
+        *render_refreshes(r),
+        "",
+        f"Reports over {r.incremental.data['events']:,} events: one session "
+        f"(opened in {r.reports.data['open_seconds']:.3f} s), each report once cold, "
+        f"then the median of {args.runs} warm runs; SQLite: best of {args.sqlite_runs}.",
+        "",
+        *render_reports(r),
+        "",
+        *render_concurrency(r),
+        "",
+        f"Peak RSS (MB): {rss}.",
+        "",
+        *render_targets(r),
+    ]
+    return "\n".join(lines)
+
+
+METHOD = """## Analytics
+
+Command: `make bench-analytics` (= `python -m benchmarks.analytics --events 10000000`);
+`make bench-analytics-quick` runs 200,000 events without writing this file.
+
+Method, all in one run on the same machine: an archive of N simulator events
+(mixed envelope, spread over 90 days) is built once with plain `sqlite3`
+inserts and cached in `benchmarks/.work/`. A child process builds a fresh
+analytics copy (full refresh); 100,000 later events are appended and another
+child refreshes incrementally, and a third refreshes with nothing new. A child
+process opens one `Session` and runs each named report once cold, then five
+times warm (median reported), with default options and with `--by agent` /
+`--by month` where the report takes them. Each report is also written by hand
+as one SQLite query over the archive (per-grant state computed inside the
+query) and timed against the archive file; its rows are compared with
+DuckDB's. Finally a child process loops appending 20,000 events and
+refreshing, while the real CLI (`report NAME --format csv`, with and without
+`--no-refresh`) runs every report; a non-zero exit, empty output or
+`lock`/`Error` on stderr is a failure. Peak RSS is each process's own
+`VmHWM`."""
+
+
+def write_section(table: str) -> None:
+    path = ROOT / "BENCHMARKS.md"
+    text = path.read_text() if path.exists() else "# Benchmarks\n"
+    begin, end = "<!-- analytics:begin -->", "<!-- analytics:end -->"
+    block = f"{begin}\n{table}\n{end}"
+    if begin in text and end in text:
+        text = text[: text.index(begin)] + block + text[text.index(end) + len(end) :]
+    else:
+        text = text.rstrip() + f"\n\n{METHOD}\n\n{block}\n"
+    path.write_text(text)
+    print(f"updated {path}")
+
+
+def check_matches(timings: list[Timing]) -> None:
+    """The two reports that must agree with SQLite; raise after printing what differs."""
+    for t in timings:
+        if t.name in MUST_MATCH and t.sqlite is not None and t.sqlite.mismatch is not None:
+            print(f"MISMATCH in {t.name}: {t.sqlite.mismatch}", flush=True)
+            raise AssertionError(f"{t.name}: SQLite and DuckDB disagree")
+
+
+# --------------------------------------------------------------------------- main
+
+
+def parse_args() -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=(__doc__ or "").split("\n\n")[0])
+    parser.add_argument("--events", type=int, default=10_000_000)
+    parser.add_argument("--seed", type=int, default=42)
+    parser.add_argument("--runs", type=int, default=5, help="warm runs per report")
+    parser.add_argument("--sqlite-runs", type=int, default=1, help="runs per SQLite query")
+    parser.add_argument(
+        "--sqlite-timeout", type=float, default=300.0, help="seconds per SQLite query"
+    )
+    parser.add_argument(
+        "--concurrent-runs",
+        type=int,
+        default=3,
+        help="CLI runs per report while refreshing (every third refreshes first)",
+    )
+    parser.add_argument("--rebuild-archive", action="store_true")
+    parser.add_argument("--no-write", action="store_true", help="do not update BENCHMARKS.md")
+    return parser.parse_args()
+
+
+def main() -> None:
+    if sys.argv[1:2] == [CHILD]:
+        child_main(sys.argv[2], json.loads(sys.argv[3]))
+        return
+    args = parse_args()
+    args.calibration = calibrate()
+    archive = ensure_archive(args.events, args.seed, args.rebuild_archive)
+    reset_archive(archive)
+    try:
+        results = measure(args, archive)
+    finally:
+        reset_archive(archive)
+    table = render(results, args)
+    print()
+    print(table)
+    if args.events <= 1_000_000:
+        check_matches(results.timings)
+    if not args.no_write:
+        write_section(table)
+
+
+if __name__ == "__main__":
+    main()
