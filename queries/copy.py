@@ -51,7 +51,7 @@ from ingest.store import sqlite_path
 
 log = logging.getLogger(__name__)
 
-FORMAT = 2
+FORMAT = 4
 MANIFEST = "MANIFEST.json"
 ENV_ANALYTICS_DIR = "GRANTEX_ARCHIVE_ANALYTICS_DIR"
 
@@ -925,6 +925,9 @@ def _empty_select(columns: tuple[tuple[str, str], ...]) -> str:
 
 
 _BUDGET = "type IN ('budget.threshold', 'budget.exhausted')"
+# token.issued without agentId (documented envelopes): the agent comes from
+# the grant, so the state keeps their counts for reports to use without a join.
+_AGENTLESS = "type = 'token.issued' AND agent_id IS NULL"
 
 # One row per grant of mergeable state: each column is a min, max, sum or a
 # value paired with the time that picks it, so the state of old rows and of
@@ -940,6 +943,11 @@ GRANT_STATE_COLUMNS: tuple[tuple[str, str], ...] = (
     ("first_token_at", "TIMESTAMPTZ"),
     ("last_token_at", "TIMESTAMPTZ"),
     ("tokens_issued", "BIGINT"),
+    ("agentless_tokens", "BIGINT"),
+    ("agentless_exchange", "BIGINT"),
+    ("agentless_refresh", "BIGINT"),
+    ("agentless_first_at", "TIMESTAMPTZ"),
+    ("agentless_last_at", "TIMESTAMPTZ"),
     ("revoked_event_at", "TIMESTAMPTZ"),
     ("revoked_by_field", "VARCHAR"),
     ("revoked_by_field_at", "TIMESTAMPTZ"),
@@ -947,6 +955,7 @@ GRANT_STATE_COLUMNS: tuple[tuple[str, str], ...] = (
     ("auto_agent_id", "VARCHAR"),
     ("first_budget_at", "TIMESTAMPTZ"),
     ("last_budget_at", "TIMESTAMPTZ"),
+    ("budget_times", "TIMESTAMPTZ[]"),
     ("budget_50_at", "TIMESTAMPTZ"),
     ("budget_80_at", "TIMESTAMPTZ"),
     ("exhausted_at", "TIMESTAMPTZ"),
@@ -959,9 +968,10 @@ GRANT_STATE_COLUMNS: tuple[tuple[str, str], ...] = (
 
 def _grant_state_sql(events: str) -> str:
     """Grant state from the events in ``events`` (a table expression)."""
+    # ``events`` is named twice rather than put in a CTE: DuckDB would
+    # materialise a CTE used twice, every row of it.
     return f"""
-WITH ev AS (SELECT * FROM {events}),
-direct AS (
+WITH direct AS (
     SELECT grant_id,
         min(source) AS source,
         min(occurred_at) FILTER (WHERE type = 'grant.created') AS created_at,
@@ -973,6 +983,11 @@ direct AS (
         min(occurred_at) FILTER (WHERE type = 'token.issued') AS first_token_at,
         max(occurred_at) FILTER (WHERE type = 'token.issued') AS last_token_at,
         count(*) FILTER (WHERE type = 'token.issued') AS tokens_issued,
+        count(*) FILTER (WHERE {_AGENTLESS}) AS agentless_tokens,
+        count(*) FILTER (WHERE {_AGENTLESS} AND method = 'exchange') AS agentless_exchange,
+        count(*) FILTER (WHERE {_AGENTLESS} AND method = 'refresh') AS agentless_refresh,
+        min(occurred_at) FILTER (WHERE {_AGENTLESS}) AS agentless_first_at,
+        max(occurred_at) FILTER (WHERE {_AGENTLESS}) AS agentless_last_at,
         min(occurred_at) FILTER (WHERE type = 'grant.revoked') AS revoked_event_at,
         arg_min(revoked_by, occurred_at)
             FILTER (WHERE type = 'grant.revoked' AND revoked_by IS NOT NULL) AS revoked_by_field,
@@ -983,6 +998,7 @@ direct AS (
         CAST(NULL AS VARCHAR) AS auto_agent_id,
         min(occurred_at) FILTER (WHERE {_BUDGET}) AS first_budget_at,
         max(occurred_at) FILTER (WHERE {_BUDGET}) AS last_budget_at,
+        list(occurred_at ORDER BY occurred_at) FILTER (WHERE {_BUDGET}) AS budget_times,
         min(occurred_at) FILTER (WHERE type = 'budget.exhausted'
             OR (type = 'budget.threshold' AND percentage >= 50)) AS budget_50_at,
         min(occurred_at) FILTER (WHERE type = 'budget.exhausted'
@@ -992,12 +1008,12 @@ direct AS (
         min(occurred_at) AS first_event_at,
         max(occurred_at) AS last_event_at,
         count(*) AS events
-    FROM ev WHERE grant_id IS NOT NULL
+    FROM {events} WHERE grant_id IS NOT NULL
     GROUP BY grant_id
 ),
 listed AS (
     SELECT unnest(revoked_grants) AS grant_id, occurred_at, source, agent_id
-    FROM ev WHERE type = 'anomaly.auto_revoked'
+    FROM {events} WHERE type = 'anomaly.auto_revoked'
 ),
 auto AS (
     SELECT grant_id,
@@ -1010,6 +1026,11 @@ auto AS (
         CAST(NULL AS TIMESTAMPTZ) AS first_token_at,
         CAST(NULL AS TIMESTAMPTZ) AS last_token_at,
         CAST(0 AS BIGINT) AS tokens_issued,
+        CAST(0 AS BIGINT) AS agentless_tokens,
+        CAST(0 AS BIGINT) AS agentless_exchange,
+        CAST(0 AS BIGINT) AS agentless_refresh,
+        CAST(NULL AS TIMESTAMPTZ) AS agentless_first_at,
+        CAST(NULL AS TIMESTAMPTZ) AS agentless_last_at,
         CAST(NULL AS TIMESTAMPTZ) AS revoked_event_at,
         CAST(NULL AS VARCHAR) AS revoked_by_field,
         CAST(NULL AS TIMESTAMPTZ) AS revoked_by_field_at,
@@ -1017,6 +1038,7 @@ auto AS (
         arg_min(agent_id, occurred_at) AS auto_agent_id,
         CAST(NULL AS TIMESTAMPTZ) AS first_budget_at,
         CAST(NULL AS TIMESTAMPTZ) AS last_budget_at,
+        CAST(NULL AS TIMESTAMPTZ[]) AS budget_times,
         CAST(NULL AS TIMESTAMPTZ) AS budget_50_at,
         CAST(NULL AS TIMESTAMPTZ) AS budget_80_at,
         CAST(NULL AS TIMESTAMPTZ) AS exhausted_at,
@@ -1053,6 +1075,11 @@ SELECT grant_id,
     min(first_token_at) AS first_token_at,
     max(last_token_at) AS last_token_at,
     CAST(sum(tokens_issued) AS BIGINT) AS tokens_issued,
+    CAST(sum(agentless_tokens) AS BIGINT) AS agentless_tokens,
+    CAST(sum(agentless_exchange) AS BIGINT) AS agentless_exchange,
+    CAST(sum(agentless_refresh) AS BIGINT) AS agentless_refresh,
+    min(agentless_first_at) AS agentless_first_at,
+    max(agentless_last_at) AS agentless_last_at,
     min(revoked_event_at) AS revoked_event_at,
     arg_min(revoked_by_field, revoked_by_field_at) AS revoked_by_field,
     min(revoked_by_field_at) AS revoked_by_field_at,
@@ -1060,6 +1087,8 @@ SELECT grant_id,
     arg_min(auto_agent_id, auto_revoked_at) AS auto_agent_id,
     min(first_budget_at) AS first_budget_at,
     max(last_budget_at) AS last_budget_at,
+    list_sort(flatten(list(budget_times) FILTER (WHERE budget_times IS NOT NULL)))
+        AS budget_times,
     min(budget_50_at) AS budget_50_at,
     min(budget_80_at) AS budget_80_at,
     min(exhausted_at) AS exhausted_at,
@@ -1104,6 +1133,11 @@ SELECT grant_id,
     first_token_at,
     last_token_at,
     tokens_issued,
+    agentless_tokens,
+    agentless_exchange,
+    agentless_refresh,
+    agentless_first_at,
+    agentless_last_at,
     CASE WHEN revoked_event_at IS NULL THEN auto_revoked_at
          WHEN auto_revoked_at IS NULL THEN revoked_event_at
          ELSE least(revoked_event_at, auto_revoked_at) END AS revoked_at,
@@ -1116,6 +1150,7 @@ SELECT grant_id,
     initial_budget,
     first_budget_at,
     last_budget_at,
+    budget_times,
     first_event_at,
     last_event_at,
     events

@@ -128,6 +128,39 @@ def test_budget_exhaustion_rate(archive: list[str]) -> None:
         0,
     )
     assert early["median_seconds_to_exhaustion"] is None
+    # G4's budget events (01:00, 02:00, 03:00 on 03-03) straddle this window
+    # and one lies inside it; G6's (01:00, 02:00 on 03-02) straddle the next
+    # and none lies inside.
+    (inside,) = report(
+        archive,
+        "budget-exhaustion-rate",
+        "--since",
+        "2026-03-03T01:30Z",
+        "--until",
+        "2026-03-03T02:30Z",
+    )
+    assert [inside[k] for k in ("grants", "reached_50", "reached_80", "exhausted")] == [1, 1, 1, 0]
+    assert (
+        report(
+            archive,
+            "budget-exhaustion-rate",
+            "--since",
+            "2026-03-02T01:10Z",
+            "--until",
+            "2026-03-02T01:50Z",
+        )
+        == []
+    )
+    (source_b,) = report(archive, "budget-exhaustion-rate", "--source", "acct-b")
+    assert [source_b[k] for k in ("grants", "reached_50", "reached_80", "exhausted")] == [
+        1,
+        1,
+        1,
+        1,
+    ]
+    assert (
+        report(archive, "budget-exhaustion-rate", *WINDOW, "--source", "acct-a")[0]["grants"] == 2
+    )
 
 
 def test_event_volume(archive: list[str]) -> None:
@@ -190,12 +223,23 @@ def test_token_issuance(archive: list[str]) -> None:
         },
     ]
     assert [r["agent_id"] for r in report(archive, "token-issuance", "--agent", "A2")] == ["A2"]
-    assert (
-        report(archive, "token-issuance", "--since", "2026-03-02T10:30Z", "--until", "2026-03-03")[
-            0
-        ]["tokens"]
-        == 1
-    )
+    # A window through G1's tokens: only its refresh at 11:00 (its agent comes
+    # from the grant) and nothing of G2 (09:00).
+    assert report(
+        archive, "token-issuance", "--since", "2026-03-02T10:30Z", "--until", "2026-03-03"
+    ) == [
+        {
+            "agent_id": "A1",
+            "tokens": 1,
+            "exchange": 0,
+            "refresh": 1,
+            "method_unknown": 0,
+            "refresh_ratio": 1.0,
+        }
+    ]
+    by_source = report(archive, "token-issuance", "--source", "acct-a")
+    assert [(r["agent_id"], r["tokens"], r["exchange"]) for r in by_source] == [("A1", 3, 1)]
+    assert report(archive, "token-issuance", "--since", "2026-03-05") == []
 
 
 def test_grant_lifetime(archive: list[str]) -> None:

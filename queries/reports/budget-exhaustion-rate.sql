@@ -13,14 +13,29 @@
 -- exhaustion_rate = exhausted / grants. median_seconds_to_exhaustion: median of
 -- exhausted_at - created_at over exhausted grants whose grant.created is archived.
 -- --agent filters on the grant's agent; --by agent gives one row per agent.
+--
+-- How: without --source, the grants view decides: a first or last budget
+-- event in the window, else any of budget_times (when each of the grant's
+-- budget events occurred); with --source, the events do.
 WITH active AS (
+    SELECT grant_id FROM grants
+    WHERE $source IS NULL AND first_budget_at IS NOT NULL
+        AND ($since IS NULL OR last_budget_at >= $since)
+        AND ($until IS NULL OR first_budget_at < $until)
+        AND ((($since IS NULL OR first_budget_at >= $since)
+                AND ($until IS NULL OR first_budget_at < $until))
+            OR (($since IS NULL OR last_budget_at >= $since)
+                AND ($until IS NULL OR last_budget_at < $until))
+            OR list_bool_or(list_transform(budget_times, lambda t:
+                ($since IS NULL OR t >= $since) AND ($until IS NULL OR t < $until))))
+    UNION ALL
     SELECT DISTINCT grant_id
     FROM events
-    WHERE type IN ('budget.threshold', 'budget.exhausted')
+    WHERE $source IS NOT NULL AND source = $source
+        AND type IN ('budget.threshold', 'budget.exhausted')
         AND grant_id IS NOT NULL
         AND ($since IS NULL OR occurred_at >= $since)
         AND ($until IS NULL OR occurred_at < $until)
-        AND ($source IS NULL OR source = $source)
 ),
 g AS (
     SELECT g.*,

@@ -8,16 +8,45 @@
 -- count events whose method says so; method_unknown counts the rest (the live
 -- service sends no method). refresh_ratio = refresh / (exchange + refresh),
 -- NULL when no event of the agent names a method.
+--
+-- How: events that name their agent are counted directly. For the others the
+-- grants view keeps per-grant counts (agentless_*), used as they are when all
+-- of a grant's agentless tokens fall inside the window; only grants whose
+-- agentless tokens straddle a window edge (every such grant, with --source)
+-- are joined with their events.
 WITH t AS (
-    SELECT agent_id, method
+    SELECT
+        agent_id,
+        1 AS tokens,
+        CASE WHEN method = 'exchange' THEN 1 ELSE 0 END AS exchange,
+        CASE WHEN method = 'refresh' THEN 1 ELSE 0 END AS refresh
     FROM events
-    WHERE type = 'token.issued' AND agent_id IS NOT NULL
+    WHERE type = 'token.issued' AND (agent_id IS NOT NULL OR grant_id IS NULL)
         AND ($since IS NULL OR occurred_at >= $since)
         AND ($until IS NULL OR occurred_at < $until)
         AND ($source IS NULL OR source = $source)
     UNION ALL
-    SELECT g.agent_id, e.method
-    FROM events e LEFT JOIN grants g USING (grant_id)
+    SELECT agent_id, agentless_tokens, agentless_exchange, agentless_refresh
+    FROM grants
+    WHERE agentless_tokens > 0 AND $source IS NULL
+        AND ($since IS NULL OR agentless_first_at >= $since)
+        AND ($until IS NULL OR agentless_last_at < $until)
+    UNION ALL
+    SELECT
+        g.agent_id,
+        1,
+        CASE WHEN e.method = 'exchange' THEN 1 ELSE 0 END,
+        CASE WHEN e.method = 'refresh' THEN 1 ELSE 0 END
+    FROM events e
+    JOIN (
+        SELECT grant_id, agent_id FROM grants
+        WHERE agentless_tokens > 0
+            AND ($source IS NOT NULL
+                OR ($since IS NOT NULL AND agentless_first_at < $since
+                    AND agentless_last_at >= $since)
+                OR ($until IS NOT NULL AND agentless_last_at >= $until
+                    AND agentless_first_at < $until))
+    ) g USING (grant_id)
     WHERE e.type = 'token.issued' AND e.agent_id IS NULL
         AND ($since IS NULL OR e.occurred_at >= $since)
         AND ($until IS NULL OR e.occurred_at < $until)
@@ -25,14 +54,12 @@ WITH t AS (
 )
 SELECT
     agent_id,
-    count(*) AS tokens,
-    count(*) FILTER (WHERE method = 'exchange') AS exchange,
-    count(*) FILTER (WHERE method = 'refresh') AS refresh,
-    count(*) FILTER (WHERE method IS NULL OR method NOT IN ('exchange', 'refresh'))
-        AS method_unknown,
-    CASE WHEN count(*) FILTER (WHERE method IN ('exchange', 'refresh')) > 0
-        THEN count(*) FILTER (WHERE method = 'refresh')
-            / count(*) FILTER (WHERE method IN ('exchange', 'refresh'))
+    CAST(sum(tokens) AS BIGINT) AS tokens,
+    CAST(sum(exchange) AS BIGINT) AS exchange,
+    CAST(sum(refresh) AS BIGINT) AS refresh,
+    CAST(sum(tokens) - sum(exchange) - sum(refresh) AS BIGINT) AS method_unknown,
+    CASE WHEN sum(exchange) + sum(refresh) > 0
+        THEN sum(refresh) / (sum(exchange) + sum(refresh))
     END AS refresh_ratio
 FROM t
 WHERE $agent IS NULL OR agent_id = $agent
