@@ -22,7 +22,6 @@ from typing import Any, TypeVar
 import click
 import sqlalchemy as sa
 
-from . import migrate
 from .events import TimestampError, format_timestamp, parse_timestamp
 from .logs import setup_logging
 from .settings import (
@@ -159,6 +158,8 @@ def db_upgrade(db_url: str, revision: str) -> None:
     Example:
       grantex-archive db upgrade --db postgresql+psycopg://archiver@db/grantex
     """
+    from . import migrate  # Alembic loads only for the commands that need it
+
     _check_db_url(db_url)
     path = sqlite_path(db_url)
     if path is not None:
@@ -185,6 +186,8 @@ def db_current(db_url: str) -> None:
     Example:
       grantex-archive db current
     """
+    from . import migrate  # Alembic loads only for the commands that need it
+
     _check_db_url(db_url)
     path = sqlite_path(db_url)
     if path is not None and not path.exists():
@@ -213,6 +216,8 @@ def db_downgrade(db_url: str, revision: str) -> None:
     Example:
       grantex-archive db downgrade base
     """
+    from . import migrate  # Alembic loads only for the commands that need it
+
     _check_db_url(db_url)
     try:
         migrate.downgrade(db_url, revision)
@@ -419,6 +424,8 @@ def run_ingest(settings: IngestSettings) -> RunResult:
 
 
 def _open_with_retry(settings: IngestSettings, stop: threading.Event) -> Store | None:
+    from . import migrate  # Alembic loads only for the commands that need it
+
     timeout = settings.db_retry_timeout
     if settings.max_runtime is not None:
         timeout = min(timeout, settings.max_runtime)
