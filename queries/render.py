@@ -7,7 +7,6 @@ Values are written the same way everywhere: timestamps as ISO 8601 UTC with
 from __future__ import annotations
 
 import csv
-import io
 import json
 import math
 import os
@@ -240,9 +239,3 @@ def render(
     chosen = choose_format(fmt, output)
     with open_output(output) as out:
         return write_rows(out, chosen, columns, rows)
-
-
-def render_text(columns: Sequence[str], rows: Iterable[Sequence[Any]], fmt: str) -> str:
-    buffer = io.StringIO()
-    write_rows(buffer, fmt, columns, rows)
-    return buffer.getvalue()

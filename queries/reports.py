@@ -18,7 +18,7 @@ column for agent; the runner drops the one that was not asked for.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from importlib.resources import files
 from typing import Any
 
@@ -39,7 +39,6 @@ class Report:
     options: tuple[str, ...]
     by: tuple[str, ...] = ()
     default_by: str | None = None
-    columns_by: dict[str, str] = field(default_factory=dict)
 
     def parameters(
         self,

@@ -133,15 +133,6 @@ def check_read_only(sql: str, conn: duckdb.DuckDBPyConnection) -> None:
         )
 
 
-def referenced_parameters(sql: str, params: Mapping[str, Any]) -> dict[str, Any]:
-    """The subset of ``params`` that ``sql`` names as ``$name``.
-
-    DuckDB refuses values for parameters a statement does not use.
-    """
-    names = set(re.findall(r"\$([A-Za-z_][A-Za-z0-9_]*)", sql))
-    return {k: v for k, v in params.items() if k in names}
-
-
 def first_line(exc: BaseException) -> str:
     text = str(exc).strip()
     return text.splitlines()[0] if text else type(exc).__name__
