@@ -537,6 +537,9 @@ class _Refresher:
     def run(self, full: bool, started: float) -> RefreshResult:
         for sub in ("events", "grants", "tables", "trash"):
             (self.dir / sub).mkdir(parents=True, exist_ok=True)
+            # Under the lock, a temporary file is what a killed refresher left.
+            for stale in (self.dir / sub).glob("*.tmp"):
+                stale.unlink(missing_ok=True)
         reason = None
         try:
             manifest = None if full else self.copy.manifest()

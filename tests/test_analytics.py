@@ -208,6 +208,12 @@ def test_a_replaced_archive_or_a_damaged_copy_is_rebuilt(tmp_path: Path) -> None
     result = analytics.refresh()
     assert result.rebuilt and result.reason and "damaged" in result.reason
 
+    # A refresher killed mid-copy leaves a temporary file: the next one clears it.
+    leftover = analytics.directory / "events" / "part-dead.parquet.tmp"
+    leftover.write_bytes(b"PAR1")
+    analytics.refresh()
+    assert not leftover.exists()
+
     # The whole copy is deleted: nothing is lost.
     import shutil
 
