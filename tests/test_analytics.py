@@ -372,3 +372,29 @@ def test_reports_run_while_ingest_and_refreshes_write(tmp_path: Path) -> None:
         archived = conn.execute(sa.text("SELECT count(*) FROM events")).scalar()
     engine.dispose()
     assert json.loads(result.output) == [{"n": archived}]
+
+
+def test_a_refresher_killed_midway_leaves_a_usable_copy(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'k.db'}"
+    new_archive(url)
+    items = frames(22, 40000)
+    write(url, items[:20000])
+    analytics = AnalyticsCopy(url)
+    analytics.refresh()
+    write(url, items[20000:])
+    proc = subprocess.Popen(
+        [*cli_command(), "refresh", "--full", "--db", url],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    deadline = time.monotonic() + 30
+    while not list((analytics.directory / "events").glob("*.tmp")):
+        assert proc.poll() is None and time.monotonic() < deadline, "refresh ended first"
+        time.sleep(0.002)
+    proc.kill()  # mid-copy: a segment is half written
+    proc.communicate(timeout=30)
+    # Readers still see the last complete copy, and the next refresh completes it.
+    assert snapshot(analytics)["events"][-1][0] >= 20000
+    analytics.refresh()
+    assert len(snapshot(analytics)["events"]) == 40000
+    assert not list(analytics.directory.glob("*/*.tmp"))
