@@ -1,0 +1,423 @@
+"""Audit exports: CSV, JSON Lines and Parquet files with a manifest that proves them.
+
+DuckDB reads the analytics copy and writes the file itself (``COPY ... TO``),
+so no row passes through Python. Every file is written under a temporary
+name and renamed into place once complete; the manifest beside it
+(``PATH.manifest.json``) records the filters, the row count, each file's
+SHA-256 and the archive's watermark, and ``verify_export`` checks all of it.
+"""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+import json
+import os
+import secrets
+import shutil
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from importlib.metadata import PackageNotFoundError, version
+from pathlib import Path
+from typing import Any
+
+import duckdb
+
+MANIFEST_SUFFIX = ".manifest.json"
+MANIFEST_FORMAT = 1
+FORMATS = ("csv", "jsonl", "parquet")
+PARTITIONS = {"day": "occurred_date", "month": "occurred_month"}
+
+# ISO 8601 UTC with Z: milliseconds (as the producer sends), microseconds when present.
+_ISO = (
+    "strftime({c}, CASE WHEN microsecond({c}) % 1000 = 0 "
+    "THEN '%Y-%m-%dT%H:%M:%S.%gZ' ELSE '%Y-%m-%dT%H:%M:%S.%fZ' END)"
+)
+
+# name -> (expression for text formats, expression for Parquet), in the
+# documented column order. ``data`` is the event's data as compact JSON.
+COLUMNS: dict[str, tuple[str, str]] = {
+    "id": ("id", "id"),
+    "type": ("type", "type"),
+    "occurred_at": (_ISO.format(c="occurred_at"), "occurred_at"),
+    "source": ("source", "source"),
+    "grant_id": ("grant_id", "grant_id"),
+    "agent_id": ("agent_id", "agent_id"),
+    "principal_id": ("principal_id", "principal_id"),
+    "revoked_by": ("revoked_by", "revoked_by"),
+    "token_id": ("token_id", "token_id"),
+    "method": ("method", "method"),
+    "percentage": ("percentage", "percentage"),
+    "remaining": ("remaining", "remaining"),
+    "initial": ("initial", "initial"),
+    "data": (
+        "CAST(json_extract(payload, '$.data') AS VARCHAR)",
+        "CAST(json_extract(payload, '$.data') AS VARCHAR)",
+    ),
+}
+DEFAULT_COLUMNS = tuple(COLUMNS)
+# Further archive columns --columns may ask for.
+EXTRA_COLUMNS: dict[str, tuple[str, str]] = {
+    "seq": ("seq", "seq"),
+    "received_at": (_ISO.format(c="received_at"), "received_at"),
+    "payload": ("payload", "payload"),
+}
+ALL_COLUMNS = {**COLUMNS, **EXTRA_COLUMNS}
+TEXT_COLUMNS = {
+    "id", "type", "source", "grant_id", "agent_id", "principal_id", "revoked_by", "token_id",
+    "method", "data", "payload",
+}  # fmt: skip
+# Characters that make a spreadsheet treat a cell as a formula.
+FORMULA_START = "^[=+\\-@\t\r]"
+
+
+class ExportError(Exception):
+    """An export could not be written."""
+
+
+class VerifyError(Exception):
+    """An export does not match its manifest."""
+
+
+def tool_version() -> str:
+    try:
+        return version("grantex-archive")
+    except PackageNotFoundError:  # pragma: no cover - running from a bare checkout
+        return "unknown"
+
+
+def format_for(path: str, given: str | None) -> tuple[str, bool]:
+    """The format and gzip flag for ``path`` (``.csv``, ``.jsonl``, ``.parquet``, ``.gz``)."""
+    name = path.lower()
+    gz = name.endswith(".gz")
+    if gz:
+        name = name[:-3]
+    guessed = next((f for f in FORMATS if name.endswith("." + f)), None)
+    if name.endswith(".ndjson"):
+        guessed = "jsonl"
+    return (given or guessed or "csv"), gz
+
+
+@dataclass(frozen=True)
+class Filters:
+    types: tuple[str, ...] = ()
+    since: datetime | None = None
+    until: datetime | None = None
+    source: str | None = None
+    grant_id: str | None = None
+    agent_id: str | None = None
+    principal_id: str | None = None
+
+    def where(self) -> tuple[str, dict[str, Any]]:
+        """A WHERE clause over the events view, with its parameters."""
+        parts: list[str] = []
+        params: dict[str, Any] = {}
+        if self.types:
+            parts.append("type IN (SELECT unnest($types))")
+            params["types"] = list(self.types)
+        if self.since is not None:
+            parts.append("occurred_at >= $since")
+            params["since"] = self.since
+        if self.until is not None:
+            parts.append("occurred_at < $until")
+            params["until"] = self.until
+        if self.source is not None:
+            parts.append("source = $source")
+            params["source"] = self.source
+        if self.grant_id is not None:
+            parts.append("(grant_id = $grant OR list_contains(revoked_grants, $grant))")
+            params["grant"] = self.grant_id
+        # An agent's or principal's events include those about its grants that
+        # do not name it (grant.revoked, budget events).
+        if self.agent_id is not None:
+            parts.append(
+                "(agent_id = $agent OR grant_id IN "
+                "(SELECT grant_id FROM grants WHERE agent_id = $agent))"
+            )
+            params["agent"] = self.agent_id
+        if self.principal_id is not None:
+            parts.append(
+                "(principal_id = $principal OR grant_id IN "
+                "(SELECT grant_id FROM grants WHERE principal_id = $principal))"
+            )
+            params["principal"] = self.principal_id
+        return (" AND ".join(parts) or "true"), params
+
+    def describe(self) -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        for key, value in vars(self).items():
+            if value in (None, ()):
+                continue
+            out[key] = (
+                value.isoformat().replace("+00:00", "Z")
+                if isinstance(value, datetime)
+                else list(value)
+                if isinstance(value, tuple)
+                else value
+            )
+        return out
+
+
+@dataclass
+class ExportSpec:
+    output: str  # a path, or "-" for standard output
+    fmt: str = "csv"
+    gzip: bool = False
+    columns: tuple[str, ...] | None = None
+    partition_by: str | None = None
+    force: bool = False
+    safe_formulas: bool = False
+
+    def chosen_columns(self) -> tuple[str, ...]:
+        if self.columns:
+            return self.columns
+        return ("payload",) if self.fmt == "jsonl" else DEFAULT_COLUMNS
+
+
+@dataclass
+class ExportResult:
+    rows: int
+    files: list[dict[str, Any]] = field(default_factory=list)
+    manifest: Path | None = None
+
+
+def check_columns(names: tuple[str, ...]) -> None:
+    unknown = [n for n in names if n not in ALL_COLUMNS]
+    if unknown:
+        raise ExportError(f"unknown column {unknown[0]!r}; choose from {', '.join(ALL_COLUMNS)}")
+    seen = {n for n in names if names.count(n) > 1}
+    if seen:
+        raise ExportError(f"column {sorted(seen)[0]!r} given twice")
+
+
+def _select(spec: ExportSpec, where: str) -> str:
+    names = spec.chosen_columns()
+    exprs = []
+    for name in names:
+        text, typed = ALL_COLUMNS[name]
+        expr = typed if spec.fmt == "parquet" else text
+        if spec.fmt == "jsonl" and spec.columns and name == "payload":
+            expr = "json(payload)"
+        if spec.fmt == "jsonl" and spec.columns and name == "data":
+            expr = "json_extract(payload, '$.data')"
+        if spec.safe_formulas and name in TEXT_COLUMNS:
+            expr = (
+                f"CASE WHEN regexp_matches({expr}, '{FORMULA_START}') "
+                f"THEN '''' || {expr} ELSE {expr} END"
+            )
+        exprs.append(f"{expr} AS {name}")
+    if spec.fmt == "jsonl" and not spec.columns:
+        # One envelope per line as archived; a payload that spanned lines is compacted.
+        exprs = [
+            "CASE WHEN contains(payload, chr(10)) OR contains(payload, chr(13)) "
+            "THEN CAST(json(payload) AS VARCHAR) ELSE payload END AS payload"
+        ]
+    if spec.partition_by:
+        part = PARTITIONS[spec.partition_by]
+        unit = "%Y-%m-%d" if spec.partition_by == "day" else "%Y-%m"
+        exprs.append(f"strftime(occurred_at, '{unit}') AS {part}")
+    return f"SELECT {', '.join(exprs)} FROM events WHERE {where} ORDER BY occurred_at, id"
+
+
+def _copy_options(spec: ExportSpec) -> str:
+    if spec.fmt == "csv":
+        options = "FORMAT csv, HEADER true, NEW_LINE '\\r\\n'"
+    elif spec.fmt == "jsonl":
+        options = "FORMAT json" if spec.columns else "FORMAT csv, HEADER false, QUOTE '', ESCAPE ''"
+    else:
+        options = "FORMAT parquet, COMPRESSION zstd, ROW_GROUP_SIZE 100000"
+    if spec.gzip:
+        options += ", COMPRESSION gzip"
+    if spec.partition_by:
+        options += (
+            f", PARTITION_BY ({PARTITIONS[spec.partition_by]}), WRITE_PARTITION_COLUMNS false"
+        )
+    return options
+
+
+def sha256_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def manifest_path(output: Path) -> Path:
+    return output.with_name(output.name + MANIFEST_SUFFIX)
+
+
+def run_export(
+    conn: duckdb.DuckDBPyConnection,
+    spec: ExportSpec,
+    filters: Filters,
+    watermark: int,
+    on_start: Callable[[], None] | None = None,
+) -> ExportResult:
+    """Write the export ``spec`` asks for from the views on ``conn``."""
+    where, params = filters.where()
+    sql = _select(spec, where)
+    stats = conn.execute(
+        f"SELECT count(*), max(seq), max(occurred_at) FROM events WHERE {where}", params
+    ).fetchall()[0]
+    rows, max_seq, newest = int(stats[0]), stats[1], stats[2]
+    if spec.output == "-":
+        conn.execute(f"COPY ({sql}) TO '/dev/stdout' ({_copy_options(spec)})", params).fetchall()
+        return ExportResult(rows)
+    final = Path(spec.output)
+    manifest = manifest_path(final)
+    if not spec.force:
+        for existing in (final, manifest):
+            if existing.exists():
+                raise ExportError(f"{existing} exists (use --force to replace it)")
+    final.parent.mkdir(parents=True, exist_ok=True)
+    tmp = final.with_name(f".{final.name}.{secrets.token_hex(4)}.tmp")
+    if on_start is not None:
+        on_start()
+    try:
+        conn.execute(
+            f"COPY ({sql}) TO '{_sql_text(str(tmp))}' ({_copy_options(spec)})", params
+        ).fetchall()
+        if spec.partition_by:
+            files = _describe_tree(tmp, spec)
+        else:
+            files = [_describe_file(tmp, "", spec, rows)]
+        _replace(tmp, final)
+    finally:
+        if tmp.is_dir():
+            shutil.rmtree(tmp, ignore_errors=True)
+        else:
+            tmp.unlink(missing_ok=True)
+    record = {
+        "format": MANIFEST_FORMAT,
+        "tool": "grantex-archive",
+        "tool_version": tool_version(),
+        "created_at": datetime.now(timezone.utc)
+        .isoformat(timespec="seconds")
+        .replace("+00:00", "Z"),
+        "export": {
+            "path": final.name,
+            "format": spec.fmt,
+            "gzip": spec.gzip,
+            "partition_by": spec.partition_by,
+            "columns": list(spec.chosen_columns()),
+            "safe_formulas": spec.safe_formulas,
+            "order": ["occurred_at", "id"],
+        },
+        "filters": filters.describe(),
+        "rows": rows,
+        "watermark": {
+            "archive_seq": watermark,
+            "max_seq_included": max_seq,
+            "newest_occurred_at_included": newest.astimezone(timezone.utc)
+            .isoformat()
+            .replace("+00:00", "Z")
+            if newest is not None
+            else None,
+        },
+        "files": files,
+    }
+    _write_atomic(manifest, json.dumps(record, indent=2) + "\n")
+    return ExportResult(rows, files, manifest)
+
+
+def _describe_file(path: Path, name: str, spec: ExportSpec, rows: int | None) -> dict[str, Any]:
+    return {
+        "path": name,
+        "bytes": path.stat().st_size,
+        "rows": rows if rows is not None else count_rows(path, spec.fmt, spec.gzip),
+        "sha256": sha256_file(path),
+    }
+
+
+def _describe_tree(root: Path, spec: ExportSpec) -> list[dict[str, Any]]:
+    files = sorted(p for p in root.rglob("*") if p.is_file())
+    return [_describe_file(p, p.relative_to(root).as_posix(), spec, None) for p in files]
+
+
+def _replace(tmp: Path, final: Path) -> None:
+    """Put ``tmp`` where ``final`` is; an existing file or directory goes only then."""
+    if final.is_dir() and not final.is_symlink():
+        old = final.with_name(f".{final.name}.{secrets.token_hex(4)}.old")
+        os.replace(final, old)
+        os.replace(tmp, final)
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        os.replace(tmp, final)
+
+
+def _write_atomic(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+def _sql_text(value: str) -> str:
+    return value.replace("'", "''")
+
+
+def count_rows(path: Path, fmt: str, gz: bool) -> int:
+    """Data rows in one export file, read back independently of the writer."""
+    if fmt == "parquet":
+        conn = duckdb.connect()
+        try:
+            return int(
+                conn.execute(
+                    f"SELECT sum(num_rows) FROM parquet_file_metadata('{_sql_text(str(path))}')"
+                ).fetchall()[0][0]
+                or 0
+            )
+        finally:
+            conn.close()
+    opener: Callable[..., Any] = gzip.open if gz else open
+    if fmt == "jsonl":
+        with opener(path, "rb") as handle:
+            return sum(1 for line in handle if line.strip())
+    import csv
+    import io
+
+    with opener(path, "rb") as handle:
+        text = io.TextIOWrapper(handle, encoding="utf-8", newline="")
+        reader = csv.reader(text)
+        next(reader, None)  # the header
+        return sum(1 for _ in reader)
+
+
+def verify_export(path: Path) -> dict[str, Any]:
+    """Check an export against its manifest; raises VerifyError on any difference."""
+    manifest = manifest_path(path)
+    try:
+        record = json.loads(manifest.read_text())
+    except FileNotFoundError:
+        raise VerifyError(f"no manifest at {manifest}") from None
+    except ValueError as exc:
+        raise VerifyError(f"{manifest} is not valid JSON ({exc})") from None
+    export = record.get("export", {})
+    fmt, gz = export.get("format"), bool(export.get("gzip"))
+    partitioned = bool(export.get("partition_by"))
+    if partitioned and not path.is_dir():
+        raise VerifyError(f"{path} is missing or not a directory")
+    if not partitioned and not path.is_file():
+        raise VerifyError(f"{path} is missing")
+    listed = {f["path"] for f in record["files"]}
+    if partitioned:
+        present = {p.relative_to(path).as_posix() for p in path.rglob("*") if p.is_file()}
+        extra = sorted(present - listed)
+        if extra:
+            raise VerifyError(f"{path / extra[0]} is not in the manifest")
+    total = 0
+    for entry in record["files"]:
+        target = path / entry["path"] if partitioned else path
+        if not target.is_file():
+            raise VerifyError(f"{target} is missing")
+        digest = sha256_file(target)
+        if digest != entry["sha256"]:
+            raise VerifyError(f"{target}: SHA-256 is {digest}, the manifest says {entry['sha256']}")
+        rows = count_rows(target, fmt, gz)
+        if rows != entry["rows"]:
+            raise VerifyError(f"{target}: {rows} rows, the manifest says {entry['rows']}")
+        total += rows
+    if total != record["rows"]:
+        raise VerifyError(f"{path}: {total} rows in all, the manifest says {record['rows']}")
+    return dict(record)
