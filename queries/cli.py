@@ -8,8 +8,11 @@ problems, 2 for bad usage, 4 when the archive's database cannot be reached.
 from __future__ import annotations
 
 import logging
+import os
 import secrets
+import shutil
 import sys
+import tempfile
 import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
@@ -18,6 +21,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import click
+import duckdb
 import sqlalchemy as sa
 
 from ingest.cli import CliError, _check_db_url, _safe, db_option, run_ingest
@@ -47,8 +51,9 @@ from .export import (
     manifest_path,
     run_export,
     verify_export,
+    write_query_csv,
 )
-from .render import output_options, render
+from .render import choose_format, output_options, render
 from .reports import PERIODS, ReportError, get_report, load_reports
 from .session import QueryError, Session, check_read_only, first_line
 
@@ -160,6 +165,37 @@ def _query(
         session.close()
 
 
+def emit(
+    copy: AnalyticsCopy, sql: str, params: dict[str, Any], fmt: str | None, output: str | None
+) -> None:
+    """Print or write a query's rows; CSV goes through the export writer."""
+    chosen = choose_format(fmt, output)
+    if chosen != "csv":
+        with _query(copy, sql, params) as (columns, rows):
+            render(columns, rows, chosen, output)
+        return
+    session = Session(copy)
+    try:
+        with tempfile.TemporaryDirectory(prefix="grantex-csv-") as tmp:
+            target = Path(tmp) / "rows.csv"
+            session.run(lambda conn: write_query_csv(conn, sql, params, target))
+            if output in (None, "-"):
+                sys.stdout.flush()
+                sink = sys.stdout.buffer
+                with open(target, "rb") as handle:
+                    shutil.copyfileobj(handle, sink)
+                sink.flush()
+            else:
+                final = Path(str(output))
+                staged = final.with_name(f".{final.name}.{os.getpid()}.tmp")
+                shutil.move(str(target), staged)
+                os.replace(staged, final)
+    except QueryError as exc:
+        raise CliError(str(exc)) from None
+    finally:
+        session.close()
+
+
 def _fetch(copy: AnalyticsCopy, sql: str, params: dict[str, Any]) -> list[tuple[Any, ...]]:
     with _query(copy, sql, params) as (_columns, rows):
         return list(rows)
@@ -252,8 +288,7 @@ def report(
     if limit is not None:
         sql = f"SELECT * FROM ({sql}) LIMIT {int(limit)}"
     copy = open_copy(db_url, analytics_dir, not no_refresh)
-    with _query(copy, sql, params) as (columns, rows):
-        render(columns, rows, fmt, output)
+    emit(copy, sql, params, fmt, output)
 
 
 # --------------------------------------------------------------------------- sql
@@ -315,13 +350,18 @@ def sql_command(
     copy = open_copy(db_url, analytics_dir, not no_refresh)
     session = Session(copy)
     try:
-        check_read_only(text, session.conn)
+        kind = check_read_only(text, session.conn)
     except QueryError as exc:
         raise CliError(str(exc)) from None
     finally:
         session.close()
-    with _query(copy, text, bound) as (columns, rows):
-        render(columns, rows, fmt, output)
+    # The statement runs as the one statement of the query DuckDB is given.
+    text = text.strip().rstrip(";")
+    if kind == duckdb.StatementType.EXPLAIN:
+        with _query(copy, text, bound) as (columns, rows):
+            render(columns, rows, fmt, output)
+    else:
+        emit(copy, text, bound, fmt, output)
 
 
 # --------------------------------------------------------------------------- status
@@ -531,8 +571,7 @@ def demo(db_url: str, backlog: int, seed: int) -> None:
         if "limit" in options:
             sql = f"SELECT * FROM ({sql}) LIMIT {int(options['limit'])}"
         click.echo(f"\n== grantex-archive report {name}: {chosen.summary}")
-        with _query(copy, sql, chosen.parameters()) as (columns, rows):
-            render(columns, rows, fmt, None)
+        emit(copy, sql, chosen.parameters(), fmt, None)
     click.echo(
         f"\nThe demo archive is {_safe(db_url)}; try:\n"
         f"  grantex-archive report --list --db {db_url}\n"

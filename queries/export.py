@@ -28,6 +28,8 @@ MANIFEST_SUFFIX = ".manifest.json"
 MANIFEST_FORMAT = 1
 FORMATS = ("csv", "jsonl", "parquet")
 PARTITIONS = {"day": "occurred_date", "month": "occurred_month"}
+# RFC 4180: CRLF line ends, quotes doubled; NULL is an empty cell, '' is "".
+CSV_OPTIONS = "FORMAT csv, HEADER true, NEW_LINE '\\r\\n'"
 
 # ISO 8601 UTC with Z: milliseconds (as the producer sends), microseconds when present.
 _ISO = (
@@ -222,7 +224,7 @@ def _select(spec: ExportSpec, where: str) -> str:
 
 def _copy_options(spec: ExportSpec) -> str:
     if spec.fmt == "csv":
-        options = "FORMAT csv, HEADER true, NEW_LINE '\\r\\n'"
+        options = CSV_OPTIONS
     elif spec.fmt == "jsonl":
         options = "FORMAT json" if spec.columns else "FORMAT csv, HEADER false, QUOTE '', ESCAPE ''"
     else:
@@ -421,3 +423,30 @@ def verify_export(path: Path) -> dict[str, Any]:
     if total != record["rows"]:
         raise VerifyError(f"{path}: {total} rows in all, the manifest says {record['rows']}")
     return dict(record)
+
+
+def write_query_csv(
+    conn: duckdb.DuckDBPyConnection, sql: str, params: dict[str, Any], target: Path
+) -> None:
+    """Write a query's result as CSV with the export rules (the writer reports share).
+
+    DuckDB writes it: RFC 4180 quoting, CRLF, NULL as an empty cell and an
+    empty string as ``""``; timestamps become ISO 8601 UTC with ``Z`` and
+    nested values compact JSON, as in an export.
+    """
+    description = conn.execute(f"SELECT * FROM ({sql}) LIMIT 0", params).description or []
+    aliases = [f"c{i}" for i in range(len(description))]
+    exprs = []
+    for alias, (name, kind, *_rest) in zip(aliases, description, strict=True):
+        label = '"' + str(name).replace('"', '""') + '"'
+        type_name = str(kind).upper()
+        if type_name.startswith("TIMESTAMP"):
+            exprs.append(f"{_ISO.format(c=alias)} AS {label}")
+        elif type_name.endswith("]") or type_name.startswith(("STRUCT", "MAP", "UNION")):
+            exprs.append(f"CAST(to_json({alias}) AS VARCHAR) AS {label}")
+        else:
+            exprs.append(f"{alias} AS {label}")
+    select = f"SELECT {', '.join(exprs)} FROM ({sql}) AS q({', '.join(aliases)})"
+    conn.execute(
+        f"COPY ({select}) TO '{_sql_text(str(target))}' ({CSV_OPTIONS})", params
+    ).fetchall()

@@ -101,8 +101,8 @@ class Session:
         return columns, rows()
 
 
-def check_read_only(sql: str, conn: duckdb.DuckDBPyConnection) -> None:
-    """Refuse anything but one SELECT (or EXPLAIN) before it runs."""
+def check_read_only(sql: str, conn: duckdb.DuckDBPyConnection) -> duckdb.StatementType:
+    """Refuse anything but one SELECT (or EXPLAIN of one) before it runs; its type."""
     try:
         statements = conn.extract_statements(sql)
     except duckdb.Error as exc:
@@ -131,6 +131,7 @@ def check_read_only(sql: str, conn: duckdb.DuckDBPyConnection) -> None:
             f"the analytics views are read-only: {name} are not allowed "
             "(use SELECT; the archive is changed only by ingest)"
         )
+    return kind
 
 
 def first_line(exc: BaseException) -> str:
