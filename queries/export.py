@@ -219,7 +219,11 @@ def _select(spec: ExportSpec, where: str) -> str:
         part = PARTITIONS[spec.partition_by]
         unit = "%Y-%m-%d" if spec.partition_by == "day" else "%Y-%m"
         exprs.append(f"strftime(occurred_at, '{unit}') AS {part}")
-    return f"SELECT {', '.join(exprs)} FROM events WHERE {where} ORDER BY occurred_at, id"
+    # Ordered by the stored values: the text formats shadow occurred_at with a string.
+    return (
+        f"SELECT {', '.join(exprs)} FROM events WHERE {where} "
+        "ORDER BY events.occurred_at, events.id"
+    )
 
 
 def _copy_options(spec: ExportSpec) -> str:
@@ -284,7 +288,7 @@ def run_export(
         if spec.partition_by:
             files = _describe_tree(tmp, spec)
         else:
-            files = [_describe_file(tmp, "", spec, rows)]
+            files = [_describe_file(tmp, final.name, spec, rows)]
         _replace(tmp, final)
     finally:
         if tmp.is_dir():

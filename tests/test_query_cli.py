@@ -118,6 +118,11 @@ def test_output_formats(archive: str, tmp_path: Path) -> None:
     assert not list(tmp_path.glob(".out.json*"))
 
 
+def test_csv_tells_null_from_an_empty_string(archive: str) -> None:
+    result = invoke(["sql", "SELECT '' AS empty, NULL AS missing, 'a' AS a", "--db", archive])
+    assert result.stdout_bytes == b'empty,missing,a\r\n"",,a\r\n'
+
+
 def test_timestamps_are_iso_utc_with_z(archive: str) -> None:
     result = invoke(["report", "ingest-coverage", "--db", archive, "--format", "csv"])
     first = next(iter(csv.DictReader(io.StringIO(result.output))))
