@@ -6,36 +6,54 @@ Run with ``make bench-analytics`` (10,000,000 events) or
 - **Archive.** N events from the simulator (``generate_events``, the mixed
   envelope: live and documented grants alternate) spread over 90 days,
   normalised by the ingest code and inserted with plain ``sqlite3`` into the
-  archive schema (``ingest.migrate.upgrade``), 200,000 rows per transaction,
-  with one ``ingest_runs`` row and two ``rejected_events`` rows per chunk. The
-  file is cached in ``benchmarks/.work/`` by size and seed; rows this script
-  appends are deleted again at the start and end of each run.
+  archive schema (``ingest.migrate.upgrade``), 200,000 rows per transaction.
+  ``ingest_runs`` is what a cron worker every five minutes leaves: one run per
+  five-minute window of ``occurred_at`` (one window in 500 is missed, so the
+  next run covers two and a gap shows), and one ``rejected_events`` row in
+  every fifth run. The file is cached in ``benchmarks/.work/`` by size and
+  seed; rows this script appends are deleted again at the start and end of
+  each run.
 - **Full refresh.** A child process builds a fresh analytics copy
   (``AnalyticsCopy.refresh(full=True)``); its own ``VmHWM`` is its peak RSS.
-- **Incremental refresh.** 100,000 events (another seed, later timestamps) are
-  appended to the archive; a child process refreshes the copy. A second child
-  then refreshes with nothing new (what ``report`` pays before every run).
+- **Appended events.** Later than the archive's newest, in time order: half
+  from the simulator with another seed (so only new grants), half follow-ups
+  for existing grants sampled at random points of the archive's whole seq
+  range (not revoked by a grant.revoked yet), each in its grant's envelope:
+  ``token.issued`` (live with agentId; documented without agentId, method
+  exchange/refresh), ``budget.threshold`` (50/80, for budget grants below that
+  level), ``budget.exhausted``, ``grant.revoked`` (live without revokedBy,
+  documented with revokedBy developer/principal) and ``anomaly.auto_revoked``
+  listing 1-3 of an agent's live grants. So the grants the refresh merges
+  overlap the whole existing grants table, not just its newest ids.
+- **Incremental refresh.** 100,000 such events are appended to the archive; a
+  child process refreshes the copy. A second child then refreshes with nothing
+  new (what ``report`` pays before every run).
 - **Reports.** A child process opens one ``Session`` and runs each named
   report with default options (and ``--by agent`` / ``--by month`` where the
   report takes them): once cold, then N times; the median of the N is the warm
-  latency.
+  latency. A run ends with the whole result fetched as an Arrow table (DuckDB's
+  own result form; the CLI's CSV writer never turns rows into Python objects
+  either), the SQLite query with all rows fetched as tuples (its own form).
 - **Direct SQLite.** The same report written by hand for SQLite (the per-grant
   state computed inside the query, json1 for ``revokedGrants``), run against the
   archive with a per-query timeout; speedup = SQLite seconds / DuckDB warm median.
   Results are compared row by row with DuckDB's.
-- **Concurrency.** A child process loops: append 20,000 events, refresh the
-  copy. Meanwhile the real CLI (``python -m ingest.cli report NAME --format
-  csv``) runs each report several times, with and without ``--no-refresh``; a
-  non-zero exit, an empty output or ``lock``/``Error`` on stderr is a failure.
+- **Concurrency.** A child process loops: append 20,000 events (the same
+  mix), refresh the copy. Meanwhile the real CLI (``python -m ingest.cli
+  report NAME --format csv``) runs each report several times, with and without
+  ``--no-refresh``; a non-zero exit, an empty output or ``lock``/``Error`` on
+  stderr is a failure.
 """
 
 from __future__ import annotations
 
 import argparse
+import heapq
 import json
 import math
 import os
 import platform
+import random
 import re
 import shutil
 import sqlite3
@@ -43,8 +61,9 @@ import statistics
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass
+from collections import Counter
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import dataclass, field
 from datetime import date, datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
@@ -53,14 +72,14 @@ import duckdb
 
 from benchmarks.ingest import PeakRss
 from ingest import migrate
-from ingest.events import Event, normalise
+from ingest.events import Event, format_timestamp, normalise
 from ingest.simulator import generate_events
 from ingest.store import EVENT_COLUMNS
 
 ROOT = Path(__file__).resolve().parent.parent
 WORK = ROOT / "benchmarks" / ".work"
 CHILD = "_child"
-BUILD_VERSION = 1  # bump when the archive's contents change, to invalidate the cache
+BUILD_VERSION = 2  # bump when the archive's contents change, to invalidate the cache
 
 START = datetime(2026, 1, 1, tzinfo=timezone.utc)
 SPAN_DAYS = 90
@@ -124,19 +143,36 @@ def archive_row(event: Event, received: str) -> Row:
     )
 
 
-def event_chunks(seed: int, start: datetime, count: int, spacing_s: float) -> Iterator[list[Row]]:
-    """Archive rows for ``count`` simulator events, ``CHUNK_ROWS`` at a time."""
-    received = (start + timedelta(seconds=count * spacing_s)).strftime(TIME_FORMAT)
-    chunk: list[Row] = []
+def envelope_row(envelope: dict[str, Any], received: str) -> Row:
+    """The archive row the ingest code makes of one envelope."""
+    event = normalise(json.dumps(envelope, separators=(",", ":")))
+    assert isinstance(event, Event), event
+    return archive_row(event, received)
+
+
+def simulator_rows(
+    seed: int, start: datetime, count: int, spacing_s: float, received: str
+) -> Iterator[Row]:
+    """Archive rows for ``count`` simulator events (mixed envelope), in time order."""
     for envelope in generate_events(seed, start, count, spacing_s, "mixed"):
-        event = normalise(json.dumps(envelope, separators=(",", ":")))
-        assert isinstance(event, Event), event
-        chunk.append(archive_row(event, received))
+        yield envelope_row(envelope, received)
+
+
+def chunked(rows: Iterable[Row]) -> Iterator[list[Row]]:
+    chunk: list[Row] = []
+    for row in rows:
+        chunk.append(row)
         if len(chunk) == CHUNK_ROWS:
             yield chunk
             chunk = []
     if chunk:
         yield chunk
+
+
+def event_chunks(seed: int, start: datetime, count: int, spacing_s: float) -> Iterator[list[Row]]:
+    """Archive rows for ``count`` simulator events, ``CHUNK_ROWS`` at a time."""
+    received = (start + timedelta(seconds=count * spacing_s)).strftime(TIME_FORMAT)
+    return chunked(simulator_rows(seed, start, count, spacing_s, received))
 
 
 _INSERT_EVENT = (
@@ -146,8 +182,8 @@ _INSERT_EVENT = (
 _INSERT_RUN = (
     "INSERT INTO ingest_runs (source, started_at, finished_at, since_requested, types, base_url, "
     "received, inserted, duplicates, rejected, reconnects, first_occurred_at, last_occurred_at, "
-    "outcome, exit_code) VALUES (?, ?, ?, NULL, NULL, 'http://127.0.0.1/', ?, ?, 0, 2, 0, ?, ?, "
-    "'max_events', 0)"
+    "outcome, exit_code) VALUES (?, ?, ?, NULL, NULL, 'http://127.0.0.1/', ?, ?, 0, ?, 0, ?, ?, "
+    "'idle', 0)"
 )
 _INSERT_REJECTED = (
     "INSERT INTO rejected_events (source, received_at, reason, raw, raw_length, event_id, run_id) "
@@ -155,15 +191,62 @@ _INSERT_REJECTED = (
 )
 
 
-def insert_chunk(conn: sqlite3.Connection, rows: list[Row]) -> None:
-    """One transaction: the rows, plus an ingest run that received them."""
-    first, last = rows[0][3], rows[-1][3]
+# A cron worker every CRON_SECONDS; one window in MISSED_EVERY passes without a
+# run (the next covers both), and every REJECT_EVERY-th run rejected a frame.
+CRON_SECONDS = 300
+MISSED_EVERY = 500
+REJECT_EVERY = 5
+
+
+class CronRuns:
+    """``ingest_runs`` rows as a five-minute cron worker would have left them."""
+
+    def __init__(self) -> None:
+        self.window: int | None = None
+        self.count = 0
+        self.first = self.last = ""
+        self.runs = 0
+
+    def add(self, conn: sqlite3.Connection, rows: list[Row]) -> None:
+        for row in rows:
+            text = str(row[3])
+            moment = datetime.fromisoformat(text).replace(tzinfo=timezone.utc)
+            window = int(moment.timestamp()) // CRON_SECONDS
+            changed = self.window is not None and window != self.window
+            if changed and window % MISSED_EVERY != 0:
+                self.flush(conn, self.window)
+            if self.count == 0:
+                self.first = text
+            self.window = window
+            self.count += 1
+            self.last = text
+
+    def flush(self, conn: sqlite3.Connection, window: int | None = None) -> None:
+        """Record the run that received the events so far (after ``window``)."""
+        if not self.count:
+            return
+        window = self.window if window is None else window
+        assert window is not None
+        start = datetime.fromtimestamp((window + 1) * CRON_SECONDS, timezone.utc)
+        started = (start + timedelta(seconds=1)).strftime(TIME_FORMAT)
+        finished = (start + timedelta(seconds=4 + self.count / 200)).strftime(TIME_FORMAT)
+        self.runs += 1
+        rejected = 1 if self.runs % REJECT_EVERY == 0 else 0
+        cursor = conn.execute(
+            _INSERT_RUN,
+            (SOURCE, started, finished, self.count + rejected, self.count, rejected,
+             self.first, self.last),
+        )  # fmt: skip
+        if rejected:
+            conn.execute(_INSERT_REJECTED, (SOURCE, finished, cursor.lastrowid))
+        self.count = 0
+
+
+def insert_chunk(conn: sqlite3.Connection, rows: list[Row], runs: CronRuns) -> None:
+    """One transaction: the rows, and the ingest runs that received them."""
     with conn:
         conn.executemany(_INSERT_EVENT, rows)
-        cursor = conn.execute(
-            _INSERT_RUN, (SOURCE, first, last, len(rows) + 2, len(rows), first, last)
-        )
-        conn.executemany(_INSERT_REJECTED, [(SOURCE, last, cursor.lastrowid)] * 2)
+        runs.add(conn, rows)
 
 
 def open_writer(path: Path) -> sqlite3.Connection:
@@ -182,11 +265,14 @@ def build_archive(path: Path, count: int, seed: int) -> Archive:
     conn = open_writer(building)
     started = time.perf_counter()
     done = 0
+    runs = CronRuns()
     for rows in event_chunks(seed, START, count, spacing):
-        insert_chunk(conn, rows)
+        insert_chunk(conn, rows, runs)
         done += len(rows)
         rate = done / (time.perf_counter() - started)
         print(f"\r  archive: {done:,} of {count:,} events ({rate:,.0f}/s)", end="", flush=True)
+    with conn:
+        runs.flush(conn)
     print(flush=True)
     conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
     max_seq, runs, rejected = conn.execute(
@@ -240,18 +326,6 @@ def archive_end(conn: sqlite3.Connection) -> datetime:
     return datetime.fromisoformat(text).replace(tzinfo=timezone.utc)
 
 
-def append_events(path: Path, count: int, seed: int, spacing_s: float) -> int:
-    """Append ``count`` new events (``seed``), all later than the archive's newest."""
-    conn = open_writer(path)
-    start = archive_end(conn) + timedelta(seconds=spacing_s)
-    appended = 0
-    for rows in event_chunks(seed, start, count, spacing_s):
-        insert_chunk(conn, rows)
-        appended += len(rows)
-    conn.close()
-    return appended
-
-
 def archive_bytes(path: Path) -> int:
     """The archive's size without free pages (rows this script deleted leave some)."""
     conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
@@ -260,6 +334,304 @@ def archive_bytes(path: Path) -> int:
     (size,) = conn.execute("PRAGMA page_size").fetchone()
     conn.close()
     return int((pages - free) * size)
+
+
+# --------------------------------------------------------------------------- appended events
+
+# Of the events appended after the archive is built, the share that concern
+# grants already in the archive (follow-ups); the rest come from a new
+# simulator seed and so only create new grants.
+FOLLOW_UP_SHARE = 0.5
+# Existing grants are sampled by seq: the first grant.created at or after a
+# random seq, looking this many rows ahead.
+SAMPLE_WINDOW = 64
+BUDGETS = (5, 10, 20, 25, 50, 100, 250, 500)
+ANOMALY_REASONS = ("velocity_spike", "scope_escalation", "geo_anomaly", "budget_burn_rate")
+CROCKFORD = "0123456789ABCDEFGHJKMNPQRSTVWXYZ"
+EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
+
+
+@dataclass
+class KnownGrant:
+    """A grant sampled from the archive, and what its events so far say about it."""
+
+    grant_id: str
+    agent_id: str
+    principal_id: str | None
+    scopes: list[str]
+    live: bool  # its grant.created came in the live envelope (createdAt, no method)
+    budget_pct: float  # highest budget level reached: 0, 50, 80 or 100 (exhausted)
+    initial: float | None  # the budget's initial amount, when an event carried it
+
+
+# "+type": walk the seq range instead of the (type, occurred_at) index.
+_SAMPLE_CREATED = (
+    "SELECT grant_id, agent_id, principal_id, payload FROM events "
+    "WHERE seq BETWEEN ? AND ? AND +type = 'grant.created' AND grant_id IS NOT NULL "
+    "AND agent_id IS NOT NULL ORDER BY seq LIMIT 1"
+)
+_GRANT_EVENTS = "SELECT type, percentage, initial FROM events WHERE grant_id = ?"
+
+
+def sample_grants(
+    conn: sqlite3.Connection, count: int, rng: random.Random, seen: set[str]
+) -> list[KnownGrant]:
+    """Up to ``count`` grants created at random points of the archive's whole seq range.
+
+    Grants in ``seen`` are skipped and the rest added to it; so are grants that a
+    grant.revoked event already revoked. Each carries its budget level so far.
+    """
+    (max_seq,) = conn.execute("SELECT max(seq) FROM events").fetchone()
+    out: list[KnownGrant] = []
+    for _ in range(4 * count):
+        if len(out) >= count:
+            break
+        seq = rng.randint(1, int(max_seq))
+        row = conn.execute(_SAMPLE_CREATED, (seq, seq + SAMPLE_WINDOW - 1)).fetchone()
+        if row is None or row[0] in seen:
+            continue
+        grant_id, agent_id, principal_id, payload = row
+        seen.add(grant_id)
+        revoked, pct, initial = False, 0.0, None
+        for kind, percentage, amount in conn.execute(_GRANT_EVENTS, (grant_id,)):
+            if kind == "grant.revoked":
+                revoked = True
+            elif kind == "budget.exhausted":
+                pct = 100.0
+            elif kind == "budget.threshold" and percentage is not None:
+                pct = max(pct, float(percentage))
+            if amount is not None:
+                initial = float(amount)
+        if revoked:
+            continue
+        envelope = json.loads(payload)
+        scopes = envelope.get("data", {}).get("scopes") or []
+        live = "createdAt" in envelope
+        out.append(KnownGrant(grant_id, agent_id, principal_id, scopes, live, pct, initial))
+    return out
+
+
+def ulid_like(ms: int, rng: random.Random) -> str:
+    """26 Crockford symbols: 48 bits of milliseconds, then 80 random bits."""
+    value = (ms << 80) | rng.getrandbits(80)
+    return "".join(CROCKFORD[(value >> shift) & 31] for shift in range(125, -1, -5))
+
+
+def ms_text(ms: int) -> str:
+    return format_timestamp(EPOCH + timedelta(milliseconds=ms))
+
+
+def follow_up_plan(grant: KnownGrant, rng: random.Random) -> list[str]:
+    """What happens next to ``grant``: token refreshes, budget debits, maybe a revocation."""
+    steps: list[str] = []
+    if "budget:spend" in grant.scopes:
+        for level, step in ((50.0, "budget.50"), (80.0, "budget.80"), (100.0, "exhausted")):
+            if grant.budget_pct >= level:
+                continue
+            if rng.random() < 0.15:  # one debit can skip a level
+                continue
+            steps.append(step)
+            if rng.random() < 0.45:
+                break
+    for _ in range(1 + (rng.random() < 0.4) + (rng.random() < 0.15)):
+        steps.insert(rng.randrange(len(steps) + 1), "token")
+    if rng.random() < 0.3:
+        steps.append("auto" if grant.live and rng.random() < 0.25 else "revoke")
+    return steps
+
+
+@dataclass
+class AppendMix:
+    """What one append added."""
+
+    new: int = 0  # simulator events from a new seed (new grants only)
+    follow_ups: Counter[str] = field(default_factory=Counter)  # by event type
+    detail: Counter[str] = field(default_factory=Counter)  # token methods, revokers, ...
+    grants: int = 0  # existing grants that the follow-ups name
+
+    @property
+    def total(self) -> int:
+        return self.new + sum(self.follow_ups.values())
+
+
+def describe_mix(mix: AppendMix) -> str:
+    """One sentence on what an append added."""
+    f, d = mix.follow_ups, mix.detail
+    follow = sum(f.values())
+    parts = [
+        f"token.issued {f['token.issued']:,} (live, with agentId: "
+        f"{d['live token.issued (agentId, no method)']:,}; documented, without agentId: "
+        f"{d['documented token.issued, exchange']:,} exchange, "
+        f"{d['documented token.issued, refresh']:,} refresh)",
+        f"budget.threshold {f['budget.threshold']:,}",
+        f"budget.exhausted {f['budget.exhausted']:,}",
+        f"grant.revoked {f['grant.revoked']:,} (live, no revokedBy: "
+        f"{d['grant.revoked without revokedBy']:,}; documented: "
+        f"{d['grant.revoked by developer']:,} by developer, "
+        f"{d['grant.revoked by principal']:,} by principal)",
+        f"anomaly.auto_revoked {f['anomaly.auto_revoked']:,} "
+        f"(listing {d['grants auto-revoked']:,} grants)",
+    ]
+    return (
+        f"{mix.new:,} from a new simulator seed (new grants only) and "
+        f"{follow:,} follow-ups for {mix.grants:,} existing grants sampled across the "
+        f"archive's whole seq range — " + ", ".join(parts)
+    )
+
+
+class FollowUps:
+    """Envelopes for events about grants already in the archive."""
+
+    def __init__(self, conn: sqlite3.Connection, rng: random.Random) -> None:
+        self.conn = conn
+        self.rng = rng
+        self.seen: set[str] = set()
+        self.pool: list[KnownGrant] = []
+        self.by_agent: dict[str, list[KnownGrant]] = {}
+        self.taken: set[str] = set()
+
+    def next_grant(self) -> KnownGrant:
+        while True:
+            if not self.pool:
+                fresh = sample_grants(self.conn, 2000, self.rng, self.seen)
+                if not fresh:
+                    raise RuntimeError("no unrevoked grants left to sample in the archive")
+                self.pool = fresh[::-1]
+                for grant in fresh:
+                    if grant.live:
+                        self.by_agent.setdefault(grant.agent_id, []).append(grant)
+            grant = self.pool.pop()
+            if grant.grant_id not in self.taken:
+                self.taken.add(grant.grant_id)
+                return grant
+
+    def envelopes(
+        self, count: int, start_ms: int, end_ms: int, mix: AppendMix
+    ) -> list[tuple[int, dict[str, Any]]]:
+        """``count`` (time, envelope) pairs between ``start_ms`` and ``end_ms``, in time order."""
+        rng = self.rng
+        out: list[tuple[int, dict[str, Any]]] = []
+        while len(out) < count:
+            grant = self.next_grant()
+            mix.grants += 1
+            steps = follow_up_plan(grant, rng)[: count - len(out)]
+            # A grant's follow-ups fall within an hour (its tokens' lifetime).
+            first = rng.randrange(start_ms, end_ms)
+            last = min(end_ms, first + 3_600_000)
+            times = sorted(rng.randrange(first, last) for _ in steps)
+            for step, ms in zip(steps, times, strict=True):
+                kind, data = self.event(grant, step, ms, mix)
+                envelope = {
+                    "id": "evt_" + ulid_like(ms, rng),
+                    "type": kind,
+                    "createdAt" if grant.live else "timestamp": ms_text(ms),
+                    "data": data,
+                }
+                out.append((ms, envelope))
+                mix.follow_ups[kind] += 1
+        out.sort(key=lambda pair: pair[0])
+        return out
+
+    def event(
+        self, grant: KnownGrant, step: str, ms: int, mix: AppendMix
+    ) -> tuple[str, dict[str, Any]]:
+        """The type and data of one follow-up event, in the grant's own envelope."""
+        rng = self.rng
+        gid = grant.grant_id
+        if step == "token":
+            token = "tok_" + ulid_like(ms - rng.randrange(12), rng)
+            if grant.live:
+                mix.detail["live token.issued (agentId, no method)"] += 1
+                return "token.issued", {
+                    "tokenId": token,
+                    "grantId": gid,
+                    "agentId": grant.agent_id,
+                    "principalId": grant.principal_id,
+                    "scopes": grant.scopes,
+                    "expiresAt": ms_text(ms + 3_600_000),
+                }
+            method = "exchange" if rng.random() < 0.2 else "refresh"
+            mix.detail[f"documented token.issued, {method}"] += 1
+            return "token.issued", {"grantId": gid, "tokenId": token, "method": method}
+        if step in ("budget.50", "budget.80"):
+            if grant.initial is None:
+                grant.initial = float(BUDGETS[rng.randrange(len(BUDGETS))])
+            pct = 50 if step == "budget.50" else 80
+            grant.budget_pct = float(pct)
+            low, high = (0.2, 0.5) if pct == 50 else (0.0, 0.2)
+            cents = int(grant.initial * 100 * (low + rng.random() * (high - low)))
+            if grant.live:
+                remaining = f"{cents // 100}.{cents % 100:02d}00"
+                return "budget.threshold", {"grantId": gid, "pct": pct, "remaining": remaining}
+            return "budget.threshold", {
+                "grantId": gid,
+                "percentage": float(pct),
+                "remaining": cents / 100,
+                "initial": grant.initial,
+            }
+        if step == "exhausted":
+            grant.budget_pct = 100.0
+            if grant.live:
+                return "budget.exhausted", {"grantId": gid, "remaining": "0"}
+            if grant.initial is None:
+                grant.initial = float(BUDGETS[rng.randrange(len(BUDGETS))])
+            return "budget.exhausted", {"grantId": gid, "initial": grant.initial}
+        if step == "revoke":
+            if grant.live:
+                mix.detail["grant.revoked without revokedBy"] += 1
+                return "grant.revoked", {"grantId": gid, "cascade": False}
+            who = "developer" if rng.random() < 0.6 else "principal"
+            mix.detail[f"grant.revoked by {who}"] += 1
+            return "grant.revoked", {"grantId": gid, "revokedBy": who}
+        # An anomaly takes out up to two more of the agent's live grants.
+        victims = [gid]
+        others = self.by_agent.get(grant.agent_id, [])
+        for _ in range(rng.randrange(3)):
+            while others and others[-1].grant_id in self.taken:
+                others.pop()
+            if not others:
+                break
+            other = others.pop()
+            self.taken.add(other.grant_id)
+            mix.grants += 1
+            victims.append(other.grant_id)
+        mix.detail["grants auto-revoked"] += len(victims)
+        reason = ANOMALY_REASONS[rng.randrange(len(ANOMALY_REASONS))]
+        return "anomaly.auto_revoked", {
+            "agentId": grant.agent_id,
+            "reason": reason,
+            "revokedGrants": victims,
+        }
+
+
+def append_events(path: Path, count: int, seed: int, spacing_s: float) -> AppendMix:
+    """Append ``count`` events, ``spacing_s`` apart on average, after the archive's newest.
+
+    ``FOLLOW_UP_SHARE`` of them are follow-ups for existing grants sampled across the
+    whole archive; the rest come from the simulator with ``seed`` (new grants only).
+    The two are interleaved in time order.
+    """
+    conn = open_writer(path)
+    start = archive_end(conn) + timedelta(seconds=spacing_s)
+    span_s = count * spacing_s
+    received = (start + timedelta(seconds=span_s)).strftime(TIME_FORMAT)
+    mix = AppendMix()
+    follow = round(count * FOLLOW_UP_SHARE)
+    mix.new = count - follow
+    start_ms = (start - EPOCH) // timedelta(milliseconds=1)
+    end_ms = start_ms + max(1, int(span_s * 1000))
+    rng = random.Random(f"benchmark-follow-ups-{seed}")
+    later = FollowUps(conn, rng).envelopes(follow, start_ms, end_ms, mix)
+    old = (envelope_row(envelope, received) for _, envelope in later)
+    new = simulator_rows(seed, start, mix.new, span_s / max(1, mix.new), received)
+    # Both are in time order; occurred_at text sorts as time does.
+    runs = CronRuns()
+    for rows in chunked(heapq.merge(new, old, key=lambda row: str(row[3]))):
+        insert_chunk(conn, rows, runs)
+    with conn:
+        runs.flush(conn)
+    conn.close()
+    return mix
 
 
 # --------------------------------------------------------------------------- child processes
@@ -346,7 +718,7 @@ def report_variants() -> list[tuple[str, str | None]]:
 
 def timed_query(conn: duckdb.DuckDBPyConnection, sql: str, params: dict[str, Any]) -> float:
     started = time.perf_counter()
-    conn.execute(sql, params).fetchall()
+    conn.execute(sql, params).to_arrow_table()
     return time.perf_counter() - started
 
 
@@ -377,12 +749,14 @@ def child_churn(
     from queries.copy import AnalyticsCopy
 
     copy = AnalyticsCopy(f"sqlite:///{path}", Path(directory))
-    appended = 0
+    appended = follow_ups = 0
     refreshes: list[float] = []
     while not Path(stop).exists():
-        appended += append_events(Path(path), CHURN_ROWS, seed + len(refreshes), spacing_s)
+        mix = append_events(Path(path), CHURN_ROWS, seed + len(refreshes), spacing_s)
+        appended += mix.total
+        follow_ups += mix.total - mix.new
         refreshes.append(copy.refresh().seconds)
-    return {"appended": appended, "refreshes": refreshes}
+    return {"appended": appended, "follow_ups": follow_ups, "refreshes": refreshes}
 
 
 def child_main(mode: str, kwargs: dict[str, Any]) -> None:
@@ -799,6 +1173,7 @@ class Timing:
 class Results:
     archive: Archive
     archive_bytes: int
+    mix: AppendMix
     full: ChildRun
     incremental: ChildRun
     noop: ChildRun
@@ -839,9 +1214,13 @@ def measure(args: argparse.Namespace, archive: Archive) -> Results:
     print(f"  {full.data['seconds']:.1f} s, peak RSS {full.rss_mb:.0f} MB", flush=True)
 
     print(f"appending {APPEND_ROWS:,} events...", flush=True)
-    append_events(archive.path, APPEND_ROWS, args.seed + 1000, archive.spacing_s)
+    mix = append_events(archive.path, APPEND_ROWS, args.seed + 1000, archive.spacing_s)
+    print(f"  {mix.total:,}: {describe_mix(mix)}", flush=True)
     incremental = run_child("refresh", db_url=archive.url, directory=str(directory), full=False)
     print(f"  incremental refresh {incremental.data['seconds']:.2f} s", flush=True)
+    if incremental.data.get("phases"):
+        phases = ", ".join(f"{k} {v:.2f}" for k, v in incremental.data["phases"].items())
+        print(f"  phases (s): {phases}", flush=True)
     noop = run_child("refresh", db_url=archive.url, directory=str(directory), full=False)
     print(f"  refresh with nothing new {noop.data['seconds']:.2f} s", flush=True)
 
@@ -859,7 +1238,16 @@ def measure(args: argparse.Namespace, archive: Archive) -> Results:
     print("reports through the CLI while another process refreshes...", flush=True)
     concurrency = run_concurrency(archive, directory, args.concurrent_runs, args.seed + 2000)
     return Results(
-        archive, size, full, incremental, noop, reports, timings, concurrency, args.calibration
+        archive,
+        size,
+        mix,
+        full,
+        incremental,
+        noop,
+        reports,
+        timings,
+        concurrency,
+        args.calibration,
     )
 
 
@@ -896,6 +1284,14 @@ def render_refreshes(r: Results) -> list[str]:
         if run.data.get("phases")
     ]
     notes = ["", "Refresh phases (s) — " + "; ".join(phases) + "."] if phases else []
+    churn_data = r.concurrency.churn.data
+    notes += [
+        "",
+        f"The {r.mix.total:,} events appended for the incremental refresh: "
+        f"{describe_mix(r.mix)}. The loop appends the "
+        f"same mix ({churn_data.get('follow_ups', 0):,} of its {churn_data['appended']:,} "
+        "events were follow-ups).",
+    ]
     return [
         "| refresh | events copied | seconds | events/s | process wall s | peak RSS | target |",
         "|---|---:|---:|---:|---:|---:|---|",
@@ -1054,19 +1450,29 @@ Command: `make bench-analytics` (= `python -m benchmarks.analytics --events 1000
 
 Method, all in one run on the same machine: an archive of N simulator events
 (mixed envelope, spread over 90 days) is built once with plain `sqlite3`
-inserts and cached in `benchmarks/.work/`. A child process builds a fresh
+inserts and cached in `benchmarks/.work/`; its `ingest_runs` are those of a
+cron worker every five minutes (one run per five-minute window, one window in
+500 missed, one rejected frame in every fifth run). A child process builds a fresh
 analytics copy (full refresh); 100,000 later events are appended and another
-child refreshes incrementally, and a third refreshes with nothing new. A child
-process opens one `Session` and runs each named report once cold, then five
-times warm (median reported), with default options and with `--by agent` /
-`--by month` where the report takes them. Each report is also written by hand
-as one SQLite query over the archive (per-grant state computed inside the
+child refreshes incrementally, and a third refreshes with nothing new. Half of
+the appended events come from a new simulator seed (new grants only); the
+other half are follow-ups for existing grants sampled across the archive's
+whole seq range (skipping grants already revoked), in each grant's own
+envelope: `token.issued` (live with `agentId`; documented without it, method
+exchange or refresh), `budget.threshold` (50/80) and `budget.exhausted` for
+budget grants, `grant.revoked` (live without `revokedBy`, documented with
+`revokedBy` developer/principal) and `anomaly.auto_revoked` listing 1-3 of an
+agent's live grants, so the merged grants overlap the whole grants table. A
+child process opens one `Session` and runs each named report once cold, then
+five times warm (median reported), with default options and with `--by agent`
+/ `--by month` where the report takes them; a run ends with the whole result
+fetched as an Arrow table (SQLite's: all rows fetched as tuples). Each report is also written by
+hand as one SQLite query over the archive (per-grant state computed inside the
 query) and timed against the archive file; its rows are compared with
-DuckDB's. Finally a child process loops appending 20,000 events and
+DuckDB's. Finally a child process loops appending 20,000 events (same mix) and
 refreshing, while the real CLI (`report NAME --format csv`, with and without
 `--no-refresh`) runs every report; a non-zero exit, empty output or
-`lock`/`Error` on stderr is a failure. Peak RSS is each process's own
-`VmHWM`."""
+`lock`/`Error` on stderr is a failure. Peak RSS is each process's own `VmHWM`."""
 
 
 def write_section(table: str) -> None:
