@@ -13,8 +13,8 @@ A copy lives in one directory::
 Only the refresher writes, under an exclusive lock on ``.refresh.lock``.
 Readers take no lock: they read the manifest, then the files it lists, which
 are never modified; a file that a refresh retires moves to ``trash/`` and is
-deleted some minutes later, and a reader that loses the race re-reads the
-manifest and tries again.
+deleted some minutes later. A session reads the files through descriptors it
+opened (``queries.session``), so it keeps its snapshot whatever a refresh does.
 
 New archive rows are found by ``seq``. A trailing re-scan compares the ``seq``
 values of the newest rows in the archive with those in the copy and fetches
@@ -790,7 +790,7 @@ class _Refresher:
     def _update_grants(self, manifest: Manifest, new: list[Segment]) -> None:
         """Merge the state of grants the new rows touch into the delta file."""
         fresh = _grant_state_sql(_events_from([self.dir / s.file for s in new]))
-        current = _current_state_sql(self.dir, manifest)
+        current = _current_state_sql(self.dir.joinpath, manifest)
         merged = _merge_state_sql(fresh, current)
         if manifest.grants_delta:
             delta = f"read_parquet('{_sql_text(str(self.dir / manifest.grants_delta))}')"
@@ -806,7 +806,9 @@ class _Refresher:
         manifest.grants_delta, manifest.grants_delta_rows = name, rows
         if rows > max(DELTA_MIN_ROWS, manifest.grants_base_rows * DELTA_SHARE):
             assert manifest.grants_base is not None
-            base, base_rows = self._write_grants("base", _current_state_sql(self.dir, manifest))
+            base, base_rows = self._write_grants(
+                "base", _current_state_sql(self.dir.joinpath, manifest)
+            )
             self.retired += [manifest.grants_base, name]
             manifest.grants_base, manifest.grants_base_rows = base, base_rows
             manifest.grants_delta, manifest.grants_delta_rows = None, 0
@@ -1104,14 +1106,18 @@ GROUP BY grant_id
 """
 
 
-def _current_state_sql(directory: Path, manifest: Manifest) -> str:
+# Where a file a manifest names (``events/seq-...parquet``) is read from.
+Locate = Callable[[str], Path]
+
+
+def _current_state_sql(locate: Locate, manifest: Manifest) -> str:
     """The state table as of ``manifest``: the base, overridden by the delta."""
     if manifest.grants_base is None:
         return _empty_select(GRANT_STATE_COLUMNS)
-    base = f"read_parquet('{_sql_text(str(directory / manifest.grants_base))}')"
+    base = f"read_parquet('{_sql_text(str(locate(manifest.grants_base)))}')"
     if not manifest.grants_delta:
         return f"SELECT * FROM {base}"
-    delta = f"read_parquet('{_sql_text(str(directory / manifest.grants_delta))}')"
+    delta = f"read_parquet('{_sql_text(str(locate(manifest.grants_delta)))}')"
     return (
         f"SELECT * FROM {delta} UNION ALL "
         f"SELECT b.* FROM {base} b ANTI JOIN {delta} d USING (grant_id)"
@@ -1163,22 +1169,29 @@ FROM ({states}) s
 EVENTS_VIEW = "SELECT * FROM {events}"
 
 
-def view_statements(directory: Path, manifest: Manifest | None) -> list[str]:
-    """CREATE VIEW statements for events, grants, rejected_events and ingest_runs."""
+def view_statements(
+    directory: Path, manifest: Manifest | None, locate: Locate | None = None
+) -> list[str]:
+    """CREATE VIEW statements for events, grants, rejected_events and ingest_runs.
+
+    ``locate`` says where each file is read from (default: its path in ``directory``).
+    """
     directory = directory.resolve()
+    if locate is None:
+        locate = directory.joinpath
     if manifest is None:
         manifest = Manifest()
-    files = [directory / s.file for s in manifest.segments]
+    files = [locate(s.file) for s in manifest.segments]
     statements = [
         "CREATE OR REPLACE VIEW events AS "
         + EVENTS_VIEW.format(events=_events_from(files)).strip(),
         "CREATE OR REPLACE VIEW grants AS "
-        + GRANTS_VIEW.format(states=_current_state_sql(directory, manifest)).strip(),
+        + GRANTS_VIEW.format(states=_current_state_sql(locate, manifest)).strip(),
     ]
     for table, columns in TABLE_COLUMNS.items():
         known = manifest.tables.get(table)
         source = (
-            f"SELECT * FROM read_parquet('{_sql_text(str(directory / known['file']))}')"
+            f"SELECT * FROM read_parquet('{_sql_text(str(locate(known['file'])))}')"
             if known
             else _empty_select(columns)
         )

@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import contextlib
+import os
 import re
 from collections.abc import Callable, Iterator, Mapping
+from pathlib import Path
 from typing import Any, TypeVar
 
 import duckdb
 
-from .copy import AnalyticsCopy, view_statements
+from .copy import AnalyticsCopy, Locate, Manifest, view_statements
 
 T = TypeVar("T")
 
@@ -27,6 +30,19 @@ _EXPLAINED = re.compile(r"^\s*EXPLAIN\s+(?:ANALY[SZ]E\s+)?(?:\([^)]*\)\s*)?(.*)$
 READ_ONLY_STATEMENTS = frozenset({duckdb.StatementType.SELECT, duckdb.StatementType.EXPLAIN})
 
 
+# Linux names each open file of a process in /proc/self/fd. Views that read the
+# copy's files through descriptors opened once keep reading the same files
+# after a refresh renames or deletes them: a session sees one manifest's
+# snapshot for as long as it lives, however many refreshes happen meanwhile.
+FD_DIR = Path("/proc/self/fd")
+# Reading the manifest and opening its files races with a refresh retiring
+# them; the manifest is read again this many times before plain paths are used.
+PIN_ATTEMPTS = 10
+# Without descriptors (not Linux), a query whose file a refresh retired is
+# run again over a newly read manifest, this many times.
+RELOADS = 3
+
+
 class QueryError(Exception):
     """DuckDB rejected a query; the message is DuckDB's first line."""
 
@@ -40,6 +56,7 @@ class Session:
 
     def __init__(self, copy: AnalyticsCopy, threads: int = 2, memory_limit: str = "1GB") -> None:
         self.copy = copy
+        self._pinned: list[int] = []
         self.conn = duckdb.connect(
             config={
                 "threads": threads,
@@ -54,22 +71,58 @@ class Session:
         self._load_views()
 
     def _load_views(self) -> None:
-        for statement in view_statements(self.copy.directory, self.copy.manifest()):
+        manifest = self.copy.manifest()
+        locate = None
+        for _ in range(PIN_ATTEMPTS):
+            try:
+                locate = self._pin(manifest)
+                break
+            except FileNotFoundError:
+                manifest = self.copy.manifest()
+        for statement in view_statements(self.copy.directory, manifest, locate):
             self.conn.execute(statement).fetchall()
+
+    def _pin(self, manifest: Manifest | None) -> Locate | None:
+        """Open every file ``manifest`` lists; where to read each through its descriptor.
+
+        Raises FileNotFoundError when a refresh has already retired one of them.
+        """
+        if manifest is None or not FD_DIR.is_dir():
+            return None
+        opened: dict[str, int] = {}
+        try:
+            for name in manifest.files():
+                opened[name] = os.open(self.copy.directory / name, os.O_RDONLY | os.O_CLOEXEC)
+        except FileNotFoundError:
+            for fd in opened.values():
+                os.close(fd)
+            raise
+        # Descriptors stay open until the session closes, so that no number is
+        # reused for another file while DuckDB may still cache what it read.
+        self._pinned += opened.values()
+        paths = {name: FD_DIR / str(fd) for name, fd in opened.items()}
+        return paths.__getitem__
 
     def close(self) -> None:
         self.conn.close()
+        for fd in self._pinned:
+            with contextlib.suppress(OSError):
+                os.close(fd)
+        self._pinned = []
 
     def run(self, work: Callable[[duckdb.DuckDBPyConnection], T]) -> T:
-        """Run ``work``; if a refresh retired a file under it, reload the views once."""
-        try:
-            return work(self.conn)
-        except duckdb.IOException:
-            # A file gone missing: a refresh has retired it since the views were made.
-            pass
-        except duckdb.Error as exc:
-            raise QueryError(first_line(exc)) from None
-        self._load_views()
+        """Run ``work``; if a refresh retired a file under it, reload the views and retry."""
+        for _ in range(RELOADS):
+            try:
+                return work(self.conn)
+            except duckdb.IOException as exc:
+                # Perhaps a file gone missing: a refresh has retired it since the
+                # views were made (only where files cannot be pinned).
+                if self._pinned:
+                    raise QueryError(first_line(exc)) from None
+            except duckdb.Error as exc:
+                raise QueryError(first_line(exc)) from None
+            self._load_views()
         try:
             return work(self.conn)
         except duckdb.Error as exc:

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import json
 import os
 import subprocess
 import time
+from collections.abc import Iterator
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
@@ -222,25 +224,69 @@ def test_a_replaced_archive_or_a_damaged_copy_is_rebuilt(tmp_path: Path) -> None
     assert len(snapshot(analytics)["events"]) == 300
 
 
-def test_a_reader_survives_a_refresh_that_retires_its_files(
-    sqlite_archive: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def _count_everything(conn: duckdb.DuckDBPyConnection) -> list[tuple[Any, ...]]:
+    return conn.execute(
+        "SELECT (SELECT count(*) FROM events), (SELECT count(*) FROM grants), "
+        "(SELECT sum(tokens_issued) FROM grants)"
+    ).fetchall()
+
+
+@contextlib.contextmanager
+def _session_across_a_compaction(
+    url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> Iterator[tuple[AnalyticsCopy, Session, dict[str, Any]]]:
+    """A session opened over 200 events; then 200 more and a refresh that deletes its segment."""
     monkeypatch.setattr(copy_module, "TRASH_SECONDS", 0.0)
     monkeypatch.setattr(copy_module, "SMALL_SEGMENTS_MAX", 2)
-    new_archive(sqlite_archive)
+    new_archive(url)
     items = frames(15, 400)
-    write(sqlite_archive, items[:200])
-    analytics = AnalyticsCopy(sqlite_archive, tmp_path / "copy")
+    write(url, items[:200])
+    analytics = AnalyticsCopy(url, tmp_path / "copy")
     analytics.refresh()
-    session = Session(analytics)  # holds views over the first segment
+    before = snapshot(analytics)
+    session = Session(analytics)
     try:
-        write(sqlite_archive, items[200:])
+        old_files = set(analytics.manifest().files())  # type: ignore[union-attr]
+        write(url, items[200:])
         analytics.refresh()  # compacts: the first segment is retired and deleted
         assert not any((tmp_path / "copy" / "trash").iterdir())
-        count = session.run(lambda conn: conn.execute("SELECT count(*) FROM events").fetchall())
+        gone = {name for name in old_files if not (tmp_path / "copy" / name).exists()}
+        assert any(name.startswith("events/") for name in gone)
+        yield analytics, session, before
     finally:
         session.close()
-    assert count == [(400,)]
+
+
+def test_a_session_keeps_reading_its_snapshot_after_a_refresh_deletes_its_files(
+    sqlite_archive: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    with _session_across_a_compaction(sqlite_archive, tmp_path, monkeypatch) as (
+        analytics,
+        session,
+        before,
+    ):
+        seen = session.run(_count_everything)
+        rows = session.run(
+            lambda conn: conn.execute("SELECT * FROM grants ORDER BY grant_id").fetchall()
+        )
+    assert seen[0][0] == 200
+    assert rows == before["grants"]
+    fresh = Session(analytics)
+    try:
+        assert fresh.run(_count_everything)[0][0] == 400
+    finally:
+        fresh.close()
+
+
+def test_without_descriptors_a_reader_rereads_the_manifest_when_its_files_go(
+    sqlite_archive: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from queries import session as session_module
+
+    monkeypatch.setattr(session_module, "FD_DIR", tmp_path / "no-proc")
+    with _session_across_a_compaction(sqlite_archive, tmp_path, monkeypatch) as (_, session, _):
+        count = session.run(_count_everything)
+    assert count[0][0] == 400
 
 
 def test_a_held_refresh_lock_means_reading_the_copy_as_it_is(
