@@ -18,7 +18,8 @@
 -- event in the window, else any of budget_times (when each of the grant's
 -- budget events occurred); with --source, the events do.
 WITH active AS (
-    SELECT grant_id FROM grants
+    SELECT agent_id, created_at, budget_50_at, budget_80_at, exhausted_at
+    FROM grants
     WHERE $source IS NULL AND first_budget_at IS NOT NULL
         AND ($since IS NULL OR last_budget_at >= $since)
         AND ($until IS NULL OR first_budget_at < $until)
@@ -29,21 +30,24 @@ WITH active AS (
             OR list_bool_or(list_transform(budget_times, lambda t:
                 ($since IS NULL OR t >= $since) AND ($until IS NULL OR t < $until))))
     UNION ALL
-    SELECT DISTINCT grant_id
-    FROM events
-    WHERE $source IS NOT NULL AND source = $source
-        AND type IN ('budget.threshold', 'budget.exhausted')
-        AND grant_id IS NOT NULL
-        AND ($since IS NULL OR occurred_at >= $since)
-        AND ($until IS NULL OR occurred_at < $until)
+    SELECT agent_id, created_at, budget_50_at, budget_80_at, exhausted_at
+    FROM grants
+    WHERE $source IS NOT NULL AND grant_id IN (
+        SELECT grant_id
+        FROM events
+        WHERE source = $source
+            AND type IN ('budget.threshold', 'budget.exhausted')
+            AND grant_id IS NOT NULL
+            AND ($since IS NULL OR occurred_at >= $since)
+            AND ($until IS NULL OR occurred_at < $until))
 ),
 g AS (
-    SELECT g.*,
-        g.budget_50_at IS NOT NULL AND ($until IS NULL OR g.budget_50_at < $until) AS r50,
-        g.budget_80_at IS NOT NULL AND ($until IS NULL OR g.budget_80_at < $until) AS r80,
-        g.exhausted_at IS NOT NULL AND ($until IS NULL OR g.exhausted_at < $until) AS ex
-    FROM grants g SEMI JOIN active USING (grant_id)
-    WHERE $agent IS NULL OR g.agent_id = $agent
+    SELECT agent_id, created_at, exhausted_at,
+        budget_50_at IS NOT NULL AND ($until IS NULL OR budget_50_at < $until) AS r50,
+        budget_80_at IS NOT NULL AND ($until IS NULL OR budget_80_at < $until) AS r80,
+        exhausted_at IS NOT NULL AND ($until IS NULL OR exhausted_at < $until) AS ex
+    FROM active
+    WHERE $agent IS NULL OR agent_id = $agent
 )
 SELECT
     CASE WHEN $by = 'agent' THEN agent_id END AS agent_id,

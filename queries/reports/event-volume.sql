@@ -8,15 +8,31 @@
 -- [--since, --until), per UTC calendar period and event type, unknown types
 -- included. Weeks start on Monday. --agent keeps events that carry that
 -- agentId or belong to a grant of that agent.
+--
+-- How: without --agent the events are counted as they are; with it, the
+-- grants of the agent are looked up once and the events matched against them
+-- (two branches, so that without --agent no grant_id is read).
+WITH chosen AS (
+    SELECT day, week, month, type
+    FROM events
+    WHERE $agent IS NULL
+        AND ($since IS NULL OR occurred_at >= $since)
+        AND ($until IS NULL OR occurred_at < $until)
+        AND ($source IS NULL OR source = $source)
+    UNION ALL
+    SELECT day, week, month, type
+    FROM events
+    WHERE $agent IS NOT NULL
+        AND ($since IS NULL OR occurred_at >= $since)
+        AND ($until IS NULL OR occurred_at < $until)
+        AND ($source IS NULL OR source = $source)
+        AND (agent_id = $agent
+            OR grant_id IN (SELECT grant_id FROM grants WHERE agent_id = $agent))
+)
 SELECT
     CASE $by WHEN 'day' THEN day WHEN 'week' THEN week WHEN 'month' THEN month END AS period,
     type,
     count(*) AS events
-FROM events
-WHERE ($since IS NULL OR occurred_at >= $since)
-    AND ($until IS NULL OR occurred_at < $until)
-    AND ($source IS NULL OR source = $source)
-    AND ($agent IS NULL OR agent_id = $agent
-        OR grant_id IN (SELECT grant_id FROM grants WHERE agent_id = $agent))
+FROM chosen
 GROUP BY ALL
 ORDER BY period, events DESC, type
