@@ -40,6 +40,7 @@ from .copy import (
 )
 from .export import (
     DEFAULT_COLUMNS,
+    EXPORT_MEMORY_LIMIT,
     FORMATS,
     PARTITIONS,
     ExportError,
@@ -698,17 +699,12 @@ def export_command(
                 raise CliError(f"{existing} exists (use --force to replace it)", 1)
     copy = open_copy(db_url, analytics_dir, not no_refresh)
     manifest = copy.manifest()
-    session = Session(copy)
-    on_terminal = output != "-" and sys.stderr.isatty()
-
-    def show_progress() -> None:
-        if on_terminal:
-            session.conn.execute("SET enable_progress_bar = true").fetchall()
-
+    session = Session(copy, memory_limit=EXPORT_MEMORY_LIMIT)
+    progress = _Progress("Exporting") if output != "-" and sys.stderr.isatty() else None
     try:
         result = session.run(
             lambda conn: run_export(
-                conn, spec, filters, manifest.watermark if manifest else 0, show_progress
+                conn, spec, filters, manifest.watermark if manifest else 0, progress
             )
         )
     except ExportError as exc:
@@ -717,6 +713,8 @@ def export_command(
         raise CliError(f"export failed: {exc}") from None
     finally:
         session.close()
+        if progress is not None:
+            progress.done()
     if output != "-":
         where = result.files[0]["path"] if len(result.files) == 1 else f"{len(result.files)} files"
         click.echo(

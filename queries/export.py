@@ -1,26 +1,34 @@
 """Audit exports: CSV, JSON Lines and Parquet files with a manifest that proves them.
 
-DuckDB reads the analytics copy and writes the file itself (``COPY ... TO``),
-so no row passes through Python. Every file is written under a temporary
-name and renamed into place once complete; the manifest beside it
+DuckDB reads the analytics copy one time slice at a time (``plan_export``),
+so memory stays bounded whatever the size. For CSV and JSON Lines DuckDB
+writes each slice (``COPY ... TO``) into a pipe that a writer thread hashes,
+and gzips if asked, on the way to the file; for Parquet its Arrow batches go
+to pyarrow's Parquet writer. No row becomes a Python object. Every file is
+written under a temporary name and renamed into place once complete; the
+manifest beside it
 (``PATH.manifest.json``) records the filters, the row count, each file's
 SHA-256 and the archive's watermark, and ``verify_export`` checks all of it.
 """
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import gzip
 import hashlib
 import json
 import os
 import secrets
 import shutil
+import sys
+import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import duckdb
 
@@ -194,6 +202,7 @@ def check_columns(names: tuple[str, ...]) -> None:
 
 
 def _select(spec: ExportSpec, where: str) -> str:
+    """The rows to export in their output form, ordered by occurred_at, then id."""
     names = spec.chosen_columns()
     exprs = []
     for name in names:
@@ -226,20 +235,13 @@ def _select(spec: ExportSpec, where: str) -> str:
     )
 
 
-def _copy_options(spec: ExportSpec) -> str:
+def _copy_options(spec: ExportSpec, header: bool = True) -> str:
+    """DuckDB COPY options for a text format (the writer thread does the gzip)."""
     if spec.fmt == "csv":
-        options = CSV_OPTIONS
-    elif spec.fmt == "jsonl":
-        options = "FORMAT json" if spec.columns else "FORMAT csv, HEADER false, QUOTE '', ESCAPE ''"
-    else:
-        options = "FORMAT parquet, COMPRESSION zstd, ROW_GROUP_SIZE 100000"
-    if spec.gzip:
-        options += ", COMPRESSION gzip"
-    if spec.partition_by:
-        options += (
-            f", PARTITION_BY ({PARTITIONS[spec.partition_by]}), WRITE_PARTITION_COLUMNS false"
-        )
-    return options
+        return CSV_OPTIONS if header else CSV_OPTIONS.replace("HEADER true", "HEADER false")
+    if spec.columns:
+        return "FORMAT json"
+    return "FORMAT csv, HEADER false, QUOTE '', ESCAPE ''"
 
 
 def sha256_file(path: Path) -> str:
@@ -254,23 +256,296 @@ def manifest_path(output: Path) -> Path:
     return output.with_name(output.name + MANIFEST_SUFFIX)
 
 
+# An export is written one time slice at a time: each slice's rows are ordered
+# by occurred_at and id, and the slices follow each other in time, so DuckDB
+# never sorts more than about SLICE_ROWS rows at once and memory stays bounded
+# whatever the export's size.
+SLICE_ROWS = 200_000
+# ... and about SLICE_BYTES of payload, whichever comes first (wide events).
+SLICE_BYTES = 64 << 20
+# DuckDB's memory for an export session; beyond it, sorts spill to disk.
+EXPORT_MEMORY_LIMIT = "320MB"
+PARQUET_ROW_GROUP = 100_000
+# The pipe between DuckDB and the writer thread.
+PIPE_BYTES = 1 << 20
+
+ProgressFn = Callable[[int, int], None]
+
+
+@dataclass(frozen=True)
+class Slice:
+    """Rows with occurred_at in [since, until); None is no bound (first and last slice)."""
+
+    since: datetime | None
+    until: datetime | None
+    rows: int
+
+
+@dataclass
+class Plan:
+    rows: int
+    max_seq: int | None
+    newest: datetime | None
+    slices: list[Slice]
+
+
+def plan_export(
+    conn: duckdb.DuckDBPyConnection,
+    where: str,
+    params: dict[str, Any],
+    slice_rows: int | None = None,
+) -> Plan:
+    """Count what ``where`` selects, and cut it into time slices of about ``slice_rows``."""
+    limit = slice_rows or SLICE_ROWS
+    hours = conn.execute(
+        "SELECT date_trunc('hour', occurred_at) AS hour, count(*), max(seq), max(occurred_at), "
+        f"sum(strlen(payload)) FROM events WHERE {where} GROUP BY hour ORDER BY hour",
+        params,
+    ).fetchall()
+    starts: list[tuple[datetime, int, int]] = []  # (first hour, rows, bytes) of each slice
+    for hour, count, _, _, size in hours:
+        if not starts or (
+            starts[-1][1] and (starts[-1][1] + count > limit or starts[-1][2] + size > SLICE_BYTES)
+        ):
+            starts.append((hour, 0, 0))
+        first, rows, total = starts[-1]
+        starts[-1] = (first, rows + int(count), total + int(size))
+    slices = [
+        Slice(
+            since=None if i == 0 else first,
+            until=starts[i + 1][0] if i + 1 < len(starts) else None,
+            rows=rows,
+        )
+        for i, (first, rows, _) in enumerate(starts)
+    ]
+    return Plan(
+        rows=sum(int(h[1]) for h in hours),
+        max_seq=max((h[2] for h in hours), default=None),
+        newest=max((h[3] for h in hours), default=None),
+        slices=slices,
+    )
+
+
+def _slice_query(
+    spec: ExportSpec, where: str, params: dict[str, Any], part: Slice | None
+) -> tuple[str, dict[str, Any]]:
+    """The SELECT for one slice (all rows for None) and its parameters."""
+    bounds = [where]
+    bound = dict(params)
+    if part is not None and part.since is not None:
+        bounds.append("occurred_at >= $slice_since")
+        bound["slice_since"] = part.since
+    if part is not None and part.until is not None:
+        bounds.append("occurred_at < $slice_until")
+        bound["slice_until"] = part.until
+    return _select(spec, " AND ".join(bounds)), bound
+
+
+class _HashingWriter:
+    """A binary sink that keeps the SHA-256 and length of what passes through."""
+
+    def __init__(self, target: BinaryIO) -> None:
+        self.target = target
+        self.digest = hashlib.sha256()
+        self.bytes = 0
+
+    def write(self, data: bytes) -> int:
+        self.digest.update(data)
+        self.bytes += len(data)
+        self.target.write(data)
+        return len(data)
+
+    def flush(self) -> None:
+        self.target.flush()
+
+
+class _PipeSink(threading.Thread):
+    """Reads what DuckDB writes into a pipe and writes it on, gzipped if asked.
+
+    DuckDB writes each slice with its own ``COPY ... TO '/dev/fd/N'``; the
+    write end stays open across them, so the reader sees one stream.
+    """
+
+    def __init__(self, target: BinaryIO, gz: bool) -> None:
+        super().__init__(name="export-writer", daemon=True)
+        self.read_fd, self.write_fd = os.pipe()
+        with contextlib.suppress(OSError, AttributeError):  # a larger pipe where allowed
+            fcntl.fcntl(self.write_fd, fcntl.F_SETPIPE_SZ, PIPE_BYTES)
+        self.out = _HashingWriter(target)
+        self.gz = gz
+        self.error: BaseException | None = None
+
+    @property
+    def path(self) -> str:
+        return f"/dev/fd/{self.write_fd}"
+
+    def run(self) -> None:
+        sink: Any = self.out
+        try:
+            if self.gz:
+                # mtime 0: the same export gives the same bytes, and the same SHA-256.
+                sink = gzip.GzipFile(fileobj=self.out, mode="wb", mtime=0)
+            while chunk := os.read(self.read_fd, PIPE_BYTES):
+                sink.write(chunk)
+            if self.gz:
+                sink.close()
+            self.out.flush()
+        except BaseException as exc:  # reported by finish(); DuckDB's next write fails
+            self.error = exc
+        finally:
+            os.close(self.read_fd)
+
+    def finish(self) -> None:
+        """Close the write end, wait for the rest to be written, raise what went wrong."""
+        if self.write_fd >= 0:
+            os.close(self.write_fd)
+            self.write_fd = -1
+        self.join()
+        if self.error is not None:
+            raise ExportError(f"writing the export failed: {self.error}") from self.error
+
+
+def _parts(plan: Plan) -> list[Slice | None]:
+    """The slices to write in turn; one None (every row, that is none) when empty."""
+    return list(plan.slices) or [None]
+
+
+def _write_text(
+    conn: duckdb.DuckDBPyConnection,
+    spec: ExportSpec,
+    where: str,
+    params: dict[str, Any],
+    plan: Plan,
+    target: BinaryIO,
+    progress: ProgressFn | None,
+) -> _HashingWriter:
+    """CSV or JSON Lines: DuckDB writes each slice, in turn, into one pipe."""
+    sink = _PipeSink(target, spec.gzip)
+    sink.start()
+    try:
+        done = 0
+        for i, part in enumerate(_parts(plan)):
+            sql, bound = _slice_query(spec, where, params, part)
+            conn.execute(
+                f"COPY ({sql}) TO '{sink.path}' ({_copy_options(spec, header=i == 0)})", bound
+            ).fetchall()
+            done += part.rows if part is not None else 0
+            if progress is not None:
+                progress(done, plan.rows)
+    except duckdb.Error:
+        sink.finish()  # its own error, if any, explains DuckDB's
+        raise
+    finally:
+        if sink.write_fd >= 0:
+            sink.finish()
+    return sink.out
+
+
+def _write_parquet(
+    conn: duckdb.DuckDBPyConnection,
+    spec: ExportSpec,
+    where: str,
+    params: dict[str, Any],
+    plan: Plan,
+    tmp: Path,
+    progress: ProgressFn | None,
+) -> None:
+    """Parquet: each slice's Arrow batches go into row groups of one file per partition.
+
+    Rows arrive in occurred_at order, so each day's or month's rows are
+    contiguous: a partition's file is closed as soon as a later one begins.
+    """
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    pool = pa.default_memory_pool()
+    column = PARTITIONS.get(spec.partition_by or "")
+    writers: dict[str, Any] = {}
+
+    def writer_for(key: str | None, schema: Any) -> Any:
+        name = "" if key is None else key
+        if name not in writers:
+            for done in writers.values():
+                done.close()
+            writers.clear()
+            if key is None:
+                path = tmp
+            else:
+                path = tmp / f"{column}={key}" / "data_0.parquet"
+                path.parent.mkdir(parents=True, exist_ok=True)
+            writers[name] = pq.ParquetWriter(path, schema, compression="zstd")
+        return writers[name]
+
+    def write(table: Any) -> None:
+        if column is None:
+            writer_for(None, table.schema).write_table(table, row_group_size=PARQUET_ROW_GROUP)
+            return
+        keys = table.column(column)
+        data = table.drop_columns([column])
+        start = 0
+        # Runs of equal keys, in order (rows are sorted by time, so keys only grow).
+        for run_key, length in _runs(keys.to_pylist()):
+            writer_for(run_key, data.schema).write_table(
+                data.slice(start, length), row_group_size=PARQUET_ROW_GROUP
+            )
+            start += length
+
+    try:
+        if spec.partition_by:
+            tmp.mkdir()
+        done = 0
+        for part in _parts(plan):
+            sql, bound = _slice_query(spec, where, params, part)
+            reader = conn.sql(sql, params=bound).to_arrow_reader(PARQUET_ROW_GROUP)
+            pending: list[Any] = []
+            size = 0
+            for batch in reader:
+                pending.append(batch)
+                size += batch.num_rows
+                if size >= PARQUET_ROW_GROUP:
+                    write(pa.Table.from_batches(pending))
+                    pending, size = [], 0
+            if pending:
+                write(pa.Table.from_batches(pending))
+            if part is None and not spec.partition_by and not writers:
+                # Nothing selected: still a readable file with the columns.
+                writer_for(None, reader.schema)
+            del reader, pending
+            pool.release_unused()  # what one slice needed goes back before the next
+            done += part.rows if part is not None else 0
+            if progress is not None:
+                progress(done, plan.rows)
+    finally:
+        for writer in writers.values():
+            writer.close()
+
+
+def _runs(values: list[Any]) -> list[tuple[Any, int]]:
+    out: list[tuple[Any, int]] = []
+    for value in values:
+        if out and out[-1][0] == value:
+            out[-1] = (value, out[-1][1] + 1)
+        else:
+            out.append((value, 1))
+    return out
+
+
 def run_export(
     conn: duckdb.DuckDBPyConnection,
     spec: ExportSpec,
     filters: Filters,
     watermark: int,
-    on_start: Callable[[], None] | None = None,
+    progress: ProgressFn | None = None,
+    slice_rows: int | None = None,
 ) -> ExportResult:
     """Write the export ``spec`` asks for from the views on ``conn``."""
     where, params = filters.where()
-    sql = _select(spec, where)
-    stats = conn.execute(
-        f"SELECT count(*), max(seq), max(occurred_at) FROM events WHERE {where}", params
-    ).fetchall()[0]
-    rows, max_seq, newest = int(stats[0]), stats[1], stats[2]
+    plan = plan_export(conn, where, params, slice_rows)
     if spec.output == "-":
-        conn.execute(f"COPY ({sql}) TO '/dev/stdout' ({_copy_options(spec)})", params).fetchall()
-        return ExportResult(rows)
+        sys.stdout.flush()
+        _write_text(conn, spec, where, params, plan, sys.stdout.buffer, None)
+        sys.stdout.buffer.flush()
+        return ExportResult(plan.rows)
     final = Path(spec.output)
     manifest = manifest_path(final)
     if not spec.force:
@@ -279,16 +554,25 @@ def run_export(
                 raise ExportError(f"{existing} exists (use --force to replace it)")
     final.parent.mkdir(parents=True, exist_ok=True)
     tmp = final.with_name(f".{final.name}.{secrets.token_hex(4)}.tmp")
-    if on_start is not None:
-        on_start()
     try:
-        conn.execute(
-            f"COPY ({sql}) TO '{_sql_text(str(tmp))}' ({_copy_options(spec)})", params
-        ).fetchall()
-        if spec.partition_by:
-            files = _describe_tree(tmp, spec)
+        if spec.fmt == "parquet":
+            _write_parquet(conn, spec, where, params, plan, tmp, progress)
+            if spec.partition_by:
+                files = _describe_tree(tmp, spec)
+            else:
+                files = [_describe_file(tmp, final.name, spec, plan.rows)]
         else:
-            files = [_describe_file(tmp, final.name, spec, rows)]
+            with open(tmp, "wb") as handle:
+                written = _write_text(conn, spec, where, params, plan, handle, progress)
+            # Hashed on the way out: the file is not read again.
+            files = [
+                {
+                    "path": final.name,
+                    "bytes": written.bytes,
+                    "rows": plan.rows,
+                    "sha256": written.digest.hexdigest(),
+                }
+            ]
         _replace(tmp, final)
     finally:
         if tmp.is_dir():
@@ -312,20 +596,20 @@ def run_export(
             "order": ["occurred_at", "id"],
         },
         "filters": filters.describe(),
-        "rows": rows,
+        "rows": plan.rows,
         "watermark": {
             "archive_seq": watermark,
-            "max_seq_included": max_seq,
-            "newest_occurred_at_included": newest.astimezone(timezone.utc)
+            "max_seq_included": plan.max_seq,
+            "newest_occurred_at_included": plan.newest.astimezone(timezone.utc)
             .isoformat()
             .replace("+00:00", "Z")
-            if newest is not None
+            if plan.newest is not None
             else None,
         },
         "files": files,
     }
     _write_atomic(manifest, json.dumps(record, indent=2) + "\n")
-    return ExportResult(rows, files, manifest)
+    return ExportResult(plan.rows, files, manifest)
 
 
 def _describe_file(path: Path, name: str, spec: ExportSpec, rows: int | None) -> dict[str, Any]:

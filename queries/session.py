@@ -5,6 +5,9 @@ from __future__ import annotations
 import contextlib
 import os
 import re
+import secrets
+import shutil
+import tempfile
 from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any, TypeVar
@@ -66,6 +69,9 @@ class Session:
             }
         )
         self.conn.execute("SET TimeZone = 'UTC'").fetchall()
+        # A large sort spills here rather than into the working directory.
+        self._spill = Path(tempfile.gettempdir()) / f"grantex-archive-{secrets.token_hex(6)}"
+        self.conn.execute(f"SET temp_directory = '{_sql_text(str(self._spill))}'").fetchall()
         for macro in MACROS:
             self.conn.execute(macro).fetchall()
         self._load_views()
@@ -105,6 +111,7 @@ class Session:
 
     def close(self) -> None:
         self.conn.close()
+        shutil.rmtree(self._spill, ignore_errors=True)
         for fd in self._pinned:
             with contextlib.suppress(OSError):
                 os.close(fd)
@@ -185,6 +192,10 @@ def check_read_only(sql: str, conn: duckdb.DuckDBPyConnection) -> duckdb.Stateme
             "(use SELECT; the archive is changed only by ingest)"
         )
     return kind
+
+
+def _sql_text(value: str) -> str:
+    return value.replace("'", "''")
 
 
 def first_line(exc: BaseException) -> str:
