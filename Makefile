@@ -5,7 +5,8 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: setup demo test lint bench bench-quick bench-analytics bench-analytics-quick docs clean
+.PHONY: setup demo test lint bench bench-quick bench-analytics bench-analytics-quick bench-export \
+	bench-export-quick docs clean
 
 $(STAMP): pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit("Python 3.10+ is required, found " + sys.version.split()[0]) if sys.version_info < (3, 10) else None'
@@ -38,6 +39,12 @@ bench-analytics: $(STAMP)
 
 bench-analytics-quick: $(STAMP)
 	$(BIN)/python -m benchmarks.analytics --events 200000 --no-write
+
+bench-export: $(STAMP)
+	$(BIN)/python -m benchmarks.export --events 10000000
+
+bench-export-quick: $(STAMP)
+	$(BIN)/python -m benchmarks.export --events 200000 --no-write
 
 clean:
 	rm -rf $(VENV) build dist *.egg-info .pytest_cache .mypy_cache .ruff_cache
