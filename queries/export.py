@@ -263,6 +263,9 @@ def manifest_path(output: Path) -> Path:
 SLICE_ROWS = 200_000
 # ... and about SLICE_BYTES of payload, whichever comes first (wide events).
 SLICE_BYTES = 64 << 20
+# Parquet slices are this share of those: pyarrow holds a row group in memory
+# beside DuckDB's sorted slice.
+PARQUET_SLICE_SHARE = 0.5
 # DuckDB's memory for an export session; beyond it, sorts spill to disk.
 EXPORT_MEMORY_LIMIT = "320MB"
 PARQUET_ROW_GROUP = 100_000
@@ -294,9 +297,14 @@ def plan_export(
     where: str,
     params: dict[str, Any],
     slice_rows: int | None = None,
+    share: float = 1.0,
 ) -> Plan:
-    """Count what ``where`` selects, and cut it into time slices of about ``slice_rows``."""
-    limit = slice_rows or SLICE_ROWS
+    """Count what ``where`` selects, and cut it into time slices of about ``slice_rows``.
+
+    ``share`` scales both the row and the payload bound (for Parquet).
+    """
+    limit = max(1, int((slice_rows or SLICE_ROWS) * share))
+    max_bytes = SLICE_BYTES * share
     hours = conn.execute(
         "SELECT date_trunc('hour', occurred_at) AS hour, count(*), max(seq), max(occurred_at), "
         f"sum(strlen(payload)) FROM events WHERE {where} GROUP BY hour ORDER BY hour",
@@ -305,7 +313,7 @@ def plan_export(
     starts: list[tuple[datetime, int, int]] = []  # (first hour, rows, bytes) of each slice
     for hour, count, _, _, size in hours:
         if not starts or (
-            starts[-1][1] and (starts[-1][1] + count > limit or starts[-1][2] + size > SLICE_BYTES)
+            starts[-1][1] and (starts[-1][1] + count > limit or starts[-1][2] + size > max_bytes)
         ):
             starts.append((hour, 0, 0))
         first, rows, total = starts[-1]
@@ -384,7 +392,7 @@ class _PipeSink(threading.Thread):
         try:
             if self.gz:
                 # mtime 0: the same export gives the same bytes, and the same SHA-256.
-                sink = gzip.GzipFile(fileobj=self.out, mode="wb", mtime=0)
+                sink = gzip.GzipFile(fileobj=self.out, mode="wb", compresslevel=6, mtime=0)
             while chunk := os.read(self.read_fd, PIPE_BYTES):
                 sink.write(chunk)
             if self.gz:
@@ -540,7 +548,8 @@ def run_export(
 ) -> ExportResult:
     """Write the export ``spec`` asks for from the views on ``conn``."""
     where, params = filters.where()
-    plan = plan_export(conn, where, params, slice_rows)
+    share = PARQUET_SLICE_SHARE if spec.fmt == "parquet" else 1.0
+    plan = plan_export(conn, where, params, slice_rows, share)
     if spec.output == "-":
         sys.stdout.flush()
         _write_text(conn, spec, where, params, plan, sys.stdout.buffer, None)
