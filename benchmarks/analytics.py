@@ -71,6 +71,7 @@ from typing import Any
 import duckdb
 
 from benchmarks.ingest import PeakRss
+from benchmarks.results import write_section
 from ingest import migrate
 from ingest.events import Event, format_timestamp, normalise
 from ingest.simulator import generate_events
@@ -1475,19 +1476,6 @@ refreshing, while the real CLI (`report NAME --format csv`, with and without
 `lock`/`Error` on stderr is a failure. Peak RSS is each process's own `VmHWM`."""
 
 
-def write_section(table: str) -> None:
-    path = ROOT / "BENCHMARKS.md"
-    text = path.read_text() if path.exists() else "# Benchmarks\n"
-    begin, end = "<!-- analytics:begin -->", "<!-- analytics:end -->"
-    block = f"{begin}\n{table}\n{end}"
-    if begin in text and end in text:
-        text = text[: text.index(begin)] + block + text[text.index(end) + len(end) :]
-    else:
-        text = text.rstrip() + f"\n\n{METHOD}\n\n{block}\n"
-    path.write_text(text)
-    print(f"updated {path}")
-
-
 def check_matches(timings: list[Timing]) -> None:
     """The two reports that must agree with SQLite; raise after printing what differs."""
     for t in timings:
@@ -1537,7 +1525,7 @@ def main() -> None:
     if args.events <= 1_000_000:
         check_matches(results.timings)
     if not args.no_write:
-        write_section(table)
+        write_section("analytics", table, METHOD)
 
 
 if __name__ == "__main__":

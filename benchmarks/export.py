@@ -42,8 +42,8 @@ import duckdb
 
 from benchmarks.analytics import START, WORK, calibrate, ensure_archive, reset_archive
 from benchmarks.ingest import PeakRss
+from benchmarks.results import write_section
 
-ROOT = Path(__file__).resolve().parent.parent
 OUT = WORK / "exports"
 COPY = WORK / "analytics"
 
@@ -262,19 +262,6 @@ accept the whole-archive CSV and Parquet files. The ceilings are DuckDB alone
 unordered `COPY`: CSV to `/dev/null`, Parquet to a file."""
 
 
-def write_section(table: str) -> None:
-    path = ROOT / "BENCHMARKS.md"
-    text = path.read_text() if path.exists() else "# Benchmarks\n"
-    begin, end = "<!-- export:begin -->", "<!-- export:end -->"
-    block = f"{begin}\n{table}\n{end}"
-    if begin in text and end in text:
-        text = text[: text.index(begin)] + block + text[text.index(end) + len(end) :]
-    else:
-        text = text.rstrip() + f"\n\n{METHOD}\n\n{block}\n"
-    path.write_text(text)
-    print(f"updated {path}")
-
-
 def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=(__doc__ or "").split("\n\n")[0])
     parser.add_argument("--events", type=int, default=10_000_000)
@@ -330,7 +317,7 @@ def main() -> None:
     print()
     print(table)
     if not args.no_write:
-        write_section(table)
+        write_section("export", table, METHOD)
 
 
 if __name__ == "__main__":

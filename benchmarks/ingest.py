@@ -39,12 +39,12 @@ from pathlib import Path
 import sqlalchemy as sa
 from sqlalchemy.orm import Session, registry
 
+from benchmarks.results import write_section
 from ingest import migrate
 from ingest.events import Event, normalise
 from ingest.simulator import generate_events
 from ingest.store import EVENT_COLUMNS, events
 
-ROOT = Path(__file__).resolve().parent.parent
 CLI = [sys.executable, "-m", "ingest.cli"]
 PG_URL = os.environ.get("GRANTEX_TEST_PG_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
 KEY = "bench_" + uuid.uuid4().hex
@@ -325,7 +325,7 @@ def main() -> None:
     print()
     print(table)
     if not args.no_write:
-        write_section(table)
+        write_section("ingest", table)
 
 
 def render(results: list[Measure], args: argparse.Namespace) -> str:
@@ -353,19 +353,6 @@ def render(results: list[Measure], args: argparse.Namespace) -> str:
             f"({(flat[0].rss_mb / e2e.rss_mb - 1) * 100:+.0f}%)"
         )
     return "\n".join(lines)
-
-
-def write_section(table: str) -> None:
-    path = ROOT / "BENCHMARKS.md"
-    text = path.read_text() if path.exists() else "# Benchmarks\n"
-    begin, end = "<!-- ingest:begin -->", "<!-- ingest:end -->"
-    block = f"{begin}\n{table}\n{end}"
-    if begin in text and end in text:
-        text = text[: text.index(begin)] + block + text[text.index(end) + len(end) :]
-    else:
-        text = text.rstrip() + "\n\n" + block + "\n"
-    path.write_text(text)
-    print(f"updated {path}")
 
 
 if __name__ == "__main__":
