@@ -70,7 +70,7 @@ from typing import Any
 
 import duckdb
 
-from benchmarks.ingest import PeakRss
+from benchmarks.ingest import PeakRss, run_measured
 from benchmarks.results import write_section
 from ingest import migrate
 from ingest.events import Event, format_timestamp, normalise
@@ -1095,18 +1095,13 @@ def run_cli(archive: Archive, directory: Path, name: str, refresh: bool) -> CliR
     ]
     if not refresh:
         args.append("--no-refresh")
-    started = time.perf_counter()
-    proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    peak = PeakRss(proc.pid)
-    out, err = proc.communicate()
-    seconds = time.perf_counter() - started
-    peak.stop()
+    run = run_measured(args)
     failure = None
-    if proc.returncode != 0 or "lock" in err.lower() or "Error" in err:
-        failure = f"exit {proc.returncode}: {err.strip()[-500:]}"
-    elif not out.strip():
+    if run.returncode != 0 or "lock" in run.stderr.lower() or "Error" in run.stderr:
+        failure = f"exit {run.returncode}: {run.stderr.strip()[-500:]}"
+    elif not run.stdout.strip():
         failure = "empty output"
-    return CliRun(name, refresh, seconds, peak.mb, failure)
+    return CliRun(name, refresh, run.seconds, run.rss_mb, failure)
 
 
 @dataclass

@@ -31,7 +31,6 @@ import json
 import platform
 import shutil
 import sqlite3
-import subprocess
 import sys
 import time
 from dataclasses import dataclass
@@ -41,7 +40,7 @@ from pathlib import Path
 import duckdb
 
 from benchmarks.analytics import START, WORK, calibrate, ensure_archive, reset_archive
-from benchmarks.ingest import PeakRss
+from benchmarks.ingest import run_measured
 from benchmarks.results import write_section
 
 OUT = WORK / "exports"
@@ -74,17 +73,12 @@ def cli(*args: str) -> list[str]:
     return [sys.executable, "-m", "ingest.cli", *args]
 
 
-def timed(args: list[str]) -> tuple[float, float, str]:
-    """Run ``args``; its wall seconds, peak RSS (MB) and standard error."""
-    started = time.perf_counter()
-    proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-    peak = PeakRss(proc.pid)
-    _, err = proc.communicate()
-    seconds = time.perf_counter() - started
-    peak.stop()
-    if proc.returncode != 0:
-        raise SystemExit(f"{' '.join(args)} failed ({proc.returncode}): {err.strip()}")
-    return seconds, peak.mb, err
+def timed(args: list[str]) -> tuple[float, float]:
+    """Run ``args``; its wall seconds and peak RSS (MB)."""
+    run = run_measured(args, keep_stdout=False)
+    if run.returncode != 0:
+        raise SystemExit(f"{' '.join(args)} failed ({run.returncode}): {run.stderr.strip()}")
+    return run.seconds, run.rss_mb
 
 
 def size_of(path: Path) -> int:
@@ -127,7 +121,7 @@ def run(export: Export, db: list[str], where: str, verify: bool) -> None:
     path = OUT / export.name
     remove(path)
     print(f"  {export.label}...", end=" ", flush=True)
-    seconds, rss, _ = timed(cli("export", "-o", str(path), *export.args, *db))
+    seconds, rss = timed(cli("export", "-o", str(path), *export.args, *db))
     manifest = json.loads(Path(f"{path}.manifest.json").read_text())
     export.rows, export.seconds, export.rss_mb = int(manifest["rows"]), seconds, rss
     export.bytes = size_of(path)
@@ -135,7 +129,7 @@ def run(export: Export, db: list[str], where: str, verify: bool) -> None:
     if export.rows != wanted:
         raise SystemExit(f"{export.label}: the manifest says {export.rows} rows, the copy {wanted}")
     if verify:
-        export.verify_seconds, _, _ = timed(cli("verify-export", str(path)))
+        export.verify_seconds, _ = timed(cli("verify-export", str(path)))
     print(
         f"{export.rows:,} rows in {seconds:.1f} s ({export.rate:,.0f}/s), peak RSS {rss:.0f} MB",
         flush=True,

@@ -137,6 +137,34 @@ class PeakRss:
         return self.kb / 1024
 
 
+@dataclass
+class ChildResult:
+    returncode: int
+    stdout: str
+    stderr: str
+    seconds: float
+    rss_mb: float
+
+
+def run_measured(
+    args: list[str], env: dict[str, str] | None = None, keep_stdout: bool = True
+) -> ChildResult:
+    """Run ``args`` to the end: its output, wall seconds and own peak RSS."""
+    started = time.perf_counter()
+    proc = subprocess.Popen(
+        args,
+        env=env,
+        stdout=subprocess.PIPE if keep_stdout else subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    peak = PeakRss(proc.pid)
+    out, err = proc.communicate()
+    seconds = time.perf_counter() - started
+    peak.stop()
+    return ChildResult(proc.returncode, out or "", err, seconds, peak.mb)
+
+
 def run_ingest(db_url: str, sim: SimulatorProcess, count: int) -> Measure:
     env = dict(os.environ, GRANTEX_API_KEY=KEY)
     args = [
@@ -154,23 +182,16 @@ def run_ingest(db_url: str, sim: SimulatorProcess, count: int) -> Measure:
         "1800",
         "--quiet",
     ]
-    started = time.perf_counter()
-    proc = subprocess.Popen(
-        args, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
-    )
-    peak = PeakRss(proc.pid)
-    _out, stderr = proc.communicate()
-    seconds = time.perf_counter() - started
-    peak.stop()
-    if proc.returncode != 0:
-        raise RuntimeError(f"ingest failed ({proc.returncode}): {stderr[-2000:]}")
+    run = run_measured(args, env, keep_stdout=False)
+    if run.returncode != 0:
+        raise RuntimeError(f"ingest failed ({run.returncode}): {run.stderr[-2000:]}")
     engine = sa.create_engine(db_url)
     with engine.connect() as conn:
         stored = conn.execute(sa.select(sa.func.count()).select_from(events)).scalar_one()
     engine.dispose()
     if stored != count:
         raise RuntimeError(f"archive holds {stored} events, expected {count}")
-    return Measure("", count, seconds, peak.mb)
+    return Measure("", count, run.seconds, run.rss_mb)
 
 
 def backlog_rows(count: int, seed: int) -> list[tuple[object, ...]]:

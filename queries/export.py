@@ -17,6 +17,7 @@ import contextlib
 import fcntl
 import gzip
 import hashlib
+import itertools
 import json
 import os
 import secrets
@@ -440,12 +441,9 @@ def _write_text(
             done += part.rows if part is not None else 0
             if progress is not None:
                 progress(done, plan.rows)
-    except duckdb.Error:
-        sink.finish()  # its own error, if any, explains DuckDB's
-        raise
     finally:
-        if sink.write_fd >= 0:
-            sink.finish()
+        # The writer's own error, if any, explains DuckDB's and replaces it.
+        sink.finish()
     return sink.out
 
 
@@ -492,7 +490,8 @@ def _write_parquet(
         data = table.drop_columns([column])
         start = 0
         # Runs of equal keys, in order (rows are sorted by time, so keys only grow).
-        for run_key, length in _runs(keys.to_pylist()):
+        for run_key, run in itertools.groupby(keys.to_pylist()):
+            length = sum(1 for _ in run)
             writer_for(run_key, data.schema).write_table(
                 data.slice(start, length), row_group_size=PARQUET_ROW_GROUP
             )
@@ -528,28 +527,17 @@ def _write_parquet(
             writer.close()
 
 
-def _runs(values: list[Any]) -> list[tuple[Any, int]]:
-    out: list[tuple[Any, int]] = []
-    for value in values:
-        if out and out[-1][0] == value:
-            out[-1] = (value, out[-1][1] + 1)
-        else:
-            out.append((value, 1))
-    return out
-
-
 def run_export(
     conn: duckdb.DuckDBPyConnection,
     spec: ExportSpec,
     filters: Filters,
     watermark: int,
     progress: ProgressFn | None = None,
-    slice_rows: int | None = None,
 ) -> ExportResult:
     """Write the export ``spec`` asks for from the views on ``conn``."""
     where, params = filters.where()
     share = PARQUET_SLICE_SHARE if spec.fmt == "parquet" else 1.0
-    plan = plan_export(conn, where, params, slice_rows, share)
+    plan = plan_export(conn, where, params, share=share)
     if spec.output == "-":
         sys.stdout.flush()
         _write_text(conn, spec, where, params, plan, sys.stdout.buffer, None)

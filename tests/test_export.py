@@ -573,3 +573,27 @@ def test_slices_follow_the_hours_of_the_selected_rows(archive: str, tmp_path: Pa
             if (part.since is None or r >= part.since) and (part.until is None or r < part.until)
         ]  # fmt: skip
         assert len(inside) == part.rows
+
+
+def test_progress_counts_the_rows_slice_by_slice(
+    archive: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from queries import export as export_module
+    from queries.copy import AnalyticsCopy
+    from queries.export import ExportSpec, Filters, run_export
+    from queries.session import Session
+
+    monkeypatch.setattr(export_module, "SLICE_ROWS", 5)
+    copy = AnalyticsCopy(archive, tmp_path / "c")
+    copy.refresh()
+    seen: list[tuple[int, int]] = []
+    session = Session(copy)
+    try:
+        spec = ExportSpec(output=str(tmp_path / "p.csv"), fmt="csv")
+        result = run_export(session.conn, spec, Filters(), 0, lambda d, t: seen.append((d, t)))
+    finally:
+        session.close()
+    assert result.rows == 33
+    assert len(seen) > 3 and all(total == 33 for _, total in seen)
+    done = [d for d, _ in seen]
+    assert done == sorted(done) and done[-1] == 33
