@@ -8,6 +8,7 @@ bad input: the archive must keep everything it was sent.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import re
@@ -21,6 +22,22 @@ MAX_FRAME_BYTES = 1024 * 1024
 
 RAW_CAP = 64 * 1024
 """How much of a rejected frame's text is kept in ``rejected_events.raw``."""
+
+MAX_DEPTH = 64
+"""Frames whose JSON nests deeper than this are rejected.
+
+Real envelopes nest three or four levels. Every parser down the line (the
+standard library's, DuckDB's) has a recursion limit of its own; refusing
+depth here keeps one hostile frame from failing them later.
+"""
+
+MAX_TEXT = 255
+"""The longest id, type or identifier (``grantId`` ...) that is archived, in characters.
+
+The columns are ``VARCHAR(255)`` on PostgreSQL; SQLite would take any
+length. Enforcing the limit here makes both stores accept the same events;
+a longer value sends the frame to ``rejected_events``.
+"""
 
 _ISO_RE = re.compile(
     r"^(\d{4})-(\d{2})-(\d{2})[Tt ](\d{2}):(\d{2})(?::(\d{2})(?:[.,](\d+))?)?"
@@ -54,9 +71,22 @@ def parse_timestamp(text: str) -> datetime:
         value = datetime(
             int(year), int(month), int(day), int(hour), int(minute), int(second or 0), micro, tz
         )
+        return value.astimezone(timezone.utc)
     except ValueError as exc:
         raise TimestampError(f"{exc}: {text[:64]!r}") from None
-    return value.astimezone(timezone.utc)
+    except OverflowError:
+        raise TimestampError(f"outside the representable UTC range: {text[:64]!r}") from None
+
+
+def parse_time_option(text: str) -> datetime:
+    """A command-line time: an ISO 8601 timestamp or a bare date (midnight UTC)."""
+    text = text.strip()
+    if len(text) == 10 and text[4:5] == "-" and text[7:8] == "-":
+        try:
+            return datetime.fromisoformat(text).replace(tzinfo=timezone.utc)
+        except ValueError as exc:
+            raise TimestampError(f"{exc}: {text!r}") from None
+    return parse_timestamp(text)
 
 
 def format_timestamp(value: datetime) -> str:
@@ -90,12 +120,18 @@ class Event(NamedTuple):
 
 
 class Rejection(NamedTuple):
-    """A frame that could not be archived, and why."""
+    """A frame that could not be archived, and why.
+
+    ``raw_sha256`` is the SHA-256 of the frame's full text as received: the
+    same frame read again (through the resume overlap) is recorded once,
+    with a repeat count.
+    """
 
     reason: str
     raw: str
     raw_length: int
     event_id: str | None = None
+    raw_sha256: str = ""
 
 
 def _storable(value: str) -> bool:
@@ -120,45 +156,67 @@ def _text(value: Any) -> str | None:
     return None
 
 
+class _OutOfRange(ValueError):
+    """A field the store holds as a number is beyond what a float can hold."""
+
+
 def _number(value: Any) -> float | None:
+    """A float from a number or a numeric string; None for anything else (and NaN).
+
+    Raises :class:`_OutOfRange` for a number too large for a float (``1e400``,
+    a 400-digit integer), which no database column can hold.
+    """
     if value is None or isinstance(value, bool):
         return None
-    if isinstance(value, (int, float)):
-        number = float(value)
-    elif isinstance(value, str):
-        try:
-            number = float(value.strip())
-        except ValueError:
+    try:
+        if isinstance(value, (int, float)):
+            number = float(value)
+        elif isinstance(value, str):
+            try:
+                number = float(value.strip())
+            except ValueError:
+                return None
+        else:
             return None
-    else:
-        return None
-    return number if math.isfinite(number) else None
+    except OverflowError:
+        raise _OutOfRange(value) from None
+    if math.isinf(number):
+        raise _OutOfRange(value)
+    return None if math.isnan(number) else number
+
+
+def _raw_bytes(text: str) -> bytes:
+    """The bytes a frame's text came from (undecodable bytes are surrogate escapes).
+
+    Text that did not come from bytes may hold other lone surrogates; those
+    are encoded as they stand so that measuring and hashing never fail.
+    """
+    try:
+        return text.encode("utf-8", "surrogateescape")
+    except UnicodeEncodeError:
+        return text.encode("utf-8", "surrogatepass")
 
 
 def _encoded_length(text: str) -> int:
-    return len(text.encode("utf-8", "surrogateescape"))
+    return len(_raw_bytes(text))
 
 
 def reject(reason: str, raw: str, event_id: str | None = None) -> Rejection:
-    """Build a rejection, capping the kept text and recording its full length."""
-    length = _encoded_length(raw)
+    """Build a rejection, capping the kept text and recording its full length and hash."""
+    encoded = _raw_bytes(raw)
+    length = len(encoded)
+    digest = hashlib.sha256(encoded).hexdigest()
     kept = raw
     if length > RAW_CAP:
         # Cap in bytes, without splitting a character.
-        kept = raw.encode("utf-8", "surrogateescape")[:RAW_CAP].decode("utf-8", "ignore")
+        kept = encoded[:RAW_CAP].decode("utf-8", "ignore")
     if not _storable(kept):
         # Undecodable bytes arrive as surrogate escapes: keep them as U+FFFD
         # (and NUL likewise) so every database accepts the text.
-        kept = (
-            kept.encode("utf-8", "surrogateescape")
-            .decode("utf-8", "replace")
-            .encode("utf-8", "surrogatepass")
-            .decode("utf-8", "replace")
-            .replace("\x00", "\ufffd")
-        )
-    if event_id is not None and not _storable(event_id):
+        kept = _raw_bytes(kept).decode("utf-8", "replace").replace("\x00", "\ufffd")
+    if event_id is not None and (len(event_id) > MAX_TEXT or not _storable(event_id)):
         event_id = None
-    return Rejection(reason, kept, length, event_id)
+    return Rejection(reason, kept, length, event_id, digest)
 
 
 def _has_surrogates(text: str) -> bool:
@@ -181,7 +239,33 @@ def _loads(data: str) -> Any:
     try:
         return orjson.loads(data)
     except orjson.JSONDecodeError:
-        return json.loads(data)
+        try:
+            return json.loads(data)
+        except RecursionError:
+            raise ValueError(f"nested deeper than {MAX_DEPTH} levels") from None
+
+
+_STRING = re.compile(r'"(?:[^"\\]|\\.)*"', re.DOTALL)
+_BRACKET = re.compile(r"[\[\]{}]")
+
+
+def too_deep(data: str, limit: int = MAX_DEPTH) -> bool:
+    """Whether the JSON text nests arrays and objects deeper than ``limit``.
+
+    Counting brackets settles almost every frame at C speed; only a frame
+    with more brackets than ``limit`` is scanned (strings skipped).
+    """
+    if data.count("{") + data.count("[") <= limit:
+        return False
+    depth = 0
+    for bracket in _BRACKET.findall(_STRING.sub("", data)):
+        if bracket in "[{":
+            depth += 1
+            if depth > limit:
+                return True
+        else:
+            depth -= 1
+    return False
 
 
 def _occurred_at(stamp: str) -> datetime:
@@ -197,7 +281,10 @@ def _occurred_at(stamp: str) -> datetime:
             return value
         if value.tzinfo is None:
             return value.replace(tzinfo=timezone.utc)
-        return value.astimezone(timezone.utc)
+        try:
+            return value.astimezone(timezone.utc)
+        except OverflowError:
+            raise TimestampError(f"outside the representable UTC range: {stamp[:64]!r}") from None
     return parse_timestamp(stamp)
 
 
@@ -210,10 +297,12 @@ def normalise(data: str) -> Event | Rejection:
     """
     if len(data) > MAX_FRAME_BYTES // 4 and _encoded_length(data) > MAX_FRAME_BYTES:
         return reject(f"frame larger than {MAX_FRAME_BYTES} bytes", data, peek_id(data))
+    if too_deep(data):
+        return reject(f"JSON nested deeper than {MAX_DEPTH} levels", data, peek_id(data))
     if _has_surrogates(data):
         try:
             envelope = json.loads(data)
-        except ValueError:
+        except (ValueError, RecursionError):
             envelope = None
         return reject("invalid UTF-8 in frame", data, _peek_id(envelope))
     try:
@@ -228,6 +317,8 @@ def normalise(data: str) -> Event | Rejection:
         return reject("missing or empty 'id'", data)
     if not _storable(event_id):
         return reject("'id' holds characters that cannot be stored (NUL or lone surrogate)", data)
+    if len(event_id) > MAX_TEXT:
+        return reject(f"'id' is longer than {MAX_TEXT} characters", data)
     event_type = envelope.get("type")
     if not isinstance(event_type, str) or not event_type.strip():
         return reject("missing or empty 'type'", data, event_id)
@@ -235,6 +326,8 @@ def normalise(data: str) -> Event | Rejection:
         return reject(
             "'type' holds characters that cannot be stored (NUL or lone surrogate)", data, event_id
         )
+    if len(event_type) > MAX_TEXT:
+        return reject(f"'type' is longer than {MAX_TEXT} characters", data, event_id)
 
     key = "timestamp"
     stamp = envelope.get(key)
@@ -257,24 +350,42 @@ def normalise(data: str) -> Event | Rejection:
         return Event(event_id, event_type, occurred_at, data)
 
     get = body.get
-    percentage = get("percentage")
-    if percentage is None:
-        percentage = get("pct")
-    return Event(
-        event_id,
-        event_type,
-        occurred_at,
-        data,
+    texts = (
         _text(get("grantId")),
         _text(get("agentId")),
         _text(get("principalId")),
         _text(get("revokedBy")),
         _text(get("tokenId")),
         _text(get("method")),
-        _number(percentage),
-        _number(get("remaining")),
-        _number(get("initial")),
     )
+    for key, value in zip(_TEXT_KEYS, texts, strict=True):
+        if value is not None and len(value) > MAX_TEXT:
+            return reject(f"'data.{key}' is longer than {MAX_TEXT} characters", data, event_id)
+    percentage_key = "percentage"
+    percentage = get("percentage")
+    if percentage is None:
+        percentage_key, percentage = "pct", get("pct")
+    numbers: list[float | None] = []
+    for key, value in (
+        (percentage_key, percentage),
+        ("remaining", get("remaining")),
+        ("initial", get("initial")),
+    ):
+        try:
+            numbers.append(_number(value))
+        except _OutOfRange:
+            return reject(
+                f"'data.{key}' is out of range for a number: {_shorten(value)}", data, event_id
+            )
+    return Event(event_id, event_type, occurred_at, data, *texts, *numbers)
+
+
+_TEXT_KEYS = ("grantId", "agentId", "principalId", "revokedBy", "tokenId", "method")
+
+
+def _shorten(value: Any) -> str:
+    text = value if isinstance(value, str) else repr(value)
+    return text if len(text) <= 40 else f"{text[:20]}...({len(text)} characters)"
 
 
 _EMPTY: dict[str, Any] = {}
@@ -297,7 +408,7 @@ def same_payload(first: str, second: str) -> bool:
         return True
     try:
         return _canonical(first) == _canonical(second)
-    except ValueError:
+    except (ValueError, RecursionError):
         return False
 
 

@@ -12,7 +12,7 @@ import sqlite3
 from collections.abc import Iterator, Sequence
 from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass
-from datetime import datetime, timedelta, timezone
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -21,6 +21,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Connection, Engine
 
 from .events import Event, Rejection, same_payload
+from .resume import MAX_CLOCK_SKEW
 
 NAMING_CONVENTION = {
     "ix": "ix_%(table_name)s_%(column_0_N_name)s",
@@ -117,8 +118,14 @@ rejected_events = sa.Table(
     sa.Column("raw_length", sa.Integer(), nullable=False),
     sa.Column("event_id", _Id),
     sa.Column("run_id", sa.Integer(), sa.ForeignKey("ingest_runs.id", ondelete="SET NULL")),
+    # Migration 0002: a frame is recorded once per source; later arrivals
+    # (the resume overlap re-reads recent frames) only count.
+    sa.Column("raw_sha256", sa.String(64)),
+    sa.Column("repeats", sa.Integer(), nullable=False, server_default="0"),
+    sa.Column("last_received_at", _Time),
     sa.Index(None, "source", "received_at"),
     sa.Index(None, "event_id"),
+    sa.Index(None, "source", "raw_sha256"),
 )
 
 
@@ -337,8 +344,28 @@ class Store:
     # -- reads ---------------------------------------------------------------
 
     def newest_occurred_at(self, source: str, types: Sequence[str] = ()) -> datetime | None:
-        """The newest stored event time for a source (and type filter): the resume cursor."""
-        query = sa.select(sa.func.max(events.c.occurred_at)).where(events.c.source == source)
+        """The newest plausible stored event time for a source (and type filter).
+
+        This is the resume cursor. Events dated more than
+        :data:`~ingest.resume.MAX_CLOCK_SKEW` after their arrival are passed
+        over (see :mod:`ingest.resume`); the index on ``(source,
+        occurred_at)`` is read backwards until a plausible one is found.
+        """
+        if self._sqlite:
+            # Stored as 'YYYY-MM-DD HH:MM:SS.ffffff' text; datetime() shifts it.
+            limit: Any = sa.func.datetime(
+                events.c.received_at, f"+{int(MAX_CLOCK_SKEW.total_seconds())} seconds"
+            )
+        else:
+            limit = events.c.received_at + sa.literal_column(
+                f"interval '{int(MAX_CLOCK_SKEW.total_seconds())} seconds'", sa.Interval()
+            )
+        query = (
+            sa.select(events.c.occurred_at)
+            .where(events.c.source == source, events.c.occurred_at <= limit)
+            .order_by(events.c.occurred_at.desc())
+            .limit(1)
+        )
         if types:
             query = query.where(events.c.type.in_(list(types)))
         with self.engine.connect() as conn:
@@ -393,21 +420,80 @@ class Store:
             if fresh:
                 self._insert(conn, source, list(fresh.values()), result, rejections)
             if rejections:
-                conn.execute(
-                    rejected_events.insert(),
-                    [
-                        {
-                            "source": source,
-                            "received_at": received_at,
-                            "reason": rejection.reason,
-                            "raw": rejection.raw,
-                            "raw_length": rejection.raw_length,
-                            "event_id": rejection.event_id,
-                            "run_id": run_id,
-                        }
-                        for rejection, received_at in rejections
-                    ],
+                self._record_rejections(conn, source, run_id, rejections)
+
+    def _record_rejections(
+        self,
+        conn: Connection,
+        source: str,
+        run_id: int | None,
+        rejections: list[tuple[Rejection, datetime]],
+    ) -> None:
+        """Insert each frame not yet recorded for this source; count the others as repeats.
+
+        The caller holds the source's ingest lock, so no other writer adds the
+        same (source, raw_sha256) meanwhile.
+        """
+        seen: dict[str, tuple[int, datetime]] = {}
+        new: dict[str, tuple[Rejection, datetime]] = {}
+        for rejection, received_at in rejections:
+            key = rejection.raw_sha256
+            if key in new or key in seen:
+                count, latest = seen.get(key, (0, received_at))
+                seen[key] = (count + 1, max(latest, received_at))
+            else:
+                new[key] = (rejection, received_at)
+        hashes = list(new)
+        for start in range(0, len(hashes), 500):
+            query = sa.select(rejected_events.c.raw_sha256, sa.func.min(rejected_events.c.id))
+            query = query.where(
+                rejected_events.c.source == source,
+                rejected_events.c.raw_sha256.in_(hashes[start : start + 500]),
+            ).group_by(rejected_events.c.raw_sha256)
+            for key, _first in conn.execute(query):
+                _rejection, received_at = new.pop(key)
+                count, latest = seen.get(key, (0, received_at))
+                seen[key] = (count + 1, max(latest, received_at))
+        if new:
+            conn.execute(
+                rejected_events.insert(),
+                [
+                    {
+                        "source": source,
+                        "received_at": received_at,
+                        "reason": rejection.reason,
+                        "raw": rejection.raw,
+                        "raw_length": rejection.raw_length,
+                        "event_id": rejection.event_id,
+                        "run_id": run_id,
+                        "raw_sha256": rejection.raw_sha256,
+                    }
+                    for rejection, received_at in new.values()
+                ],
+            )
+        for key, (count, latest) in seen.items():
+            first = (
+                sa.select(sa.func.min(rejected_events.c.id))
+                .where(rejected_events.c.source == source, rejected_events.c.raw_sha256 == key)
+                .scalar_subquery()
+            )
+            conn.execute(
+                rejected_events.update()
+                .where(rejected_events.c.id == first)
+                .values(
+                    repeats=rejected_events.c.repeats + count,
+                    last_received_at=sa.case(
+                        (
+                            sa.or_(
+                                rejected_events.c.last_received_at.is_(None),
+                                rejected_events.c.last_received_at < latest,
+                            ),
+                            latest,
+                        ),
+                        else_=rejected_events.c.last_received_at,
+                    ),
                 )
+            )
 
     def _insert(
         self,
@@ -710,10 +796,3 @@ def _file_lock(path: Path) -> Iterator[None]:
             fcntl.flock(fd, fcntl.LOCK_UN)
     finally:
         os.close(fd)
-
-
-def overlap_since(newest: datetime | None, overlap: float) -> datetime | None:
-    """The resume point: the newest stored event time minus the look-back window."""
-    if newest is None:
-        return None
-    return newest - timedelta(seconds=overlap)

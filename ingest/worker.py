@@ -40,9 +40,10 @@ from .events import (
     reject,
 )
 from .logs import Redactor
+from .resume import MAX_CLOCK_SKEW, plausible, resume_point
 from .settings import IngestSettings
 from .sse import Frame
-from .store import Received, Store, StoreError, overlap_since
+from .store import Received, Store, StoreError
 from .stream import (
     Chunk,
     Closed,
@@ -218,18 +219,15 @@ class Worker:
     def resume_since(self) -> datetime | None:
         """The ``since`` for the next connection, read back from the archive."""
         s = self.settings
-        committed = self.counts.newest_committed
-        run_newest = overlap_since(min(committed, _now()), s.overlap) if committed else None
-        if s.since is not None:
-            # An explicit start stays the lower bound for the whole run, so a
-            # backfill that reconnects does not skip to newer stored events.
-            return max(s.since, run_newest) if run_newest else s.since
-        newest = self.store.newest_occurred_at(s.source, s.types)
-        if newest is not None:
-            # An event stamped in the future (a skewed producer clock) must
-            # not push the resume point past now.
-            newest = min(newest, _now())
-        return overlap_since(newest, s.overlap)
+        return resume_point(
+            now=_now(),
+            overlap=s.overlap,
+            newest_stored=None
+            if s.since is not None
+            else self.store.newest_occurred_at(s.source, s.types),
+            newest_committed=self.counts.newest_committed,
+            explicit_since=s.since,
+        )
 
     def run(self) -> RunResult:
         with handle_signals(self.on_signal):
@@ -372,13 +370,16 @@ class Worker:
             if type(item) is Event:
                 self.counts.received += 1
                 occurred = item.occurred_at
-                if self._batch_newest is None or occurred > self._batch_newest:
-                    self._batch_newest = occurred
                 c = self.counts
                 if c.first_occurred_at is None or occurred < c.first_occurred_at:
                     c.first_occurred_at = occurred
-                if c.last_occurred_at is None or occurred > c.last_occurred_at:
-                    c.last_occurred_at = occurred
+                if not plausible(occurred, received_at):
+                    _warn_implausible(item, received_at)
+                else:
+                    if self._batch_newest is None or occurred > self._batch_newest:
+                        self._batch_newest = occurred
+                    if c.last_occurred_at is None or occurred > c.last_occurred_at:
+                        c.last_occurred_at = occurred
                 if limit is not None and c.received >= limit:
                     return True
         return False
@@ -669,6 +670,22 @@ class BatchWriter:
 
 
 _QueueItem = _Normalised | Opened | Closed | Failed | _NeedSince | _ReaderDone
+
+
+def _warn_implausible(event: Event, received_at: datetime) -> None:
+    log.warning(
+        "event %s is dated %s, more than %s after it arrived (%s): archived, "
+        "but not used as the resume point",
+        event.id,
+        format_timestamp(event.occurred_at),
+        _skew_text(),
+        format_timestamp(received_at),
+    )
+
+
+def _skew_text() -> str:
+    hours = MAX_CLOCK_SKEW.total_seconds() / 3600
+    return f"{hours:g} hours" if hours != 24 else "1 day"
 
 
 def _normalise(frame: Frame) -> Event | Rejection:

@@ -12,7 +12,8 @@ import sqlalchemy as sa
 
 from ingest import migrate
 from ingest.events import Event, Rejection, normalise
-from ingest.store import LockHeld, Received, Store, events, overlap_since
+from ingest.resume import overlap_since
+from ingest.store import LockHeld, Received, Store, events
 from tests.conftest import rows
 
 UTC = timezone.utc
