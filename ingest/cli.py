@@ -22,7 +22,7 @@ from typing import Any, TypeVar
 import click
 import sqlalchemy as sa
 
-from .events import TimestampError, format_timestamp, parse_timestamp
+from .events import TimestampError, format_timestamp, parse_time_option
 from .logs import setup_logging
 from .settings import (
     DEFAULT_BASE_URL,
@@ -38,9 +38,11 @@ from .settings import (
 from .store import (
     DatabaseURLError,
     LockHeld,
+    NotAnArchive,
     SchemaBehind,
     Store,
     StoreError,
+    check_sqlite_location,
     create_archive_engine,
     file_lock_for,
     sqlite_path,
@@ -81,17 +83,25 @@ def _parse_since(value: str | None) -> datetime | None:
     if value is None:
         return None
     try:
-        return parse_timestamp(value)
+        return parse_time_option(value)
     except TimestampError:
         raise click.BadParameter(
-            f"{value!r} is not an ISO 8601 timestamp (e.g. 2026-03-01T12:00:00Z)",
+            f"{value!r} is not an ISO 8601 date or timestamp (e.g. 2026-03-01 or "
+            "2026-03-01T12:00:00Z)",
             param_hint="'--since'",
         ) from None
 
 
-def _check_db_url(url: str) -> None:
+def _check_db_url(url: str, creates: bool = False) -> None:
+    """Refuse a URL this tool cannot use; with ``creates``, also a SQLite file it cannot create.
+
+    A mistyped path must not quietly become a new directory tree and an
+    empty archive, so the directory of a SQLite archive has to exist.
+    """
     try:
         create_archive_engine(url).dispose()
+        if creates:
+            check_sqlite_location(url)
     except DatabaseURLError as exc:
         raise CliError(f"{exc} (from --db/{ENV_DB})", EXIT_CONFIG) from None
 
@@ -160,10 +170,7 @@ def db_upgrade(db_url: str, revision: str) -> None:
     """
     from . import migrate  # Alembic loads only for the commands that need it
 
-    _check_db_url(db_url)
-    path = sqlite_path(db_url)
-    if path is not None:
-        path.parent.mkdir(parents=True, exist_ok=True)
+    _check_db_url(db_url, creates=True)
     try:
         migrate.upgrade(db_url, revision)
         engine = Store.open(db_url).engine
@@ -171,6 +178,8 @@ def db_upgrade(db_url: str, revision: str) -> None:
         engine.dispose()
     except (sa.exc.OperationalError, sa.exc.InterfaceError) as exc:
         raise CliError(f"database unusable: {_first_line(exc)}", EXIT_DATABASE) from None
+    except sa.exc.DBAPIError as exc:
+        raise CliError(_not_an_archive(db_url, exc), EXIT_DATABASE) from None
     click.echo(f"{_safe(db_url)}: at revision {state.current} (head)")
 
 
@@ -197,6 +206,8 @@ def db_current(db_url: str) -> None:
         state = migrate.schema_state(engine)
     except (sa.exc.OperationalError, sa.exc.InterfaceError) as exc:
         raise CliError(f"database unusable: {_first_line(exc)}", EXIT_DATABASE) from None
+    except sa.exc.DBAPIError as exc:
+        raise CliError(_not_an_archive(db_url, exc), EXIT_DATABASE) from None
     finally:
         engine.dispose()
     if state.at_head:
@@ -209,21 +220,75 @@ def db_current(db_url: str) -> None:
 @db.command("downgrade")
 @db_option
 @click.argument("revision")
-def db_downgrade(db_url: str, revision: str) -> None:
-    """Migrate the archive back to REVISION (``base`` drops every table).
+@click.option(
+    "--yes",
+    is_flag=True,
+    help="Confirm: drop the tables and columns newer than REVISION, with their data.",
+)
+def db_downgrade(db_url: str, revision: str, yes: bool) -> None:
+    """Migrate the archive back to REVISION (`base` drops every table and event).
+
+    Asks for confirmation on a terminal; elsewhere needs --yes.
 
     \b
     Example:
-      grantex-archive db downgrade base
+      grantex-archive db downgrade 0001 --yes
     """
     from . import migrate  # Alembic loads only for the commands that need it
 
     _check_db_url(db_url)
+    path = sqlite_path(db_url)
+    if path is not None and not path.exists():
+        raise CliError(f"no archive at {path}", 1)
+    try:
+        held = _archived_counts(db_url)
+    except (sa.exc.OperationalError, sa.exc.InterfaceError) as exc:
+        raise CliError(f"database unusable: {_first_line(exc)}", EXIT_DATABASE) from None
+    except sa.exc.DBAPIError as exc:
+        raise CliError(_not_an_archive(db_url, exc), EXIT_DATABASE) from None
+    if revision == "base":
+        loss = (
+            f"drops every table of {_safe(db_url)}: {held.get('events', 0):,} events, "
+            f"{held.get('rejected_events', 0):,} rejected frames and "
+            f"{held.get('ingest_runs', 0):,} run records"
+        )
+    else:
+        loss = (
+            f"drops what the migrations after {revision} added to {_safe(db_url)} "
+            f"(the {held.get('events', 0):,} events stay)"
+        )
+    if not yes:
+        if not (sys.stdin.isatty() and sys.stdout.isatty()):
+            raise CliError(f"not downgraded: this {loss}; pass --yes to confirm", EXIT_CONFIG)
+        click.echo(f"This {loss}.")
+        answer = click.prompt("Type 'downgrade' to go on", default="", show_default=False)
+        if answer.strip() != "downgrade":
+            raise CliError("not downgraded", 1)
     try:
         migrate.downgrade(db_url, revision)
     except (sa.exc.OperationalError, sa.exc.InterfaceError) as exc:
         raise CliError(f"database unusable: {_first_line(exc)}", EXIT_DATABASE) from None
     click.echo(f"{_safe(db_url)}: downgraded to {revision}")
+
+
+def _archived_counts(db_url: str) -> dict[str, int]:
+    """Rows in each of the archive's tables that exist."""
+    engine = create_archive_engine(db_url)
+    try:
+        with engine.connect() as conn:
+            present = set(sa.inspect(conn).get_table_names())
+            return {
+                table: int(conn.execute(sa.text(f"SELECT count(*) FROM {table}")).scalar() or 0)
+                for table in ("events", "rejected_events", "ingest_runs")
+                if table in present
+            }
+    finally:
+        engine.dispose()
+
+
+def _not_an_archive(db_url: str, exc: sa.exc.DBAPIError) -> str:
+    where = sqlite_path(db_url) or _safe(db_url)
+    return f"{where} is not a usable archive: {_first_line(exc)}"
 
 
 # -- ingest ----------------------------------------------------------------------
@@ -348,7 +413,7 @@ def ingest(
       grantex-archive ingest --api-key-file /etc/grantex/key --source prod
     """
     since_at = _parse_since(since)
-    _check_db_url(db_url)
+    _check_db_url(db_url, creates=True)
     if not source.strip():
         raise click.BadParameter("must not be empty", param_hint="'--source'")
     try:
@@ -377,14 +442,21 @@ def ingest(
     try:
         result = run_ingest(settings)
     except CliError as exc:
-        if log_format == "json":
-            # Machines reading JSON lines get the error as one too.
-            logging.getLogger("grantex_archive").error("%s", exc.message)
-        raise
+        if log_format != "json":
+            raise
+        _fatal_json(exc.message, exc.exit_code, None)
     if result.exit_code != 0:
+        message = result.error or result.outcome
         if log_format == "json":
-            logging.getLogger("grantex_archive").error("%s", result.error or result.outcome)
-        raise CliError(result.error or result.outcome, result.exit_code)
+            _fatal_json(message, result.exit_code, result.outcome)
+        raise CliError(message, result.exit_code)
+
+
+def _fatal_json(message: str, exit_code: int, outcome: str | None) -> None:
+    """With JSON logs the fatal error is one JSON line (not also an ``Error:`` line)."""
+    fields = {"exit_code": exit_code, "outcome": outcome, "error": message}
+    logging.getLogger("grantex_archive").error("%s", message, extra={"fields": fields})
+    sys.exit(exit_code)
 
 
 def run_ingest(settings: IngestSettings) -> RunResult:
@@ -434,7 +506,7 @@ def _open_with_retry(settings: IngestSettings, stop: threading.Event) -> Store |
     while not stop.is_set():
         try:
             return migrate.open_archive(settings.db_url)
-        except SchemaBehind as exc:
+        except (SchemaBehind, NotAnArchive) as exc:
             raise CliError(str(exc), EXIT_DATABASE) from None
         except (StoreError, sa.exc.OperationalError, sa.exc.InterfaceError) as exc:
             message = _first_line(exc) if isinstance(exc, sa.exc.DBAPIError) else str(exc)

@@ -17,7 +17,7 @@ from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
 
-from .store import SchemaBehind, Store, StoreError, sqlite_path
+from .store import NotAnArchive, SchemaBehind, Store, StoreError, sqlite_path
 
 
 def alembic_config(url: str) -> Config:
@@ -76,12 +76,21 @@ def open_archive(url: str, create: bool = True) -> Store:
     try:
         path = sqlite_path(url)
         if create and path is not None and (not path.exists() or path.stat().st_size == 0):
-            path.parent.mkdir(parents=True, exist_ok=True)
-            upgrade(url)
+            if not path.parent.is_dir():
+                raise NotAnArchive(f"the directory of the archive {path} does not exist")
+            try:
+                upgrade(url)
+            except (sa.exc.OperationalError, sa.exc.InterfaceError):
+                raise
+            except sa.exc.DBAPIError as exc:
+                raise NotAnArchive(f"{path} is not a usable archive: {_first_line(exc)}") from None
         try:
             state = schema_state(store.engine)
         except (sa.exc.OperationalError, sa.exc.InterfaceError) as exc:
             raise StoreError(f"cannot open the archive: {_first_line(exc)}") from None
+        except sa.exc.DBAPIError as exc:
+            where = path or "the database"
+            raise NotAnArchive(f"{where} is not a usable archive: {_first_line(exc)}") from None
         if state.empty:
             if create and path is not None and not _has_tables(store.engine):
                 upgrade(url)

@@ -141,6 +141,10 @@ class SchemaBehind(StoreError):
     """The archive's schema is older than this version of the tool."""
 
 
+class NotAnArchive(StoreError):
+    """The database is not one this tool can use (e.g. a file that is not SQLite)."""
+
+
 class LockHeld(Exception):
     """Another ingest holds the lock for this archive and source (exit code 75)."""
 
@@ -227,6 +231,19 @@ def _postgres_settings(dbapi_connection: Any, _record: Any) -> None:
         cursor.execute("SET lock_timeout = '30s'")
         cursor.execute("SET statement_timeout = '120s'")
     dbapi_connection.commit()
+
+
+def check_sqlite_location(url: str) -> None:
+    """Raise :class:`DatabaseURLError` when a SQLite archive's directory does not exist."""
+    path = sqlite_path(url)
+    if path is None or path.exists():
+        return
+    parent = path.parent
+    if not parent.is_dir():
+        raise DatabaseURLError(
+            f"the directory of the archive {path} does not exist: "
+            "create it first, or check the path"
+        )
 
 
 def sqlite_path(url: str) -> Path | None:
@@ -779,8 +796,13 @@ def _lock_path(archive: Path, source: str) -> Path:
 def _file_lock(path: Path) -> Iterator[None]:
     import fcntl
 
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    except OSError as exc:
+        raise StoreError(
+            f"cannot create the lock file {path}: {exc.strerror or exc} "
+            "(the archive's directory must be writable)"
+        ) from None
     try:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)

@@ -254,12 +254,20 @@ class Worker:
             )
         except StoreError as exc:
             return RunResult(EXIT_DATABASE, "database_error", self.counts, str(exc))
+        start = {
+            "archive": _safe_url(s.db_url),
+            "source": s.source,
+            "since": format_timestamp(self._initial_since) if self._initial_since else "live",
+            "types": ",".join(s.types) or "all",
+            "run_id": self._run_id,
+        }
         log.info(
             "ingest starting: archive=%s source=%s since=%s types=%s",
-            _safe_url(s.db_url),
-            s.source,
-            format_timestamp(self._initial_since) if self._initial_since else "live",
-            ",".join(s.types) or "all",
+            start["archive"],
+            start["source"],
+            start["since"],
+            start["types"],
+            extra={"fields": start},
         )
         # The pipeline allocates many short-lived tuples; collecting the
         # youngest generation less often made decoding and normalising
@@ -431,10 +439,8 @@ class Worker:
         self._connection_id = self._with_db_retry(
             lambda: self.store.open_connection(run_id, item.at, item.since, item.status_code)
         )
-        log.info(
-            "connected: since=%s",
-            format_timestamp(item.since) if item.since else "live",
-        )
+        since = format_timestamp(item.since) if item.since else "live"
+        log.info("connected: since=%s", since, extra={"fields": {"since": since}})
 
     def _on_closed(self, item: Closed) -> None:
         self._connected = False
@@ -448,7 +454,12 @@ class Worker:
             )
             self._connection_id = None
         if item.reason != "stopped":
-            log.warning("disconnected after %d frames: %s", item.events, item.reason)
+            log.warning(
+                "disconnected after %d frames: %s",
+                item.events,
+                item.reason,
+                extra={"fields": {"frames": item.events, "reason": self._redact(item.reason)}},
+            )
 
     def _on_failed(self, item: Failed) -> None:
         self._connected = False
@@ -460,7 +471,18 @@ class Worker:
                 run_id, item.at, item.since, item.status_code, self._redact(item.reason)
             )
         )
-        log.warning("connection failed: %s; retrying in %.1fs", item.reason, item.retry_in)
+        log.warning(
+            "connection failed: %s; retrying in %.1fs",
+            item.reason,
+            item.retry_in,
+            extra={
+                "fields": {
+                    "status_code": item.status_code,
+                    "reason": self._redact(item.reason),
+                    "retry_in": round(item.retry_in, 3),
+                }
+            },
+        )
 
     def _reader_done(self, item: _ReaderDone) -> RunResult:
         error = item.error
@@ -485,6 +507,16 @@ class Worker:
             c.rejected,
             rate,
             f"{lag:.1f}s" if lag is not None else "n/a",
+            extra={
+                "fields": {
+                    "received": c.received,
+                    "inserted": c.inserted,
+                    "duplicates": c.duplicates,
+                    "rejected": c.rejected,
+                    "events_per_second": round(rate, 1),
+                    "lag_seconds": round(lag, 3) if lag is not None else None,
+                }
+            },
         )
         if self._run_id is not None:
             run_id = self._run_id
@@ -528,6 +560,18 @@ class Worker:
             c.duplicates,
             c.rejected,
             c.reconnects,
+            extra={
+                "fields": {
+                    "outcome": result.outcome,
+                    "exit_code": result.exit_code,
+                    "run_id": self._run_id,
+                    "received": c.received,
+                    "inserted": c.inserted,
+                    "duplicates": c.duplicates,
+                    "rejected": c.rejected,
+                    "reconnects": c.reconnects,
+                }
+            },
         )
 
     def on_signal(self, signum: int, _frame: FrameType | None) -> None:

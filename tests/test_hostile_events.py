@@ -432,3 +432,12 @@ def test_the_warning_names_the_event(caplog: pytest.LogCaptureFixture) -> None:
     with caplog.at_level(logging.WARNING, logger="grantex_archive"):
         _warn_implausible(event, NOW)
     assert "evt_far" in caplog.text and "9999-01-01T00:00:00.000Z" in caplog.text
+
+
+def test_json_log_lines_carry_fields() -> None:
+    from ingest.logs import JsonFormatter
+
+    record = logging.LogRecord("grantex_archive", logging.INFO, __file__, 1, "progress", (), None)
+    record.fields = {"received": 7, "message": "not overridden"}
+    entry = json.loads(JsonFormatter().format(record))
+    assert entry["received"] == 7 and entry["message"] == "progress"

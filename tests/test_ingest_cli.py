@@ -400,6 +400,12 @@ def test_json_logs_and_no_secret_anywhere(sqlite_archive: str) -> None:
     messages = [p["message"] for p in parsed]
     assert any(m.startswith("ingest starting") for m in messages)
     assert any(m.startswith("ingest finished") for m in messages)
+    # Counts are fields of their own, not only words in the message.
+    finished = next(p for p in parsed if p["message"].startswith("ingest finished"))
+    assert finished["received"] == 1 and finished["inserted"] == 1
+    assert (finished["duplicates"], finished["rejected"], finished["outcome"]) == (0, 0, "idle")
+    started = next(p for p in parsed if p["message"].startswith("ingest starting"))
+    assert started["source"] == "default"
     assert API_KEY not in result.output
     assert rows(
         sqlite_archive, "SELECT count(*) FROM ingest_runs WHERE base_url LIKE '%gx_test%'"
@@ -730,7 +736,10 @@ def test_json_logs_carry_the_error_too(sqlite_archive: str) -> None:
         result = ingest(sqlite_archive, server, "--log-format", "json")
     assert result.exit_code == 3
     lines = [line for line in result.output.splitlines() if line.strip()]
-    errors = [json.loads(line) for line in lines if line.startswith("{")]
-    assert any(e["level"] == "error" and "401" in e["message"] for e in errors)
-    assert lines[-1].startswith("Error:")
+    # Every line is JSON, and the fatal error is said once.
+    parsed = [json.loads(line) for line in lines]
+    errors = [e for e in parsed if e["level"] == "error"]
+    assert len(errors) == 1, lines
+    assert "401" in errors[0]["message"] and errors[0]["exit_code"] == 3
+    assert errors[0]["outcome"] == "auth_failed"
     assert API_KEY not in result.output

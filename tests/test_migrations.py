@@ -6,6 +6,7 @@ import os
 import subprocess
 import sys
 import venv
+from datetime import datetime, timezone
 from pathlib import Path
 
 import pytest
@@ -169,3 +170,47 @@ def test_db_upgrade_from_an_installed_wheel(tmp_path: Path) -> None:
         timeout=60,
     )
     assert str(env_dir) in origin.stdout
+
+
+def test_0002_backfills_rejected_frames_written_by_0001(archive_url: str) -> None:
+    import hashlib
+
+    migrate.upgrade(archive_url, "0001")
+    engine = sa.create_engine(archive_url)
+    with engine.begin() as conn:
+        for raw in ["{broken", "{broken", "caf\u00e9 [1,"]:
+            conn.execute(
+                sa.text(
+                    "INSERT INTO rejected_events (source, received_at, reason, raw, raw_length) "
+                    "VALUES ('s', '2026-03-01 12:00:00', 'invalid JSON', :raw, 7)"
+                ),
+                {"raw": raw},
+            )
+    engine.dispose()
+    migrate.upgrade(archive_url)
+    found = rows(archive_url, "SELECT raw, raw_sha256, repeats FROM rejected_events ORDER BY id")
+    assert found == [
+        (raw, hashlib.sha256(raw.encode()).hexdigest(), 0)
+        for raw in ["{broken", "{broken", "caf\u00e9 [1,"]
+    ]
+    # Rows written before stay as they are; the next arrival counts on the first.
+    from ingest.events import normalise
+    from ingest.store import Received, Store
+
+    store = Store.open(archive_url)
+    try:
+        item = normalise("{broken")
+        store.write_batch("s", None, [Received(item, datetime(2026, 3, 2, tzinfo=timezone.utc))])
+    finally:
+        store.close()
+    assert rows(archive_url, "SELECT repeats FROM rejected_events ORDER BY id") == [
+        (1,),
+        (0,),
+        (0,),
+    ]
+    migrate.downgrade(archive_url, "0001")
+    assert rows(archive_url, "SELECT count(*) FROM rejected_events") == [(3,)]
+    migrate.upgrade(archive_url)
+    assert rows(archive_url, "SELECT count(*) FROM rejected_events WHERE raw_sha256 IS NULL") == [
+        (0,)
+    ]
