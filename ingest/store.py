@@ -14,7 +14,7 @@ from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql, sqlite
@@ -22,6 +22,9 @@ from sqlalchemy.engine import Connection, Engine
 
 from .events import Event, Rejection, same_payload
 from .resume import MAX_CLOCK_SKEW
+
+if TYPE_CHECKING:
+    from .journal import PendingRun
 
 NAMING_CONVENTION = {
     "ix": "ix_%(table_name)s_%(column_0_N_name)s",
@@ -553,8 +556,36 @@ class Store:
         since: datetime | None,
         types: Sequence[str],
         base_url: str,
+        pending: PendingRun | None = None,
     ) -> int:
+        """Record a new run; first settle the runs of this source that never recorded an end.
+
+        ``pending`` is a run's final record that the database refused when
+        that run ended (see :mod:`ingest.journal`): it is applied as it
+        was. Any other run still marked running was killed: it becomes
+        ``abandoned``, with the counts of its last progress update.
+        """
         with self.engine.begin() as conn:
+            if pending is not None:
+                conn.execute(
+                    ingest_runs.update()
+                    .where(
+                        ingest_runs.c.id == pending.run_id,
+                        ingest_runs.c.source == source,
+                        ingest_runs.c.outcome == "running",
+                    )
+                    .values(**pending.values)
+                )
+                if pending.connection_id is not None and pending.connection_values:
+                    conn.execute(
+                        ingest_connections.update()
+                        .where(
+                            ingest_connections.c.id == pending.connection_id,
+                            ingest_connections.c.run_id == pending.run_id,
+                            ingest_connections.c.closed_at.is_(None),
+                        )
+                        .values(**pending.connection_values)
+                    )
             # The caller holds this source's lock, so an earlier run still
             # marked running was killed before it could record its end.
             conn.execute(

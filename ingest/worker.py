@@ -39,6 +39,7 @@ from .events import (
     peek_id,
     reject,
 )
+from .journal import PendingRun, journal_path, read_pending, write_pending
 from .logs import Redactor
 from .resume import MAX_CLOCK_SKEW, plausible, resume_point
 from .settings import IngestSettings
@@ -245,15 +246,24 @@ class Worker:
     def _run(self) -> RunResult:
         s = self.settings
         started = _now()
+        journal = journal_path(s.db_url, s.source)
+        pending = read_pending(journal)
         try:
             self._initial_since = self._with_db_retry(self.resume_since)
             self._run_id = self._with_db_retry(
                 lambda: self.store.start_run(
-                    s.source, started, self._initial_since, s.types, s.base_url
+                    s.source, started, self._initial_since, s.types, s.base_url, pending
                 )
             )
         except StoreError as exc:
             return RunResult(EXIT_DATABASE, "database_error", self.counts, str(exc))
+        if pending is not None:
+            with contextlib.suppress(OSError):
+                journal.unlink()
+            log.info(
+                "recorded the end of run %d, which the database refused when it ended",
+                pending.run_id,
+            )
         start = {
             "archive": _safe_url(s.db_url),
             "source": s.source,
@@ -526,23 +536,29 @@ class Worker:
 
     def _finish(self, result: RunResult) -> None:
         c = self.counts
+        now = _now()
+        connection: tuple[int, dict[str, Any]] | None = None
         if self._connection_id is not None:
             conn_id = self._connection_id
             self._connection_id = None
+            reason = f"run ended: {result.outcome}"
+            closing = {"closed_at": now, "events": self._connection_events, "close_reason": reason}
+            connection = (conn_id, closing)
             try:
                 self._with_db_retry(
                     lambda: self.store.close_connection(
-                        conn_id, _now(), self._connection_events, f"run ended: {result.outcome}"
+                        conn_id, now, self._connection_events, reason
                     ),
                     attempts=3,
                 )
+                connection = None
             except StoreError as exc:
                 log.error("could not record the connection: %s", exc)
         if self._run_id is not None:
             run_id = self._run_id
             values = dict(
                 c.as_row(),
-                finished_at=_now(),
+                finished_at=now,
                 outcome=result.outcome,
                 exit_code=result.exit_code,
                 error=result.error,
@@ -551,6 +567,7 @@ class Worker:
                 self._with_db_retry(lambda: self.store.update_run(run_id, **values), attempts=3)
             except StoreError as exc:
                 log.error("could not record the run: %s", exc)
+                self._keep_pending(run_id, values, connection)
         log.info(
             "ingest finished: outcome=%s received=%d inserted=%d duplicates=%d "
             "rejected=%d reconnects=%d",
@@ -573,6 +590,27 @@ class Worker:
                 }
             },
         )
+
+    def _keep_pending(
+        self,
+        run_id: int,
+        values: dict[str, Any],
+        connection: tuple[int, dict[str, Any]] | None,
+    ) -> None:
+        """Keep the run's final record on disk for the next run to apply."""
+        path = journal_path(self.settings.db_url, self.settings.source)
+        pending = PendingRun(
+            run_id=run_id,
+            values=values,
+            connection_id=connection[0] if connection else None,
+            connection_values=connection[1] if connection else None,
+        )
+        try:
+            write_pending(path, pending)
+        except OSError as exc:
+            log.error("could not keep the run's record in %s either: %s", path, exc)
+            return
+        log.warning("kept the run's record in %s; the next run writes it to the archive", path)
 
     def on_signal(self, signum: int, _frame: FrameType | None) -> None:
         """SIGTERM/SIGINT: stop reading, flush, record the run, exit 0."""

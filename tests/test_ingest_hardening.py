@@ -175,3 +175,108 @@ def test_downgrade_on_a_terminal_takes_a_typed_confirmation(tmp_path: Path) -> N
     code, text = run("downgrade")
     assert code == 0, text
     assert "This drops every table" in text and "downgraded to base" in text
+
+
+def test_a_run_ended_by_a_database_outage_gets_its_true_record_later(tmp_path: Path) -> None:
+    import sqlite3
+    import time
+
+    from tests.conftest import event_count, spawn
+
+    archive = tmp_path / "archive.db"
+    url = f"sqlite:///{archive}"
+
+    def ev(n: int) -> bytes:
+        return frame(
+            json.dumps(
+                {
+                    "id": f"evt_{n}",
+                    "type": "grant.created",
+                    "createdAt": f"2026-03-01T12:00:{n:02d}.000Z",
+                    "data": {"grantId": f"g{n}"},
+                }
+            )
+        )
+
+    chunks = [ev(n) for n in range(1, 4)] + [b": wait\n\n"] * 20 + [ev(n) for n in range(4, 8)]
+    renames = [("events", "events_away"), ("ingest_runs", "runs_away")]
+    with ScriptedServer([Reply(chunks=chunks, pause=0.1, hold=30)]) as server:
+        proc = spawn(
+            [
+                "ingest",
+                "--db",
+                url,
+                "--base-url",
+                server.base_url,
+                "--since",
+                "2026-03-01",
+                "--flush-interval",
+                "0.2",
+                "--db-retry-timeout",
+                "2",
+            ]
+        )
+        try:
+            deadline = time.monotonic() + 30
+            while event_count(url) < 3:
+                assert time.monotonic() < deadline, "the first events never arrived"
+                time.sleep(0.05)
+            # The outage: the tables the run writes to are gone.
+            conn = sqlite3.connect(archive)
+            for old, new in renames:
+                conn.execute(f"ALTER TABLE {old} RENAME TO {new}")
+            conn.commit()
+            conn.close()
+            _out, err = proc.communicate(timeout=60)
+        finally:
+            proc.kill()
+    assert proc.returncode == 4, err
+    journal = list(tmp_path.glob("archive.db.run-*.json"))
+    assert len(journal) == 1, err
+    # The database comes back; the next run records how the first one really ended.
+    conn = sqlite3.connect(archive)
+    for old, new in renames:
+        conn.execute(f"ALTER TABLE {new} RENAME TO {old}")
+    conn.commit()
+    conn.close()
+    with ScriptedServer([Reply(hold=5)]) as server:
+        result = invoke(
+            ["ingest", "--db", url, "--base-url", server.base_url, "--until-idle", "0.3"]
+        )
+    assert result.exit_code == 0, result.output
+    first = rows(
+        url,
+        "SELECT outcome, exit_code, received, inserted, finished_at IS NOT NULL, error "
+        "FROM ingest_runs ORDER BY id",
+    )[0]
+    assert first[:5] == ("database_error", 4, 7, 3, 1)
+    assert first[5].startswith("database unusable")
+    assert rows(url, "SELECT count(*) FROM ingest_connections WHERE closed_at IS NULL") == [(0,)]
+    assert not list(tmp_path.glob("archive.db.run-*.json"))
+
+
+def test_journal_location_for_each_kind_of_archive(tmp_path: Path) -> None:
+    from ingest.journal import PendingRun, journal_path, read_pending, write_pending
+
+    beside = journal_path(f"sqlite:///{tmp_path / 'a.db'}", "prod", environ={})
+    assert beside.parent == tmp_path and beside.name.startswith("a.db.run-")
+    pg = "postgresql+psycopg://u:secretpw@db/grantex"
+    state = journal_path(pg, "prod", environ={"GRANTEX_ARCHIVE_STATE_DIR": str(tmp_path)})
+    assert state.parent == tmp_path and "secretpw" not in str(state)
+    systemd = journal_path(pg, "prod", environ={"STATE_DIRECTORY": "/var/lib/gxa:/x"})
+    assert systemd.parent == Path("/var/lib/gxa")
+    home = journal_path(pg, "prod", environ={"HOME": "/home/op"})
+    assert home.parent == Path("/home/op/.local/state/grantex-archive")
+    assert journal_path(pg, "other", environ={"HOME": "/h"}) != journal_path(
+        pg, "prod", environ={"HOME": "/h"}
+    )
+    # A round trip keeps times as times; an unreadable file is ignored.
+    from datetime import datetime, timezone
+
+    at = datetime(2026, 3, 1, 12, 0, 0, 123000, tzinfo=timezone.utc)
+    write_pending(state, PendingRun(7, {"finished_at": at, "received": 5, "outcome": "x"}))
+    assert read_pending(state) == PendingRun(
+        7, {"finished_at": at, "received": 5, "outcome": "x"}, None, {}
+    )
+    state.write_text("{not json")
+    assert read_pending(state) is None
