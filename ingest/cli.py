@@ -22,7 +22,7 @@ from typing import Any, TypeVar
 import click
 import sqlalchemy as sa
 
-from .events import TimestampError, format_timestamp, parse_time_option
+from .events import MAX_TEXT, TimestampError, format_timestamp, parse_time_option
 from .logs import setup_logging
 from .settings import (
     DEFAULT_BASE_URL,
@@ -416,6 +416,11 @@ def ingest(
     _check_db_url(db_url, creates=True)
     if not source.strip():
         raise click.BadParameter("must not be empty", param_hint="'--source'")
+    if len(source) > MAX_TEXT:
+        raise click.BadParameter(
+            f"must be at most {MAX_TEXT} characters (it is stored beside every event)",
+            param_hint="'--source'",
+        )
     try:
         api_key = load_api_key(api_key_file)
         settings = IngestSettings(

@@ -280,3 +280,9 @@ def test_journal_location_for_each_kind_of_archive(tmp_path: Path) -> None:
     )
     state.write_text("{not json")
     assert read_pending(state) is None
+
+
+def test_a_source_label_longer_than_its_column_is_a_usage_error(archive_url: str) -> None:
+    result = invoke(["ingest", "--db", archive_url, "--source", "s" * 256, "--max-runtime", "1"])
+    assert result.exit_code == 2
+    assert "'--source': must be at most 255 characters" in result.output
