@@ -358,26 +358,47 @@ def normalise(data: str) -> Event | Rejection:
         _text(get("tokenId")),
         _text(get("method")),
     )
-    for key, value in zip(_TEXT_KEYS, texts, strict=True):
+    for value in texts:
         if value is not None and len(value) > MAX_TEXT:
-            return reject(f"'data.{key}' is longer than {MAX_TEXT} characters", data, event_id)
-    percentage_key = "percentage"
+            return _too_long(texts, data, event_id)
     percentage = get("percentage")
     if percentage is None:
-        percentage_key, percentage = "pct", get("pct")
-    numbers: list[float | None] = []
-    for key, value in (
-        (percentage_key, percentage),
-        ("remaining", get("remaining")),
-        ("initial", get("initial")),
-    ):
+        percentage = get("pct")
+    try:
+        return Event(
+            event_id,
+            event_type,
+            occurred_at,
+            data,
+            *texts,
+            _number(percentage),
+            _number(get("remaining")),
+            _number(get("initial")),
+        )
+    except _OutOfRange:
+        return _out_of_range(body, data, event_id)
+
+
+def _too_long(texts: tuple[str | None, ...], data: str, event_id: str) -> Rejection:
+    key = next(
+        key
+        for key, value in zip(_TEXT_KEYS, texts, strict=True)
+        if value is not None and len(value) > MAX_TEXT
+    )
+    return reject(f"'data.{key}' is longer than {MAX_TEXT} characters", data, event_id)
+
+
+def _out_of_range(body: dict[str, Any], data: str, event_id: str) -> Rejection:
+    key = "percentage" if body.get("percentage") is not None else "pct"
+    for name in (key, "remaining", "initial"):
         try:
-            numbers.append(_number(value))
+            _number(body.get(name))
         except _OutOfRange:
+            value = body.get(name)
             return reject(
-                f"'data.{key}' is out of range for a number: {_shorten(value)}", data, event_id
+                f"'data.{name}' is out of range for a number: {_shorten(value)}", data, event_id
             )
-    return Event(event_id, event_type, occurred_at, data, *texts, *numbers)
+    raise AssertionError("no field out of range")  # pragma: no cover
 
 
 _TEXT_KEYS = ("grantId", "agentId", "principalId", "revokedBy", "tokenId", "method")
