@@ -349,7 +349,7 @@ def test_unreachable_host_exits_69(sqlite_archive: str) -> None:
 
 
 def test_brand_new_sqlite_archive_is_created(tmp_path: Path) -> None:
-    url = f"sqlite:///{tmp_path / 'sub' / 'new.db'}"
+    url = f"sqlite:///{tmp_path / 'new.db'}"
     with ScriptedServer([Reply(chunks=[frame(ev(1))], hold=5)]) as server:
         result = ingest(url, server)
     assert result.exit_code == 0, result.output
