@@ -741,7 +741,7 @@ def _export(
     session = Session(copy, memory_limit=EXPORT_MEMORY_LIMIT)
     progress = _Progress("Exporting") if output != "-" and sys.stderr.isatty() else None
     try:
-        with ctrl_c_stops() as stop:
+        with ctrl_c_stops(session.conn) as stop:
             result = session.run(
                 lambda conn: run_export(
                     conn, spec, filters, manifest.watermark if manifest else 0, progress, stop

@@ -626,13 +626,14 @@ def run_export(
 
 
 @contextlib.contextmanager
-def ctrl_c_stops() -> Iterator[threading.Event]:
+def ctrl_c_stops(conn: duckdb.DuckDBPyConnection) -> Iterator[threading.Event]:
     """An event for ``run_export``'s ``stop`` that Ctrl-C sets, while inside.
 
-    Ctrl-C still raises KeyboardInterrupt, which DuckDB turns into an
-    interrupted query; where it is swallowed instead, the export sees the
-    event at its next step. Outside the main thread, or with SIGINT ignored,
-    nothing changes.
+    Ctrl-C also interrupts the query running on ``conn``. No KeyboardInterrupt
+    is raised: landing wherever Python happens to be (a garbage collection
+    callback, a library's cleanup), it could be swallowed or print a traceback;
+    the export sees the event at its next step instead. Outside the main
+    thread, or with SIGINT ignored, nothing changes.
     """
     stop = threading.Event()
     previous = signal.getsignal(signal.SIGINT)
@@ -645,7 +646,7 @@ def ctrl_c_stops() -> Iterator[threading.Event]:
 
     def interrupt(signum: int, frame: Any) -> None:
         stop.set()
-        raise KeyboardInterrupt
+        conn.interrupt()
 
     signal.signal(signal.SIGINT, interrupt)
     try:
@@ -655,8 +656,8 @@ def ctrl_c_stops() -> Iterator[threading.Event]:
 
 
 def _check_stop(stop: threading.Event | None) -> None:
-    # A Ctrl-C's KeyboardInterrupt can be swallowed where it lands (a garbage
-    # collection callback, a library's cleanup); the event it set cannot be.
+    # Between the steps DuckDB does not run (Python's and pyarrow's), a stop
+    # asked for by ``ctrl_c_stops`` becomes the KeyboardInterrupt it stands for.
     if stop is not None and stop.is_set():
         raise KeyboardInterrupt
 
