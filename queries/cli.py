@@ -589,6 +589,9 @@ def demo(db_url: str, backlog: int, seed: int) -> None:
 # --------------------------------------------------------------------------- export
 
 
+EXIT_INTERRUPTED = 130  # 128 + SIGINT, as shells report a Ctrl-C
+
+
 @click.command("export")
 @click.option(
     "-o",
@@ -711,24 +714,16 @@ def export_command(
     )
     if filters.since and filters.until and filters.until <= filters.since:
         raise click.BadParameter("must be later than --since", param_hint="'--until'")
-    try:
-        if output != "-":
+    if output != "-":
+        try:
             # Before the refresh: a PATH that cannot be written fails at once.
             check_target(spec)
+        except TargetError as exc:
+            raise CliError(str(exc)) from None
+    try:
         _export(spec, filters, db_url, analytics_dir, no_refresh)
-    except TargetError as exc:
-        raise CliError(str(exc)) from None
-    except OutputClosed:
-        # `export -o - | head`: the reader has what it wanted.
-        _discard_stdout()
-    except KeyboardInterrupt:
-        raise CliError(
-            "interrupted" + (f"; nothing was written to {output}" if output != "-" else ""),
-            EXIT_INTERRUPTED,
-        ) from None
-
-
-EXIT_INTERRUPTED = 130
+    except KeyboardInterrupt:  # before the export began (refreshing the copy)
+        raise CliError("interrupted", EXIT_INTERRUPTED) from None
 
 
 def _export(
@@ -749,8 +744,10 @@ def _export(
             )
     except ExportInterrupted as exc:
         raise CliError(str(exc), EXIT_INTERRUPTED) from None
-    except (TargetError, OutputClosed):
-        raise
+    except OutputClosed:
+        # `export -o - | head`: the reader has what it wanted.
+        _discard_stdout()
+        return
     except ExportError as exc:
         raise CliError(str(exc)) from None
     except QueryError as exc:

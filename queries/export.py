@@ -611,8 +611,9 @@ def run_export(
     """Write the export ``spec`` asks for from the views on ``conn``.
 
     Raises TargetError when PATH may not be written, ExportInterrupted on
-    Ctrl-C or once ``stop`` is set (after removing what it had written), OutputClosed when standard
-    output's reader went away, ExportError when writing failed.
+    Ctrl-C or once ``stop`` is set (after removing what it had written),
+    OutputClosed when standard output's reader went away, ExportError when
+    writing failed.
     """
     try:
         return _run_export(conn, spec, filters, watermark, progress, stop)
@@ -740,7 +741,10 @@ def _run_export(
         },
         "files": files,
     }
-    _write_atomic(manifest, json.dumps(record, indent=2) + "\n")
+    try:
+        _write_atomic(manifest, json.dumps(record, indent=2) + "\n")
+    except OSError as exc:
+        raise ExportError(f"writing {manifest} failed: {exc.strerror or exc}") from None
     return ExportResult(plan.rows, files, manifest)
 
 
@@ -937,16 +941,10 @@ def _not_replaceable(final: Path, manifest: Path, spec: ExportSpec) -> str | Non
     shape = "a directory (--partition-by)" if spec.partition_by else "a file"
     if os.path.lexists(final):
         mode = os.lstat(final).st_mode
-        if stat.S_ISDIR(mode) != bool(spec.partition_by) or not (
-            stat.S_ISDIR(mode) or stat.S_ISREG(mode)
-        ):
-            kind = (
-                "a directory"
-                if stat.S_ISDIR(mode)
-                else "a file"
-                if stat.S_ISREG(mode)
-                else ("not a regular file")
-            )
+        if not (stat.S_ISDIR(mode) or stat.S_ISREG(mode)):
+            return f"{final} is not a regular file or directory"
+        if stat.S_ISDIR(mode) != bool(spec.partition_by):
+            kind = "a directory" if stat.S_ISDIR(mode) else "a file"
             return f"{final} is {kind}, and this export would be {shape}"
         if not os.path.lexists(manifest):
             return f"{final} exists and is not an export (no {manifest.name} beside it)"
