@@ -189,6 +189,37 @@ def test_a_symlink_as_path_is_refused(small: tuple[str, Path], partition: bool) 
     assert link.is_symlink()
 
 
+def test_a_symlink_as_the_manifest_is_refused(small: tuple[str, Path]) -> None:
+    url, out = small
+    target = out / "x.csv"
+    assert export(url, "-o", str(target)).exit_code == 0
+    elsewhere = out / "elsewhere.json"
+    manifest = out / "x.csv.manifest.json"
+    manifest.rename(elsewhere)
+    manifest.symlink_to(elsewhere)
+    before = tree(out)
+    result = export(url, "-o", str(target), "--force")
+    assert result.exit_code == 1
+    assert "x.csv.manifest.json is a symbolic link" in error_line(result)
+    assert tree(out) == before
+
+
+def test_only_this_path_s_unheld_leftovers_are_removed(small: tuple[str, Path]) -> None:
+    url, out = small
+    ours = [".x.csv.0123abcd.tmp", ".x.csv.manifest.json.0123abcd.tmp"]
+    for name in ours:
+        (out / name).write_text("left by a killed export")
+    (out / ".x.csv.4567cdef.old").mkdir()
+    (out / ".x.csv.4567cdef.old" / "part.parquet").write_text("x")
+    others = [".y.csv.0123abcd.tmp", ".x.csv.gz.0123abcd.tmp", ".x.csv.notes.tmp", "x.csv.tmp"]
+    for name in others:
+        (out / name).write_text("not ours")
+    assert export(url, "-o", str(out / "x.csv")).exit_code == 0
+    assert sorted(p.name for p in out.iterdir()) == sorted(
+        [*others, "x.csv", "x.csv.manifest.json"]
+    )
+
+
 # --------------------------------------------------------------------------- odd paths
 
 
@@ -420,7 +451,7 @@ def _wait_for_temp(
         found = [
             p
             for p in directory.glob(f".{name}.*.tmp")
-            if p.name not in known and p.stat().st_size > 0
+            if p.name not in known and p.exists() and p.stat().st_size > 0
         ]
         if found:
             return found[0]
