@@ -44,12 +44,18 @@ from .export import (
     FORMATS,
     PARTITIONS,
     ExportError,
+    ExportInterrupted,
     ExportSpec,
     Filters,
+    OutputClosed,
+    SuffixError,
+    TargetError,
     VerifyError,
     check_columns,
+    check_suffix,
+    check_target,
+    ctrl_c_stops,
     format_for,
-    manifest_path,
     run_export,
     verify_export,
     write_query_csv,
@@ -583,6 +589,9 @@ def demo(db_url: str, backlog: int, seed: int) -> None:
 # --------------------------------------------------------------------------- export
 
 
+EXIT_INTERRUPTED = 130  # 128 + SIGINT, as shells report a Ctrl-C
+
+
 @click.command("export")
 @click.option(
     "-o",
@@ -595,7 +604,8 @@ def demo(db_url: str, backlog: int, seed: int) -> None:
     "--format",
     "fmt",
     type=click.Choice(FORMATS),
-    help="File format [default: from PATH's suffix (.csv .jsonl .parquet, .gz), else csv].",
+    help="File format [default: from PATH's suffix (.csv .jsonl .ndjson .parquet, .gz); "
+    "csv for '-']. A suffix that disagrees is refused.",
 )
 @click.option(
     "--type", "types", multiple=True, metavar="T", help="Only events of type T (repeatable)."
@@ -612,7 +622,9 @@ def demo(db_url: str, backlog: int, seed: int) -> None:
     help=f"Columns, in this order [default: {','.join(DEFAULT_COLUMNS)}; "
     "for jsonl the envelope as archived]. Also: seq, received_at, payload.",
 )
-@click.option("--gzip", "gz", is_flag=True, help="Compress CSV or JSON Lines with gzip.")
+@click.option(
+    "--gzip", "gz", is_flag=True, help="Compress CSV or JSON Lines with gzip (PATH ends in .gz)."
+)
 @click.option(
     "--partition-by",
     type=click.Choice(sorted(PARTITIONS)),
@@ -624,7 +636,12 @@ def demo(db_url: str, backlog: int, seed: int) -> None:
     help="CSV: prefix text cells starting with = + - @ tab or CR with ' so spreadsheets "
     "do not run them (changes the data; off by default).",
 )
-@click.option("--force", is_flag=True, help="Replace PATH (and its manifest) if it exists.")
+@click.option(
+    "--force",
+    is_flag=True,
+    help="Replace a previous export of the same shape at PATH (with its manifest); "
+    "nothing else is ever replaced.",
+)
 @copy_options
 def export_command(
     output: str,
@@ -651,7 +668,7 @@ def export_command(
     Z (typed UTC timestamps in Parquet). Beside PATH, PATH.manifest.json holds
     the filters, the row count, each file's SHA-256 and the archive's watermark;
     `grantex-archive verify-export PATH` checks them. The file appears under
-    PATH only once complete.
+    PATH only once complete; Ctrl-C (exit 130) leaves nothing.
 
     \b
     Example:
@@ -682,6 +699,10 @@ def export_command(
         raise click.UsageError("Parquet cannot go to standard output: give a file")
     if safe_formulas and spec.fmt != "csv":
         raise click.UsageError("--safe-formulas is for csv")
+    try:
+        check_suffix(output, fmt, spec.fmt, spec.gzip)
+    except SuffixError as exc:
+        raise click.UsageError(str(exc)) from None
     filters = Filters(
         types=types,
         since=_parse_time(since, "--since"),
@@ -693,20 +714,40 @@ def export_command(
     )
     if filters.since and filters.until and filters.until <= filters.since:
         raise click.BadParameter("must be later than --since", param_hint="'--until'")
-    if output != "-" and not force:
-        for existing in (Path(output), manifest_path(Path(output))):
-            if existing.exists():
-                raise CliError(f"{existing} exists (use --force to replace it)", 1)
+    if output != "-":
+        try:
+            # Before the refresh: a PATH that cannot be written fails at once.
+            check_target(spec)
+        except TargetError as exc:
+            raise CliError(str(exc)) from None
+    try:
+        _export(spec, filters, db_url, analytics_dir, no_refresh)
+    except KeyboardInterrupt:  # before the export began (refreshing the copy)
+        raise CliError("interrupted", EXIT_INTERRUPTED) from None
+
+
+def _export(
+    spec: ExportSpec, filters: Filters, db_url: str, analytics_dir: Path | None, no_refresh: bool
+) -> None:
+    """Run the export and print its summary; errors become ``Error:`` lines."""
+    output = spec.output
     copy = open_copy(db_url, analytics_dir, not no_refresh)
     manifest = copy.manifest()
     session = Session(copy, memory_limit=EXPORT_MEMORY_LIMIT)
     progress = _Progress("Exporting") if output != "-" and sys.stderr.isatty() else None
     try:
-        result = session.run(
-            lambda conn: run_export(
-                conn, spec, filters, manifest.watermark if manifest else 0, progress
+        with ctrl_c_stops(session.conn) as stop:
+            result = session.run(
+                lambda conn: run_export(
+                    conn, spec, filters, manifest.watermark if manifest else 0, progress, stop
+                )
             )
-        )
+    except ExportInterrupted as exc:
+        raise CliError(str(exc), EXIT_INTERRUPTED) from None
+    except OutputClosed:
+        # `export -o - | head`: the reader has what it wanted.
+        _discard_stdout()
+        return
     except ExportError as exc:
         raise CliError(str(exc)) from None
     except QueryError as exc:
@@ -725,12 +766,24 @@ def export_command(
         )
 
 
+def _discard_stdout() -> None:
+    """Point standard output at /dev/null: the closing flush finds no broken pipe."""
+    try:
+        fd = sys.stdout.fileno()
+    except (OSError, ValueError):  # not a real file (tests run the CLI in-process)
+        return
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, fd)
+    os.close(devnull)
+
+
 @click.command("verify-export")
 @click.argument("path", type=click.Path(path_type=Path))
 def verify_export_command(path: Path) -> None:
     """Check an export against its manifest: every file's SHA-256 and row count.
 
-    Exits 0 when everything matches, 1 with the first difference otherwise.
+    The manifest must be well formed and list exactly the files at PATH. Exits 0
+    when everything matches, 1 with the first difference otherwise.
 
     \b
     Example:

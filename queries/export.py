@@ -5,30 +5,39 @@ so memory stays bounded whatever the size. For CSV and JSON Lines DuckDB
 writes each slice (``COPY ... TO``) into a pipe that a writer thread hashes,
 and gzips if asked, on the way to the file; for Parquet its Arrow batches go
 to pyarrow's Parquet writer. No row becomes a Python object. Every file is
-written under a temporary name and renamed into place once complete; the
-manifest beside it
-(``PATH.manifest.json``) records the filters, the row count, each file's
-SHA-256 and the archive's watermark, and ``verify_export`` checks all of it.
+written under a temporary name, locked while it is written, and renamed into
+place once complete; the next export of the same PATH removes the temporary
+files that killed exports left (those nobody holds a lock on). The manifest
+beside it (``PATH.manifest.json``) records the filters, the row count, each
+file's SHA-256 and the archive's watermark, and ``verify_export`` checks all of
+it. ``--force`` replaces only a previous export of the same shape: a file, or a
+partitioned directory, with its manifest beside it.
 """
 
 from __future__ import annotations
 
 import contextlib
+import csv
 import fcntl
 import gzip
 import hashlib
+import io
 import itertools
 import json
 import os
+import re
 import secrets
 import shutil
+import signal
+import stat
 import sys
 import threading
-from collections.abc import Callable
+import zlib
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from importlib.metadata import PackageNotFoundError, version
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Any, BinaryIO
 
 import duckdb
@@ -87,6 +96,22 @@ class ExportError(Exception):
     """An export could not be written."""
 
 
+class TargetError(ExportError):
+    """PATH may not be written or replaced: the message says why and what to do."""
+
+
+class SuffixError(ExportError):
+    """PATH's name disagrees with what would be written into it (a usage error)."""
+
+
+class ExportInterrupted(ExportError):
+    """The export was interrupted (Ctrl-C); nothing was left under PATH."""
+
+
+class OutputClosed(ExportError):
+    """Standard output was closed by its reader (``| head``): not a failure."""
+
+
 class VerifyError(Exception):
     """An export does not match its manifest."""
 
@@ -98,16 +123,58 @@ def tool_version() -> str:
         return "unknown"
 
 
-def format_for(path: str, given: str | None) -> tuple[str, bool]:
-    """The format and gzip flag for ``path`` (``.csv``, ``.jsonl``, ``.parquet``, ``.gz``)."""
-    name = path.lower()
+# File name endings and the format each stands for (a further .gz: gzip).
+SUFFIXES = {".csv": "csv", ".jsonl": "jsonl", ".ndjson": "jsonl", ".parquet": "parquet"}
+
+
+def _suffix_of(path: str) -> tuple[str | None, bool]:
+    """The known format suffix of ``path``'s name (``.csv`` ...), and whether it ends in .gz."""
+    name = PurePosixPath(path).name.lower()
     gz = name.endswith(".gz")
     if gz:
         name = name[:-3]
-    guessed = next((f for f in FORMATS if name.endswith("." + f)), None)
-    if name.endswith(".ndjson"):
-        guessed = "jsonl"
-    return (given or guessed or "csv"), gz
+    return next((s for s in SUFFIXES if name.endswith(s)), None), gz
+
+
+def format_for(path: str, given: str | None) -> tuple[str, bool]:
+    """The format and gzip flag for ``path`` (``.csv``, ``.jsonl``, ``.parquet``, ``.gz``).
+
+    Lenient (CSV when nothing says otherwise); ``check_suffix`` then refuses a
+    name that disagrees with the result.
+    """
+    suffix, gz = _suffix_of(path)
+    return (given or (SUFFIXES[suffix] if suffix else None) or "csv"), gz
+
+
+def check_suffix(path: str, given: str | None, fmt: str, gz: bool) -> None:
+    """Refuse a file name whose ending disagrees with the content (SuffixError).
+
+    A known ending (``.csv``, ``.jsonl``, ``.ndjson``, ``.parquet``) must match
+    the format; gzip needs ``.gz`` and ``.gz`` means gzip; a name with any other
+    ending needs ``--format``. Standard output (``-``) takes any format.
+    """
+    if path == "-":
+        return
+    suffix, suffix_gz = _suffix_of(path)
+    if suffix is None and given is None:
+        raise SuffixError(
+            f"cannot tell the format of {path!r} from its name: end it in .csv, .jsonl or "
+            ".parquet (with .gz to compress csv or jsonl), or give --format"
+        )
+    if suffix is not None and SUFFIXES[suffix] != fmt:
+        raise SuffixError(
+            f"{path!r} ends in {suffix} but --format is {fmt}: name it "
+            f"{_renamed(path, fmt, gz)} or drop --format"
+        )
+    if gz and not suffix_gz:
+        raise SuffixError(f"--gzip writes gzip: name the file {path}.gz")
+
+
+def _renamed(path: str, fmt: str, gz: bool) -> str:
+    pure = PurePosixPath(path)
+    stem = pure.name[:-3] if pure.name.lower().endswith(".gz") else pure.name
+    base = stem.rsplit(".", 1)[0] if "." in stem.lstrip(".") else stem
+    return str(pure.with_name(f"{base}.{fmt}{'.gz' if gz else ''}"))
 
 
 @dataclass(frozen=True)
@@ -410,6 +477,8 @@ class _PipeSink(threading.Thread):
             os.close(self.write_fd)
             self.write_fd = -1
         self.join()
+        if isinstance(self.error, BrokenPipeError):
+            raise OutputClosed("the reader of the export closed it") from self.error
         if self.error is not None:
             raise ExportError(f"writing the export failed: {self.error}") from self.error
 
@@ -427,6 +496,7 @@ def _write_text(
     plan: Plan,
     target: BinaryIO,
     progress: ProgressFn | None,
+    stop: threading.Event | None = None,
 ) -> _HashingWriter:
     """CSV or JSON Lines: DuckDB writes each slice, in turn, into one pipe."""
     sink = _PipeSink(target, spec.gzip)
@@ -439,6 +509,7 @@ def _write_text(
                 f"COPY ({sql}) TO '{sink.path}' ({_copy_options(spec, header=i == 0)})", bound
             ).fetchall()
             done += part.rows if part is not None else 0
+            _check_stop(stop)
             if progress is not None:
                 progress(done, plan.rows)
     finally:
@@ -455,11 +526,13 @@ def _write_parquet(
     plan: Plan,
     tmp: Path,
     progress: ProgressFn | None,
+    stop: threading.Event | None = None,
 ) -> None:
     """Parquet: each slice's Arrow batches go into row groups of one file per partition.
 
     Rows arrive in occurred_at order, so each day's or month's rows are
     contiguous: a partition's file is closed as soon as a later one begins.
+    ``tmp`` exists: an empty file, or with --partition-by an empty directory.
     """
     import pyarrow as pa
     import pyarrow.parquet as pq
@@ -498,8 +571,6 @@ def _write_parquet(
             start += length
 
     try:
-        if spec.partition_by:
-            tmp.mkdir()
         done = 0
         for part in _parts(plan):
             sql, bound = _slice_query(spec, where, params, part)
@@ -507,6 +578,7 @@ def _write_parquet(
             pending: list[Any] = []
             size = 0
             for batch in reader:
+                _check_stop(stop)
                 pending.append(batch)
                 size += batch.num_rows
                 if size >= PARQUET_ROW_GROUP:
@@ -520,6 +592,7 @@ def _write_parquet(
             del reader, pending
             pool.release_unused()  # what one slice needed goes back before the next
             done += part.rows if part is not None else 0
+            _check_stop(stop)
             if progress is not None:
                 progress(done, plan.rows)
     finally:
@@ -533,49 +606,112 @@ def run_export(
     filters: Filters,
     watermark: int,
     progress: ProgressFn | None = None,
+    stop: threading.Event | None = None,
 ) -> ExportResult:
-    """Write the export ``spec`` asks for from the views on ``conn``."""
+    """Write the export ``spec`` asks for from the views on ``conn``.
+
+    Raises TargetError when PATH may not be written, ExportInterrupted on
+    Ctrl-C or once ``stop`` is set (after removing what it had written),
+    OutputClosed when standard output's reader went away, ExportError when
+    writing failed.
+    """
+    try:
+        return _run_export(conn, spec, filters, watermark, progress, stop)
+    except (KeyboardInterrupt, duckdb.InterruptException):
+        raise ExportInterrupted(_interrupted_message(spec)) from None
+    except RuntimeError as exc:
+        # DuckDB stops a query on Ctrl-C and raises this in place of KeyboardInterrupt.
+        if "interrupted" not in str(exc).lower():
+            raise
+        raise ExportInterrupted(_interrupted_message(spec)) from None
+
+
+@contextlib.contextmanager
+def ctrl_c_stops(conn: duckdb.DuckDBPyConnection) -> Iterator[threading.Event]:
+    """An event for ``run_export``'s ``stop`` that Ctrl-C sets, while inside.
+
+    Ctrl-C also interrupts the query running on ``conn``. No KeyboardInterrupt
+    is raised: landing wherever Python happens to be (a garbage collection
+    callback, a library's cleanup), it could be swallowed or print a traceback;
+    the export sees the event at its next step instead. Outside the main
+    thread, or with SIGINT ignored, nothing changes.
+    """
+    stop = threading.Event()
+    previous = signal.getsignal(signal.SIGINT)
+    if threading.current_thread() is not threading.main_thread() or previous in (
+        signal.SIG_IGN,
+        None,
+    ):
+        yield stop
+        return
+
+    def interrupt(signum: int, frame: Any) -> None:
+        stop.set()
+        conn.interrupt()
+
+    signal.signal(signal.SIGINT, interrupt)
+    try:
+        yield stop
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
+def _check_stop(stop: threading.Event | None) -> None:
+    # Between the steps DuckDB does not run (Python's and pyarrow's), a stop
+    # asked for by ``ctrl_c_stops`` becomes the KeyboardInterrupt it stands for.
+    if stop is not None and stop.is_set():
+        raise KeyboardInterrupt
+
+
+def _interrupted_message(spec: ExportSpec) -> str:
+    if spec.output == "-":
+        return "interrupted"
+    return f"interrupted; nothing was written to {spec.output}"
+
+
+def _run_export(
+    conn: duckdb.DuckDBPyConnection,
+    spec: ExportSpec,
+    filters: Filters,
+    watermark: int,
+    progress: ProgressFn | None,
+    stop: threading.Event | None,
+) -> ExportResult:
     where, params = filters.where()
     share = PARQUET_SLICE_SHARE if spec.fmt == "parquet" else 1.0
     plan = plan_export(conn, where, params, share=share)
     if spec.output == "-":
-        sys.stdout.flush()
-        _write_text(conn, spec, where, params, plan, sys.stdout.buffer, None)
-        sys.stdout.buffer.flush()
+        try:
+            sys.stdout.flush()
+            _write_text(conn, spec, where, params, plan, sys.stdout.buffer, None, stop)
+            sys.stdout.buffer.flush()
+        except BrokenPipeError:
+            raise OutputClosed("the reader of the export closed it") from None
         return ExportResult(plan.rows)
     final = Path(spec.output)
     manifest = manifest_path(final)
-    if not spec.force:
-        for existing in (final, manifest):
-            if existing.exists():
-                raise ExportError(f"{existing} exists (use --force to replace it)")
-    final.parent.mkdir(parents=True, exist_ok=True)
-    tmp = final.with_name(f".{final.name}.{secrets.token_hex(4)}.tmp")
+    check_target(spec)
+    remove_stale_temps(final)
     try:
-        if spec.fmt == "parquet":
-            _write_parquet(conn, spec, where, params, plan, tmp, progress)
-            if spec.partition_by:
-                files = _describe_tree(tmp, spec)
-            else:
-                files = [_describe_file(tmp, final.name, spec, plan.rows)]
-        else:
-            with open(tmp, "wb") as handle:
-                written = _write_text(conn, spec, where, params, plan, handle, progress)
-            # Hashed on the way out: the file is not read again.
-            files = [
-                {
-                    "path": final.name,
-                    "bytes": written.bytes,
-                    "rows": plan.rows,
-                    "sha256": written.digest.hexdigest(),
-                }
-            ]
+        tmp, held = _create_temp(final, directory=bool(spec.partition_by))
+    except OSError as exc:
+        raise TargetError(f"cannot write in {final.parent}: {exc.strerror}") from None
+    try:
+        files = _write_export(
+            conn, spec, where, params, plan, tmp, held, final.name, progress, stop
+        )
+        _check_stop(stop)
+        # Checked again: a long export leaves time for PATH to change meanwhile.
+        check_target(spec)
         _replace(tmp, final)
+    except OSError as exc:
+        raise ExportError(f"writing {final} failed: {exc.strerror or exc}") from None
     finally:
-        if tmp.is_dir():
+        if tmp.is_dir() and not tmp.is_symlink():
             shutil.rmtree(tmp, ignore_errors=True)
         else:
             tmp.unlink(missing_ok=True)
+        os.close(held)
     record = {
         "format": MANIFEST_FORMAT,
         "tool": "grantex-archive",
@@ -605,8 +741,44 @@ def run_export(
         },
         "files": files,
     }
-    _write_atomic(manifest, json.dumps(record, indent=2) + "\n")
+    try:
+        _write_atomic(manifest, json.dumps(record, indent=2) + "\n")
+    except OSError as exc:
+        raise ExportError(f"writing {manifest} failed: {exc.strerror or exc}") from None
     return ExportResult(plan.rows, files, manifest)
+
+
+def _write_export(
+    conn: duckdb.DuckDBPyConnection,
+    spec: ExportSpec,
+    where: str,
+    params: dict[str, Any],
+    plan: Plan,
+    tmp: Path,
+    held: int,
+    name: str,
+    progress: ProgressFn | None,
+    stop: threading.Event | None,
+) -> list[dict[str, Any]]:
+    """Write the export into ``tmp`` (its descriptor ``held``); the manifest's file entries."""
+    if spec.fmt == "parquet":
+        _write_parquet(conn, spec, where, params, plan, tmp, progress, stop)
+        if spec.partition_by:
+            return _describe_tree(tmp, spec)
+        return [_describe_file(tmp, name, spec, plan.rows)]
+    with open(held, "wb", closefd=False) as handle:
+        written = _write_text(conn, spec, where, params, plan, handle, progress, stop)
+        handle.flush()
+        os.fsync(held)
+    # Hashed on the way out: the file is not read again.
+    return [
+        {
+            "path": name,
+            "bytes": written.bytes,
+            "rows": plan.rows,
+            "sha256": written.digest.hexdigest(),
+        }
+    ]
 
 
 def _describe_file(path: Path, name: str, spec: ExportSpec, rows: int | None) -> dict[str, Any]:
@@ -635,9 +807,175 @@ def _replace(tmp: Path, final: Path) -> None:
 
 
 def _write_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
+    tmp, fd = _create_temp(path, directory=False)
+    try:
+        with open(fd, "wb", closefd=False) as handle:
+            handle.write(text.encode())
+            handle.flush()
+            os.fsync(fd)
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    finally:
+        os.close(fd)
+
+
+# --------------------------------------------------------------------------- where an export goes
+
+# What a temporary name adds to PATH's name: ".NAME.<8 hex>.tmp" (being written)
+# or ".NAME.<8 hex>.old" (a replaced partition directory being removed).
+_TEMP_TAIL = re.compile(r"[0-9a-f]{8}\.(?:tmp|old)")
+
+
+def _create_temp(final: Path, directory: bool) -> tuple[Path, int]:
+    """A new temporary file (or directory) beside ``final``, and a descriptor holding its lock.
+
+    The lock (``flock``) lasts as long as the descriptor is open, so a process
+    that dies, however it dies, leaves a temporary file nobody holds:
+    ``remove_stale_temps`` tells those from the files of running exports.
+    """
+    while True:
+        tmp = final.with_name(f".{final.name}.{secrets.token_hex(4)}.tmp")
+        if directory:
+            os.mkdir(tmp)
+            fd = os.open(tmp, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        else:
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o666)
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        # Another export's cleaning may have taken the new, not yet locked,
+        # file for a stale one and removed it in that instant: then try again.
+        if _same_file(tmp, fd):
+            return tmp, fd
+        os.close(fd)
+
+
+def _same_file(path: Path, fd: int) -> bool:
+    try:
+        there = os.lstat(path)
+    except FileNotFoundError:
+        return False
+    held = os.fstat(fd)
+    return (there.st_dev, there.st_ino) == (held.st_dev, held.st_ino)
+
+
+def remove_stale_temps(final: Path) -> list[Path]:
+    """Remove what killed exports of ``final`` left beside it; the paths removed.
+
+    Only temporary files and directories of this PATH (and of its manifest)
+    that no process holds a lock on: a running export's are left alone.
+    """
+    prefixes = (f".{final.name}.", f".{manifest_path(final).name}.")
+    removed: list[Path] = []
+    try:
+        names = [entry.name for entry in os.scandir(final.parent)]
+    except OSError:
+        return removed
+    for name in sorted(names):
+        if not any(name.startswith(p) and _TEMP_TAIL.fullmatch(name[len(p) :]) for p in prefixes):
+            continue
+        path = final.with_name(name)
+        try:
+            fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+        except OSError:  # gone meanwhile, or a symbolic link: not ours to remove
+            continue
+        try:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError:  # held: an export is writing it
+                continue
+            if not _same_file(path, fd):
+                continue
+            mode = os.fstat(fd).st_mode
+            if stat.S_ISDIR(mode):
+                shutil.rmtree(path, ignore_errors=True)
+            elif stat.S_ISREG(mode):
+                path.unlink(missing_ok=True)
+            else:
+                continue
+            removed.append(path)
+        finally:
+            os.close(fd)
+    return removed
+
+
+def check_target(spec: ExportSpec) -> None:
+    """Refuse a PATH this export may not write, or not replace (TargetError says why).
+
+    PATH's directory must exist. PATH and its manifest must not be symbolic
+    links. What is already there may be replaced, with ``--force``, only if it
+    is a previous export of the same shape: a file (or, with --partition-by, a
+    directory holding only the files its manifest lists) with a readable
+    ``PATH.manifest.json`` beside it.
+    """
+    final = Path(spec.output)
+    manifest = manifest_path(final)
+    parent = final.parent
+    try:
+        if not stat.S_ISDIR(os.stat(parent).st_mode):
+            raise TargetError(f"{parent} is not a directory: give PATH in a directory")
+    except FileNotFoundError:
+        raise TargetError(f"no directory {parent}: create it first") from None
+    except NotADirectoryError:
+        raise TargetError(f"{parent} is not a directory: give PATH in a directory") from None
+    except OSError as exc:
+        raise TargetError(f"cannot use {parent}: {exc.strerror}") from None
+    for path in (final, manifest):
+        if path.is_symlink():
+            raise TargetError(
+                f"{path} is a symbolic link; an export does not write through links: "
+                "give the path it points to, or another PATH"
+            )
+    there = os.path.lexists(final)
+    if not there and not os.path.lexists(manifest):
+        return
+    problem = _not_replaceable(final, manifest, spec)
+    if problem is not None:
+        raise TargetError(f"{problem}: remove it or choose another PATH")
+    if not spec.force:
+        raise TargetError(f"{final if there else manifest} exists (use --force to replace it)")
+
+
+def _not_replaceable(final: Path, manifest: Path, spec: ExportSpec) -> str | None:
+    """Why what is at ``final`` is not an export that ``spec`` may replace; None if it is."""
+    shape = "a directory (--partition-by)" if spec.partition_by else "a file"
+    if os.path.lexists(final):
+        mode = os.lstat(final).st_mode
+        if not (stat.S_ISDIR(mode) or stat.S_ISREG(mode)):
+            return f"{final} is not a regular file or directory"
+        if stat.S_ISDIR(mode) != bool(spec.partition_by):
+            kind = "a directory" if stat.S_ISDIR(mode) else "a file"
+            return f"{final} is {kind}, and this export would be {shape}"
+        if not os.path.lexists(manifest):
+            return f"{final} exists and is not an export (no {manifest.name} beside it)"
+    try:
+        record = read_manifest(manifest)
+    except VerifyError as exc:
+        return f"{manifest} is not a readable export manifest ({exc})"
+    export = record["export"]
+    if export["path"] != final.name:
+        return f"{manifest} describes {export['path']!r}, not {final.name!r}"
+    if bool(export["partition_by"]) != bool(spec.partition_by):
+        was = "a partitioned directory" if export["partition_by"] else "a file"
+        return f"{final} was exported as {was}, and this export would be {shape}"
+    if spec.partition_by and os.path.lexists(final):
+        listed = {entry["path"] for entry in record["files"]}
+        for name in _tree_entries(final):
+            if name not in listed:
+                return f"{final} holds {name}, which its manifest does not list"
+    return None
+
+
+def _tree_entries(root: Path) -> Iterator[str]:
+    """Every file, link or other non-directory under ``root``, relative, in order.
+
+    Links to directories are entries too: they are never followed.
+    """
+    for folder, dirs, files in os.walk(root):
+        here = Path(folder)
+        for name in sorted(files + [d for d in dirs if (here / d).is_symlink()]):
+            yield (here / name).relative_to(root).as_posix()
+        dirs[:] = sorted(d for d in dirs if not (here / d).is_symlink())
 
 
 def _sql_text(value: str) -> str:
@@ -661,9 +999,6 @@ def count_rows(path: Path, fmt: str, gz: bool) -> int:
     if fmt == "jsonl":
         with opener(path, "rb") as handle:
             return sum(1 for line in handle if line.strip())
-    import csv
-    import io
-
     with opener(path, "rb") as handle:
         text = io.TextIOWrapper(handle, encoding="utf-8", newline="")
         reader = csv.reader(text)
@@ -671,37 +1006,156 @@ def count_rows(path: Path, fmt: str, gz: bool) -> int:
         return sum(1 for _ in reader)
 
 
-def verify_export(path: Path) -> dict[str, Any]:
-    """Check an export against its manifest; raises VerifyError on any difference."""
-    manifest = manifest_path(path)
+_SHA256 = re.compile(r"[0-9a-f]{64}")
+
+
+def _field(record: dict[str, Any], key: str, where: str = "") -> Any:
+    if key not in record:
+        raise VerifyError(f"the manifest's '{where}{key}' is missing")
+    return record[key]
+
+
+def _type_name(value: Any) -> str:
+    return "null" if value is None else type(value).__name__
+
+
+def _count(value: Any, name: str) -> int:
+    # bool is an int to Python, never a count to a reader of the manifest.
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise VerifyError(f"the manifest's '{name}' must be a whole number >= 0, not {value!r}")
+    return value
+
+
+def check_manifest(record: Any) -> dict[str, Any]:
+    """``record`` if it has the structure of a manifest; VerifyError naming the first fault."""
+    if not isinstance(record, dict):
+        raise VerifyError(f"the manifest is not a JSON object (it is {_type_name(record)})")
+    version = _field(record, "format")
+    if version != MANIFEST_FORMAT or isinstance(version, bool):
+        raise VerifyError(
+            f"manifest format {version!r} is not one this version reads ({MANIFEST_FORMAT})"
+        )
+    export = _field(record, "export")
+    if not isinstance(export, dict):
+        raise VerifyError(f"the manifest's 'export' must be an object, not {_type_name(export)}")
+    name = _field(export, "path", "export.")
+    if not isinstance(name, str) or not name or "/" in name:
+        raise VerifyError(f"the manifest's 'export.path' must be a file name, not {name!r}")
+    if _field(export, "format", "export.") not in FORMATS:
+        raise VerifyError(
+            f"the manifest's 'export.format' must be one of {', '.join(FORMATS)}, "
+            f"not {export['format']!r}"
+        )
+    if not isinstance(_field(export, "gzip", "export."), bool):
+        raise VerifyError(
+            f"the manifest's 'export.gzip' must be true or false, not {export['gzip']!r}"
+        )
+    partition = _field(export, "partition_by", "export.")
+    if partition is not None and partition not in PARTITIONS:
+        raise VerifyError(
+            f"the manifest's 'export.partition_by' must be null or one of "
+            f"{', '.join(sorted(PARTITIONS))}, not {partition!r}"
+        )
+    rows = _count(_field(record, "rows"), "rows")
+    files = _field(record, "files")
+    if not isinstance(files, list):
+        raise VerifyError(f"the manifest's 'files' must be a list, not {_type_name(files)}")
+    seen: set[str] = set()
+    for i, entry in enumerate(files):
+        where = f"files[{i}]"
+        if not isinstance(entry, dict):
+            raise VerifyError(f"the manifest's '{where}' must be an object, not {entry!r}")
+        path = _field(entry, "path", f"{where}.")
+        if not isinstance(path, str):
+            raise VerifyError(f"the manifest's '{where}.path' must be a string, not {path!r}")
+        parts = PurePosixPath(path).parts
+        if not parts or path.startswith("/") or any(p in (".", "..") for p in path.split("/")):
+            raise VerifyError(
+                f"the manifest's '{where}.path' must be a relative path inside the export, "
+                f"not {path!r}"
+            )
+        if path in seen:
+            raise VerifyError(f"the manifest lists {path!r} twice")
+        seen.add(path)
+        _count(_field(entry, "rows", f"{where}."), f"{where}.rows")
+        _count(_field(entry, "bytes", f"{where}."), f"{where}.bytes")
+        digest = _field(entry, "sha256", f"{where}.")
+        if not isinstance(digest, str) or not _SHA256.fullmatch(digest):
+            raise VerifyError(
+                f"the manifest's '{where}.sha256' must be 64 lowercase hex digits, not {digest!r}"
+            )
+    total = sum(entry["rows"] for entry in files)
+    if total != rows:
+        raise VerifyError(
+            f"the manifest's files hold {total} rows in all, but its 'rows' says {rows}"
+        )
+    return record
+
+
+def read_manifest(manifest: Path) -> dict[str, Any]:
+    """The manifest at ``manifest``, checked by ``check_manifest``; VerifyError otherwise."""
     try:
-        record = json.loads(manifest.read_text())
+        text = manifest.read_bytes()
     except FileNotFoundError:
         raise VerifyError(f"no manifest at {manifest}") from None
+    except OSError as exc:
+        raise VerifyError(f"cannot read {manifest}: {exc.strerror}") from None
+    try:
+        record = json.loads(text)
     except ValueError as exc:
         raise VerifyError(f"{manifest} is not valid JSON ({exc})") from None
-    export = record.get("export", {})
-    fmt, gz = export.get("format"), bool(export.get("gzip"))
-    partitioned = bool(export.get("partition_by"))
-    if partitioned and not path.is_dir():
-        raise VerifyError(f"{path} is missing or not a directory")
-    if not partitioned and not path.is_file():
-        raise VerifyError(f"{path} is missing")
-    listed = {f["path"] for f in record["files"]}
+    return check_manifest(record)
+
+
+def _read_rows(path: Path, fmt: str, gz: bool) -> int:
+    """``count_rows``, with a file that cannot be read as what it claims to be a VerifyError."""
+    kind = f"{'gzip ' if gz else ''}{fmt}"
+    try:
+        return count_rows(path, fmt, gz)
+    except (OSError, EOFError, ValueError, csv.Error, zlib.error, duckdb.Error) as exc:
+        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise VerifyError(f"{path} cannot be read as {kind}: {reason}") from None
+
+
+def verify_export(path: Path) -> dict[str, Any]:
+    """Check an export against its manifest; raises VerifyError on any difference.
+
+    The manifest must be well formed and list exactly the files at PATH (PATH
+    itself for a file export; every file under the directory for a partitioned
+    one); each file's SHA-256 and the rows read from it must match.
+    """
+    manifest = manifest_path(path)
+    record = read_manifest(manifest)
+    export = record["export"]
+    fmt, gz = export["format"], export["gzip"]
+    partitioned = export["partition_by"] is not None
+    if export["path"] != path.name:
+        raise VerifyError(f"{manifest} describes {export['path']!r}, not {path.name!r}")
+    listed = [entry["path"] for entry in record["files"]]
     if partitioned:
-        present = {p.relative_to(path).as_posix() for p in path.rglob("*") if p.is_file()}
-        extra = sorted(present - listed)
+        if not path.is_dir():
+            raise VerifyError(f"{path} is missing or not a directory")
+        present = set(_tree_entries(path))
+        extra = sorted(present - set(listed))
         if extra:
             raise VerifyError(f"{path / extra[0]} is not in the manifest")
+    else:
+        if not path.is_file():
+            raise VerifyError(f"{path} is missing")
+        if listed != [path.name]:
+            raise VerifyError(
+                f"{manifest} must list exactly {path.name}, and lists "
+                f"{', '.join(map(repr, listed)) or 'no files'}"
+            )
     total = 0
     for entry in record["files"]:
         target = path / entry["path"] if partitioned else path
-        if not target.is_file():
+        if target.is_symlink() or not target.is_file():
             raise VerifyError(f"{target} is missing")
         digest = sha256_file(target)
         if digest != entry["sha256"]:
             raise VerifyError(f"{target}: SHA-256 is {digest}, the manifest says {entry['sha256']}")
-        rows = count_rows(target, fmt, gz)
+        rows = _read_rows(target, fmt, gz)
         if rows != entry["rows"]:
             raise VerifyError(f"{target}: {rows} rows, the manifest says {entry['rows']}")
         total += rows

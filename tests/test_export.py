@@ -374,13 +374,22 @@ def test_manifest_records_filters_and_watermark(archive: str, tmp_path: Path) ->
 
 def test_existing_files_need_force(archive: str, tmp_path: Path) -> None:
     target = tmp_path / "a.csv"
-    target.write_text("keep me")
+    assert export(archive, tmp_path, "-o", str(target), "--type", "sso.login").exit_code == 0
+    first = target.read_bytes()
     result = export(archive, tmp_path, "-o", str(target))
     assert result.exit_code == 1
     assert "exists (use --force" in result.output
-    assert target.read_text() == "keep me"
+    assert target.read_bytes() == first
     assert export(archive, tmp_path, "-o", str(target), "--force").exit_code == 0
-    assert target.read_text().startswith("id,type")
+    assert len(target.read_bytes()) > len(first)
+    # Something that is not an export is never replaced, --force or not.
+    other = tmp_path / "b.csv"
+    other.write_text("keep me")
+    for extra in ([], ["--force"]):
+        result = export(archive, tmp_path, "-o", str(other), *extra)
+        assert result.exit_code == 1
+        assert "is not an export" in result.output
+    assert other.read_text() == "keep me"
 
 
 def test_safe_formulas(archive: str, tmp_path: Path) -> None:
@@ -492,6 +501,7 @@ def test_an_interrupted_export_leaves_no_file(tmp_path: Path) -> None:
 
 
 def _exported(archive: str, tmp_path: Path, name: str, *args: str) -> Path:
+    tmp_path.mkdir(exist_ok=True)
     target = tmp_path / name
     result = export(archive, tmp_path, "-o", str(target), *args)
     assert result.exit_code == 0, result.output
