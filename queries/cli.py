@@ -65,12 +65,8 @@ log = logging.getLogger(__name__)
 EXIT_STALE = 1
 
 
-def copy_options(func: F) -> F:
-    func = click.option(
-        "--no-refresh",
-        is_flag=True,
-        help="Use the analytics copy as it is, without bringing it up to the archive first.",
-    )(func)
+def copy_location_options(func: F) -> F:
+    """``--db`` and ``--analytics-dir``: which archive, and where its copy lives."""
     func = click.option(
         "--analytics-dir",
         type=click.Path(file_okay=False, path_type=Path),
@@ -80,6 +76,16 @@ def copy_options(func: F) -> F:
         f"(env {ENV_ANALYTICS_DIR}).",
     )(func)
     return db_option(func)
+
+
+def copy_options(func: F) -> F:
+    """The copy's location, and ``--no-refresh`` for commands that refresh it first."""
+    func = click.option(
+        "--no-refresh",
+        is_flag=True,
+        help="Use the analytics copy as it is, without bringing it up to the archive first.",
+    )(func)
+    return copy_location_options(func)
 
 
 def _parse_time(value: str | None, flag: str) -> datetime | None:
@@ -476,8 +482,8 @@ def _runs(db_url: str) -> tuple[dict[str, Any] | None, datetime | None]:
 
 @click.command("refresh")
 @click.option("--full", is_flag=True, help="Rebuild the copy from scratch.")
-@copy_options
-def refresh_command(full: bool, db_url: str, analytics_dir: Path | None, no_refresh: bool) -> None:
+@copy_location_options
+def refresh_command(full: bool, db_url: str, analytics_dir: Path | None) -> None:
     """Bring the analytics copy up to the archive (every analytics command does this too).
 
     Useful right after a cron ingest so that reports start warm, or with --full
@@ -488,8 +494,6 @@ def refresh_command(full: bool, db_url: str, analytics_dir: Path | None, no_refr
     Example:
       grantex-archive ingest --until-idle 60 && grantex-archive refresh
     """
-    if no_refresh:
-        raise click.UsageError("--no-refresh makes no sense here")
     _check_db_url(db_url)
     copy = AnalyticsCopy(db_url, analytics_dir)
     result = refresh_copy(copy, full=full)

@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 
 from tests.analytics_fixture import build_archive
-from tests.conftest import cli_command
+from tests.conftest import cli_command, invoke
 
 # The syscall a process blocked reading standard input is in (/proc/PID/syscall).
 READ_SYSCALL = {"x86_64": 0, "aarch64": 63}[platform.machine()]
@@ -144,3 +144,22 @@ def test_ctrl_c_exits_130_without_a_traceback(archive: str) -> None:
     assert proc.returncode == 130
     assert out == ""
     assert err.strip() == "Interrupted"
+
+
+# --------------------------------------------------------------------------- names and flags
+
+
+def test_a_mistyped_report_name_gets_a_suggestion(archive: str) -> None:
+    result = invoke(["report", "top_agents", "--db", archive])
+    assert result.exit_code == 2
+    assert errors(result.output) == [
+        "Error: no report named 'top_agents'; did you mean top-agents? "
+        "(`grantex-archive report --list` lists them all)"
+    ]
+
+
+def test_refresh_does_not_offer_no_refresh(archive: str) -> None:
+    assert "--no-refresh" not in invoke(["refresh", "--help"]).output
+    result = invoke(["refresh", "--no-refresh", "--db", archive])
+    assert result.exit_code == 2
+    assert errors(result.output) == ["Error: No such option '--no-refresh'."]

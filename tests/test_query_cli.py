@@ -57,10 +57,17 @@ def test_report_describe(archive: str) -> None:
 
 
 def test_unknown_report_lists_the_valid_ones(archive: str) -> None:
+    result = invoke(["report", "nonsense", "--db", archive])
+    assert result.exit_code == 2
+    error = [line for line in result.output.splitlines() if line.startswith("Error:")]
+    assert error == ["Error: no report named 'nonsense'; the reports are: " + ", ".join(REPORTS)]
     result = invoke(["report", "revocations", "--db", archive])
     assert result.exit_code == 2
     error = [line for line in result.output.splitlines() if line.startswith("Error:")]
-    assert error == ["Error: no report named 'revocations'; the reports are: " + ", ".join(REPORTS)]
+    assert error == [
+        "Error: no report named 'revocations'; did you mean revocations-by-actor? "
+        "(`grantex-archive report --list` lists them all)"
+    ]
 
 
 @pytest.mark.parametrize(
