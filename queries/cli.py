@@ -54,7 +54,14 @@ from .export import (
     verify_export,
     write_query_csv,
 )
-from .render import choose_format, output_options, render
+from .render import (
+    OutputError,
+    crlf_for,
+    output_format,
+    output_options,
+    render,
+    replace_output,
+)
 from .reports import PERIODS, ReportError, get_report, load_reports
 from .session import QueryError, Session, check_read_only, first_line
 
@@ -176,7 +183,7 @@ def emit(
     copy: AnalyticsCopy, sql: str, params: dict[str, Any], fmt: str | None, output: str | None
 ) -> None:
     """Print or write a query's rows; CSV goes through the export writer."""
-    chosen = choose_format(fmt, output)
+    chosen = output_format(fmt, output)
     if chosen != "csv":
         with _query(copy, sql, params) as (columns, rows):
             render(columns, rows, chosen, output)
@@ -185,7 +192,8 @@ def emit(
     try:
         with tempfile.TemporaryDirectory(prefix="grantex-csv-") as tmp:
             target = Path(tmp) / "rows.csv"
-            session.run(lambda conn: write_query_csv(conn, sql, params, target))
+            crlf = crlf_for(output)
+            session.run(lambda conn: write_query_csv(conn, sql, params, target, crlf=crlf))
             if output in (None, "-"):
                 sys.stdout.flush()
                 sink = sys.stdout.buffer
@@ -195,8 +203,12 @@ def emit(
             else:
                 final = Path(str(output))
                 staged = final.with_name(f".{final.name}.{os.getpid()}.tmp")
-                shutil.move(str(target), staged)
-                os.replace(staged, final)
+                try:
+                    shutil.move(str(target), staged)
+                except OSError as exc:
+                    staged.unlink(missing_ok=True)
+                    raise OutputError(f"cannot write {final}: {exc.strerror or exc}") from exc
+                replace_output(staged, final)
     except QueryError as exc:
         raise CliError(str(exc)) from None
     finally:

@@ -6,20 +6,28 @@ a closed pipe, Ctrl-C and a terminal only exist for a real process.
 
 from __future__ import annotations
 
+import fcntl
+import io
+import json
 import os
 import platform
+import re
 import shlex
 import signal
+import struct
 import subprocess
 import sys
+import termios
 import time
 from pathlib import Path
 
 import pytest
 
+from queries.render import Layout, write_rows
 from tests.analytics_fixture import build_archive
 from tests.conftest import cli_command, invoke
 
+SUFFIXES = ".csv .json .jsonl .ndjson .md .markdown .txt"
 # The syscall a process blocked reading standard input is in (/proc/PID/syscall).
 READ_SYSCALL = {"x86_64": 0, "aarch64": 63}[platform.machine()]
 
@@ -114,6 +122,18 @@ def test_a_failure_on_a_closed_pipe_keeps_its_exit_code(archive: str) -> None:
     assert errors(proc.stderr) and errors(proc.stderr)[0].startswith("Error: Binder Error")
 
 
+def test_csv_on_a_pipe_ends_lines_with_lf(archive: str) -> None:
+    command = shlex.join(
+        [*console_script(), "sql", "select range as n from range(50001)", "--db", archive]
+    )
+    proc = subprocess.run(
+        ["bash", "-c", f'last=$({command} | tail -1); printf "%s" "$last"'],
+        capture_output=True,
+        timeout=120,
+    )
+    assert (proc.returncode, proc.stdout, proc.stderr) == (0, b"50000", b"")
+
+
 # --------------------------------------------------------------------------- Ctrl-C
 
 
@@ -146,6 +166,165 @@ def test_ctrl_c_exits_130_without_a_traceback(archive: str) -> None:
     assert err.strip() == "Interrupted"
 
 
+# --------------------------------------------------------------------------- a terminal
+
+
+def run_in_terminal(args: list[str], columns: int = 80) -> tuple[int, bytes, str]:
+    """Run the CLI with a terminal of ``columns`` as standard output; its bytes as written."""
+    master, slave = os.openpty()
+    fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 24, columns, 0, 0))
+    attrs = termios.tcgetattr(slave)
+    attrs[1] &= ~termios.OPOST  # no \n -> \r\n by the terminal: see what the program wrote
+    termios.tcsetattr(slave, termios.TCSANOW, attrs)
+    proc = subprocess.Popen(
+        [*console_script(), *args],
+        stdin=subprocess.DEVNULL,
+        stdout=slave,
+        stderr=subprocess.PIPE,
+        env=child_env(),
+    )
+    os.close(slave)
+    chunks = []
+    while True:
+        try:
+            data = os.read(master, 65536)
+        except OSError:  # EIO: the program closed the terminal
+            break
+        if not data:
+            break
+        chunks.append(data)
+    os.close(master)
+    assert proc.stderr is not None
+    err = proc.stderr.read().decode()
+    proc.stderr.close()
+    return proc.wait(timeout=60), b"".join(chunks), err
+
+
+def test_csv_on_a_terminal_ends_lines_with_lf(archive: str) -> None:
+    code, out, err = run_in_terminal(
+        ["sql", "select 1 as a, 'x' as b", "--format", "csv", "--db", archive]
+    )
+    assert (code, out, err) == (0, b"a,b\n1,x\n", "")
+
+
+WIDE = "select " + ", ".join(f"{i} * 1000 as column_{i:02d}" for i in range(1, 31))
+
+
+def test_a_wide_table_fits_the_terminal(archive: str) -> None:
+    code, out, err = run_in_terminal(["sql", WIDE, "--db", archive], columns=70)
+    assert (code, err) == (0, "")
+    lines = out.decode().splitlines()
+    assert all(len(line) <= 70 for line in lines), lines
+    header = lines[0].split()
+    assert header[0] == "column_01" and header[-1] == "column_30" and "…" in header
+    assert lines[2].split()[0] == "1000" and lines[2].split()[-1] == "30000"
+    assert re.fullmatch(r"\(1 row; \d+ of 30 columns shown\)", lines[-1]), lines[-1]
+
+
+def test_a_table_on_a_terminal_has_a_footer(archive: str) -> None:
+    code, out, err = run_in_terminal(["status", "--db", archive], columns=200)
+    assert (code, err) == (0, "")
+    lines = out.decode().splitlines()
+    assert lines[0].split() == ["section", "name", "value"]
+    assert lines[-1] == f"({len(lines) - 3} rows)"
+
+
+# --------------------------------------------------------------------------- line ends
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["sql", "select 'a' as text, 2 as n union all select 'b', 3"],
+        ["report", "event-volume"],
+        ["status"],
+    ],
+)
+def test_csv_line_ends_lf_on_stdout_crlf_in_files(
+    archive: str, tmp_path: Path, args: list[str]
+) -> None:
+    piped = invoke([*args, "--db", archive])
+    assert piped.exit_code == 0, piped.output
+    data = piped.stdout_bytes
+    assert data.endswith(b"\n") and b"\r" not in data
+    target = tmp_path / "out.csv"
+    written = invoke([*args, "--db", archive, "-o", str(target)])
+    assert (written.exit_code, written.output) == (0, "")
+    raw = target.read_bytes()
+    assert raw.count(b"\r\n") == raw.count(b"\n") == data.count(b"\n") > 1
+    assert raw.endswith(b"\r\n")
+
+
+def test_sql_csv_with_a_newline_in_a_value_round_trips(archive: str) -> None:
+    result = invoke(["sql", "select 'a\r\nb' as text, 2 as n", "--db", archive])
+    assert result.stdout_bytes == b'text,n\n"a\r\nb",2\n'
+
+
+# --------------------------------------------------------------------------- -o FILE
+
+
+OUTPUT_COMMANDS = [
+    ["report", "event-volume"],
+    ["sql", "select 1 as one"],
+    ["status"],
+]
+
+
+@pytest.mark.parametrize("args", OUTPUT_COMMANDS)
+def test_an_unknown_suffix_needs_format(archive: str, tmp_path: Path, args: list[str]) -> None:
+    target = tmp_path / "out.xlsx"
+    result = invoke([*args, "--db", archive, "-o", str(target)])
+    assert result.exit_code == 2, result.output
+    assert errors(result.output) == [
+        f"Error: cannot tell the format from the suffix of {target} "
+        f"(known: {SUFFIXES}): give --format"
+    ]
+    assert not target.exists() and not list(tmp_path.glob("*.xlsx*"))
+    # Said explicitly, it is what the user asked for.
+    result = invoke([*args, "--db", archive, "-o", str(target), "--format", "json"])
+    assert result.exit_code == 0, result.output
+    assert isinstance(json.loads(target.read_text()), list)
+
+
+@pytest.mark.parametrize("args", OUTPUT_COMMANDS)
+def test_a_format_that_contradicts_the_suffix_is_refused(
+    archive: str, tmp_path: Path, args: list[str]
+) -> None:
+    target = tmp_path / "out.csv"
+    result = invoke([*args, "--db", archive, "-o", str(target), "--format", "json"])
+    assert result.exit_code == 2, result.output
+    assert errors(result.output) == [
+        f"Error: --format json contradicts the suffix of {target} (.csv is csv)"
+    ]
+    assert not target.exists()
+    agreeing = invoke([*args, "--db", archive, "-o", str(target), "--format", "csv"])
+    assert agreeing.exit_code == 0, agreeing.output
+
+
+@pytest.mark.parametrize("args", OUTPUT_COMMANDS)
+@pytest.mark.parametrize("name", ["out.csv", "out.json", "out.txt"])
+@pytest.mark.parametrize("parent", ["missing", "a-file"])
+def test_output_into_a_missing_or_non_directory_is_one_error_line(
+    archive: str, tmp_path: Path, args: list[str], name: str, parent: str
+) -> None:
+    (tmp_path / "a-file").write_text("not a directory\n")
+    target = tmp_path / parent / name
+    result = invoke([*args, "--db", archive, "-o", str(target)])
+    assert result.exit_code == 1, result.output
+    problem = "does not exist" if parent == "missing" else "is not a directory"
+    assert result.output == f"Error: cannot write {target}: {tmp_path / parent} {problem}\n"
+
+
+@pytest.mark.parametrize("args", OUTPUT_COMMANDS)
+@pytest.mark.parametrize("suffix", [".csv", ".json", ".jsonl", ".md", ".txt"])
+def test_files_hold_rows_only(archive: str, tmp_path: Path, args: list[str], suffix: str) -> None:
+    target = tmp_path / f"out{suffix}"
+    result = invoke([*args, "--db", archive, "-o", str(target)])
+    assert (result.exit_code, result.output) == (0, "")
+    text = target.read_text()
+    assert text and not re.search(r"\(\d+ rows?", text), text
+
+
 # --------------------------------------------------------------------------- names and flags
 
 
@@ -163,3 +342,56 @@ def test_refresh_does_not_offer_no_refresh(archive: str) -> None:
     result = invoke(["refresh", "--no-refresh", "--db", archive])
     assert result.exit_code == 2
     assert errors(result.output) == ["Error: No such option '--no-refresh'."]
+
+
+# --------------------------------------------------------------------------- tables
+
+
+def test_a_table_column_has_one_number_format(archive: str) -> None:
+    sql = (
+        "select * from (values (1, 2.5, 'a'), (10, 100.0, 'bb'), (100, 0.125, 'c'), "
+        "(null, null, null)) t(i, f, s) order by i nulls last"
+    )
+    result = invoke(["sql", sql, "--db", archive, "--format", "table"])
+    assert result.exit_code == 0, result.output
+    assert result.output.splitlines() == [
+        "  i        f  s",
+        "---  -------  --",
+        "  1    2.500  a",
+        " 10  100.000  bb",
+        "100    0.125  c",
+        "",
+    ]
+
+
+def test_a_table_of_whole_floats_and_decimals(archive: str) -> None:
+    sql = (
+        "select * from (values (3.0::double, 1.50::decimal(5,2)), (12.0, 10::decimal(5,2))) t(f, d)"
+    )
+    result = invoke(["sql", sql, "--db", archive, "--format", "table"])
+    assert result.output.splitlines() == [
+        " f      d",
+        "--  -----",
+        " 3   1.50",
+        "12  10.00",
+    ]
+
+
+@pytest.mark.parametrize(
+    ("columns", "shown", "footer"),
+    [
+        (["payload"], ["x" * 39 + "…"], "(1 row)"),
+        (["id", "payload"], ["ev_1", "x" * 33 + "…"], "(1 row)"),
+        (["id", "payload", "n"], ["ev_1", "…", "123456"], "(1 row; 2 of 3 columns shown)"),
+    ],
+)
+def test_long_text_is_cut_or_elided_to_fit(
+    columns: list[str], shown: list[str], footer: str
+) -> None:
+    values = {"id": "ev_1", "payload": "x" * 200, "n": 123456}
+    out = io.StringIO()
+    write_rows(out, "table", columns, [[values[c] for c in columns]], Layout(width=40, footer=True))
+    lines = out.getvalue().splitlines()
+    assert all(len(line) <= 40 for line in lines), lines
+    assert lines[2].split() == shown
+    assert lines[-1] == footer
