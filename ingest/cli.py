@@ -6,6 +6,7 @@ codes and one-line ``Error:`` messages with a hint on what to do next.
 
 from __future__ import annotations
 
+import errno
 import logging
 import os
 import secrets
@@ -166,26 +167,36 @@ def _unix_endings() -> Iterator[None]:
     except (click.exceptions.Exit, SystemExit):
         raise
     except BaseException as exc:
-        if _stdout_closed() and _caused_by(exc, BrokenPipeError):
+        if _stdout_closed() and _caused_by(exc, _is_broken_pipe):
             # `grantex-archive sql ... | head`: the reader has all it wanted.
             _silence_stdout()
             raise click.exceptions.Exit(0) from None
-        if _caused_by(exc, KeyboardInterrupt):
+        if _caused_by(exc, lambda e: isinstance(e, KeyboardInterrupt)):
             click.echo("Interrupted", err=True)
             raise click.exceptions.Exit(EXIT_INTERRUPTED) from None
         raise
 
 
-def _caused_by(exc: BaseException, kind: type[BaseException]) -> bool:
-    """Whether ``exc`` or an exception it was raised from or during is a ``kind``."""
+def _caused_by(exc: BaseException, test: Callable[[BaseException], bool]) -> bool:
+    """Whether ``exc`` or an exception it was raised from or during passes ``test``.
+
+    Commands report library errors ``from None``; the context still links them.
+    """
     seen: set[int] = set()
     current: BaseException | None = exc
     while current is not None and id(current) not in seen:
-        if isinstance(current, kind):
+        if test(current):
             return True
         seen.add(id(current))
         current = current.__cause__ or current.__context__
     return False
+
+
+def _is_broken_pipe(exc: BaseException) -> bool:
+    """EPIPE from Python, or as DuckDB reports a write that failed with it."""
+    if isinstance(exc, OSError):
+        return exc.errno == errno.EPIPE
+    return "Broken pipe" in str(exc)
 
 
 def _stdout_closed() -> bool:

@@ -19,10 +19,15 @@ import subprocess
 import sys
 import termios
 import time
+from collections.abc import Iterator
 from pathlib import Path
+from typing import IO
 
+import click
+import duckdb
 import pytest
 
+from ingest.cli import RootGroup
 from queries.render import Layout, write_rows
 from tests.analytics_fixture import build_archive
 from tests.conftest import cli_command, invoke
@@ -120,6 +125,68 @@ def test_a_failure_on_a_closed_pipe_keeps_its_exit_code(archive: str) -> None:
         os.close(write_end)
     assert proc.returncode == 1
     assert errors(proc.stderr) and errors(proc.stderr)[0].startswith("Error: Binder Error")
+
+
+@pytest.fixture
+def closed_pipe() -> Iterator[IO[str]]:
+    """A pipe whose reader has gone, to stand for standard output (a descriptor of its own)."""
+    read_end, write_end = os.pipe()
+    os.close(read_end)
+    with open(write_end, "w") as stream:
+        yield stream
+
+
+def _duckdb_broken_pipe() -> duckdb.Error:
+    read_end, write_end = os.pipe()
+    os.close(read_end)
+    try:
+        duckdb.sql(f"COPY (SELECT * FROM range(100000)) TO '/dev/fd/{write_end}' (FORMAT csv)")
+    except duckdb.Error as exc:
+        return exc
+    finally:
+        os.close(write_end)
+    raise AssertionError("DuckDB wrote into a pipe nobody reads")
+
+
+@pytest.mark.parametrize("how", ["python", "duckdb"])
+def test_a_broken_pipe_reported_as_an_error_ends_quietly(
+    closed_pipe: IO[str], how: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Set here, not in the fixture: pytest puts its own capture back for the test.
+    monkeypatch.setattr(sys, "stdout", closed_pipe)
+
+    @click.command()
+    def writer() -> None:
+        try:
+            if how == "python":
+                os.write(closed_pipe.fileno(), b"x")
+            else:
+                raise _duckdb_broken_pipe()
+        except Exception as exc:
+            # As commands report library errors: a new exception, from None.
+            raise click.ClickException(f"writing failed: {exc}") from None
+
+    group = RootGroup(commands={"writer": writer})
+    with pytest.raises(SystemExit) as ended:
+        group.main(["writer"])
+    assert ended.value.code == 0
+    # Whatever is still buffered now goes nowhere instead of failing at exit.
+    closed_pipe.write("rest")
+    closed_pipe.flush()
+
+
+def test_the_same_error_with_a_reader_still_fails(capsys: pytest.CaptureFixture[str]) -> None:
+    @click.command()
+    def writer() -> None:
+        try:
+            raise _duckdb_broken_pipe()
+        except Exception as exc:
+            raise click.ClickException(f"writing failed: {exc}") from None
+
+    with pytest.raises(SystemExit) as ended:
+        RootGroup(commands={"writer": writer}).main(["writer"])
+    assert ended.value.code == 1
+    assert capsys.readouterr().err.startswith("Error: writing failed: IO Error")
 
 
 def test_csv_on_a_pipe_ends_lines_with_lf(archive: str) -> None:
