@@ -64,7 +64,8 @@ def errors(output: str) -> list[str]:
 
 @pytest.mark.parametrize("fmt", ["csv", "jsonl", "table"])
 def test_head_ends_a_large_result_quietly(archive: str, fmt: str) -> None:
-    query = "select * from range(1000000)"
+    # Far more than a pipe holds; a table is built in memory first, so fewer rows.
+    query = f"select * from range({200_000 if fmt == 'table' else 1_000_000})"
     command = shlex.join([*console_script(), "sql", query, "--db", archive, "--format", fmt])
     proc = subprocess.run(
         ["bash", "-c", f"set -o pipefail; {command} | head -1"],
