@@ -6,15 +6,17 @@ codes and one-line ``Error:`` messages with a hint on what to do next.
 
 from __future__ import annotations
 
+import errno
 import logging
 import os
 import secrets
+import select
 import signal
 import sys
 import threading
 import time
-from collections.abc import Callable
-from contextlib import nullcontext
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager, nullcontext
 from datetime import datetime
 from pathlib import Path
 from typing import Any, TypeVar
@@ -57,6 +59,9 @@ from .worker import (
 )
 
 F = TypeVar("F", bound=Callable[..., Any])
+
+# Like a shell: 128 + SIGINT.
+EXIT_INTERRUPTED = 130
 
 
 class CliError(click.ClickException):
@@ -130,6 +135,102 @@ class RootGroup(click.Group):
     def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
         self._assemble()
         return super().get_command(ctx, cmd_name)
+
+    def make_context(
+        self,
+        info_name: str | None,
+        args: list[str],
+        parent: click.Context | None = None,
+        **extra: Any,
+    ) -> click.Context:
+        # `--help` and `--version` write while the command line is read.
+        with _unix_endings():
+            return super().make_context(info_name, args, parent, **extra)
+
+    def invoke(self, ctx: click.Context) -> Any:
+        with _unix_endings():
+            result = super().invoke(ctx)
+            # Rows still buffered must meet a closed pipe here, not at exit.
+            sys.stdout.flush()
+            return result
+
+    def main(self, *args: Any, **kwargs: Any) -> Any:
+        try:
+            return super().main(*args, **kwargs)
+        finally:
+            # An error message left in the buffer for a closed pipe would make
+            # the interpreter's last flush fail and print a traceback.
+            if _stdout_closed():
+                _silence_stdout()
+
+
+@contextmanager
+def _unix_endings() -> Iterator[None]:
+    """A closed standard output ends the command quietly (exit 0), Ctrl-C with 130.
+
+    Click would turn both into exit 1 ("Aborted!", or an ``Error:`` line for a
+    broken pipe reported through a library error), so they are mapped before
+    click sees them.
+    """
+    try:
+        yield
+    except (click.exceptions.Exit, SystemExit):
+        raise
+    except BaseException as exc:
+        if _stdout_closed() and _caused_by(exc, _is_broken_pipe):
+            # `grantex-archive sql ... | head`: the reader has all it wanted.
+            _silence_stdout()
+            raise click.exceptions.Exit(0) from None
+        if _caused_by(exc, lambda e: isinstance(e, KeyboardInterrupt)):
+            click.echo("Interrupted", err=True)
+            raise click.exceptions.Exit(EXIT_INTERRUPTED) from None
+        raise
+
+
+def _caused_by(exc: BaseException, test: Callable[[BaseException], bool]) -> bool:
+    """Whether ``exc`` or an exception it was raised from or during passes ``test``.
+
+    Commands report library errors ``from None``; the context still links them.
+    """
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        if test(current):
+            return True
+        seen.add(id(current))
+        current = current.__cause__ or current.__context__
+    return False
+
+
+def _is_broken_pipe(exc: BaseException) -> bool:
+    """EPIPE from Python, or as DuckDB reports a write that failed with it."""
+    if isinstance(exc, OSError):
+        return exc.errno == errno.EPIPE
+    return "Broken pipe" in str(exc)
+
+
+def _stdout_closed() -> bool:
+    """Whether standard output is a pipe or socket nobody reads any more."""
+    try:
+        fd = sys.stdout.fileno()
+    except (AttributeError, OSError, ValueError):  # replaced (tests) or closed
+        return False
+    poller = select.poll()
+    poller.register(fd, select.POLLOUT)
+    try:
+        ready = poller.poll(0)
+    except OSError:
+        return False
+    return any(events & (select.POLLERR | select.POLLHUP) for _fd, events in ready)
+
+
+def _silence_stdout() -> None:
+    """Point standard output at /dev/null so that nothing more fails to be written."""
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    try:
+        os.dup2(devnull, sys.stdout.fileno())
+    finally:
+        os.close(devnull)
 
 
 @click.group(cls=RootGroup, context_settings={"help_option_names": ["-h", "--help"]})

@@ -60,7 +60,14 @@ from .export import (
     verify_export,
     write_query_csv,
 )
-from .render import choose_format, output_options, render
+from .render import (
+    OutputError,
+    crlf_for,
+    output_format,
+    output_options,
+    render,
+    replace_output,
+)
 from .reports import PERIODS, ReportError, get_report, load_reports
 from .session import QueryError, Session, check_read_only, first_line
 
@@ -71,12 +78,8 @@ log = logging.getLogger(__name__)
 EXIT_STALE = 1
 
 
-def copy_options(func: F) -> F:
-    func = click.option(
-        "--no-refresh",
-        is_flag=True,
-        help="Use the analytics copy as it is, without bringing it up to the archive first.",
-    )(func)
+def copy_location_options(func: F) -> F:
+    """``--db`` and ``--analytics-dir``: which archive, and where its copy lives."""
     func = click.option(
         "--analytics-dir",
         type=click.Path(file_okay=False, path_type=Path),
@@ -86,6 +89,16 @@ def copy_options(func: F) -> F:
         f"(env {ENV_ANALYTICS_DIR}).",
     )(func)
     return db_option(func)
+
+
+def copy_options(func: F) -> F:
+    """The copy's location, and ``--no-refresh`` for commands that refresh it first."""
+    func = click.option(
+        "--no-refresh",
+        is_flag=True,
+        help="Use the analytics copy as it is, without bringing it up to the archive first.",
+    )(func)
+    return copy_location_options(func)
 
 
 def _parse_time(value: str | None, flag: str) -> datetime | None:
@@ -176,7 +189,7 @@ def emit(
     copy: AnalyticsCopy, sql: str, params: dict[str, Any], fmt: str | None, output: str | None
 ) -> None:
     """Print or write a query's rows; CSV goes through the export writer."""
-    chosen = choose_format(fmt, output)
+    chosen = output_format(fmt, output)
     if chosen != "csv":
         with _query(copy, sql, params) as (columns, rows):
             render(columns, rows, chosen, output)
@@ -185,7 +198,8 @@ def emit(
     try:
         with tempfile.TemporaryDirectory(prefix="grantex-csv-") as tmp:
             target = Path(tmp) / "rows.csv"
-            session.run(lambda conn: write_query_csv(conn, sql, params, target))
+            crlf = crlf_for(output)
+            session.run(lambda conn: write_query_csv(conn, sql, params, target, crlf=crlf))
             if output in (None, "-"):
                 sys.stdout.flush()
                 sink = sys.stdout.buffer
@@ -195,8 +209,12 @@ def emit(
             else:
                 final = Path(str(output))
                 staged = final.with_name(f".{final.name}.{os.getpid()}.tmp")
-                shutil.move(str(target), staged)
-                os.replace(staged, final)
+                try:
+                    shutil.move(str(target), staged)
+                except OSError as exc:
+                    staged.unlink(missing_ok=True)
+                    raise OutputError(f"cannot write {final}: {exc.strerror or exc}") from exc
+                replace_output(staged, final)
     except QueryError as exc:
         raise CliError(str(exc)) from None
     finally:
@@ -482,8 +500,8 @@ def _runs(db_url: str) -> tuple[dict[str, Any] | None, datetime | None]:
 
 @click.command("refresh")
 @click.option("--full", is_flag=True, help="Rebuild the copy from scratch.")
-@copy_options
-def refresh_command(full: bool, db_url: str, analytics_dir: Path | None, no_refresh: bool) -> None:
+@copy_location_options
+def refresh_command(full: bool, db_url: str, analytics_dir: Path | None) -> None:
     """Bring the analytics copy up to the archive (every analytics command does this too).
 
     Useful right after a cron ingest so that reports start warm, or with --full
@@ -494,8 +512,6 @@ def refresh_command(full: bool, db_url: str, analytics_dir: Path | None, no_refr
     Example:
       grantex-archive ingest --until-idle 60 && grantex-archive refresh
     """
-    if no_refresh:
-        raise click.UsageError("--no-refresh makes no sense here")
     _check_db_url(db_url)
     copy = AnalyticsCopy(db_url, analytics_dir)
     result = refresh_copy(copy, full=full)

@@ -1165,11 +1165,16 @@ def verify_export(path: Path) -> dict[str, Any]:
 
 
 def write_query_csv(
-    conn: duckdb.DuckDBPyConnection, sql: str, params: dict[str, Any], target: Path
+    conn: duckdb.DuckDBPyConnection,
+    sql: str,
+    params: dict[str, Any],
+    target: Path,
+    crlf: bool = True,
 ) -> None:
     """Write a query's result as CSV with the export rules (the writer reports share).
 
-    DuckDB writes it: RFC 4180 quoting, CRLF, NULL as an empty cell and an
+    DuckDB writes it: RFC 4180 quoting, CRLF (LF unless ``crlf``: for a pipe
+    or a terminal), NULL as an empty cell and an
     empty string as ``""``; timestamps become ISO 8601 UTC with ``Z`` and
     nested values compact JSON, as in an export.
     """
@@ -1186,6 +1191,5 @@ def write_query_csv(
         else:
             exprs.append(f"{alias} AS {label}")
     select = f"SELECT {', '.join(exprs)} FROM ({sql}) AS q({', '.join(aliases)})"
-    conn.execute(
-        f"COPY ({select}) TO '{_sql_text(str(target))}' ({CSV_OPTIONS})", params
-    ).fetchall()
+    options = CSV_OPTIONS if crlf else CSV_OPTIONS.replace("'\\r\\n'", "'\\n'")
+    conn.execute(f"COPY ({select}) TO '{_sql_text(str(target))}' ({options})", params).fetchall()

@@ -18,6 +18,7 @@ column for agent; the runner drops the one that was not asked for.
 
 from __future__ import annotations
 
+import difflib
 from dataclasses import dataclass
 from importlib.resources import files
 from typing import Any
@@ -145,6 +146,12 @@ def get_report(name: str) -> Report:
     try:
         return reports[name]
     except KeyError:
+        pass
+    # `top_agents`, `top-agent`, `revocations`: the name the user most likely meant.
+    close = difflib.get_close_matches(name.replace("_", "-").lower(), reports, n=3)
+    if close:
         raise ReportError(
-            f"no report named {name!r}; the reports are: {', '.join(sorted(reports))}"
-        ) from None
+            f"no report named {name!r}; did you mean {' or '.join(close)}? "
+            "(`grantex-archive report --list` lists them all)"
+        )
+    raise ReportError(f"no report named {name!r}; the reports are: {', '.join(sorted(reports))}")
