@@ -181,6 +181,10 @@ def _unix_endings() -> Iterator[None]:
             # `grantex-archive sql ... | head`: the reader has all it wanted.
             _silence_stdout()
             raise click.exceptions.Exit(0) from None
+        if isinstance(exc, click.ClickException):
+            # A command that mapped an interrupt to its own message and exit
+            # code (export: "nothing was written to PATH") keeps them.
+            raise
         if _caused_by(exc, lambda e: isinstance(e, KeyboardInterrupt)):
             click.echo("Interrupted", err=True)
             raise click.exceptions.Exit(EXIT_INTERRUPTED) from None
