@@ -19,6 +19,7 @@ setup: $(STAMP)
 
 demo: $(STAMP)
 	$(BIN)/grantex-archive demo
+	@echo "The command is $(BIN)/grantex-archive (or run: source $(BIN)/activate, then grantex-archive)."
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

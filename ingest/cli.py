@@ -25,6 +25,7 @@ import click
 import sqlalchemy as sa
 
 from .events import MAX_TEXT, TimestampError, format_timestamp, parse_time_option
+from .help_format import HelpContext, use_help_format
 from .logs import setup_logging
 from .settings import (
     DEFAULT_BASE_URL,
@@ -119,6 +120,7 @@ class RootGroup(click.Group):
     """
 
     _assembled = False
+    context_class = HelpContext
 
     def _assemble(self) -> None:
         if not self._assembled:
@@ -127,6 +129,7 @@ class RootGroup(click.Group):
 
             for command in COMMANDS:
                 self.add_command(command)
+            use_help_format(self)
 
     def list_commands(self, ctx: click.Context) -> list[str]:
         self._assemble()
@@ -643,7 +646,13 @@ def _safe(url: str) -> str:
 
 
 @main.command()
-@click.option("--port", type=click.IntRange(0, 65535), default=8765, show_default=True)
+@click.option(
+    "--port",
+    type=click.IntRange(0, 65535),
+    default=8765,
+    show_default=True,
+    help="Port to listen on at 127.0.0.1 (0: any free port; the URL printed says which).",
+)
 @click.option("--seed", type=int, default=1, show_default=True, help="Random seed.")
 @click.option(
     "--backlog",
@@ -667,7 +676,13 @@ def _safe(url: str) -> str:
     show_default=True,
     help="Envelope and data shapes: the live service's or the documented SDK's.",
 )
-@click.option("--keepalive", type=click.FloatRange(min=0), default=30.0, show_default=True)
+@click.option(
+    "--keepalive",
+    type=click.FloatRange(min=0),
+    default=30.0,
+    show_default=True,
+    help="Seconds between keepalive comments on an idle stream (0: none).",
+)
 @click.option("--drop-every", type=click.IntRange(min=1), help="Fault: drop mid-frame every N.")
 @click.option(
     "--fail-status",

@@ -543,8 +543,17 @@ HEADLINES: tuple[tuple[str, dict[str, Any]], ...] = (
     metavar="URL",
     help="Demo archive (a SQLite file here is replaced).",
 )
-@click.option("--events", "backlog", type=click.IntRange(min=1), default=50000, show_default=True)
-@click.option("--seed", type=int, default=7, show_default=True)
+@click.option(
+    "--events",
+    "backlog",
+    type=click.IntRange(min=1),
+    default=50000,
+    show_default=True,
+    help="Events of history the simulator generates for the demo.",
+)
+@click.option(
+    "--seed", type=int, default=7, show_default=True, help="Random seed of the simulated history."
+)
 def demo(db_url: str, backlog: int, seed: int) -> None:
     """Run everything locally: a simulator, ingest until idle, then the headline reports.
 
@@ -635,7 +644,7 @@ EXIT_INTERRUPTED = 130  # 128 + SIGINT, as shells report a Ctrl-C
 @click.option(
     "--columns",
     metavar="C1,C2,...",
-    help=f"Columns, in this order [default: {','.join(DEFAULT_COLUMNS)}; "
+    help=f"Columns, in this order [default: {', '.join(DEFAULT_COLUMNS)}; "
     "for jsonl the envelope as archived]. Also: seq, received_at, payload.",
 )
 @click.option(
