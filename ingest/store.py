@@ -199,18 +199,27 @@ def create_archive_engine(url: str) -> Engine:
         )
         sa.event.listen(engine, "connect", _postgres_settings)
         return engine
-    except sa.exc.ArgumentError as exc:
-        raise DatabaseURLError(f"invalid database URL: {exc}") from None
     except sa.exc.NoSuchModuleError:
+        # A subclass of ArgumentError: caught first, for its hint.
         raise DatabaseURLError(
             f"unsupported database URL scheme {url.split(':', 1)[0]!r}: "
             "use sqlite:///FILE or postgresql+psycopg://..."
         ) from None
+    except (sa.exc.ArgumentError, ValueError) as exc:
+        # make_url raises ValueError for a port that is not a number.
+        raise DatabaseURLError(f"invalid database URL: {_hide_password(url, exc)}") from None
     except ImportError as exc:
         raise DatabaseURLError(
             f"the database driver is not installed ({exc.name}): "
             "for PostgreSQL install grantex-archive[postgres]"
         ) from None
+
+
+def _hide_password(url: str, exc: Exception) -> str:
+    """The error's text without the URL's password, which a malformed URL may echo."""
+    text = str(exc)
+    password = url.partition("://")[2].rpartition("@")[0].partition(":")[2]
+    return text.replace(password, "***") if password else text
 
 
 def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:

@@ -286,3 +286,19 @@ def test_a_source_label_longer_than_its_column_is_a_usage_error(archive_url: str
     result = invoke(["ingest", "--db", archive_url, "--source", "s" * 256, "--max-runtime", "1"])
     assert result.exit_code == 2
     assert "'--source': must be at most 255 characters" in result.output
+
+
+@pytest.mark.parametrize(
+    ("url", "message"),
+    [
+        ("postgresql+psycopg://u:secretpw@127.0.0.1:notaport/x", "invalid database URL"),
+        ("mysql+nosuchdriver://u:secretpw@h/x", "unsupported database URL scheme"),
+    ],
+)
+def test_malformed_database_urls_are_one_line_without_the_password(url: str, message: str) -> None:
+    for args in (["ingest", "--db", url], ["db", "upgrade", "--db", url], ["status", "--db", url]):
+        result = invoke(args)
+        assert result.exit_code == 2, (args, result.output)
+        assert result.output.startswith("Error: ") and message in result.output
+        assert "secretpw" not in result.output
+        assert len(result.output.strip().splitlines()) == 1
