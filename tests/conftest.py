@@ -14,7 +14,9 @@ import pytest
 import sqlalchemy as sa
 from click.testing import CliRunner, Result
 
+from ingest import migrate
 from ingest.cli import main
+from ingest.store import Store
 
 PG_URL = os.environ.get("GRANTEX_TEST_PG_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
 IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
@@ -75,6 +77,15 @@ def archive_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
         return f"sqlite:///{tmp_path / 'archive.db'}"
     url: str = request.getfixturevalue("pg_archive")
     return url
+
+
+@pytest.fixture
+def store(archive_url: str) -> Iterator[Store]:
+    """The store on a migrated archive (SQLite file and PostgreSQL schema)."""
+    migrate.upgrade(archive_url)
+    store = Store.open(archive_url)
+    yield store
+    store.close()
 
 
 @pytest.fixture

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Iterator
 from datetime import datetime, timedelta, timezone
 from typing import Any
 
@@ -255,14 +254,6 @@ def frames(draw: st.DrawFn) -> str:
 @settings(max_examples=400, deadline=None)
 def test_normalise_never_raises(text: str) -> None:
     assert isinstance(normalise(text), (Event, Rejection))
-
-
-@pytest.fixture
-def store(archive_url: str) -> Iterator[Store]:
-    migrate.upgrade(archive_url)
-    store = Store.open(archive_url)
-    yield store
-    store.close()
 
 
 @given(st.lists(frames(), min_size=1, max_size=8))

@@ -4,13 +4,11 @@ from __future__ import annotations
 
 import json
 import threading
-from collections.abc import Iterator
 from datetime import datetime, timedelta, timezone
 
 import pytest
 import sqlalchemy as sa
 
-from ingest import migrate
 from ingest.events import Event, Rejection, normalise
 from ingest.resume import overlap_since
 from ingest.store import LockHeld, Received, Store, events
@@ -18,14 +16,6 @@ from tests.conftest import rows
 
 UTC = timezone.utc
 T0 = datetime(2026, 3, 1, 12, tzinfo=UTC)
-
-
-@pytest.fixture
-def store(archive_url: str) -> Iterator[Store]:
-    migrate.upgrade(archive_url)
-    store = Store.open(archive_url)
-    yield store
-    store.close()
 
 
 def event(n: int, type_: str = "grant.created", at: datetime = T0, **data: object) -> Event:
