@@ -444,3 +444,58 @@ def test_a_refresher_killed_midway_leaves_a_usable_copy(tmp_path: Path) -> None:
     analytics.refresh()
     assert len(snapshot(analytics)["events"]) == 40000
     assert not list(analytics.directory.glob("*/*.tmp"))
+
+
+def _outside_the_manifest(analytics: AnalyticsCopy) -> list[str]:
+    """Files of the copy that its manifest does not name (trash/ aside)."""
+    manifest = analytics.manifest()
+    assert manifest is not None
+    named = set(manifest.files())
+    found = []
+    for path in analytics.directory.rglob("*"):
+        name = path.relative_to(analytics.directory).as_posix()
+        if path.is_dir() or name.startswith("trash/"):
+            continue
+        if name not in named and name not in ("MANIFEST.json", "views.sql", ".refresh.lock"):
+            found.append(name)
+    return sorted(found)
+
+
+@pytest.mark.parametrize("then", ["refresh", "report"])
+def test_a_killed_full_refresh_leaves_no_orphan_after_the_next_refresh(
+    tmp_path: Path, then: str
+) -> None:
+    url = f"sqlite:///{tmp_path / 'k.db'}"
+    new_archive(url)
+    items = frames(23, 40000)
+    write(url, items[:20000])
+    analytics = AnalyticsCopy(url)
+    analytics.refresh()
+    write(url, items[20000:])
+    proc = subprocess.Popen(
+        [*cli_command(), "refresh", "--full", "--db", url],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    # The grants state is built after the new segment is complete: killed
+    # then, the segment is finished but no manifest names it.
+    deadline = time.monotonic() + 60
+    while not list((analytics.directory / "grants").glob("*.tmp")):
+        assert proc.poll() is None and time.monotonic() < deadline, "refresh ended first"
+        time.sleep(0.002)
+    proc.kill()
+    proc.communicate(timeout=30)
+    orphans = _outside_the_manifest(analytics)
+    assert any(name.startswith("events/seq-") for name in orphans), orphans
+
+    if then == "refresh":
+        result = invoke(["refresh", "--db", url])
+    else:
+        result = invoke(["report", "event-volume", "--db", url])
+    assert result.exit_code == 0, result.output
+    assert _outside_the_manifest(analytics) == []
+    # What was orphaned waits in trash/ like any retired file, then goes.
+    assert {p.name.split("-", 1)[1] for p in (analytics.directory / "trash").iterdir()} >= {
+        Path(name).name for name in orphans if not name.endswith(".tmp")
+    }
+    assert len(snapshot(analytics)["events"]) == 40000
