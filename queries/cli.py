@@ -72,13 +72,21 @@ from .render import (
     replace_output,
 )
 from .reports import PERIODS, ReportError, get_report, load_reports
-from .session import QueryError, Session, check_read_only, first_line
+from .session import (
+    QueryError,
+    QueryInterrupted,
+    Session,
+    bare_statement,
+    check_read_only,
+    first_line,
+)
 
 F = TypeVar("F", bound=Callable[..., Any])
 
 log = logging.getLogger(__name__)
 
 EXIT_STALE = 1
+EXIT_INTERRUPTED = 130
 
 
 def copy_location_options(func: F) -> F:
@@ -183,7 +191,7 @@ def _query(
     copy: AnalyticsCopy, sql: str, params: dict[str, Any]
 ) -> Iterator[tuple[list[str], Iterator[tuple[Any, ...]]]]:
     """The columns and (streamed) rows of ``sql``; DuckDB errors become ``Error:`` lines."""
-    session = Session(copy)
+    session = Session(copy, sandbox=True)
     try:
         yield session.stream(sql, params)
     except QueryError as exc:
@@ -201,9 +209,9 @@ def emit(
         with _query(copy, sql, params) as (columns, rows):
             render(columns, rows, chosen, output)
         return
-    session = Session(copy)
+    session = Session(copy, sandbox=True)
     try:
-        with tempfile.TemporaryDirectory(prefix="grantex-csv-") as tmp:
+        with tempfile.TemporaryDirectory(prefix="grantex-csv-", dir=session.scratch) as tmp:
             target = Path(tmp) / "rows.csv"
             crlf = crlf_for(output)
             session.run(lambda conn: write_query_csv(conn, sql, params, target, crlf=crlf))
@@ -379,21 +387,24 @@ def sql_command(
     else:
         raise click.UsageError("give a QUERY, --file FILE, or '-' to read standard input")
     bound = {name: value for name, value in params}
-    copy = open_copy(db_url, analytics_dir, not no_refresh)
-    session = Session(copy)
     try:
-        kind = check_read_only(text, session.conn)
-    except QueryError as exc:
-        raise CliError(str(exc)) from None
-    finally:
-        session.close()
-    # The statement runs as the one statement of the query DuckDB is given.
-    text = text.strip().rstrip(";")
-    if kind == duckdb.StatementType.EXPLAIN:
-        with _query(copy, text, bound) as (columns, rows):
-            render(columns, rows, fmt, output)
-    else:
-        emit(copy, text, bound, fmt, output)
+        copy = open_copy(db_url, analytics_dir, not no_refresh)
+        session = Session(copy, sandbox=True)
+        try:
+            kind = check_read_only(text, session.conn)
+        except QueryError as exc:
+            raise CliError(str(exc)) from None
+        finally:
+            session.close()
+        # The statement runs inside the query DuckDB is given.
+        text = bare_statement(text)
+        if kind == duckdb.StatementType.EXPLAIN:
+            with _query(copy, text, bound) as (columns, rows):
+                render(columns, rows, fmt, output)
+        else:
+            emit(copy, text, bound, fmt, output)
+    except (QueryInterrupted, KeyboardInterrupt):
+        raise CliError("interrupted", EXIT_INTERRUPTED) from None
 
 
 # --------------------------------------------------------------------------- status

@@ -17,6 +17,7 @@ import duckdb
 from .copy import AnalyticsCopy, Locate, Manifest, view_statements
 
 T = TypeVar("T")
+C = TypeVar("C")
 
 # Available to every report and to analyst SQL.
 MACROS = (
@@ -47,7 +48,15 @@ RELOADS = 3
 
 
 class QueryError(Exception):
-    """DuckDB rejected a query; the message is DuckDB's first line."""
+    """DuckDB rejected a query; the message is DuckDB's, on one line."""
+
+
+class QueryInterrupted(Exception):
+    """The user interrupted a running query (Ctrl-C).
+
+    Not a QueryError: callers that turn query errors into messages let it
+    through, for the command line to exit as an interrupted program does.
+    """
 
 
 class ReadOnlyError(QueryError):
@@ -57,7 +66,13 @@ class ReadOnlyError(QueryError):
 class Session:
     """An in-memory DuckDB connection whose views read the copy's Parquet files."""
 
-    def __init__(self, copy: AnalyticsCopy, threads: int = 2, memory_limit: str = "1GB") -> None:
+    def __init__(
+        self,
+        copy: AnalyticsCopy,
+        threads: int = 2,
+        memory_limit: str = "1GB",
+        sandbox: bool = False,
+    ) -> None:
         self.copy = copy
         self._pinned: list[int] = []
         self.conn = duckdb.connect(
@@ -72,9 +87,30 @@ class Session:
         # A large sort spills here rather than into the working directory.
         self._spill = Path(tempfile.gettempdir()) / f"grantex-archive-{secrets.token_hex(6)}"
         self.conn.execute(f"SET temp_directory = '{_sql_text(str(self._spill))}'").fetchall()
+        # The one place besides the copy where a sandboxed session may write
+        # (a CSV rendered by DuckDB); private to this session.
+        self.scratch = Path(tempfile.mkdtemp(prefix="grantex-archive-out-"))
         for macro in MACROS:
             self.conn.execute(macro).fetchall()
         self._load_views()
+        if sandbox:
+            self._lock_down()
+
+    def _lock_down(self) -> None:
+        """Let queries touch no file but the copy's, and no setting at all.
+
+        The views read the copy's files through /proc/self/fd links; DuckDB
+        resolves a link before checking it, to a path in the copy's directory
+        (in trash/, or marked "(deleted)", once a refresh retires the file), so
+        allowing the directory keeps them readable. The spill directory is
+        DuckDB's own, the scratch directory this session's.
+        """
+        allowed = [self.copy.directory.resolve(), self.scratch, self._spill]
+        listed = ", ".join(f"'{_sql_text(str(path))}/'" for path in allowed)
+        self.conn.execute(f"SET allowed_directories = [{listed}]").fetchall()
+        self.conn.execute("SET enable_external_access = false").fetchall()
+        # Last: from here on no query can change any of the above.
+        self.conn.execute("SET lock_configuration = true").fetchall()
 
     def _load_views(self) -> None:
         manifest = self.copy.manifest()
@@ -112,6 +148,7 @@ class Session:
     def close(self) -> None:
         self.conn.close()
         shutil.rmtree(self._spill, ignore_errors=True)
+        shutil.rmtree(self.scratch, ignore_errors=True)
         for fd in self._pinned:
             with contextlib.suppress(OSError):
                 os.close(fd)
@@ -121,19 +158,19 @@ class Session:
         """Run ``work``; if a refresh retired a file under it, reload the views and retry."""
         for _ in range(RELOADS):
             try:
-                return work(self.conn)
+                return _interruptible(work, self.conn)
             except duckdb.IOException as exc:
                 # Perhaps a file gone missing: a refresh has retired it since the
                 # views were made (only where files cannot be pinned).
                 if self._pinned:
-                    raise QueryError(first_line(exc)) from None
+                    raise QueryError(duckdb_message(exc)) from None
             except duckdb.Error as exc:
-                raise QueryError(first_line(exc)) from None
+                raise QueryError(duckdb_message(exc)) from None
             self._load_views()
         try:
-            return work(self.conn)
+            return _interruptible(work, self.conn)
         except duckdb.Error as exc:
-            raise QueryError(first_line(exc)) from None
+            raise QueryError(duckdb_message(exc)) from None
 
     def stream(
         self, sql: str, params: Mapping[str, Any], chunk: int = 10_000
@@ -154,11 +191,29 @@ class Session:
             while batch:
                 yield from batch
                 try:
-                    batch = result.fetchmany(chunk)
+                    batch = _interruptible(lambda r: r.fetchmany(chunk), result)
                 except duckdb.Error as exc:
-                    raise QueryError(first_line(exc)) from None
+                    raise QueryError(duckdb_message(exc)) from None
 
         return columns, rows()
+
+
+def _interruptible(work: Callable[[C], T], conn: C) -> T:
+    """``work(conn)``, with Ctrl-C raised as QueryInterrupted.
+
+    DuckDB answers SIGINT during a query by cancelling it and raising a plain
+    RuntimeError; between queries Python raises KeyboardInterrupt.
+    """
+    try:
+        return work(conn)
+    except KeyboardInterrupt:
+        raise QueryInterrupted("interrupted") from None
+    except duckdb.InterruptException:
+        raise QueryInterrupted("interrupted") from None
+    except RuntimeError as exc:
+        if isinstance(exc, duckdb.Error) or "interrupted" not in str(exc).lower():
+            raise
+        raise QueryInterrupted("interrupted") from None
 
 
 def check_read_only(sql: str, conn: duckdb.DuckDBPyConnection) -> duckdb.StatementType:
@@ -166,7 +221,7 @@ def check_read_only(sql: str, conn: duckdb.DuckDBPyConnection) -> duckdb.Stateme
     try:
         statements = conn.extract_statements(sql)
     except duckdb.Error as exc:
-        raise QueryError(first_line(exc)) from None
+        raise QueryError(duckdb_message(exc)) from None
     if not statements:
         raise QueryError("no SQL statement given")
     if len(statements) > 1:
@@ -194,8 +249,36 @@ def check_read_only(sql: str, conn: duckdb.DuckDBPyConnection) -> duckdb.Stateme
     return kind
 
 
+def bare_statement(sql: str) -> str:
+    """One statement's text, ready to be wrapped in a subquery.
+
+    Trailing semicolons go (only those the tokenizer calls operators: one in
+    a string, a quoted name or a comment stays), and a new line ends the text
+    so that a closing ``--`` comment cannot swallow what a caller appends.
+    Call it on what check_read_only accepted: every such semicolon is trailing.
+    """
+    chars = list(sql)
+    for start, kind in duckdb.tokenize(sql):
+        if kind == duckdb.token_type.operator and sql[start] == ";":
+            chars[start] = " "
+    return "".join(chars).strip() + "\n"
+
+
 def _sql_text(value: str) -> str:
     return value.replace("'", "''")
+
+
+def duckdb_message(exc: BaseException) -> str:
+    """DuckDB's message on one line: the error and its hints.
+
+    DuckDB puts hints ("Candidate bindings: ...", "Did you mean ...?") on the
+    lines after the first, then, after a blank line, the query's line with
+    carets under the place. That quote is left out: the query DuckDB saw is
+    the analyst's wrapped in the command's own SQL, which would only confuse.
+    """
+    message = str(exc).strip().split("\n\n", 1)[0]
+    lines = [line.strip() for line in message.splitlines() if line.strip()]
+    return " ".join(lines) if lines else type(exc).__name__
 
 
 def first_line(exc: BaseException) -> str:
