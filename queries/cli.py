@@ -74,7 +74,6 @@ from .render import (
 from .reports import PERIODS, ReportError, get_report, load_reports
 from .session import (
     QueryError,
-    QueryInterrupted,
     Session,
     bare_statement,
     check_read_only,
@@ -403,7 +402,7 @@ def sql_command(
                 render(columns, rows, fmt, output)
         else:
             emit(copy, text, bound, fmt, output)
-    except (QueryInterrupted, KeyboardInterrupt):
+    except KeyboardInterrupt:  # QueryInterrupted too: Ctrl-C during the query
         raise CliError("interrupted", EXIT_INTERRUPTED) from None
 
 

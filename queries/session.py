@@ -51,11 +51,12 @@ class QueryError(Exception):
     """DuckDB rejected a query; the message is DuckDB's, on one line."""
 
 
-class QueryInterrupted(Exception):
+class QueryInterrupted(KeyboardInterrupt):
     """The user interrupted a running query (Ctrl-C).
 
-    Not a QueryError: callers that turn query errors into messages let it
-    through, for the command line to exit as an interrupted program does.
+    A KeyboardInterrupt, not a QueryError: callers that turn query errors
+    into messages let it through, for the command line to exit as an
+    interrupted program does.
     """
 
 
