@@ -85,7 +85,6 @@ F = TypeVar("F", bound=Callable[..., Any])
 log = logging.getLogger(__name__)
 
 EXIT_STALE = 1
-EXIT_INTERRUPTED = 130
 
 
 def copy_location_options(func: F) -> F:
@@ -403,7 +402,8 @@ def sql_command(
         else:
             emit(copy, text, bound, fmt, output)
     except KeyboardInterrupt:  # QueryInterrupted too: Ctrl-C during the query
-        raise CliError("interrupted", EXIT_INTERRUPTED) from None
+        where = f"; nothing was written to {output}" if output not in (None, "-") else ""
+        raise CliError(f"interrupted{where}", EXIT_INTERRUPTED) from None
 
 
 # --------------------------------------------------------------------------- status

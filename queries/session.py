@@ -9,6 +9,8 @@ import secrets
 import shutil
 import tempfile
 from collections.abc import Callable, Iterator, Mapping
+from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import TimeoutError as FutureTimeout
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -76,6 +78,7 @@ class Session:
     ) -> None:
         self.copy = copy
         self._pinned: list[int] = []
+        self._worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="duckdb-query")
         self.conn = duckdb.connect(
             config={
                 "threads": threads,
@@ -146,7 +149,38 @@ class Session:
         paths = {name: FD_DIR / str(fd) for name, fd in opened.items()}
         return paths.__getitem__
 
+    def _interruptible(self, work: Callable[[C], T], target: C) -> T:
+        """``work(target)``, with Ctrl-C raised as QueryInterrupted.
+
+        DuckDB looks for Ctrl-C only between its tasks, and a long task (a
+        large join under load) may not end for minutes. So the work runs on
+        the session's own thread while this one waits in Python, where
+        SIGINT is handled at once: it interrupts the connection, again until
+        the work has stopped (it may be between two statements).
+        """
+        future: Future[T] = self._worker.submit(work, target)
+        try:
+            return future.result()
+        except KeyboardInterrupt:
+            pass
+        except duckdb.InterruptException:
+            raise QueryInterrupted("interrupted") from None
+        except RuntimeError as exc:
+            # DuckDB's own check, had it seen the signal first.
+            if isinstance(exc, duckdb.Error) or "interrupted" not in str(exc).lower():
+                raise
+            raise QueryInterrupted("interrupted") from None
+        while True:
+            self.conn.interrupt()
+            try:
+                future.exception(timeout=0.05)
+                break
+            except (FutureTimeout, KeyboardInterrupt):
+                continue
+        raise QueryInterrupted("interrupted")
+
     def close(self) -> None:
+        self._worker.shutdown(wait=True)
         self.conn.close()
         shutil.rmtree(self._spill, ignore_errors=True)
         shutil.rmtree(self.scratch, ignore_errors=True)
@@ -159,7 +193,7 @@ class Session:
         """Run ``work``; if a refresh retired a file under it, reload the views and retry."""
         for _ in range(RELOADS):
             try:
-                return _interruptible(work, self.conn)
+                return self._interruptible(work, self.conn)
             except duckdb.IOException as exc:
                 # Perhaps a file gone missing: a refresh has retired it since the
                 # views were made (only where files cannot be pinned).
@@ -169,7 +203,7 @@ class Session:
                 raise QueryError(duckdb_message(exc)) from None
             self._load_views()
         try:
-            return _interruptible(work, self.conn)
+            return self._interruptible(work, self.conn)
         except duckdb.Error as exc:
             raise QueryError(duckdb_message(exc)) from None
 
@@ -192,29 +226,11 @@ class Session:
             while batch:
                 yield from batch
                 try:
-                    batch = _interruptible(lambda r: r.fetchmany(chunk), result)
+                    batch = self._interruptible(lambda r: r.fetchmany(chunk), result)
                 except duckdb.Error as exc:
                     raise QueryError(duckdb_message(exc)) from None
 
         return columns, rows()
-
-
-def _interruptible(work: Callable[[C], T], conn: C) -> T:
-    """``work(conn)``, with Ctrl-C raised as QueryInterrupted.
-
-    DuckDB answers SIGINT during a query by cancelling it and raising a plain
-    RuntimeError; between queries Python raises KeyboardInterrupt.
-    """
-    try:
-        return work(conn)
-    except KeyboardInterrupt:
-        raise QueryInterrupted("interrupted") from None
-    except duckdb.InterruptException:
-        raise QueryInterrupted("interrupted") from None
-    except RuntimeError as exc:
-        if isinstance(exc, duckdb.Error) or "interrupted" not in str(exc).lower():
-            raise
-        raise QueryInterrupted("interrupted") from None
 
 
 def check_read_only(sql: str, conn: duckdb.DuckDBPyConnection) -> duckdb.StatementType:

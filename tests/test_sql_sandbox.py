@@ -244,6 +244,6 @@ def test_ctrl_c_during_a_query_exits_130_and_leaves_nothing(
     out, err = proc.communicate(timeout=60)
     assert proc.returncode == 130, err
     assert out == ""
-    assert err.strip() == "Error: interrupted"
+    assert err.strip() == f"Error: interrupted; nothing was written to {target}"
     assert list(out_dir.iterdir()) == []
     assert list(scratch.iterdir()) == []
