@@ -28,15 +28,18 @@ from ingest.cli import CliError, _check_db_url, _safe, db_option, run_ingest
 from ingest.events import TimestampError, parse_timestamp
 from ingest.logs import setup_logging
 from ingest.settings import IngestSettings, Secret
-from ingest.store import create_archive_engine, ingest_runs, sqlite_path
+from ingest.store import ingest_runs, sqlite_path
 from ingest.worker import EXIT_DATABASE
 
 from .copy import (
     ENV_ANALYTICS_DIR,
     AnalyticsCopy,
     AnalyticsError,
+    ArchiveSchemaError,
     ArchiveUnavailable,
     RefreshResult,
+    archive_read_engine,
+    check_archive_exists,
 )
 from .export import (
     DEFAULT_COLUMNS,
@@ -69,7 +72,13 @@ from .render import (
     replace_output,
 )
 from .reports import PERIODS, ReportError, get_report, load_reports
-from .session import QueryError, Session, check_read_only, first_line
+from .session import (
+    QueryError,
+    Session,
+    bare_statement,
+    check_read_only,
+    first_line,
+)
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -120,6 +129,10 @@ def _parse_time(value: str | None, flag: str) -> datetime | None:
 def open_copy(db_url: str, analytics_dir: Path | None, refresh: bool) -> AnalyticsCopy:
     """The copy for ``db_url``, refreshed unless told not to."""
     _check_db_url(db_url)
+    try:
+        check_archive_exists(db_url)
+    except AnalyticsError as exc:
+        raise CliError(str(exc)) from None
     copy = AnalyticsCopy(db_url, analytics_dir)
     if refresh:
         refresh_copy(copy)
@@ -135,7 +148,7 @@ def refresh_copy(copy: AnalyticsCopy, full: bool = False) -> RefreshResult:
     progress = _Progress("Refreshing the analytics copy") if sys.stderr.isatty() else None
     try:
         result = copy.refresh(full=full, progress=progress)
-    except ArchiveUnavailable as exc:
+    except (ArchiveUnavailable, ArchiveSchemaError) as exc:
         raise CliError(str(exc), EXIT_DATABASE) from None
     except AnalyticsError as exc:
         raise CliError(str(exc)) from None
@@ -176,7 +189,7 @@ def _query(
     copy: AnalyticsCopy, sql: str, params: dict[str, Any]
 ) -> Iterator[tuple[list[str], Iterator[tuple[Any, ...]]]]:
     """The columns and (streamed) rows of ``sql``; DuckDB errors become ``Error:`` lines."""
-    session = Session(copy)
+    session = Session(copy, sandbox=True)
     try:
         yield session.stream(sql, params)
     except QueryError as exc:
@@ -194,9 +207,9 @@ def emit(
         with _query(copy, sql, params) as (columns, rows):
             render(columns, rows, chosen, output)
         return
-    session = Session(copy)
+    session = Session(copy, sandbox=True)
     try:
-        with tempfile.TemporaryDirectory(prefix="grantex-csv-") as tmp:
+        with tempfile.TemporaryDirectory(prefix="grantex-csv-", dir=session.scratch) as tmp:
             target = Path(tmp) / "rows.csv"
             crlf = crlf_for(output)
             session.run(lambda conn: write_query_csv(conn, sql, params, target, crlf=crlf))
@@ -372,21 +385,25 @@ def sql_command(
     else:
         raise click.UsageError("give a QUERY, --file FILE, or '-' to read standard input")
     bound = {name: value for name, value in params}
-    copy = open_copy(db_url, analytics_dir, not no_refresh)
-    session = Session(copy)
     try:
-        kind = check_read_only(text, session.conn)
-    except QueryError as exc:
-        raise CliError(str(exc)) from None
-    finally:
-        session.close()
-    # The statement runs as the one statement of the query DuckDB is given.
-    text = text.strip().rstrip(";")
-    if kind == duckdb.StatementType.EXPLAIN:
-        with _query(copy, text, bound) as (columns, rows):
-            render(columns, rows, fmt, output)
-    else:
-        emit(copy, text, bound, fmt, output)
+        copy = open_copy(db_url, analytics_dir, not no_refresh)
+        session = Session(copy, sandbox=True)
+        try:
+            kind = check_read_only(text, session.conn)
+        except QueryError as exc:
+            raise CliError(str(exc)) from None
+        finally:
+            session.close()
+        # The statement runs inside the query DuckDB is given.
+        text = bare_statement(text)
+        if kind == duckdb.StatementType.EXPLAIN:
+            with _query(copy, text, bound) as (columns, rows):
+                render(columns, rows, fmt, output)
+        else:
+            emit(copy, text, bound, fmt, output)
+    except KeyboardInterrupt:  # QueryInterrupted too: Ctrl-C during the query
+        where = f"; nothing was written to {output}" if output not in (None, "-") else ""
+        raise CliError(f"interrupted{where}", EXIT_INTERRUPTED) from None
 
 
 # --------------------------------------------------------------------------- status
@@ -473,7 +490,7 @@ def status(
 
 
 def _runs(db_url: str) -> tuple[dict[str, Any] | None, datetime | None]:
-    engine = create_archive_engine(db_url)
+    engine = archive_read_engine(db_url)
     try:
         with engine.connect() as conn:
             last = conn.execute(
@@ -484,15 +501,26 @@ def _runs(db_url: str) -> tuple[dict[str, Any] | None, datetime | None]:
                     ingest_runs.c.exit_code == 0
                 )
             ).scalar()
-    except (sa.exc.OperationalError, sa.exc.InterfaceError) as exc:
+    except (sa.exc.OperationalError, sa.exc.InterfaceError, sa.exc.ProgrammingError) as exc:
+        if _has_no_runs_table(engine):
+            raise CliError(
+                "the archive has no grantex-archive schema (was it downgraded?): "
+                "run `grantex-archive db upgrade`",
+                EXIT_DATABASE,
+            ) from None
         raise CliError(f"database unusable: {first_line(exc)}", EXIT_DATABASE) from None
-    except sa.exc.ProgrammingError:
-        raise CliError("the archive has no schema: run `grantex-archive db upgrade`") from None
     finally:
         engine.dispose()
     if success is not None and success.tzinfo is None:
         success = success.replace(tzinfo=timezone.utc)
     return (dict(last._mapping) if last is not None else None), success
+
+
+def _has_no_runs_table(engine: sa.Engine) -> bool:
+    try:
+        return not sa.inspect(engine).has_table(ingest_runs.name)
+    except sa.exc.SQLAlchemyError:
+        return False
 
 
 # --------------------------------------------------------------------------- refresh

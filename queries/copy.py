@@ -68,6 +68,10 @@ RESCAN_ROWS = 100_000
 RESCAN_SECONDS = 300.0
 # Retired files stay readable this long for readers that hold an older manifest.
 TRASH_SECONDS = 600.0
+# How long a reader of a SQLite archive waits for a writer's lock (ingest
+# holds one for a batch; closing its last connection checkpoints the WAL
+# under an exclusive lock) before it gives up.
+BUSY_TIMEOUT_SECONDS = 30.0
 # The grants delta is folded into the base when it outgrows this share.
 DELTA_SHARE = 0.25
 DELTA_MIN_ROWS = 200_000
@@ -148,6 +152,49 @@ class AnalyticsError(Exception):
 
 class ArchiveUnavailable(AnalyticsError):
     """The archive's database could not be reached."""
+
+
+class ArchiveMissing(AnalyticsError):
+    """There is no archive at the SQLite path given."""
+
+    def __init__(self, path: Path) -> None:
+        super().__init__(
+            f"no archive at {path}: create it with `grantex-archive ingest` "
+            "(or an empty one with `grantex-archive db upgrade`)"
+        )
+        self.path = path
+
+
+class ArchiveSchemaError(AnalyticsError):
+    """The archive has no schema, or not the one this version reads."""
+
+
+def check_archive_exists(db_url: str) -> None:
+    """Raise ArchiveMissing for a SQLite URL whose file does not exist."""
+    path = sqlite_path(db_url)
+    if path is not None and not path.is_file():
+        raise ArchiveMissing(path)
+
+
+def archive_read_engine(db_url: str) -> sa.Engine:
+    """An SQLAlchemy engine for reading the archive, never writing it.
+
+    A SQLite file opens read-only, with a busy timeout: a read waits for a
+    writer's lock instead of failing with "database is locked". Python's
+    sqlite3 runs a SELECT outside any explicit transaction, each one a short
+    WAL snapshot that never blocks the writer.
+    """
+    path = sqlite_path(db_url)
+    if path is None:
+        from ingest.store import create_archive_engine
+
+        return create_archive_engine(db_url)
+    check_archive_exists(db_url)
+    return sa.create_engine(
+        f"sqlite:///file:{quote(str(path.resolve()))}?mode=ro&uri=true",
+        connect_args={"timeout": BUSY_TIMEOUT_SECONDS},
+        poolclass=sa.pool.NullPool,
+    )
 
 
 def default_directory(db_url: str) -> Path:
@@ -295,8 +342,8 @@ class ArchiveReader:
         path = sqlite_path(db_url)
         self.sqlite = path is not None
         if path is not None:
-            if not path.exists():
-                raise AnalyticsError(f"no archive at {path}: run `grantex-archive ingest` first")
+            if not path.is_file():
+                raise ArchiveMissing(path)
             import adbc_driver_sqlite
 
             driver = adbc_driver_sqlite._driver_path()
@@ -314,14 +361,58 @@ class ArchiveReader:
         try:
             self._db = adbc.AdbcDatabase(driver=driver, uri=uri)
             self._conn = adbc.AdbcConnection(self._db)
+            if self.sqlite:
+                # Without it SQLite fails at once where a writer holds a lock.
+                # Each query runs in autocommit: its own short read snapshot.
+                self._execute(f"PRAGMA busy_timeout = {int(BUSY_TIMEOUT_SECONDS * 1000)}")
         except adbc.Error as exc:
+            self.close()
             raise ArchiveUnavailable(f"database unusable: {_adbc_message(exc)}") from None
 
+    def _execute(self, sql: str) -> None:
+        statement = self._adbc.AdbcStatement(self._conn)
+        try:
+            statement.set_sql_query(sql)
+            statement.execute_update()
+        finally:
+            statement.close()
+
+    def check_schema(self, duck: duckdb.DuckDBPyConnection) -> None:
+        """Raise ArchiveSchemaError unless the archive's schema is the one this version reads."""
+        exists = (
+            "SELECT count(*) FROM sqlite_master WHERE type = 'table' AND name = 'alembic_version'"
+            if self.sqlite
+            else "SELECT CAST(count(*) AS BIGINT) FROM (SELECT to_regclass('alembic_version') r) t "
+            "WHERE r IS NOT NULL"
+        )
+        (tables,) = self.scalar_row(exists, duck)
+        current = None
+        if tables:
+            stream = self.stream("SELECT version_num FROM alembic_version")
+            try:
+                found = duck.from_arrow(stream).fetchall()
+            finally:
+                stream.close()
+            current = str(found[0][0]) if found else None
+        if current is None:
+            raise ArchiveSchemaError(
+                "the archive has no grantex-archive schema (was it downgraded?): "
+                "run `grantex-archive db upgrade`"
+            )
+        from ingest.migrate import head_revision  # Alembic loads only when needed
+
+        head = head_revision()
+        if current != head:
+            raise ArchiveSchemaError(
+                f"the archive's schema is at {current}, this version reads {head}: "
+                "run `grantex-archive db upgrade` (or upgrade grantex-archive if the "
+                "archive is newer)"
+            )
+
     def close(self) -> None:
-        with contextlib.suppress(Exception):
-            self._conn.close()
-        with contextlib.suppress(Exception):
-            self._db.close()
+        for handle in ("_conn", "_db"):
+            with contextlib.suppress(Exception):
+                getattr(self, handle).close()
 
     def stream(self, sql: str) -> Any:
         """An object with ``__arrow_c_stream__`` for ``sql``; DuckDB scans it."""
@@ -484,6 +575,8 @@ class AnalyticsCopy:
         is (``waited`` set): readers never fail because somebody else refreshes.
         """
         started = time.monotonic()
+        # Before anything is created: a mistyped path must leave nothing behind.
+        check_archive_exists(self.db_url)
         try:
             return self._refresh(full, wait, progress, started)
         except OSError as exc:
@@ -535,16 +628,21 @@ class _Refresher:
     # -- the steps
 
     def run(self, full: bool, started: float) -> RefreshResult:
+        self.reader.check_schema(self.duck)
         for sub in ("events", "grants", "tables", "trash"):
             (self.dir / sub).mkdir(parents=True, exist_ok=True)
             # Under the lock, a temporary file is what a killed refresher left.
             for stale in (self.dir / sub).glob("*.tmp"):
                 stale.unlink(missing_ok=True)
+        for stale in self.dir.glob(".*.tmp"):
+            stale.unlink(missing_ok=True)
         reason = None
         try:
             manifest = None if full else self.copy.manifest()
         except AnalyticsError as exc:
             reason, manifest = str(exc), None
+        if manifest is not None:
+            self._retire_orphans(manifest)
         # No count(*): on a large archive it is a scan, and the seq range tells enough.
         (archive_max,) = self.reader.scalar_row("SELECT max(seq) FROM events", self.duck)
         archive_max = int(archive_max or 0)
@@ -879,6 +977,22 @@ class _Refresher:
         for sub in ("events", "grants", "tables"):
             for path in (self.dir / sub).iterdir():
                 self.retired.append(f"{sub}/{path.name}")
+
+    def _retire_orphans(self, manifest: Manifest) -> None:
+        """Retire the files no manifest names: what a killed refresher left.
+
+        Under the lock no refresher is writing, so such a file is a finished
+        segment or state of a refresh killed before its manifest, or one a
+        refresh killed after its manifest had not yet moved to trash/ (a
+        reader may still hold the older manifest: hence trash, not deletion).
+        """
+        named = set(manifest.files())
+        for sub in ("events", "grants", "tables"):
+            for path in (self.dir / sub).iterdir():
+                name = f"{sub}/{path.name}"
+                if name not in named:
+                    log.info("retiring %s, left by an interrupted refresh", name)
+                    self.retired.append(name)
 
     def _retire_now(self) -> None:
         stamp = int(time.time())

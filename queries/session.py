@@ -9,6 +9,8 @@ import secrets
 import shutil
 import tempfile
 from collections.abc import Callable, Iterator, Mapping
+from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import TimeoutError as FutureTimeout
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -17,6 +19,7 @@ import duckdb
 from .copy import AnalyticsCopy, Locate, Manifest, view_statements
 
 T = TypeVar("T")
+C = TypeVar("C")
 
 # Available to every report and to analyst SQL.
 MACROS = (
@@ -47,7 +50,16 @@ RELOADS = 3
 
 
 class QueryError(Exception):
-    """DuckDB rejected a query; the message is DuckDB's first line."""
+    """DuckDB rejected a query; the message is DuckDB's, on one line."""
+
+
+class QueryInterrupted(KeyboardInterrupt):
+    """The user interrupted a running query (Ctrl-C).
+
+    A KeyboardInterrupt, not a QueryError: callers that turn query errors
+    into messages let it through, for the command line to exit as an
+    interrupted program does.
+    """
 
 
 class ReadOnlyError(QueryError):
@@ -57,9 +69,16 @@ class ReadOnlyError(QueryError):
 class Session:
     """An in-memory DuckDB connection whose views read the copy's Parquet files."""
 
-    def __init__(self, copy: AnalyticsCopy, threads: int = 2, memory_limit: str = "1GB") -> None:
+    def __init__(
+        self,
+        copy: AnalyticsCopy,
+        threads: int = 2,
+        memory_limit: str = "1GB",
+        sandbox: bool = False,
+    ) -> None:
         self.copy = copy
         self._pinned: list[int] = []
+        self._worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="duckdb-query")
         self.conn = duckdb.connect(
             config={
                 "threads": threads,
@@ -72,9 +91,30 @@ class Session:
         # A large sort spills here rather than into the working directory.
         self._spill = Path(tempfile.gettempdir()) / f"grantex-archive-{secrets.token_hex(6)}"
         self.conn.execute(f"SET temp_directory = '{_sql_text(str(self._spill))}'").fetchall()
+        # The one place besides the copy where a sandboxed session may write
+        # (a CSV rendered by DuckDB); private to this session.
+        self.scratch = Path(tempfile.mkdtemp(prefix="grantex-archive-out-"))
         for macro in MACROS:
             self.conn.execute(macro).fetchall()
         self._load_views()
+        if sandbox:
+            self._lock_down()
+
+    def _lock_down(self) -> None:
+        """Let queries touch no file but the copy's, and no setting at all.
+
+        The views read the copy's files through /proc/self/fd links; DuckDB
+        resolves a link before checking it, to a path in the copy's directory
+        (in trash/, or marked "(deleted)", once a refresh retires the file), so
+        allowing the directory keeps them readable. The spill directory is
+        DuckDB's own, the scratch directory this session's.
+        """
+        allowed = [self.copy.directory.resolve(), self.scratch, self._spill]
+        listed = ", ".join(f"'{_sql_text(str(path))}/'" for path in allowed)
+        self.conn.execute(f"SET allowed_directories = [{listed}]").fetchall()
+        self.conn.execute("SET enable_external_access = false").fetchall()
+        # Last: from here on no query can change any of the above.
+        self.conn.execute("SET lock_configuration = true").fetchall()
 
     def _load_views(self) -> None:
         manifest = self.copy.manifest()
@@ -109,9 +149,41 @@ class Session:
         paths = {name: FD_DIR / str(fd) for name, fd in opened.items()}
         return paths.__getitem__
 
+    def _interruptible(self, work: Callable[[C], T], target: C) -> T:
+        """``work(target)``, with Ctrl-C raised as QueryInterrupted.
+
+        DuckDB looks for Ctrl-C only between its tasks, and a long task (a
+        large join under load) may not end for minutes. So the work runs on
+        the session's own thread while this one waits in Python, where
+        SIGINT is handled at once: it interrupts the connection, again until
+        the work has stopped (it may be between two statements).
+        """
+        future: Future[T] = self._worker.submit(work, target)
+        try:
+            return future.result()
+        except KeyboardInterrupt:
+            pass
+        except duckdb.InterruptException:
+            raise QueryInterrupted("interrupted") from None
+        except RuntimeError as exc:
+            # DuckDB's own check, had it seen the signal first.
+            if isinstance(exc, duckdb.Error) or "interrupted" not in str(exc).lower():
+                raise
+            raise QueryInterrupted("interrupted") from None
+        while True:
+            self.conn.interrupt()
+            try:
+                future.exception(timeout=0.05)
+                break
+            except (FutureTimeout, KeyboardInterrupt):
+                continue
+        raise QueryInterrupted("interrupted")
+
     def close(self) -> None:
+        self._worker.shutdown(wait=True)
         self.conn.close()
         shutil.rmtree(self._spill, ignore_errors=True)
+        shutil.rmtree(self.scratch, ignore_errors=True)
         for fd in self._pinned:
             with contextlib.suppress(OSError):
                 os.close(fd)
@@ -121,19 +193,19 @@ class Session:
         """Run ``work``; if a refresh retired a file under it, reload the views and retry."""
         for _ in range(RELOADS):
             try:
-                return work(self.conn)
+                return self._interruptible(work, self.conn)
             except duckdb.IOException as exc:
                 # Perhaps a file gone missing: a refresh has retired it since the
                 # views were made (only where files cannot be pinned).
                 if self._pinned:
-                    raise QueryError(first_line(exc)) from None
+                    raise QueryError(duckdb_message(exc)) from None
             except duckdb.Error as exc:
-                raise QueryError(first_line(exc)) from None
+                raise QueryError(duckdb_message(exc)) from None
             self._load_views()
         try:
-            return work(self.conn)
+            return self._interruptible(work, self.conn)
         except duckdb.Error as exc:
-            raise QueryError(first_line(exc)) from None
+            raise QueryError(duckdb_message(exc)) from None
 
     def stream(
         self, sql: str, params: Mapping[str, Any], chunk: int = 10_000
@@ -154,9 +226,9 @@ class Session:
             while batch:
                 yield from batch
                 try:
-                    batch = result.fetchmany(chunk)
+                    batch = self._interruptible(lambda r: r.fetchmany(chunk), result)
                 except duckdb.Error as exc:
-                    raise QueryError(first_line(exc)) from None
+                    raise QueryError(duckdb_message(exc)) from None
 
         return columns, rows()
 
@@ -166,7 +238,7 @@ def check_read_only(sql: str, conn: duckdb.DuckDBPyConnection) -> duckdb.Stateme
     try:
         statements = conn.extract_statements(sql)
     except duckdb.Error as exc:
-        raise QueryError(first_line(exc)) from None
+        raise QueryError(duckdb_message(exc)) from None
     if not statements:
         raise QueryError("no SQL statement given")
     if len(statements) > 1:
@@ -194,8 +266,36 @@ def check_read_only(sql: str, conn: duckdb.DuckDBPyConnection) -> duckdb.Stateme
     return kind
 
 
+def bare_statement(sql: str) -> str:
+    """One statement's text, ready to be wrapped in a subquery.
+
+    Trailing semicolons go (only those the tokenizer calls operators: one in
+    a string, a quoted name or a comment stays), and a new line ends the text
+    so that a closing ``--`` comment cannot swallow what a caller appends.
+    Call it on what check_read_only accepted: every such semicolon is trailing.
+    """
+    chars = list(sql)
+    for start, kind in duckdb.tokenize(sql):
+        if kind == duckdb.token_type.operator and sql[start] == ";":
+            chars[start] = " "
+    return "".join(chars).strip() + "\n"
+
+
 def _sql_text(value: str) -> str:
     return value.replace("'", "''")
+
+
+def duckdb_message(exc: BaseException) -> str:
+    """DuckDB's message on one line: the error and its hints.
+
+    DuckDB puts hints ("Candidate bindings: ...", "Did you mean ...?") on the
+    lines after the first, then, after a blank line, the query's line with
+    carets under the place. That quote is left out: the query DuckDB saw is
+    the analyst's wrapped in the command's own SQL, which would only confuse.
+    """
+    message = str(exc).strip().split("\n\n", 1)[0]
+    lines = [line.strip() for line in message.splitlines() if line.strip()]
+    return " ".join(lines) if lines else type(exc).__name__
 
 
 def first_line(exc: BaseException) -> str:

@@ -233,10 +233,18 @@ def _count_everything(conn: duckdb.DuckDBPyConnection) -> list[tuple[Any, ...]]:
 
 @contextlib.contextmanager
 def _session_across_a_compaction(
-    url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    url: str,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    sandbox: bool = False,
+    trash: bool = False,
 ) -> Iterator[tuple[AnalyticsCopy, Session, dict[str, Any]]]:
-    """A session opened over 200 events; then 200 more and a refresh that deletes its segment."""
-    monkeypatch.setattr(copy_module, "TRASH_SECONDS", 0.0)
+    """A session opened over 200 events; then 200 more and a refresh that deletes its segment.
+
+    With ``trash`` the segment only moves to trash/, as it does by default.
+    """
+    if not trash:
+        monkeypatch.setattr(copy_module, "TRASH_SECONDS", 0.0)
     monkeypatch.setattr(copy_module, "SMALL_SEGMENTS_MAX", 2)
     new_archive(url)
     items = frames(15, 400)
@@ -244,12 +252,12 @@ def _session_across_a_compaction(
     analytics = AnalyticsCopy(url, tmp_path / "copy")
     analytics.refresh()
     before = snapshot(analytics)
-    session = Session(analytics)
+    session = Session(analytics, sandbox=sandbox)
     try:
         old_files = set(analytics.manifest().files())  # type: ignore[union-attr]
         write(url, items[200:])
         analytics.refresh()  # compacts: the first segment is retired and deleted
-        assert not any((tmp_path / "copy" / "trash").iterdir())
+        assert any((tmp_path / "copy" / "trash").iterdir()) is trash
         gone = {name for name in old_files if not (tmp_path / "copy" / name).exists()}
         assert any(name.startswith("events/") for name in gone)
         yield analytics, session, before
@@ -257,10 +265,16 @@ def _session_across_a_compaction(
         session.close()
 
 
+@pytest.mark.parametrize(("sandbox", "trash"), [(False, False), (True, False), (True, True)])
 def test_a_session_keeps_reading_its_snapshot_after_a_refresh_deletes_its_files(
-    sqlite_archive: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    sqlite_archive: str,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    sandbox: bool,
+    trash: bool,
 ) -> None:
-    with _session_across_a_compaction(sqlite_archive, tmp_path, monkeypatch) as (
+    """Also in the analyst's sandbox, whose file checks resolve the descriptors' links."""
+    with _session_across_a_compaction(sqlite_archive, tmp_path, monkeypatch, sandbox, trash) as (
         analytics,
         session,
         before,
@@ -278,13 +292,18 @@ def test_a_session_keeps_reading_its_snapshot_after_a_refresh_deletes_its_files(
         fresh.close()
 
 
+@pytest.mark.parametrize("sandbox", [False, True])
 def test_without_descriptors_a_reader_rereads_the_manifest_when_its_files_go(
-    sqlite_archive: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    sqlite_archive: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, sandbox: bool
 ) -> None:
     from queries import session as session_module
 
     monkeypatch.setattr(session_module, "FD_DIR", tmp_path / "no-proc")
-    with _session_across_a_compaction(sqlite_archive, tmp_path, monkeypatch) as (_, session, _):
+    with _session_across_a_compaction(sqlite_archive, tmp_path, monkeypatch, sandbox) as (
+        _,
+        session,
+        _,
+    ):
         count = session.run(_count_everything)
     assert count[0][0] == 400
 
@@ -444,3 +463,58 @@ def test_a_refresher_killed_midway_leaves_a_usable_copy(tmp_path: Path) -> None:
     analytics.refresh()
     assert len(snapshot(analytics)["events"]) == 40000
     assert not list(analytics.directory.glob("*/*.tmp"))
+
+
+def _outside_the_manifest(analytics: AnalyticsCopy) -> list[str]:
+    """Files of the copy that its manifest does not name (trash/ aside)."""
+    manifest = analytics.manifest()
+    assert manifest is not None
+    named = set(manifest.files())
+    found = []
+    for path in analytics.directory.rglob("*"):
+        name = path.relative_to(analytics.directory).as_posix()
+        if path.is_dir() or name.startswith("trash/"):
+            continue
+        if name not in named and name not in ("MANIFEST.json", "views.sql", ".refresh.lock"):
+            found.append(name)
+    return sorted(found)
+
+
+@pytest.mark.parametrize("then", ["refresh", "report"])
+def test_a_killed_full_refresh_leaves_no_orphan_after_the_next_refresh(
+    tmp_path: Path, then: str
+) -> None:
+    url = f"sqlite:///{tmp_path / 'k.db'}"
+    new_archive(url)
+    items = frames(23, 40000)
+    write(url, items[:20000])
+    analytics = AnalyticsCopy(url)
+    analytics.refresh()
+    write(url, items[20000:])
+    proc = subprocess.Popen(
+        [*cli_command(), "refresh", "--full", "--db", url],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    # The grants state is built after the new segment is complete: killed
+    # then, the segment is finished but no manifest names it.
+    deadline = time.monotonic() + 60
+    while not list((analytics.directory / "grants").glob("*.tmp")):
+        assert proc.poll() is None and time.monotonic() < deadline, "refresh ended first"
+        time.sleep(0.002)
+    proc.kill()
+    proc.communicate(timeout=30)
+    orphans = _outside_the_manifest(analytics)
+    assert any(name.startswith("events/seq-") for name in orphans), orphans
+
+    if then == "refresh":
+        result = invoke(["refresh", "--db", url])
+    else:
+        result = invoke(["report", "event-volume", "--db", url])
+    assert result.exit_code == 0, result.output
+    assert _outside_the_manifest(analytics) == []
+    # What was orphaned waits in trash/ like any retired file, then goes.
+    assert {p.name.split("-", 1)[1] for p in (analytics.directory / "trash").iterdir()} >= {
+        Path(name).name for name in orphans if not name.endswith(".tmp")
+    }
+    assert len(snapshot(analytics)["events"]) == 40000
