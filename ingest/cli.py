@@ -356,14 +356,14 @@ def db_downgrade(db_url: str, revision: str, yes: bool) -> None:
         raise CliError(_not_an_archive(db_url, exc), EXIT_DATABASE) from None
     if revision == "base":
         loss = (
-            f"drops every table of {_safe(db_url)}: {held.get('events', 0):,} events, "
-            f"{held.get('rejected_events', 0):,} rejected frames and "
-            f"{held.get('ingest_runs', 0):,} run records"
+            f"drops every table of {_safe(db_url)}: {_count(held, 'events', 'event')}, "
+            f"{_count(held, 'rejected_events', 'rejected frame')} and "
+            f"{_count(held, 'ingest_runs', 'run record')}"
         )
     else:
         loss = (
             f"drops what the migrations after {revision} added to {_safe(db_url)} "
-            f"(the {held.get('events', 0):,} events stay)"
+            f"(the {_count(held, 'events', 'event')} stay)"
         )
     if not yes:
         if not (sys.stdin.isatty() and sys.stdout.isatty()):
@@ -377,6 +377,11 @@ def db_downgrade(db_url: str, revision: str, yes: bool) -> None:
     except (sa.exc.OperationalError, sa.exc.InterfaceError) as exc:
         raise CliError(f"database unusable: {_first_line(exc)}", EXIT_DATABASE) from None
     click.echo(f"{_safe(db_url)}: downgraded to {revision}")
+
+
+def _count(held: dict[str, int], table: str, noun: str) -> str:
+    number = held.get(table, 0)
+    return f"{number:,} {noun}{'' if number == 1 else 's'}"
 
 
 def _archived_counts(db_url: str) -> dict[str, int]:

@@ -126,7 +126,7 @@ def test_downgrade_needs_confirmation_and_says_what_it_drops(archive_url: str) -
     refused = invoke(["db", "downgrade", "base", "--db", archive_url])
     assert refused.exit_code == 2
     assert refused.output.startswith("Error: not downgraded: this drops every table of ")
-    assert "3 events, 0 rejected frames and 1 run records; pass --yes to confirm" in refused.output
+    assert "3 events, 0 rejected frames and 1 run record; pass --yes to confirm" in refused.output
     assert rows(archive_url, "SELECT count(*) FROM events") == [(3,)]
     partial = invoke(["db", "downgrade", "0001", "--db", archive_url])
     assert partial.exit_code == 2
