@@ -1104,6 +1104,8 @@ def read_manifest(manifest: Path) -> dict[str, Any]:
         record = json.loads(text)
     except ValueError as exc:
         raise VerifyError(f"{manifest} is not valid JSON ({exc})") from None
+    except RecursionError:
+        raise VerifyError(f"{manifest} is not a manifest (JSON nested too deeply)") from None
     return check_manifest(record)
 
 

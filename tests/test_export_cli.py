@@ -548,3 +548,11 @@ def test_gzip_to_stdout_still_works(small: tuple[str, Path]) -> None:
     )
     assert proc.returncode == 0, proc.stderr
     assert len(gzip.decompress(proc.stdout).splitlines()) == 6
+
+
+def test_verify_refuses_a_manifest_nested_too_deeply(small: tuple[str, Path]) -> None:
+    url, out = small
+    target = out / "x.csv"
+    assert export(url, "-o", str(target)).exit_code == 0
+    (out / "x.csv.manifest.json").write_text("[" * 100_000 + "]" * 100_000)
+    assert "JSON nested too deeply" in verify_error(target)
