@@ -138,6 +138,42 @@ def parse_retry_after(value: str | None, now: float | None = None) -> float | No
     return float(min(max(seconds, 0.0), RETRY_AFTER_CAP))
 
 
+@dataclass(frozen=True, slots=True)
+class ResponseDecision:
+    """What to do with the answer to a connection attempt.
+
+    ``action`` is ``"open"`` (read the stream), ``"retry"`` (after
+    ``retry_after`` seconds when the server said, else the backoff),
+    ``"auth_failed"`` or ``"endpoint_error"`` (both fatal: retrying cannot help).
+    """
+
+    action: str
+    retry_after: float | None = None
+    problem: str | None = None
+
+
+def decide_response(
+    status: int, content_type: str, retry_after: str | None, now: float | None = None
+) -> ResponseDecision:
+    """The status policy, as a pure function of what the response's head says.
+
+    401/403 and other 4xx are fatal; 408, 429 and 5xx are retried, honouring
+    ``Retry-After``; a 200 that is not an event stream (a proxy's error page)
+    is retried with the backoff.
+    """
+    if status in (401, 403):
+        return ResponseDecision("auth_failed")
+    if status != 200:
+        if status in (408, 429) or status >= 500:
+            return ResponseDecision("retry", parse_retry_after(retry_after, now))
+        return ResponseDecision("endpoint_error")
+    if not content_type.startswith("text/event-stream"):
+        return ResponseDecision(
+            "retry", problem=f"protocol error: expected text/event-stream, got {content_type!r}"
+        )
+    return ResponseDecision("open")
+
+
 def _now() -> datetime:
     return datetime.now(timezone.utc)
 
@@ -209,29 +245,25 @@ def stream_events(
             try:
                 with http.stream("GET", url, params=params, headers=headers) as response:
                     status = response.status_code
-                    if status in (401, 403):
+                    decision = decide_response(
+                        status,
+                        response.headers.get("content-type", ""),
+                        response.headers.get("Retry-After"),
+                    )
+                    if decision.action == "auth_failed":
                         raise AuthenticationError(
                             f"the API rejected the credentials ({_status_reason(response)})"
                         )
-                    if status != 200:
-                        reason = _status_reason(response)
-                        if status == 429 or status == 408 or status >= 500:
-                            wait = parse_retry_after(response.headers.get("Retry-After"))
-                            delay = wait if wait is not None else backoff.next_delay()
-                            yield Failed(reason, status, since, _now(), delay)
-                            _sleep(stop, delay)
-                            continue
-                        raise EndpointError(f"{url} answered {reason}")
-                    content_type = response.headers.get("content-type", "")
-                    if not content_type.startswith("text/event-stream"):
-                        delay = backoff.next_delay()
-                        yield Failed(
-                            f"protocol error: expected text/event-stream, got {content_type!r}",
-                            status,
-                            since,
-                            _now(),
-                            delay,
+                    if decision.action == "endpoint_error":
+                        raise EndpointError(f"{url} answered {_status_reason(response)}")
+                    if decision.action == "retry":
+                        reason = decision.problem or _status_reason(response)
+                        delay = (
+                            decision.retry_after
+                            if decision.retry_after is not None
+                            else backoff.next_delay()
                         )
+                        yield Failed(reason, status, since, _now(), delay)
                         _sleep(stop, delay)
                         continue
                     yield Opened(since, status, _now())
