@@ -21,9 +21,14 @@ MAX_CLOCK_SKEW = timedelta(days=1)
 _EARLIEST = datetime.min.replace(tzinfo=timezone.utc)
 
 
+def latest_plausible(received_at: datetime) -> datetime:
+    """The latest event time that still counts for resuming, for what arrived at ``received_at``."""
+    return received_at + MAX_CLOCK_SKEW
+
+
 def plausible(occurred_at: datetime, received_at: datetime) -> bool:
     """Whether an event's time can serve as the resume point."""
-    return occurred_at <= received_at + MAX_CLOCK_SKEW
+    return occurred_at <= latest_plausible(received_at)
 
 
 def overlap_since(newest: datetime | None, overlap: float) -> datetime | None:

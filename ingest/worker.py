@@ -41,7 +41,7 @@ from .events import (
 )
 from .journal import PendingRun, journal_path, read_pending, write_pending
 from .logs import Redactor
-from .resume import MAX_CLOCK_SKEW, resume_point
+from .resume import MAX_CLOCK_SKEW, latest_plausible, resume_point
 from .settings import IngestSettings
 from .sse import Frame
 from .store import Received, Store, StoreError
@@ -381,8 +381,8 @@ class Worker:
         """Add a chunk to the batch; True once ``--max-events`` is reached."""
         limit = self.settings.max_events
         received_at = chunk.received_at
-        # plausible() for the whole chunk at once: one datetime sum, not one per event.
-        latest_plausible = received_at + MAX_CLOCK_SKEW
+        # The plausibility bound once per chunk, not once per event.
+        bound = latest_plausible(received_at)
         batch = self._batch
         for item in chunk.items:
             batch.append(Received(item, received_at))
@@ -393,7 +393,7 @@ class Worker:
                 c = self.counts
                 if c.first_occurred_at is None or occurred < c.first_occurred_at:
                     c.first_occurred_at = occurred
-                if occurred > latest_plausible:
+                if occurred > bound:
                     _warn_implausible(item, received_at)
                 else:
                     if self._batch_newest is None or occurred > self._batch_newest:

@@ -47,6 +47,7 @@ from urllib.parse import quote
 import duckdb
 import sqlalchemy as sa
 
+from ingest.files import atomic_write_bytes
 from ingest.store import sqlite_path
 
 log = logging.getLogger(__name__)
@@ -300,12 +301,6 @@ def read_manifest(directory: Path) -> Manifest | None:
         return Manifest.from_json(text)
     except (ValueError, KeyError, TypeError) as exc:
         raise AnalyticsError(f"{directory / MANIFEST} is damaged ({exc})") from None
-
-
-def _write_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
 
 
 # --------------------------------------------------------------------------- archive side
@@ -692,8 +687,9 @@ class _Refresher:
         manifest.checkpoints.append((now, manifest.watermark))
         manifest.checkpoints = _prune_checkpoints(manifest.checkpoints, now)
         manifest.refreshed_at = _now_text()
-        _write_atomic(self.dir / MANIFEST, manifest.to_json())
-        _write_atomic(self.dir / "views.sql", views_sql(self.dir, manifest))
+        # Synced to disk: after a crash the copy's manifest is whole, never empty.
+        atomic_write_bytes(self.dir / MANIFEST, manifest.to_json().encode())
+        atomic_write_bytes(self.dir / "views.sql", views_sql(self.dir, manifest).encode())
         self._retire_now()
         self._empty_trash()
         lap("manifest")

@@ -43,6 +43,17 @@ from ingest import migrate
 from ingest.events import normalise
 from ingest.store import Received, ingest_runs
 
+# Every named report, in the order `report --list` gives them.
+REPORTS = [
+    "budget-exhaustion-rate",
+    "event-volume",
+    "grant-lifetime",
+    "ingest-coverage",
+    "revocations-by-actor",
+    "token-issuance",
+    "top-agents",
+]
+
 RECEIVED = datetime(2026, 3, 7, tzinfo=timezone.utc)
 
 

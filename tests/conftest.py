@@ -89,6 +89,15 @@ def store(archive_url: str) -> Iterator[Store]:
 
 
 @pytest.fixture
+def archive(sqlite_archive: str) -> str:
+    """A SQLite archive holding the hand-built events of tests/analytics_fixture.py."""
+    from tests.analytics_fixture import build_archive
+
+    build_archive(sqlite_archive)
+    return sqlite_archive
+
+
+@pytest.fixture
 def key_file(tmp_path: Path) -> Path:
     path = tmp_path / "api-key"
     path.write_text(API_KEY + "\n")

@@ -441,8 +441,20 @@ def test_reports_run_while_ingest_and_refreshes_write(tmp_path: Path) -> None:
 
 def test_a_refresher_killed_midway_leaves_a_usable_copy(tmp_path: Path) -> None:
     url = f"sqlite:///{tmp_path / 'k.db'}"
+    # Mid-copy: a segment is half written.
+    analytics = _kill_a_full_refresh(url, seed=22, when_writing="events", timeout=30)
+    # Readers still see the last complete copy, and the next refresh completes it.
+    assert snapshot(analytics)["events"][-1][0] >= 20000
+    analytics.refresh()
+    assert len(snapshot(analytics)["events"]) == 40000
+    assert not list(analytics.directory.glob("*/*.tmp"))
+
+
+def _kill_a_full_refresh(url: str, seed: int, when_writing: str, timeout: float) -> AnalyticsCopy:
+    """A copy of 20,000 events, 20,000 more archived, and a `refresh --full`
+    SIGKILLed once it writes a temporary file under ``when_writing/``."""
     new_archive(url)
-    items = frames(22, 40000)
+    items = frames(seed, 40000)
     write(url, items[:20000])
     analytics = AnalyticsCopy(url)
     analytics.refresh()
@@ -452,17 +464,13 @@ def test_a_refresher_killed_midway_leaves_a_usable_copy(tmp_path: Path) -> None:
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
     )
-    deadline = time.monotonic() + 30
-    while not list((analytics.directory / "events").glob("*.tmp")):
+    deadline = time.monotonic() + timeout
+    while not list((analytics.directory / when_writing).glob("*.tmp")):
         assert proc.poll() is None and time.monotonic() < deadline, "refresh ended first"
         time.sleep(0.002)
-    proc.kill()  # mid-copy: a segment is half written
+    proc.kill()
     proc.communicate(timeout=30)
-    # Readers still see the last complete copy, and the next refresh completes it.
-    assert snapshot(analytics)["events"][-1][0] >= 20000
-    analytics.refresh()
-    assert len(snapshot(analytics)["events"]) == 40000
-    assert not list(analytics.directory.glob("*/*.tmp"))
+    return analytics
 
 
 def _outside_the_manifest(analytics: AnalyticsCopy) -> list[str]:
@@ -485,25 +493,9 @@ def test_a_killed_full_refresh_leaves_no_orphan_after_the_next_refresh(
     tmp_path: Path, then: str
 ) -> None:
     url = f"sqlite:///{tmp_path / 'k.db'}"
-    new_archive(url)
-    items = frames(23, 40000)
-    write(url, items[:20000])
-    analytics = AnalyticsCopy(url)
-    analytics.refresh()
-    write(url, items[20000:])
-    proc = subprocess.Popen(
-        [*cli_command(), "refresh", "--full", "--db", url],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-    )
     # The grants state is built after the new segment is complete: killed
     # then, the segment is finished but no manifest names it.
-    deadline = time.monotonic() + 60
-    while not list((analytics.directory / "grants").glob("*.tmp")):
-        assert proc.poll() is None and time.monotonic() < deadline, "refresh ended first"
-        time.sleep(0.002)
-    proc.kill()
-    proc.communicate(timeout=30)
+    analytics = _kill_a_full_refresh(url, seed=23, when_writing="grants", timeout=60)
     orphans = _outside_the_manifest(analytics)
     assert any(name.startswith("events/seq-") for name in orphans), orphans
 

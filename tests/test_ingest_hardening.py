@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 import subprocess
 from pathlib import Path
@@ -12,6 +11,8 @@ import pytest
 from ingest import migrate
 from tests.conftest import API_KEY, cli_command, invoke, rows
 from tests.scripted_server import Reply, ScriptedServer, frame
+from tests.test_ingest_cli import ev
+from tests.test_ingest_cli import ingest as run_ingest
 
 
 def _files(root: Path) -> list[str]:
@@ -88,35 +89,9 @@ def test_since_takes_a_bare_date(sqlite_archive: str) -> None:
 
 
 def _archive_with_events(url: str, count: int) -> None:
-    chunks = [
-        frame(
-            json.dumps(
-                {
-                    "id": f"evt_{n}",
-                    "type": "grant.created",
-                    "createdAt": f"2026-03-01T12:00:{n:02d}.000Z",
-                    "data": {"grantId": f"g{n}"},
-                }
-            )
-        )
-        for n in range(count)
-    ]
+    chunks = [frame(ev(n)) for n in range(count)]
     with ScriptedServer([Reply(chunks=chunks, hold=5)]) as server:
-        result = invoke(
-            [
-                "ingest",
-                "--db",
-                url,
-                "--base-url",
-                server.base_url,
-                "--until-idle",
-                "0.3",
-                "--max-runtime",
-                "10",
-                "--since",
-                "2026-03-01",
-            ]
-        )
+        result = run_ingest(url, server, "--since", "2026-03-01")
     assert result.exit_code == 0, result.output
 
 
@@ -186,19 +161,8 @@ def test_a_run_ended_by_a_database_outage_gets_its_true_record_later(tmp_path: P
     archive = tmp_path / "archive.db"
     url = f"sqlite:///{archive}"
 
-    def ev(n: int) -> bytes:
-        return frame(
-            json.dumps(
-                {
-                    "id": f"evt_{n}",
-                    "type": "grant.created",
-                    "createdAt": f"2026-03-01T12:00:{n:02d}.000Z",
-                    "data": {"grantId": f"g{n}"},
-                }
-            )
-        )
-
-    chunks = [ev(n) for n in range(1, 4)] + [b": wait\n\n"] * 20 + [ev(n) for n in range(4, 8)]
+    chunks = [frame(ev(n)) for n in range(1, 4)] + [b": wait\n\n"] * 20
+    chunks += [frame(ev(n)) for n in range(4, 8)]
     renames = [("events", "events_away"), ("ingest_runs", "runs_away")]
     with ScriptedServer([Reply(chunks=chunks, pause=0.1, hold=30)]) as server:
         proc = spawn(

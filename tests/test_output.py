@@ -29,18 +29,11 @@ import pytest
 
 from ingest.cli import RootGroup
 from queries.render import Layout, write_rows
-from tests.analytics_fixture import build_archive
 from tests.conftest import cli_command, invoke
 
 SUFFIXES = ".csv .json .jsonl .ndjson .md .markdown .txt"
 # The syscall a process blocked reading standard input is in (/proc/PID/syscall).
 READ_SYSCALL = {"x86_64": 0, "aarch64": 63}[platform.machine()]
-
-
-@pytest.fixture
-def archive(sqlite_archive: str) -> str:
-    build_archive(sqlite_archive)
-    return sqlite_archive
 
 
 def console_script() -> list[str]:

@@ -14,24 +14,8 @@ import sqlalchemy as sa
 
 from ingest.store import ingest_runs
 from queries.reports import load_reports
-from tests.analytics_fixture import build_archive
+from tests.analytics_fixture import REPORTS
 from tests.conftest import cli_command, invoke, rows
-
-REPORTS = [
-    "budget-exhaustion-rate",
-    "event-volume",
-    "grant-lifetime",
-    "ingest-coverage",
-    "revocations-by-actor",
-    "token-issuance",
-    "top-agents",
-]
-
-
-@pytest.fixture
-def archive(sqlite_archive: str) -> str:
-    build_archive(sqlite_archive)
-    return sqlite_archive
 
 
 def test_report_list_names_every_report_with_a_line() -> None:

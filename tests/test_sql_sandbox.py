@@ -16,24 +16,8 @@ import pytest
 
 from queries.copy import AnalyticsCopy
 from queries.session import Session
-from tests.analytics_fixture import build_archive
+from tests.analytics_fixture import REPORTS
 from tests.conftest import API_KEY, cli_command, invoke, rows
-
-REPORTS = [
-    "budget-exhaustion-rate",
-    "event-volume",
-    "grant-lifetime",
-    "ingest-coverage",
-    "revocations-by-actor",
-    "token-issuance",
-    "top-agents",
-]
-
-
-@pytest.fixture
-def archive(sqlite_archive: str) -> str:
-    build_archive(sqlite_archive)
-    return sqlite_archive
 
 
 def _one_error(output: str) -> str:
