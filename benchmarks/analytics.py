@@ -73,9 +73,10 @@ import duckdb
 from benchmarks.ingest import PeakRss, run_measured
 from benchmarks.results import write_section
 from ingest import migrate
-from ingest.events import Event, format_timestamp, normalise
+from ingest.events import Event, normalise
+from ingest.schema import EVENT_COLUMNS
 from ingest.simulator import generate_events
-from ingest.store import EVENT_COLUMNS
+from ingest.timestamps import format_timestamp
 
 ROOT = Path(__file__).resolve().parent.parent
 WORK = ROOT / "benchmarks" / ".work"

@@ -42,8 +42,8 @@ from sqlalchemy.orm import Session, registry
 from benchmarks.results import write_section
 from ingest import migrate
 from ingest.events import Event, normalise
+from ingest.schema import EVENT_COLUMNS, events
 from ingest.simulator import generate_events
-from ingest.store import EVENT_COLUMNS, events
 
 CLI = [sys.executable, "-m", "ingest.cli"]
 PG_URL = os.environ.get("GRANTEX_TEST_PG_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test")

@@ -11,12 +11,9 @@ import logging
 import os
 import secrets
 import select
-import signal
 import sys
-import threading
-import time
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager, nullcontext
+from contextlib import contextmanager
 from datetime import datetime
 from pathlib import Path
 from typing import Any, TypeVar
@@ -24,9 +21,10 @@ from typing import Any, TypeVar
 import click
 import sqlalchemy as sa
 
-from .events import MAX_TEXT, TimestampError, format_timestamp, parse_time_option
+from .events import MAX_TEXT
 from .help_format import HelpContext, use_help_format
 from .logs import setup_logging
+from .runner import run_ingest
 from .settings import (
     DEFAULT_BASE_URL,
     DEFAULT_DB,
@@ -41,23 +39,29 @@ from .settings import (
 from .store import (
     DatabaseURLError,
     LockHeld,
-    NotAnArchive,
-    SchemaBehind,
     Store,
     StoreError,
     check_sqlite_location,
     create_archive_engine,
-    file_lock_for,
     sqlite_path,
 )
-from .worker import (
-    EXIT_CONFIG,
-    EXIT_DATABASE,
-    EXIT_LOCKED,
-    RunResult,
-    Worker,
-    handle_signals,
-)
+from .timestamps import TimestampError, format_timestamp, parse_time_option
+
+EXIT_CONFIG = 2
+EXIT_DATABASE = 4
+EXIT_LOCKED = 75
+EXIT_CODES = {
+    "idle": 0,
+    "max_runtime": 0,
+    "max_events": 0,
+    "interrupted": 0,
+    "failed": 1,
+    "endpoint_error": 2,
+    "auth_failed": 3,
+    "database_error": 4,
+    "unreachable": 69,
+}
+"""The exit code of each ingest outcome (``ingest --help`` lists them)."""
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -558,16 +562,22 @@ def ingest(
         log_format, logging.WARNING if quiet else logging.INFO, secrets=(api_key.reveal(),)
     )
     try:
-        result = run_ingest(settings)
+        try:
+            result = run_ingest(settings, EXIT_CODES)
+        except LockHeld as exc:
+            raise CliError(str(exc), EXIT_LOCKED) from None
+        except StoreError as exc:
+            raise CliError(str(exc), EXIT_DATABASE) from None
     except CliError as exc:
         if log_format != "json":
             raise
         _fatal_json(exc.message, exc.exit_code, None)
-    if result.exit_code != 0:
+    exit_code = EXIT_CODES[result.outcome]
+    if exit_code != 0:
         message = result.error or result.outcome
         if log_format == "json":
-            _fatal_json(message, result.exit_code, result.outcome)
-        raise CliError(message, result.exit_code)
+            _fatal_json(message, exit_code, result.outcome)
+        raise CliError(message, exit_code)
 
 
 def _fatal_json(message: str, exit_code: int, outcome: str | None) -> None:
@@ -575,67 +585,6 @@ def _fatal_json(message: str, exit_code: int, outcome: str | None) -> None:
     fields = {"exit_code": exit_code, "outcome": outcome, "error": message}
     logging.getLogger("grantex_archive").error("%s", message, extra={"fields": fields})
     sys.exit(exit_code)
-
-
-def run_ingest(settings: IngestSettings) -> RunResult:
-    """Take the lock, open (or create) the archive and run the worker.
-
-    Signals are handled from the start, so SIGTERM while the database is
-    still being retried also ends the run cleanly with exit 0.
-    """
-    stop = threading.Event()
-    reason: list[str] = []
-
-    def on_signal(signum: int, _frame: object) -> None:
-        reason.append(f"stopped by {signal.Signals(signum).name}")
-        stop.set()
-
-    with handle_signals(on_signal):
-        path = sqlite_path(settings.db_url)
-        try:
-            # A SQLite archive is locked before it is created or migrated,
-            # so concurrent first runs cannot race on the schema.
-            with file_lock_for(path, settings.source) if path else nullcontext():
-                store = _open_with_retry(settings, stop)
-                if store is None:
-                    return RunResult(0, "interrupted", error=reason[0] if reason else None)
-                try:
-                    with store.lock(settings.source) if path is None else nullcontext():
-                        worker = Worker(settings, store, stop=stop)
-                        if reason:
-                            worker.stop_reason = reason[0]
-                        return worker.run()
-                finally:
-                    store.close()
-        except LockHeld as exc:
-            raise CliError(str(exc), EXIT_LOCKED) from None
-        except StoreError as exc:
-            raise CliError(str(exc), EXIT_DATABASE) from None
-
-
-def _open_with_retry(settings: IngestSettings, stop: threading.Event) -> Store | None:
-    from . import migrate  # Alembic loads only for the commands that need it
-
-    timeout = settings.db_retry_timeout
-    if settings.max_runtime is not None:
-        timeout = min(timeout, settings.max_runtime)
-    give_up = time.monotonic() + timeout
-    delay = 0.5
-    while not stop.is_set():
-        try:
-            return migrate.open_archive(settings.db_url)
-        except (SchemaBehind, NotAnArchive) as exc:
-            raise CliError(str(exc), EXIT_DATABASE) from None
-        except (StoreError, sa.exc.OperationalError, sa.exc.InterfaceError) as exc:
-            message = _first_line(exc) if isinstance(exc, sa.exc.DBAPIError) else str(exc)
-            if time.monotonic() + delay > give_up:
-                raise CliError(f"database unusable: {message}", EXIT_DATABASE) from None
-            logging.getLogger("grantex_archive").warning(
-                "database unusable, retrying in %.1fs: %s", delay, message
-            )
-            stop.wait(delay)
-            delay = min(delay * 2, 5.0)
-    return None
 
 
 def _first_line(exc: BaseException) -> str:

@@ -12,10 +12,12 @@ import hashlib
 import json
 import math
 import re
-from datetime import datetime, timedelta, timezone
+from datetime import datetime
 from typing import Any, NamedTuple
 
 import orjson
+
+from .timestamps import TimestampError, parse_event_time
 
 MAX_FRAME_BYTES = 1024 * 1024
 """Frames larger than this are rejected instead of archived."""
@@ -38,63 +40,6 @@ The columns are ``VARCHAR(255)`` on PostgreSQL; SQLite would take any
 length. Enforcing the limit here makes both stores accept the same events;
 a longer value sends the frame to ``rejected_events``.
 """
-
-_ISO_RE = re.compile(
-    r"^(\d{4})-(\d{2})-(\d{2})[Tt ](\d{2}):(\d{2})(?::(\d{2})(?:[.,](\d+))?)?"
-    r"\s*(?:([Zz])|([+-])(\d{2}):?(\d{2}))?$"
-)
-
-
-class TimestampError(ValueError):
-    """A timestamp that is not ISO 8601."""
-
-
-def parse_timestamp(text: str) -> datetime:
-    """Parse an ISO 8601 timestamp into an aware UTC datetime.
-
-    Accepts ``Z``, numeric offsets (``+02:00``, ``+0200``), any number of
-    fractional digits (truncated to microseconds) and a space instead of
-    ``T``. A timestamp without an offset is taken as UTC.
-    """
-    match = _ISO_RE.match(text.strip())
-    if match is None:
-        raise TimestampError(f"not an ISO 8601 timestamp: {text[:64]!r}")
-    year, month, day, hour, minute, second, frac, _zulu, sign, off_h, off_m = match.groups()
-    micro = int((frac or "0")[:6].ljust(6, "0"))
-    tz = timezone.utc
-    if sign is not None:
-        offset = timedelta(hours=int(off_h), minutes=int(off_m))
-        if offset >= timedelta(hours=24):
-            raise TimestampError(f"offset out of range: {text[:64]!r}")
-        tz = timezone(-offset if sign == "-" else offset)
-    try:
-        value = datetime(
-            int(year), int(month), int(day), int(hour), int(minute), int(second or 0), micro, tz
-        )
-        return value.astimezone(timezone.utc)
-    except ValueError as exc:
-        raise TimestampError(f"{exc}: {text[:64]!r}") from None
-    except OverflowError:
-        raise TimestampError(f"outside the representable UTC range: {text[:64]!r}") from None
-
-
-def parse_time_option(text: str) -> datetime:
-    """A command-line time: an ISO 8601 timestamp or a bare date (midnight UTC)."""
-    text = text.strip()
-    if len(text) == 10 and text[4:5] == "-" and text[7:8] == "-":
-        try:
-            return datetime.fromisoformat(text).replace(tzinfo=timezone.utc)
-        except ValueError as exc:
-            raise TimestampError(f"{exc}: {text!r}") from None
-    return parse_timestamp(text)
-
-
-def format_timestamp(value: datetime) -> str:
-    """ISO 8601 UTC with a ``Z`` and millisecond precision or better."""
-    value = value.astimezone(timezone.utc)
-    if value.microsecond % 1000:
-        return value.strftime("%Y-%m-%dT%H:%M:%S.%fZ")
-    return value.strftime("%Y-%m-%dT%H:%M:%S.") + f"{value.microsecond // 1000:03d}Z"
 
 
 class Event(NamedTuple):
@@ -285,26 +230,6 @@ def too_deep(data: str, limit: int = MAX_DEPTH) -> bool:
     return False
 
 
-def _occurred_at(stamp: str) -> datetime:
-    # Fast path for the usual "2026-03-01T12:00:00.000Z"; the regular
-    # expression handles everything else (and Python 3.10's fromisoformat,
-    # which refuses "Z").
-    if len(stamp) > 19 and stamp[10] in "Tt":
-        try:
-            value = datetime.fromisoformat(stamp)
-        except ValueError:
-            return parse_timestamp(stamp)
-        if value.tzinfo is timezone.utc:
-            return value
-        if value.tzinfo is None:
-            return value.replace(tzinfo=timezone.utc)
-        try:
-            return value.astimezone(timezone.utc)
-        except OverflowError:
-            raise TimestampError(f"outside the representable UTC range: {stamp[:64]!r}") from None
-    return parse_timestamp(stamp)
-
-
 def normalise(data: str) -> Event | Rejection:
     """Turn the ``data`` of one SSE frame into an :class:`Event` or a :class:`Rejection`.
 
@@ -357,7 +282,7 @@ def normalise(data: str) -> Event | Rejection:
     if not isinstance(stamp, str):
         return reject(f"unparseable {key}: not a string", data, event_id)
     try:
-        occurred_at = _occurred_at(stamp)
+        occurred_at = parse_event_time(stamp)
     except TimestampError as exc:
         return reject(f"unparseable {key}: {exc}", data, event_id)
 

@@ -1,16 +1,14 @@
-"""The archive's schema and every read and write the worker makes.
+"""Every read and write the worker makes to the archive (schema in :mod:`ingest.schema`).
 
-The schema here is the one the Alembic migrations create; ``alembic check``
-in the tests keeps the two in step. Nothing in this module knows about HTTP.
+Nothing in this module knows about HTTP.
 """
 
 from __future__ import annotations
 
 import hashlib
-import os
 import sqlite3
 from collections.abc import Iterator, Sequence
-from contextlib import AbstractContextManager, contextmanager
+from contextlib import AbstractContextManager, ExitStack, contextmanager
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -21,115 +19,13 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Connection, Engine
 
 from .events import Event, Rejection, same_payload
+from .files import LockBusy, file_lock
 from .resume import MAX_CLOCK_SKEW
+from .schema import EVENT_COLUMNS, events, ingest_connections, ingest_runs, rejected_events
+from .timestamps import utc
 
 if TYPE_CHECKING:
     from .journal import PendingRun
-
-NAMING_CONVENTION = {
-    "ix": "ix_%(table_name)s_%(column_0_N_name)s",
-    "uq": "uq_%(table_name)s_%(column_0_N_name)s",
-    "ck": "ck_%(table_name)s_%(constraint_name)s",
-    "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
-    "pk": "pk_%(table_name)s",
-}
-
-metadata = sa.MetaData(naming_convention=NAMING_CONVENTION)
-
-# SQLite only makes INTEGER PRIMARY KEY the rowid; AUTOINCREMENT keeps ``seq``
-# strictly increasing even after deletes, which incremental readers rely on.
-_Seq = sa.BigInteger().with_variant(sa.Integer(), "sqlite")
-_Id = sa.String(255)
-_Time = sa.DateTime(timezone=True)
-
-events = sa.Table(
-    "events",
-    metadata,
-    sa.Column("seq", _Seq, sa.Identity(), primary_key=True),
-    sa.Column("id", _Id, nullable=False),
-    sa.Column("source", _Id, nullable=False),
-    sa.Column("type", _Id, nullable=False),
-    sa.Column("occurred_at", _Time, nullable=False),
-    sa.Column("received_at", _Time, nullable=False),
-    sa.Column("grant_id", _Id),
-    sa.Column("agent_id", _Id),
-    sa.Column("principal_id", _Id),
-    sa.Column("revoked_by", _Id),
-    sa.Column("token_id", _Id),
-    sa.Column("method", _Id),
-    sa.Column("percentage", sa.Float()),
-    sa.Column("remaining", sa.Float()),
-    sa.Column("initial", sa.Float()),
-    sa.Column("payload", sa.Text(), nullable=False),
-    sa.UniqueConstraint("id"),
-    sa.Index(None, "source", "occurred_at"),
-    sa.Index(None, "type", "occurred_at"),
-    sa.Index(None, "grant_id"),
-    sqlite_autoincrement=True,
-)
-
-ingest_runs = sa.Table(
-    "ingest_runs",
-    metadata,
-    sa.Column("id", sa.Integer(), sa.Identity(), primary_key=True),
-    sa.Column("source", _Id, nullable=False),
-    sa.Column("started_at", _Time, nullable=False),
-    sa.Column("finished_at", _Time),
-    sa.Column("since_requested", _Time),
-    sa.Column("types", sa.Text()),
-    sa.Column("base_url", sa.Text()),
-    sa.Column("received", sa.Integer(), nullable=False, server_default="0"),
-    sa.Column("inserted", sa.Integer(), nullable=False, server_default="0"),
-    sa.Column("duplicates", sa.Integer(), nullable=False, server_default="0"),
-    sa.Column("rejected", sa.Integer(), nullable=False, server_default="0"),
-    sa.Column("reconnects", sa.Integer(), nullable=False, server_default="0"),
-    sa.Column("first_occurred_at", _Time),
-    sa.Column("last_occurred_at", _Time),
-    sa.Column("outcome", sa.String(32), nullable=False),
-    sa.Column("exit_code", sa.Integer()),
-    sa.Column("error", sa.Text()),
-    sa.Index(None, "source", "started_at"),
-)
-
-ingest_connections = sa.Table(
-    "ingest_connections",
-    metadata,
-    sa.Column("id", sa.Integer(), sa.Identity(), primary_key=True),
-    sa.Column(
-        "run_id",
-        sa.Integer(),
-        sa.ForeignKey("ingest_runs.id", ondelete="CASCADE"),
-        nullable=False,
-    ),
-    sa.Column("opened_at", _Time, nullable=False),
-    sa.Column("closed_at", _Time),
-    sa.Column("since_requested", _Time),
-    sa.Column("status_code", sa.Integer()),
-    sa.Column("events", sa.Integer(), nullable=False, server_default="0"),
-    sa.Column("close_reason", sa.Text()),
-    sa.Index(None, "run_id"),
-)
-
-rejected_events = sa.Table(
-    "rejected_events",
-    metadata,
-    sa.Column("id", sa.Integer(), sa.Identity(), primary_key=True),
-    sa.Column("source", _Id, nullable=False),
-    sa.Column("received_at", _Time, nullable=False),
-    sa.Column("reason", sa.Text(), nullable=False),
-    sa.Column("raw", sa.Text(), nullable=False),
-    sa.Column("raw_length", sa.Integer(), nullable=False),
-    sa.Column("event_id", _Id),
-    sa.Column("run_id", sa.Integer(), sa.ForeignKey("ingest_runs.id", ondelete="SET NULL")),
-    # Migration 0002: a frame is recorded once per source; later arrivals
-    # (the resume overlap re-reads recent frames) only count.
-    sa.Column("raw_sha256", sa.String(64)),
-    sa.Column("repeats", sa.Integer(), nullable=False, server_default="0"),
-    sa.Column("last_received_at", _Time),
-    sa.Index(None, "source", "received_at"),
-    sa.Index(None, "event_id"),
-    sa.Index(None, "source", "raw_sha256"),
-)
 
 
 class DatabaseURLError(ValueError):
@@ -165,15 +61,6 @@ class BatchResult:
     duplicates: int = 0
     conflicts: int = 0
     rejected: int = 0
-
-
-def utc(value: datetime | None) -> datetime | None:
-    """Databases without time zones hand back naive UTC; make it aware."""
-    if value is None:
-        return None
-    if value.tzinfo is None:
-        return value.replace(tzinfo=timezone.utc)
-    return value.astimezone(timezone.utc)
 
 
 def create_archive_engine(url: str) -> Engine:
@@ -706,25 +593,6 @@ class Store:
                     pass
 
 
-EVENT_COLUMNS = (
-    "id",
-    "source",
-    "type",
-    "occurred_at",
-    "received_at",
-    "grant_id",
-    "agent_id",
-    "principal_id",
-    "revoked_by",
-    "token_id",
-    "method",
-    "percentage",
-    "remaining",
-    "initial",
-    "payload",
-)
-
-
 def _rows_per_statement(connection: Any) -> int:
     """Rows per multi-row INSERT: as many as the build's parameter limit allows, up to 500.
 
@@ -834,27 +702,17 @@ def _lock_path(archive: Path, source: str) -> Path:
 
 @contextmanager
 def _file_lock(path: Path) -> Iterator[None]:
-    import fcntl
-
+    held = ExitStack()
     try:
-        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        held.enter_context(file_lock(path, note_pid=True))
+    except LockBusy:
+        raise LockHeld(
+            f"another ingest is running for this archive and source (lock file {path})"
+        ) from None
     except OSError as exc:
         raise StoreError(
             f"cannot create the lock file {path}: {exc.strerror or exc} "
             "(the archive's directory must be writable)"
         ) from None
-    try:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            raise LockHeld(
-                f"another ingest is running for this archive and source (lock file {path})"
-            ) from None
-        os.ftruncate(fd, 0)
-        os.write(fd, f"{os.getpid()}\n".encode())
-        try:
-            yield
-        finally:
-            fcntl.flock(fd, fcntl.LOCK_UN)
-    finally:
-        os.close(fd)
+    with held:
+        yield

@@ -20,9 +20,9 @@ from datetime import datetime, timezone
 
 import httpx
 
-from .events import format_timestamp
 from .settings import Secret
 from .sse import Control, Frame, FrameDecoder
+from .timestamps import format_timestamp
 
 log = logging.getLogger("grantex_archive.stream")
 
@@ -34,19 +34,13 @@ RETRY_FIELD_CAP = 60.0
 class StreamError(Exception):
     """The stream cannot be used and retrying will not help."""
 
-    exit_code = 1
-
 
 class AuthenticationError(StreamError):
-    """401/403: the API rejected the key (exit code 3)."""
-
-    exit_code = 3
+    """401/403: the API rejected the key."""
 
 
 class EndpointError(StreamError):
-    """404 or another client error: the URL or a parameter is wrong (exit code 2)."""
-
-    exit_code = 2
+    """404 or another client error: the URL or a parameter is wrong."""
 
 
 @dataclass(frozen=True, slots=True)

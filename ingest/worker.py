@@ -20,7 +20,7 @@ import queue
 import signal
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -34,7 +34,6 @@ from .events import (
     MAX_FRAME_BYTES,
     Event,
     Rejection,
-    format_timestamp,
     normalise,
     peek_id,
     reject,
@@ -46,6 +45,7 @@ from .settings import IngestSettings
 from .sse import Frame
 from .store import Received, Store, StoreError
 from .stream import (
+    AuthenticationError,
     Chunk,
     Closed,
     Failed,
@@ -56,14 +56,26 @@ from .stream import (
     make_client,
     stream_events,
 )
+from .timestamps import format_timestamp
 
 log = logging.getLogger("grantex_archive.ingest")
 
-EXIT_OK = 0
-EXIT_CONFIG = 2
-EXIT_DATABASE = 4
-EXIT_UNAVAILABLE = 69
-EXIT_LOCKED = 75
+OUTCOMES = (
+    "idle",
+    "max_runtime",
+    "max_events",
+    "interrupted",
+    "unreachable",
+    "auth_failed",
+    "endpoint_error",
+    "database_error",
+    "failed",
+)
+"""How a run can end, as ``RunResult.outcome`` and ``ingest_runs.outcome`` record it.
+
+The first four are the ends a run is asked for; the command line maps each
+outcome to its exit code.
+"""
 
 QUEUE_CHUNKS = 64
 STOP_GRACE = 10.0
@@ -117,7 +129,6 @@ class RunCounts:
 
 @dataclass
 class RunResult:
-    exit_code: int
     outcome: str
     counts: RunCounts = field(default_factory=RunCounts)
     error: str | None = None
@@ -136,8 +147,11 @@ class Worker:
         store: Store,
         stream: Callable[..., Iterator[StreamItem]] = stream_events,
         stop: threading.Event | None = None,
+        exit_codes: Mapping[str, int] | None = None,
     ) -> None:
         self.settings = settings
+        # The exit code each outcome gets from the caller, recorded with the run.
+        self._exit_codes = exit_codes or {}
         self.store = store
         self._stream = stream
         self.stop = stop or threading.Event()
@@ -256,7 +270,7 @@ class Worker:
                 )
             )
         except StoreError as exc:
-            return RunResult(EXIT_DATABASE, "database_error", self.counts, str(exc))
+            return RunResult("database_error", self.counts, str(exc))
         if pending is not None:
             with contextlib.suppress(OSError):
                 journal.unlink()
@@ -289,10 +303,10 @@ class Worker:
         try:
             return self._loop(time.monotonic())
         except StoreError as exc:
-            return RunResult(EXIT_DATABASE, "database_error", self.counts, str(exc))
+            return RunResult("database_error", self.counts, str(exc))
         except Exception as exc:  # recorded in ingest_runs, not lost in a traceback
             log.exception("ingest failed")
-            return RunResult(1, "failed", self.counts, self._redact(f"{type(exc).__name__}: {exc}"))
+            return RunResult("failed", self.counts, self._redact(f"{type(exc).__name__}: {exc}"))
         finally:
             self.stop.set()
             # Every normal ending has waited for the writer already; after an
@@ -314,17 +328,16 @@ class Worker:
             if self.stop.is_set():
                 self._drain()
                 self._flush(wait=True)
-                return RunResult(EXIT_OK, "interrupted", self.counts, self.stop_reason or None)
+                return RunResult("interrupted", self.counts, self.stop_reason or None)
             if deadline is not None and now >= deadline:
                 self._flush(wait=True)
                 if not self._ever_connected:
                     return RunResult(
-                        EXIT_UNAVAILABLE,
                         "unreachable",
                         self.counts,
                         f"the service could not be reached in {s.max_runtime:g}s",
                     )
-                return RunResult(EXIT_OK, "max_runtime", self.counts)
+                return RunResult("max_runtime", self.counts)
             if (
                 s.until_idle is not None
                 and self._connected
@@ -333,7 +346,7 @@ class Worker:
                 and self._queue.empty()
             ):
                 self._flush(wait=True)
-                return RunResult(EXIT_OK, "idle", self.counts)
+                return RunResult("idle", self.counts)
             if now >= next_flush:
                 blocked = self._flush()
                 if idle_from is not None:
@@ -357,7 +370,7 @@ class Worker:
                 idle_from = time.monotonic()
                 if self._take(item):
                     self._flush(wait=True)
-                    return RunResult(EXIT_OK, "max_events", self.counts)
+                    return RunResult("max_events", self.counts)
                 if len(self._batch) >= s.batch_size:
                     idle_from += self._flush()
                     next_flush = time.monotonic() + s.flush_interval
@@ -500,12 +513,12 @@ class Worker:
         error = item.error
         if error is None or self.stop.is_set():
             # The reader ends on its own only when asked to stop.
-            return RunResult(EXIT_OK, "interrupted", self.counts, self.stop_reason or None)
+            return RunResult("interrupted", self.counts, self.stop_reason or None)
         if isinstance(error, StreamError):
-            outcome = "auth_failed" if error.exit_code == 3 else "endpoint_error"
-            return RunResult(error.exit_code, outcome, self.counts, self._redact(str(error)))
+            outcome = "auth_failed" if isinstance(error, AuthenticationError) else "endpoint_error"
+            return RunResult(outcome, self.counts, self._redact(str(error)))
         log.error("stream reader failed: %r", error)
-        return RunResult(1, "failed", self.counts, self._redact(f"{type(error).__name__}: {error}"))
+        return RunResult("failed", self.counts, self._redact(f"{type(error).__name__}: {error}"))
 
     def _progress(self, now: float, last: tuple[int, float]) -> tuple[int, float]:
         c = self.counts
@@ -562,7 +575,7 @@ class Worker:
                 c.as_row(),
                 finished_at=now,
                 outcome=result.outcome,
-                exit_code=result.exit_code,
+                exit_code=self._exit_codes.get(result.outcome),
                 error=result.error,
             )
             try:
@@ -582,7 +595,7 @@ class Worker:
             extra={
                 "fields": {
                     "outcome": result.outcome,
-                    "exit_code": result.exit_code,
+                    "exit_code": self._exit_codes.get(result.outcome),
                     "run_id": self._run_id,
                     "received": c.received,
                     "inserted": c.inserted,

@@ -8,8 +8,8 @@ from logging.config import fileConfig
 from alembic import context
 from sqlalchemy import engine_from_config, pool
 
+from ingest.schema import metadata
 from ingest.settings import DEFAULT_DB, ENV_DB
-from ingest.store import metadata
 
 config = context.config
 if config.config_file_name is not None and config.attributes.get("configure_logger", True):

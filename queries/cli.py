@@ -24,12 +24,21 @@ import click
 import duckdb
 import sqlalchemy as sa
 
-from ingest.cli import CliError, _check_db_url, _safe, db_option, run_ingest
-from ingest.events import TimestampError, parse_timestamp
+from ingest.cli import (
+    EXIT_CODES,
+    EXIT_DATABASE,
+    EXIT_LOCKED,
+    CliError,
+    _check_db_url,
+    _safe,
+    db_option,
+)
 from ingest.logs import setup_logging
+from ingest.runner import run_ingest
+from ingest.schema import ingest_runs
 from ingest.settings import IngestSettings, Secret
-from ingest.store import ingest_runs, sqlite_path
-from ingest.worker import EXIT_DATABASE
+from ingest.store import LockHeld, StoreError, sqlite_path
+from ingest.timestamps import TimestampError, parse_timestamp
 
 from .copy import (
     ENV_ANALYTICS_DIR,
@@ -615,9 +624,14 @@ def demo(db_url: str, backlog: int, seed: int) -> None:
             max_runtime=600.0,
             progress_interval=1.0,
         )
-        result = run_ingest(settings)
-    if result.exit_code != 0:
-        raise CliError(result.error or result.outcome, result.exit_code)
+        try:
+            result = run_ingest(settings, EXIT_CODES)
+        except LockHeld as exc:
+            raise CliError(str(exc), EXIT_LOCKED) from None
+        except StoreError as exc:
+            raise CliError(str(exc), EXIT_DATABASE) from None
+    if EXIT_CODES[result.outcome] != 0:
+        raise CliError(result.error or result.outcome, EXIT_CODES[result.outcome])
     copy = AnalyticsCopy(db_url)
     refreshed = refresh_copy(copy, full=True)
     click.echo(

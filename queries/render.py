@@ -21,12 +21,14 @@ import sys
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
-from datetime import date, datetime, time, timedelta, timezone
+from datetime import date, datetime, time, timedelta
 from decimal import Decimal
 from pathlib import Path
 from typing import IO, Any, TypeVar, cast
 
 import click
+
+from ingest.timestamps import format_timestamp
 
 FORMATS = ("table", "csv", "json", "jsonl", "markdown")
 SUFFIX_FORMATS = {
@@ -154,13 +156,6 @@ def crlf_for(output: str | None) -> bool:
 # --------------------------------------------------------------------------- values
 
 
-def iso_time(value: datetime) -> str:
-    if value.tzinfo is not None:
-        value = value.astimezone(timezone.utc).replace(tzinfo=None)
-    spec = "milliseconds" if value.microsecond % 1000 == 0 else "microseconds"
-    return value.isoformat(timespec=spec) + "Z"
-
-
 def text_value(value: Any) -> str:
     """A cell as text; NULL is the empty string."""
     if value is None:
@@ -170,7 +165,7 @@ def text_value(value: Any) -> str:
     if isinstance(value, bool):
         return "true" if value else "false"
     if isinstance(value, datetime):
-        return iso_time(value)
+        return format_timestamp(value)
     if isinstance(value, date | time):
         return value.isoformat()
     if isinstance(value, float):
@@ -190,7 +185,7 @@ def json_value(value: Any) -> Any:
     if isinstance(value, Decimal):
         return float(value)
     if isinstance(value, datetime):
-        return iso_time(value)
+        return format_timestamp(value)
     if isinstance(value, date | time):
         return value.isoformat()
     if isinstance(value, timedelta):

@@ -41,7 +41,8 @@ import sqlalchemy as sa
 
 from ingest import migrate
 from ingest.events import normalise
-from ingest.store import Received, ingest_runs
+from ingest.schema import ingest_runs
+from ingest.store import Received
 
 # Every named report, in the order `report --list` gives them.
 REPORTS = [

@@ -19,8 +19,9 @@ import sqlalchemy as sa
 
 from ingest import migrate
 from ingest.events import Event, normalise
+from ingest.schema import events
 from ingest.simulator import Simulator, SimulatorConfig, generate_events
-from ingest.store import Received, Store, events
+from ingest.store import Received, Store
 from queries import copy as copy_module
 from queries.copy import AnalyticsCopy, AnalyticsError, default_directory
 from queries.session import Session

@@ -10,12 +10,10 @@ from ingest.events import (
     RAW_CAP,
     Event,
     Rejection,
-    TimestampError,
-    format_timestamp,
     normalise,
-    parse_timestamp,
     same_payload,
 )
+from ingest.timestamps import TimestampError, format_timestamp, parse_timestamp
 
 UTC = timezone.utc
 

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import sqlalchemy as sa
 
-from ingest.store import ingest_runs
+from ingest.schema import ingest_runs
 from queries.reports import load_reports
 from tests.analytics_fixture import REPORTS
 from tests.conftest import cli_command, invoke, rows

@@ -12,8 +12,8 @@ from pathlib import Path
 import pytest
 
 from ingest import migrate
-from ingest.events import format_timestamp
 from ingest.simulator import Simulator, SimulatorConfig
+from ingest.timestamps import format_timestamp
 from tests.conftest import API_KEY, invoke, rows, spawn, wait_for_events
 
 

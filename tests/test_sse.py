@@ -11,8 +11,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from ingest.events import Event, Rejection, normalise
+from ingest.schema import events, metadata
 from ingest.sse import DISCARD_LIMIT, Control, Frame, FrameDecoder, decode_all
-from ingest.store import Received, Store, events, metadata
+from ingest.store import Received, Store
 
 
 def frames(chunks: Iterable[bytes]) -> list[Frame | Control]:

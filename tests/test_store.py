@@ -11,7 +11,8 @@ import sqlalchemy as sa
 
 from ingest.events import Event, Rejection, normalise
 from ingest.resume import overlap_since
-from ingest.store import LockHeld, Received, Store, events
+from ingest.schema import events
+from ingest.store import LockHeld, Received, Store
 from tests.conftest import rows
 
 UTC = timezone.utc

@@ -1,0 +1,120 @@
+"""The archive's schema, declared once.
+
+The Alembic migrations create these tables (``alembic check`` in the tests
+keeps the two in step); the analytics copy, its views and the exports take
+their column lists from here, so a new column is one edit here plus a
+migration.
+"""
+
+from __future__ import annotations
+
+import sqlalchemy as sa
+
+NAMING_CONVENTION = {
+    "ix": "ix_%(table_name)s_%(column_0_N_name)s",
+    "uq": "uq_%(table_name)s_%(column_0_N_name)s",
+    "ck": "ck_%(table_name)s_%(constraint_name)s",
+    "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+    "pk": "pk_%(table_name)s",
+}
+
+metadata = sa.MetaData(naming_convention=NAMING_CONVENTION)
+
+# SQLite only makes INTEGER PRIMARY KEY the rowid; AUTOINCREMENT keeps ``seq``
+# strictly increasing even after deletes, which incremental readers rely on.
+_Seq = sa.BigInteger().with_variant(sa.Integer(), "sqlite")
+_Id = sa.String(255)
+_Time = sa.DateTime(timezone=True)
+
+events = sa.Table(
+    "events",
+    metadata,
+    sa.Column("seq", _Seq, sa.Identity(), primary_key=True),
+    sa.Column("id", _Id, nullable=False),
+    sa.Column("source", _Id, nullable=False),
+    sa.Column("type", _Id, nullable=False),
+    sa.Column("occurred_at", _Time, nullable=False),
+    sa.Column("received_at", _Time, nullable=False),
+    sa.Column("grant_id", _Id),
+    sa.Column("agent_id", _Id),
+    sa.Column("principal_id", _Id),
+    sa.Column("revoked_by", _Id),
+    sa.Column("token_id", _Id),
+    sa.Column("method", _Id),
+    sa.Column("percentage", sa.Float()),
+    sa.Column("remaining", sa.Float()),
+    sa.Column("initial", sa.Float()),
+    sa.Column("payload", sa.Text(), nullable=False),
+    sa.UniqueConstraint("id"),
+    sa.Index(None, "source", "occurred_at"),
+    sa.Index(None, "type", "occurred_at"),
+    sa.Index(None, "grant_id"),
+    sqlite_autoincrement=True,
+)
+
+ingest_runs = sa.Table(
+    "ingest_runs",
+    metadata,
+    sa.Column("id", sa.Integer(), sa.Identity(), primary_key=True),
+    sa.Column("source", _Id, nullable=False),
+    sa.Column("started_at", _Time, nullable=False),
+    sa.Column("finished_at", _Time),
+    sa.Column("since_requested", _Time),
+    sa.Column("types", sa.Text()),
+    sa.Column("base_url", sa.Text()),
+    sa.Column("received", sa.Integer(), nullable=False, server_default="0"),
+    sa.Column("inserted", sa.Integer(), nullable=False, server_default="0"),
+    sa.Column("duplicates", sa.Integer(), nullable=False, server_default="0"),
+    sa.Column("rejected", sa.Integer(), nullable=False, server_default="0"),
+    sa.Column("reconnects", sa.Integer(), nullable=False, server_default="0"),
+    sa.Column("first_occurred_at", _Time),
+    sa.Column("last_occurred_at", _Time),
+    sa.Column("outcome", sa.String(32), nullable=False),
+    sa.Column("exit_code", sa.Integer()),
+    sa.Column("error", sa.Text()),
+    sa.Index(None, "source", "started_at"),
+)
+
+ingest_connections = sa.Table(
+    "ingest_connections",
+    metadata,
+    sa.Column("id", sa.Integer(), sa.Identity(), primary_key=True),
+    sa.Column(
+        "run_id",
+        sa.Integer(),
+        sa.ForeignKey("ingest_runs.id", ondelete="CASCADE"),
+        nullable=False,
+    ),
+    sa.Column("opened_at", _Time, nullable=False),
+    sa.Column("closed_at", _Time),
+    sa.Column("since_requested", _Time),
+    sa.Column("status_code", sa.Integer()),
+    sa.Column("events", sa.Integer(), nullable=False, server_default="0"),
+    sa.Column("close_reason", sa.Text()),
+    sa.Index(None, "run_id"),
+)
+
+rejected_events = sa.Table(
+    "rejected_events",
+    metadata,
+    sa.Column("id", sa.Integer(), sa.Identity(), primary_key=True),
+    sa.Column("source", _Id, nullable=False),
+    sa.Column("received_at", _Time, nullable=False),
+    sa.Column("reason", sa.Text(), nullable=False),
+    sa.Column("raw", sa.Text(), nullable=False),
+    sa.Column("raw_length", sa.Integer(), nullable=False),
+    sa.Column("event_id", _Id),
+    sa.Column("run_id", sa.Integer(), sa.ForeignKey("ingest_runs.id", ondelete="SET NULL")),
+    # Migration 0002: a frame is recorded once per source; later arrivals
+    # (the resume overlap re-reads recent frames) only count.
+    sa.Column("raw_sha256", sa.String(64)),
+    sa.Column("repeats", sa.Integer(), nullable=False, server_default="0"),
+    sa.Column("last_received_at", _Time),
+    sa.Index(None, "source", "received_at"),
+    sa.Index(None, "event_id"),
+    sa.Index(None, "source", "raw_sha256"),
+)
+
+
+EVENT_COLUMNS: tuple[str, ...] = tuple(c.name for c in events.columns if c.name != "seq")
+"""The columns an ingest writes for one event, in table order (``seq`` is allocated)."""
