@@ -74,6 +74,7 @@ from benchmarks.ingest import PeakRss, run_measured
 from benchmarks.results import write_section
 from ingest import migrate
 from ingest.events import Event, normalise
+from ingest.rows import plain_row
 from ingest.schema import EVENT_COLUMNS
 from ingest.simulator import generate_events
 from ingest.timestamps import format_timestamp
@@ -126,23 +127,7 @@ class Archive:
 
 
 def archive_row(event: Event, received: str) -> Row:
-    return (
-        event.id,
-        SOURCE,
-        event.type,
-        event.occurred_at.strftime(TIME_FORMAT),
-        received,
-        event.grant_id,
-        event.agent_id,
-        event.principal_id,
-        event.revoked_by,
-        event.token_id,
-        event.method,
-        event.percentage,
-        event.remaining,
-        event.initial,
-        event.payload,
-    )
+    return plain_row(event, SOURCE, received)
 
 
 def envelope_row(envelope: dict[str, Any], received: str) -> Row:

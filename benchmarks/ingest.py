@@ -42,6 +42,7 @@ from sqlalchemy.orm import Session, registry
 from benchmarks.results import write_section
 from ingest import migrate
 from ingest.events import Event, normalise
+from ingest.rows import plain_row
 from ingest.schema import EVENT_COLUMNS, events
 from ingest.simulator import generate_events
 
@@ -201,25 +202,7 @@ def backlog_rows(count: int, seed: int) -> list[tuple[object, ...]]:
     for envelope in generate_events(seed, start, count, 86400 / max(count, 1), "live"):
         event = normalise(json.dumps(envelope, separators=(",", ":")))
         assert isinstance(event, Event)
-        rows.append(
-            (
-                event.id,
-                "default",
-                event.type,
-                event.occurred_at.strftime("%Y-%m-%d %H:%M:%S.%f"),
-                received,
-                event.grant_id,
-                event.agent_id,
-                event.principal_id,
-                event.revoked_by,
-                event.token_id,
-                event.method,
-                event.percentage,
-                event.remaining,
-                event.initial,
-                event.payload,
-            )
-        )
+        rows.append(plain_row(event, "default", received))
     return rows
 
 

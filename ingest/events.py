@@ -237,61 +237,21 @@ def normalise(data: str) -> Event | Rejection:
     escapes (``bytes.decode("utf-8", "surrogateescape")``), so invalid UTF-8
     can be told apart from a literal U+FFFD.
     """
-    if len(data) > MAX_FRAME_BYTES // 4 and _encoded_length(data) > MAX_FRAME_BYTES:
-        return reject(f"frame larger than {MAX_FRAME_BYTES} bytes", data, peek_id(data))
-    # Counting brackets settles almost every frame without a call.
-    if data.count("{") + data.count("[") > MAX_DEPTH and too_deep(data):
-        return reject(f"JSON nested deeper than {MAX_DEPTH} levels", data, peek_id(data))
-    if _has_surrogates(data):
-        try:
-            envelope = json.loads(data)
-        except (ValueError, RecursionError):
-            envelope = None
-        return reject("invalid UTF-8 in frame", data, _peek_id(envelope))
-    try:
-        envelope = _loads(data)
-    except ValueError as exc:
-        return reject(f"invalid JSON: {exc}", data)
-    if type(envelope) is not dict:
-        return reject(f"JSON is not an object (got {type(envelope).__name__})", data)
-
-    event_id = envelope.get("id")
-    if not isinstance(event_id, str) or not event_id.strip():
-        return reject("missing or empty 'id'", data)
-    if not _storable(event_id):
-        return reject("'id' holds characters that cannot be stored (NUL or lone surrogate)", data)
-    if len(event_id) > MAX_TEXT:
-        return reject(f"'id' is longer than {MAX_TEXT} characters", data)
-    event_type = envelope.get("type")
-    if not isinstance(event_type, str) or not event_type.strip():
-        return reject("missing or empty 'type'", data, event_id)
-    if not _storable(event_type):
-        return reject(
-            "'type' holds characters that cannot be stored (NUL or lone surrogate)", data, event_id
-        )
-    if len(event_type) > MAX_TEXT:
-        return reject(f"'type' is longer than {MAX_TEXT} characters", data, event_id)
-
-    key = "timestamp"
-    stamp = envelope.get(key)
-    if stamp is None:
-        key = "createdAt"
-        stamp = envelope.get(key)
-    if stamp is None:
-        return reject("missing 'timestamp' or 'createdAt'", data, event_id)
-    if not isinstance(stamp, str):
-        return reject(f"unparseable {key}: not a string", data, event_id)
-    try:
-        occurred_at = parse_event_time(stamp)
-    except TimestampError as exc:
-        return reject(f"unparseable {key}: {exc}", data, event_id)
-
+    envelope = _envelope(data)
+    if isinstance(envelope, Rejection):
+        return envelope
+    names = _id_and_type(envelope, data)
+    if isinstance(names, Rejection):
+        return names
+    event_id, event_type = names
+    occurred_at = _occurred_at(envelope, data, event_id)
+    if isinstance(occurred_at, Rejection):
+        return occurred_at
     body = envelope.get("data", _EMPTY)
     if type(body) is not dict:
         return reject(f"'data' is not an object (got {type(body).__name__})", data, event_id)
     if not body:
         return Event(event_id, event_type, occurred_at, data)
-
     get = body.get
     percentage = get("percentage")
     if percentage is None:
@@ -315,6 +275,65 @@ def normalise(data: str) -> Event | Rejection:
     except _Unstorable:
         # Rare: find which field, for the reason.
         return _unstorable(body, data, event_id)
+
+
+def _envelope(data: str) -> dict[str, Any] | Rejection:
+    """The frame's JSON object, or why there is none that can be kept."""
+    if len(data) > MAX_FRAME_BYTES // 4 and _encoded_length(data) > MAX_FRAME_BYTES:
+        return reject(f"frame larger than {MAX_FRAME_BYTES} bytes", data, peek_id(data))
+    # Counting brackets settles almost every frame without a call.
+    if data.count("{") + data.count("[") > MAX_DEPTH and too_deep(data):
+        return reject(f"JSON nested deeper than {MAX_DEPTH} levels", data, peek_id(data))
+    if _has_surrogates(data):
+        try:
+            envelope = json.loads(data)
+        except (ValueError, RecursionError):
+            envelope = None
+        return reject("invalid UTF-8 in frame", data, _peek_id(envelope))
+    try:
+        envelope = _loads(data)
+    except ValueError as exc:
+        return reject(f"invalid JSON: {exc}", data)
+    if type(envelope) is not dict:
+        return reject(f"JSON is not an object (got {type(envelope).__name__})", data)
+    return envelope
+
+
+def _id_and_type(envelope: dict[str, Any], data: str) -> tuple[str, str] | Rejection:
+    event_id = envelope.get("id")
+    if not isinstance(event_id, str) or not event_id.strip():
+        return reject("missing or empty 'id'", data)
+    if not _storable(event_id):
+        return reject("'id' holds characters that cannot be stored (NUL or lone surrogate)", data)
+    if len(event_id) > MAX_TEXT:
+        return reject(f"'id' is longer than {MAX_TEXT} characters", data)
+    event_type = envelope.get("type")
+    if not isinstance(event_type, str) or not event_type.strip():
+        return reject("missing or empty 'type'", data, event_id)
+    if not _storable(event_type):
+        return reject(
+            "'type' holds characters that cannot be stored (NUL or lone surrogate)", data, event_id
+        )
+    if len(event_type) > MAX_TEXT:
+        return reject(f"'type' is longer than {MAX_TEXT} characters", data, event_id)
+    return event_id, event_type
+
+
+def _occurred_at(envelope: dict[str, Any], data: str, event_id: str) -> datetime | Rejection:
+    """``timestamp`` (the live service) or ``createdAt`` (the documented contract)."""
+    key = "timestamp"
+    stamp = envelope.get(key)
+    if stamp is None:
+        key = "createdAt"
+        stamp = envelope.get(key)
+    if stamp is None:
+        return reject("missing 'timestamp' or 'createdAt'", data, event_id)
+    if not isinstance(stamp, str):
+        return reject(f"unparseable {key}: not a string", data, event_id)
+    try:
+        return parse_event_time(stamp)
+    except TimestampError as exc:
+        return reject(f"unparseable {key}: {exc}", data, event_id)
 
 
 def _unstorable(body: dict[str, Any], data: str, event_id: str) -> Rejection:

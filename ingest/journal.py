@@ -24,8 +24,8 @@ from typing import Any
 
 import sqlalchemy as sa
 
+from .database import sqlite_path
 from .files import atomic_write_bytes
-from .store import sqlite_path
 from .timestamps import parse_timestamp
 
 ENV_STATE_DIR = "GRANTEX_ARCHIVE_STATE_DIR"

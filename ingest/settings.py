@@ -23,7 +23,7 @@ ENV_BASE_URL = "GRANTEX_BASE_URL"
 
 
 class ConfigError(Exception):
-    """A setting is missing or invalid (exit code 2)."""
+    """A setting is missing or invalid."""
 
 
 class Secret:

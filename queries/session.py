@@ -88,6 +88,8 @@ class Session:
             }
         )
         self.conn.execute("SET TimeZone = 'UTC'").fetchall()
+        # DuckDB's own progress bar would write into the rows on standard output.
+        self.conn.execute("SET enable_progress_bar = false").fetchall()
         # A large sort spills here rather than into the working directory.
         self._spill = Path(tempfile.gettempdir()) / f"grantex-archive-{secrets.token_hex(6)}"
         self.conn.execute(f"SET temp_directory = '{_sql_text(str(self._spill))}'").fetchall()

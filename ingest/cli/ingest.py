@@ -1,0 +1,196 @@
+"""``grantex-archive ingest``: stream Grantex events into the archive (see :mod:`ingest.runner`)."""
+
+from __future__ import annotations
+
+import logging
+import sys
+from pathlib import Path
+
+import click
+
+from ..events import MAX_TEXT
+from ..logs import setup_logging
+from ..runner import run_ingest
+from ..settings import (
+    DEFAULT_BASE_URL,
+    ENV_BASE_URL,
+    IngestSettings,
+    check_base_url,
+    load_api_key,
+    parse_types,
+)
+from .errors import EXIT_CODES, CliError, reported
+from .options import check_db_url, db_option, parse_time, positive
+
+
+@click.command()
+@db_option
+@click.option(
+    "--api-key-file",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="File holding the API key (default: env GRANTEX_API_KEY). Never pass the key itself.",
+)
+@click.option(
+    "--base-url",
+    envvar=ENV_BASE_URL,
+    default=DEFAULT_BASE_URL,
+    show_default=True,
+    help=f"Grantex API base URL (env {ENV_BASE_URL}).",
+)
+@click.option("--types", "types_", metavar="T1,T2", help="Only these event types (default: all).")
+@click.option("--since", metavar="ISO8601", help="Start here instead of the resume point.")
+@click.option(
+    "--overlap",
+    type=click.FloatRange(min=0),
+    default=300.0,
+    show_default=True,
+    help="Seconds to re-read before the newest stored event when resuming.",
+)
+@click.option(
+    "--until-idle",
+    type=float,
+    callback=positive,
+    metavar="SECONDS",
+    help="Exit 0 once connected and no event arrived for this long (cron mode).",
+)
+@click.option(
+    "--max-runtime",
+    type=float,
+    callback=positive,
+    metavar="SECONDS",
+    help="Stop after this long; exit 69 if the service was never reached.",
+)
+@click.option("--max-events", type=int, callback=positive, help="Stop after N events.")
+@click.option(
+    "--batch-size",
+    type=click.IntRange(min=1, max=100_000),
+    default=1000,
+    show_default=True,
+    help="Events per transaction.",
+)
+@click.option(
+    "--flush-interval",
+    type=float,
+    default=1.0,
+    show_default=True,
+    callback=positive,
+    help="Seconds before a partial batch is committed.",
+)
+@click.option("--source", default="default", show_default=True, help="Label for this account.")
+@click.option(
+    "--read-timeout",
+    type=float,
+    default=90.0,
+    show_default=True,
+    callback=positive,
+    help="Seconds without data (keepalives included) before reconnecting.",
+)
+@click.option(
+    "--db-retry-timeout",
+    type=click.FloatRange(min=0),
+    default=60.0,
+    show_default=True,
+    help="Seconds to keep retrying an unusable database before exiting 4.",
+)
+@click.option(
+    "--log-format",
+    type=click.Choice(["text", "json"]),
+    default="text",
+    show_default=True,
+    help="Log line format on stderr.",
+)
+@click.option("-q", "--quiet", is_flag=True, help="Only warnings and errors.")
+def ingest(
+    db_url: str,
+    api_key_file: Path | None,
+    base_url: str,
+    types_: str | None,
+    since: str | None,
+    overlap: float,
+    until_idle: float | None,
+    max_runtime: float | None,
+    max_events: int | None,
+    batch_size: int,
+    flush_interval: float,
+    source: str,
+    read_timeout: float,
+    db_retry_timeout: float,
+    log_format: str,
+    quiet: bool,
+) -> None:
+    """Stream Grantex events into the archive.
+
+    Resumes from the newest archived event minus --overlap, de-duplicates on
+    the event id, and follows the stream until a stopping option says so.
+
+    \b
+    Exit codes: 0 done (also after SIGTERM/SIGINT), 2 usage or configuration
+    error, 3 credentials rejected, 4 database unusable, 69 service unreachable
+    for the whole run, 75 another ingest holds the lock.
+
+    \b
+    Examples:
+      # cron: catch up, then exit
+      grantex-archive ingest --until-idle 60 --max-runtime 3300
+      # a service: follow forever
+      grantex-archive ingest --api-key-file /etc/grantex/key --source prod
+    """
+    since_at = parse_time(since, "--since")
+    check_db_url(db_url, creates=True)
+    _check_source(source)
+    with reported():
+        api_key = load_api_key(api_key_file)
+        settings = IngestSettings(
+            db_url=db_url,
+            base_url=check_base_url(base_url),
+            api_key=api_key,
+            source=source,
+            types=parse_types(types_),
+            since=since_at,
+            overlap=overlap,
+            until_idle=until_idle,
+            max_runtime=max_runtime,
+            max_events=max_events,
+            batch_size=batch_size,
+            flush_interval=flush_interval,
+            read_timeout=read_timeout,
+            db_retry_timeout=db_retry_timeout,
+        )
+    setup_logging(
+        log_format, logging.WARNING if quiet else logging.INFO, secrets=(api_key.reveal(),)
+    )
+    _run(settings, json_logs=log_format == "json")
+
+
+def _check_source(source: str) -> None:
+    if not source.strip():
+        raise click.BadParameter("must not be empty", param_hint="'--source'")
+    if len(source) > MAX_TEXT:
+        raise click.BadParameter(
+            f"must be at most {MAX_TEXT} characters (it is stored beside every event)",
+            param_hint="'--source'",
+        )
+
+
+def _run(settings: IngestSettings, json_logs: bool) -> None:
+    """Run the ingest; a failure ends the command with its exit code and one message."""
+    try:
+        with reported():
+            result = run_ingest(settings, EXIT_CODES)
+    except CliError as exc:
+        if not json_logs:
+            raise
+        _fatal_json(exc.message, exc.exit_code, None)
+    exit_code = EXIT_CODES[result.outcome]
+    if exit_code != 0:
+        message = result.error or result.outcome
+        if json_logs:
+            _fatal_json(message, exit_code, result.outcome)
+        raise CliError(message, exit_code)
+
+
+def _fatal_json(message: str, exit_code: int, outcome: str | None) -> None:
+    """With JSON logs the fatal error is one JSON line (not also an ``Error:`` line)."""
+    fields = {"exit_code": exit_code, "outcome": outcome, "error": message}
+    logging.getLogger("grantex_archive").error("%s", message, extra={"fields": fields})
+    sys.exit(exit_code)

@@ -1,0 +1,93 @@
+"""Options and checks that several commands share."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from datetime import datetime
+from pathlib import Path
+from typing import Any, TypeVar
+
+import click
+
+from queries.copy import ENV_ANALYTICS_DIR
+
+from ..settings import DEFAULT_DB, ENV_DB
+from ..store import DatabaseURLError, check_sqlite_location, create_archive_engine
+from ..timestamps import TIME_OPTION_HELP, TimestampError, parse_time_option
+from .errors import EXIT_USAGE, CliError
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def db_option(func: F) -> F:
+    """``--db URL`` (env ``GRANTEX_ARCHIVE_DB``): the archive."""
+    return click.option(
+        "--db",
+        "db_url",
+        envvar=ENV_DB,
+        default=DEFAULT_DB,
+        show_default=True,
+        metavar="URL",
+        help=f"Archive database as an SQLAlchemy URL (env {ENV_DB}).",
+    )(func)
+
+
+def copy_location_options(func: F) -> F:
+    """``--db`` and ``--analytics-dir``: which archive, and where its copy lives."""
+    func = click.option(
+        "--analytics-dir",
+        type=click.Path(file_okay=False, path_type=Path),
+        envvar=ENV_ANALYTICS_DIR,
+        default=None,
+        help=f"Where the analytics copy lives [default: beside a SQLite archive] "
+        f"(env {ENV_ANALYTICS_DIR}).",
+    )(func)
+    return db_option(func)
+
+
+def copy_options(func: F) -> F:
+    """The copy's location, and ``--no-refresh`` for commands that refresh it first."""
+    func = click.option(
+        "--no-refresh",
+        is_flag=True,
+        help="Use the analytics copy as it is, without bringing it up to the archive first.",
+    )(func)
+    return copy_location_options(func)
+
+
+def parse_time(value: str | None, flag: str) -> datetime | None:
+    """A ``--since``/``--until`` value: an ISO 8601 date or timestamp, UTC if no offset."""
+    if value is None:
+        return None
+    try:
+        return parse_time_option(value)
+    except TimestampError:
+        raise click.BadParameter(
+            f"{value!r} is not {TIME_OPTION_HELP}", param_hint=f"'{flag}'"
+        ) from None
+
+
+def check_window(since: datetime | None, until: datetime | None) -> None:
+    if since is not None and until is not None and until <= since:
+        raise click.BadParameter("must be later than --since", param_hint="'--until'")
+
+
+def positive(_ctx: click.Context, param: click.Parameter, value: Any) -> Any:
+    """A click callback: the value, if given, must be greater than 0."""
+    if value is not None and value <= 0:
+        raise click.BadParameter("must be greater than 0", param=param)
+    return value
+
+
+def check_db_url(url: str, creates: bool = False) -> None:
+    """Refuse a URL this tool cannot use; with ``creates``, also a SQLite file it cannot create.
+
+    A mistyped path must not quietly become a new directory tree and an
+    empty archive, so the directory of a SQLite archive has to exist.
+    """
+    try:
+        create_archive_engine(url).dispose()
+        if creates:
+            check_sqlite_location(url)
+    except DatabaseURLError as exc:
+        raise CliError(f"{exc} (from --db/{ENV_DB})", EXIT_USAGE) from None

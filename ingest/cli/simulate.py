@@ -1,0 +1,146 @@
+"""``grantex-archive simulate``: a Grantex-compatible event stream on 127.0.0.1."""
+
+from __future__ import annotations
+
+import os
+import secrets
+import sys
+
+import click
+
+from ..timestamps import format_timestamp
+from .errors import EXIT_USAGE, CliError
+
+
+@click.command()
+@click.option(
+    "--port",
+    type=click.IntRange(0, 65535),
+    default=8765,
+    show_default=True,
+    help="Port to listen on at 127.0.0.1 (0: any free port; the URL printed says which).",
+)
+@click.option("--seed", type=int, default=1, show_default=True, help="Random seed.")
+@click.option(
+    "--backlog",
+    type=click.IntRange(min=0),
+    default=1000,
+    show_default=True,
+    help="Events of history to generate up front (replayed with `since`).",
+)
+@click.option(
+    "--rate",
+    type=click.FloatRange(min=0),
+    default=5.0,
+    show_default=True,
+    help="Live events per second.",
+)
+@click.option("--total-events", type=click.IntRange(min=0), help="Stop live events after N.")
+@click.option(
+    "--envelope",
+    type=click.Choice(["live", "documented", "mixed"]),
+    default="live",
+    show_default=True,
+    help="Envelope and data shapes: the live service's or the documented SDK's.",
+)
+@click.option(
+    "--keepalive",
+    type=click.FloatRange(min=0),
+    default=30.0,
+    show_default=True,
+    help="Seconds between keepalive comments on an idle stream (0: none).",
+)
+@click.option("--drop-every", type=click.IntRange(min=1), help="Fault: drop mid-frame every N.")
+@click.option(
+    "--fail-status",
+    "fail_statuses",
+    type=click.IntRange(400, 599),
+    multiple=True,
+    help="Fault: answer the first requests with these statuses (repeatable).",
+)
+@click.option(
+    "--fail-always",
+    type=click.IntRange(400, 599),
+    help="Fault: answer every request with this status.",
+)
+@click.option("--retry-after", type=click.FloatRange(min=0), help="Retry-After on faults.")
+@click.option("--malformed-every", type=click.IntRange(min=1), help="Fault: bad frame every N.")
+@click.option("--emit-ids", is_flag=True, help="Send `id:` fields and honour Last-Event-ID.")
+@click.option("--emit-retry", type=click.IntRange(min=0), metavar="MS", help="Send `retry: MS`.")
+@click.option(
+    "--backlog-span",
+    type=click.FloatRange(min=0, min_open=True),
+    default=86400.0,
+    show_default=True,
+    help="Seconds of history the backlog spans, ending now.",
+)
+def simulate(
+    port: int,
+    seed: int,
+    backlog: int,
+    rate: float,
+    total_events: int | None,
+    envelope: str,
+    keepalive: float,
+    drop_every: int | None,
+    fail_statuses: tuple[int, ...],
+    fail_always: int | None,
+    retry_after: float | None,
+    malformed_every: int | None,
+    emit_ids: bool,
+    emit_retry: int | None,
+    backlog_span: float,
+) -> None:
+    """Serve a Grantex-compatible event stream on 127.0.0.1 for tests and trials.
+
+    The server requires the bearer key from GRANTEX_API_KEY; with none set it
+    makes one up and prints it. It prints its base URL on stdout, then serves
+    until interrupted.
+
+    \b
+    Example:
+      GRANTEX_API_KEY=dev grantex-archive simulate --port 8765 --backlog 5000 --rate 0 &
+      GRANTEX_API_KEY=dev GRANTEX_BASE_URL=http://127.0.0.1:8765 \\
+        grantex-archive ingest --since 2000-01-01T00:00:00Z --until-idle 2
+    """
+    from ..simulator import Simulator, SimulatorConfig
+
+    key = os.environ.get("GRANTEX_API_KEY", "").strip()
+    made_up = not key
+    if made_up:
+        key = "sim_" + secrets.token_hex(12)
+    try:
+        config = SimulatorConfig(
+            api_key=key,
+            port=port,
+            seed=seed,
+            backlog=backlog,
+            rate=rate,
+            total_events=total_events,
+            envelope=envelope,
+            keepalive=keepalive,
+            drop_every=drop_every,
+            fail_statuses=fail_statuses,
+            fail_always=fail_always,
+            retry_after=retry_after,
+            malformed_every=malformed_every,
+            emit_ids=emit_ids,
+            emit_retry=emit_retry,
+            backlog_span=backlog_span,
+        )
+    except ValueError as exc:
+        raise CliError(str(exc), EXIT_USAGE) from None
+    try:
+        sim = Simulator(config).start()
+    except OSError as exc:
+        raise CliError(f"cannot listen on 127.0.0.1:{port}: {exc.strerror}", 1) from None
+    click.echo(f"Serving Grantex events at {sim.base_url}")
+    click.echo(f"History starts at {format_timestamp(sim.history_start)}")
+    if made_up:
+        # A throwaway key for a local simulator, printed so it can be used.
+        click.echo(f"GRANTEX_API_KEY={key}")
+    sys.stdout.flush()
+    try:
+        sim.serve_forever()
+    finally:
+        sim.stop()

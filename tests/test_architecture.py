@@ -1,0 +1,154 @@
+"""The shape of the code: no import cycle, libraries that know nothing of the command line.
+
+The import graph is read from the source (every import, including those
+inside functions, so that a deferred import cannot hide a cycle).
+"""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+PACKAGES = ("ingest", "queries", "migrations")
+
+
+def _module_name(path: Path) -> str:
+    parts = list(path.relative_to(ROOT).with_suffix("").parts)
+    if parts[-1] == "__init__":
+        parts.pop()
+    return ".".join(parts)
+
+
+def _modules() -> dict[str, Path]:
+    found: dict[str, Path] = {}
+    for package in PACKAGES:
+        for path in sorted((ROOT / package).rglob("*.py")):
+            found[_module_name(path)] = path
+    return found
+
+
+def _imports(name: str, path: Path, known: set[str]) -> set[str]:
+    """The project modules ``name`` imports (a name imported from a package counts as
+    the submodule when there is one, else the package)."""
+    is_package = path.name == "__init__.py"
+    base = name.split(".") if is_package else name.split(".")[:-1]
+    targets: set[str] = set()
+    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+        if isinstance(node, ast.Import):
+            candidates = [alias.name for alias in node.names]
+        elif isinstance(node, ast.ImportFrom):
+            if node.level:
+                anchor = base[: len(base) - node.level + 1]
+                module = ".".join([*anchor, *(node.module.split(".") if node.module else [])])
+            else:
+                module = node.module or ""
+            candidates = [f"{module}.{alias.name}" for alias in node.names] + [module]
+        else:
+            continue
+        for candidate in candidates:
+            parts = candidate.split(".")
+            for cut in range(len(parts), 0, -1):
+                prefix = ".".join(parts[:cut])
+                if prefix in known:
+                    targets.add(prefix)
+                    break
+    targets.discard(name)
+    return targets
+
+
+def _graph() -> dict[str, set[str]]:
+    modules = _modules()
+    known = set(modules)
+    return {name: _imports(name, path, known) for name, path in modules.items()}
+
+
+def _external_imports(path: Path) -> set[str]:
+    found: set[str] = set()
+    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+        if isinstance(node, ast.Import):
+            found.update(alias.name.split(".")[0] for alias in node.names)
+        elif isinstance(node, ast.ImportFrom) and not node.level and node.module:
+            found.add(node.module.split(".")[0])
+    return found
+
+
+def _cycles(graph: dict[str, set[str]]) -> list[list[str]]:
+    """Strongly connected components with more than one module (Tarjan)."""
+    index: dict[str, int] = {}
+    low: dict[str, int] = {}
+    stack: list[str] = []
+    on_stack: set[str] = set()
+    found: list[list[str]] = []
+
+    def visit(node: str) -> None:
+        index[node] = low[node] = len(index)
+        stack.append(node)
+        on_stack.add(node)
+        for nxt in sorted(graph.get(node, ())):
+            if nxt not in index:
+                visit(nxt)
+                low[node] = min(low[node], low[nxt])
+            elif nxt in on_stack:
+                low[node] = min(low[node], index[nxt])
+        if low[node] == index[node]:
+            component = []
+            while True:
+                member = stack.pop()
+                on_stack.discard(member)
+                component.append(member)
+                if member == node:
+                    break
+            if len(component) > 1:
+                found.append(sorted(component))
+
+    for node in sorted(graph):
+        if node not in index:
+            visit(node)
+    return found
+
+
+def test_the_graph_sees_the_modules() -> None:
+    graph = _graph()
+    assert "ingest.cli.root" in graph and "queries.api" in graph
+    assert "ingest.cli.report" in graph["ingest.cli.root"]
+    assert "queries.api" in graph["ingest.cli.report"]
+    # A relative import of a sibling module, and one inside a function.
+    assert "ingest.store" in graph["ingest.runner"]
+    assert "ingest.migrate" in graph["ingest.runner"]
+
+
+def test_a_cycle_would_be_found() -> None:
+    assert _cycles({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}) == [["a", "b", "c"]]
+    assert _cycles({"a": {"b"}, "b": set()}) == []
+
+
+def test_no_import_cycle() -> None:
+    assert _cycles(_graph()) == []
+
+
+@pytest.mark.parametrize("package", ["ingest", "queries", "migrations"])
+def test_only_the_command_line_imports_it(package: str) -> None:
+    graph = _graph()
+    for name, targets in graph.items():
+        if name.startswith(package) and not name.startswith("ingest.cli"):
+            assert not any(t.startswith("ingest.cli") for t in targets), name
+
+
+def test_the_ingest_library_does_not_import_the_analytics() -> None:
+    for name, targets in _graph().items():
+        if name.startswith("ingest") and not name.startswith("ingest.cli"):
+            assert not any(t.startswith("queries") for t in targets), name
+
+
+# render.output_options is the last click option outside the command line.
+CLICK_ALLOWED = {"queries.render"}
+
+
+def test_click_is_the_command_line_s_alone() -> None:
+    for name, path in _modules().items():
+        if name.startswith("ingest.cli") or name in CLICK_ALLOWED:
+            continue
+        assert "click" not in _external_imports(path), name
