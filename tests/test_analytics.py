@@ -22,8 +22,9 @@ from ingest.events import Event, normalise
 from ingest.schema import events
 from ingest.simulator import Simulator, SimulatorConfig, generate_events
 from ingest.store import Received, Store
-from queries import copy as copy_module
 from queries.copy import AnalyticsCopy, AnalyticsError, default_directory
+from queries.copy import refresher as refresher_module
+from queries.copy import trash as trash_module
 from queries.session import Session
 from tests.conftest import API_KEY, cli_command, invoke, spawn, wait_for_events
 
@@ -87,9 +88,9 @@ def test_incremental_refreshes_equal_a_full_build(archive_url: str, tmp_path: Pa
 def test_compaction_and_delta_folding_keep_the_same_answers(
     sqlite_archive: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(copy_module, "SMALL_SEGMENTS_MAX", 3)
-    monkeypatch.setattr(copy_module, "DELTA_MIN_ROWS", 50)
-    monkeypatch.setattr(copy_module, "DELTA_SHARE", 0.1)
+    monkeypatch.setattr(refresher_module, "SMALL_SEGMENTS_MAX", 3)
+    monkeypatch.setattr(refresher_module, "DELTA_MIN_ROWS", 50)
+    monkeypatch.setattr(refresher_module, "DELTA_SHARE", 0.1)
     new_archive(sqlite_archive)
     items = frames(12, 2500)
     analytics = AnalyticsCopy(sqlite_archive, tmp_path / "copy")
@@ -161,7 +162,7 @@ def test_rows_committed_out_of_seq_order_are_rescued(archive_url: str, tmp_path:
 def test_the_rescan_window_covers_recent_refreshes_and_trailing_rows(
     sqlite_archive: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(copy_module, "RESCAN_ROWS", 0)
+    monkeypatch.setattr(refresher_module, "RESCAN_ROWS", 0)
     new_archive(sqlite_archive)
     analytics = AnalyticsCopy(sqlite_archive, tmp_path / "copy")
     _insert_with_seq(sqlite_archive, list(range(1, 11)), "a")
@@ -173,12 +174,12 @@ def test_the_rescan_window_covers_recent_refreshes_and_trailing_rows(
     _insert_with_seq(sqlite_archive, [11], "late")
     assert analytics.refresh().rescued_rows == 1
     # Once every refresh is older than the horizon, only RESCAN_ROWS counts.
-    monkeypatch.setattr(copy_module, "RESCAN_SECONDS", -1.0)
+    monkeypatch.setattr(refresher_module, "RESCAN_SECONDS", -1.0)
     _insert_with_seq(sqlite_archive, [*range(21, 25), *range(26, 30)], "c")
     analytics.refresh()
     _insert_with_seq(sqlite_archive, [25], "late")
     assert analytics.refresh().rescued_rows == 0
-    monkeypatch.setattr(copy_module, "RESCAN_ROWS", 10)
+    monkeypatch.setattr(refresher_module, "RESCAN_ROWS", 10)
     assert analytics.refresh().rescued_rows == 1
 
 
@@ -245,8 +246,8 @@ def _session_across_a_compaction(
     With ``trash`` the segment only moves to trash/, as it does by default.
     """
     if not trash:
-        monkeypatch.setattr(copy_module, "TRASH_SECONDS", 0.0)
-    monkeypatch.setattr(copy_module, "SMALL_SEGMENTS_MAX", 2)
+        monkeypatch.setattr(trash_module, "TRASH_SECONDS", 0.0)
+    monkeypatch.setattr(refresher_module, "SMALL_SEGMENTS_MAX", 2)
     new_archive(url)
     items = frames(15, 400)
     write(url, items[:200])

@@ -1,0 +1,34 @@
+"""The errors the analytics copy raises, and the one-line form of a driver's message."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+
+class AnalyticsError(Exception):
+    """The analytics copy could not be refreshed or read."""
+
+
+class ArchiveUnavailable(AnalyticsError):
+    """The archive's database could not be reached."""
+
+
+class ArchiveMissing(AnalyticsError):
+    """There is no archive at the SQLite path given."""
+
+    def __init__(self, path: Path) -> None:
+        super().__init__(
+            f"no archive at {path}: create it with `grantex-archive ingest` "
+            "(or an empty one with `grantex-archive db upgrade`)"
+        )
+        self.path = path
+
+
+class ArchiveSchemaError(AnalyticsError):
+    """The archive has no schema, or not the one this version reads."""
+
+
+def first_line(exc: BaseException) -> str:
+    """The first line of an exception's message (DuckDB and ADBC add context below it)."""
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
