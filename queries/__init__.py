@@ -1,0 +1,14 @@
+"""Analytics and audit exports over the archive: DuckDB over a Parquet copy.
+
+The functions the commands run, for Python callers (see :mod:`queries.api`)::
+
+    import queries
+
+    queries.report("revocations-by-actor", "sqlite:///grantex-archive.db", by="month")
+"""
+
+from __future__ import annotations
+
+from .api import export, open_copy, prepare_report, query, report, status
+
+__all__ = ["export", "open_copy", "prepare_report", "query", "report", "status"]

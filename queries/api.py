@@ -161,7 +161,7 @@ def check_query(copy: AnalyticsCopy, sql: str) -> bool:
 def _arrow(copy: AnalyticsCopy, sql: str, params: dict[str, Any]) -> pyarrow.Table:
     session = Session(copy, sandbox=True)
     try:
-        return session.run(lambda conn: conn.execute(sql, params).to_arrow_table())
+        return session.run(lambda conn: conn.sql(sql, params=params).to_arrow_table())
     finally:
         session.close()
 
