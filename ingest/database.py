@@ -126,3 +126,10 @@ def sqlite_path(url: str) -> Path | None:
     if not database or database == ":memory:" or database.startswith("file::memory:"):
         return None
     return Path(database)
+
+
+def first_line(exc: BaseException) -> str:
+    """The first line of an error's message: a driver's own error for a database error,
+    without the SQL and background link SQLAlchemy adds; DuckDB and ADBC add context below."""
+    text = str(getattr(exc, "orig", None) or exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__

@@ -17,6 +17,7 @@ from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
 
+from .database import first_line
 from .store import NotAnArchive, SchemaBehind, Store, StoreError, sqlite_path
 
 
@@ -83,14 +84,14 @@ def open_archive(url: str, create: bool = True) -> Store:
             except (sa.exc.OperationalError, sa.exc.InterfaceError):
                 raise
             except sa.exc.DBAPIError as exc:
-                raise NotAnArchive(f"{path} is not a usable archive: {_first_line(exc)}") from None
+                raise NotAnArchive(f"{path} is not a usable archive: {first_line(exc)}") from None
         try:
             state = schema_state(store.engine)
         except (sa.exc.OperationalError, sa.exc.InterfaceError) as exc:
-            raise StoreError(f"cannot open the archive: {_first_line(exc)}") from None
+            raise StoreError(f"cannot open the archive: {first_line(exc)}") from None
         except sa.exc.DBAPIError as exc:
             where = path or "the database"
-            raise NotAnArchive(f"{where} is not a usable archive: {_first_line(exc)}") from None
+            raise NotAnArchive(f"{where} is not a usable archive: {first_line(exc)}") from None
         if state.empty:
             if create and path is not None and not _has_tables(store.engine):
                 upgrade(url)
@@ -122,7 +123,3 @@ def _has_tables(engine: sa.Engine) -> bool:
 def _known_revisions() -> set[str]:
     script = ScriptDirectory.from_config(alembic_config("sqlite://"))
     return {rev.revision for rev in script.walk_revisions()}
-
-
-def _first_line(exc: sa.exc.DBAPIError) -> str:
-    return str(exc.orig or exc).strip().splitlines()[0]

@@ -32,6 +32,7 @@ from typing import TYPE_CHECKING, Any
 
 import sqlalchemy as sa
 
+from ingest.database import first_line
 from ingest.schema import ingest_runs
 from ingest.store import safe_url, sqlite_path
 from ingest.timestamps import now_utc, utc
@@ -57,7 +58,7 @@ from .export import (
 )
 from .render import OutputError, crlf_for, output_format, render, replace_output
 from .reports import ReportError, get_report
-from .session import QueryError, Session, bare_statement, check_read_only, first_line
+from .session import QueryError, Session, bare_statement, check_read_only
 
 if TYPE_CHECKING:
     import pyarrow

@@ -298,8 +298,3 @@ def duckdb_message(exc: BaseException) -> str:
     message = str(exc).strip().split("\n\n", 1)[0]
     lines = [line.strip() for line in message.splitlines() if line.strip()]
     return " ".join(lines) if lines else type(exc).__name__
-
-
-def first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0] if text else type(exc).__name__

@@ -7,7 +7,7 @@ import sys
 import click
 import sqlalchemy as sa
 
-from ..runner import first_line
+from ..database import first_line
 from ..store import Store, create_archive_engine, safe_url, sqlite_path
 from .errors import EXIT_DATABASE, EXIT_USAGE, CliError
 from .options import check_db_url, db_option

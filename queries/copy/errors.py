@@ -26,9 +26,3 @@ class ArchiveMissing(AnalyticsError):
 
 class ArchiveSchemaError(AnalyticsError):
     """The archive has no schema, or not the one this version reads."""
-
-
-def first_line(exc: BaseException) -> str:
-    """The first line of an exception's message (DuckDB and ADBC add context below it)."""
-    text = str(exc).strip()
-    return text.splitlines()[0] if text else type(exc).__name__

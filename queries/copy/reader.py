@@ -15,6 +15,7 @@ from urllib.parse import quote
 import duckdb
 import sqlalchemy as sa
 
+from ingest.database import first_line
 from ingest.store import sqlite_path
 
 from .errors import (
@@ -22,7 +23,6 @@ from .errors import (
     ArchiveMissing,
     ArchiveSchemaError,
     ArchiveUnavailable,
-    first_line,
 )
 
 # How long a reader of a SQLite archive waits for a writer's lock (ingest

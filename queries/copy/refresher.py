@@ -20,10 +20,11 @@ from typing import Any
 
 import duckdb
 
+from ingest.database import first_line
 from ingest.files import atomic_write_bytes
 
 from .columns import SEGMENT_COLUMNS, TABLE_COLUMNS
-from .errors import AnalyticsError, first_line
+from .errors import AnalyticsError
 from .grant_state import current_state_sql, grant_state_sql, merge_state_sql
 from .manifest import MANIFEST, Manifest, Segment, now_text, read_manifest
 from .reader import ArchiveReader

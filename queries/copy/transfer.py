@@ -18,10 +18,11 @@ from pathlib import Path
 
 import duckdb
 
+from ingest.database import first_line
 from ingest.files import sync_directory
 
 from .columns import DERIVED_COLUMNS, EVENT_COLUMNS, TIME_TYPES, Columns
-from .errors import AnalyticsError, first_line
+from .errors import AnalyticsError
 from .manifest import Segment
 from .reader import ArchiveReader
 from .sql import parquet, sql_text
