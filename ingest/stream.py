@@ -5,6 +5,12 @@ reconnecting, ``Last-Event-ID``, the ``retry:`` field, capped jittered
 backoff, ``Retry-After``, which statuses are fatal, and the read timeout as
 the liveness signal. It yields frames and connection events and knows
 nothing about databases: the resume point comes from a callback.
+
+Each connection attempt (:func:`_attempt`) asks :func:`decide_response`
+what the response's head means and, for a stream, reads it (:func:`_read`).
+How long to wait before the next attempt is the policy of
+:mod:`ingest.retry`; the waiting itself goes through a
+:class:`~ingest.clock.Clock`.
 """
 
 from __future__ import annotations
