@@ -20,15 +20,18 @@ from __future__ import annotations
 import logging
 import signal
 import threading
-import time
 from collections.abc import Mapping
 from contextlib import nullcontext
 
 import sqlalchemy as sa
 
+from .clock import SYSTEM, Clock
+from .retry import opening_retry
 from .settings import IngestSettings
 from .store import NotAnArchive, SchemaBehind, Store, StoreError, file_lock_for, sqlite_path
-from .worker import RunResult, Worker, handle_signals
+from .worker import RunResult, Worker, first_line, handle_signals
+
+__all__ = ["first_line", "open_with_retry", "run_ingest"]
 
 log = logging.getLogger("grantex_archive")
 
@@ -65,7 +68,9 @@ def run_ingest(settings: IngestSettings, exit_codes: Mapping[str, int] | None = 
                 store.close()
 
 
-def open_with_retry(settings: IngestSettings, stop: threading.Event) -> Store | None:
+def open_with_retry(
+    settings: IngestSettings, stop: threading.Event, clock: Clock = SYSTEM
+) -> Store | None:
     """Open (creating or upgrading) the archive, retrying while it is unreachable.
 
     Gives up with :class:`StoreError` after ``db_retry_timeout`` (or
@@ -74,11 +79,7 @@ def open_with_retry(settings: IngestSettings, stop: threading.Event) -> Store | 
     """
     from . import migrate  # Alembic loads only for the commands that need it
 
-    timeout = settings.db_retry_timeout
-    if settings.max_runtime is not None:
-        timeout = min(timeout, settings.max_runtime)
-    give_up = time.monotonic() + timeout
-    delay = 0.5
+    retry = opening_retry(clock.monotonic(), settings.db_retry_timeout, settings.max_runtime)
     while not stop.is_set():
         try:
             return migrate.open_archive(settings.db_url)
@@ -86,15 +87,9 @@ def open_with_retry(settings: IngestSettings, stop: threading.Event) -> Store | 
             raise
         except (StoreError, sa.exc.OperationalError, sa.exc.InterfaceError) as exc:
             message = first_line(exc) if isinstance(exc, sa.exc.DBAPIError) else str(exc)
-            if time.monotonic() + delay > give_up:
+            delay = retry.after_failure(clock.monotonic())
+            if delay is None:
                 raise StoreError(f"database unusable: {message}") from None
             log.warning("database unusable, retrying in %.1fs: %s", delay, message)
-            stop.wait(delay)
-            delay = min(delay * 2, 5.0)
+            clock.wait(stop, delay)
     return None
-
-
-def first_line(exc: BaseException) -> str:
-    """The first line of a database error, without the driver's SQL and background link."""
-    orig = getattr(exc, "orig", None)
-    return str(orig or exc).strip().splitlines()[0] if str(orig or exc).strip() else repr(exc)

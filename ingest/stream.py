@@ -5,21 +5,29 @@ reconnecting, ``Last-Event-ID``, the ``retry:`` field, capped jittered
 backoff, ``Retry-After``, which statuses are fatal, and the read timeout as
 the liveness signal. It yields frames and connection events and knows
 nothing about databases: the resume point comes from a callback.
+
+Each connection attempt (:func:`_attempt`) asks :func:`decide_response`
+what the response's head means and, for a stream, reads it (:func:`_read`).
+How long to wait before the next attempt is the policy of
+:mod:`ingest.retry`; the waiting itself goes through a
+:class:`~ingest.clock.Clock`.
 """
 
 from __future__ import annotations
 
-import email.utils
 import logging
 import random
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Generator, Iterator
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import datetime
 
 import httpx
 
+from . import retry
+from .clock import SYSTEM, Clock
+from .retry import RETRY_AFTER_CAP, RETRY_FIELD_CAP, Backoff, retry_field_delay
 from .settings import Secret
 from .sse import Control, Frame, FrameDecoder
 from .timestamps import format_timestamp
@@ -27,8 +35,6 @@ from .timestamps import format_timestamp
 log = logging.getLogger("grantex_archive.stream")
 
 STREAM_PATH = "/v1/events/stream"
-RETRY_AFTER_CAP = 300.0
-RETRY_FIELD_CAP = 60.0
 
 
 class StreamError(Exception):
@@ -94,42 +100,13 @@ class StreamOptions:
     backoff_max: float = 60.0
 
 
-class Backoff:
-    """Capped exponential backoff with jitter ("equal jitter": half fixed, half random)."""
-
-    def __init__(self, initial: float, maximum: float, rng: random.Random | None = None) -> None:
-        self.initial = initial
-        self.maximum = maximum
-        self.failures = 0
-        self._rng = rng or random.Random()
-
-    def next_delay(self) -> float:
-        ceiling: float = min(self.maximum, self.initial * 2.0**self.failures)
-        self.failures += 1
-        return ceiling / 2 + self._rng.uniform(0, ceiling / 2)
-
-    def reset(self) -> None:
-        self.failures = 0
-
-
 def parse_retry_after(value: str | None, now: float | None = None) -> float | None:
-    """``Retry-After`` as seconds (delta-seconds or an HTTP date), clamped."""
-    if not value:
-        return None
-    value = value.strip()
-    try:
-        seconds: float = float(value)
-    except ValueError:
-        try:
-            when = email.utils.parsedate_to_datetime(value)
-        except (TypeError, ValueError, IndexError):
-            return None
-        if when.tzinfo is None:
-            when = when.replace(tzinfo=timezone.utc)
-        seconds = when.timestamp() - (time.time() if now is None else now)
-    if seconds != seconds:  # NaN
-        return None
-    return float(min(max(seconds, 0.0), RETRY_AFTER_CAP))
+    """``Retry-After`` as seconds (delta-seconds or an HTTP date), clamped.
+
+    ``now`` is the Unix time an HTTP date is measured from (default: the
+    system clock's).
+    """
+    return retry.parse_retry_after(value, time.time() if now is None else now)
 
 
 @dataclass(frozen=True, slots=True)
@@ -168,10 +145,6 @@ def decide_response(
     return ResponseDecision("open")
 
 
-def _now() -> datetime:
-    return datetime.now(timezone.utc)
-
-
 def _status_reason(response: httpx.Response) -> str:
     # The body of an error (JSON message and code) helps the operator; it
     # never contains the key, but cap it anyway.
@@ -197,12 +170,21 @@ def make_client(options: StreamOptions) -> httpx.Client:
     )
 
 
+@dataclass(slots=True)
+class _Link:
+    """What carries over from one connection to the next."""
+
+    last_event_id: str = ""
+    retry_field: float | None = None
+
+
 def stream_events(
     options: StreamOptions,
     since_for_connect: Callable[[], datetime | None],
     stop: threading.Event,
     client: httpx.Client | None = None,
     rng: random.Random | None = None,
+    clock: Clock = SYSTEM,
 ) -> Iterator[StreamItem]:
     """Connect, read and reconnect until ``stop`` is set or a fatal error is raised.
 
@@ -214,111 +196,128 @@ def stream_events(
     own_client = client is None
     http = client or make_client(options)
     backoff = Backoff(options.backoff_initial, options.backoff_max, rng)
-    url = options.base_url + STREAM_PATH
-    last_event_id = ""
-    retry_field: float | None = None
+    link = _Link()
     try:
         while not stop.is_set():
             since = since_for_connect()
             if stop.is_set():
                 return
-            params: dict[str, str] = {}
-            if options.types:
-                params["types"] = ",".join(options.types)
-            if since is not None:
-                params["since"] = format_timestamp(since)
-            headers = {
-                "Authorization": f"Bearer {options.api_key.reveal()}",
-                "Accept": "text/event-stream",
-                "Cache-Control": "no-cache",
-            }
-            if last_event_id:
-                headers["Last-Event-ID"] = last_event_id
-            delivered = 0
-            delay: float
-            try:
-                with http.stream("GET", url, params=params, headers=headers) as response:
-                    status = response.status_code
-                    decision = decide_response(
-                        status,
-                        response.headers.get("content-type", ""),
-                        response.headers.get("Retry-After"),
-                    )
-                    if decision.action == "auth_failed":
-                        raise AuthenticationError(
-                            f"the API rejected the credentials ({_status_reason(response)})"
-                        )
-                    if decision.action == "endpoint_error":
-                        raise EndpointError(f"{url} answered {_status_reason(response)}")
-                    if decision.action == "retry":
-                        reason = decision.problem or _status_reason(response)
-                        delay = (
-                            decision.retry_after
-                            if decision.retry_after is not None
-                            else backoff.next_delay()
-                        )
-                        yield Failed(reason, status, since, _now(), delay)
-                        _sleep(stop, delay)
-                        continue
-                    yield Opened(since, status, _now())
-                    decoder = FrameDecoder(last_event_id)
-                    reason = "end of stream"
-                    try:
-                        for raw in response.iter_bytes():
-                            items = decoder.feed(raw)
-                            frames = [item for item in items if isinstance(item, Frame)]
-                            if decoder.retry is not None:
-                                retry_field = min(max(decoder.retry / 1000, 0.0), RETRY_FIELD_CAP)
-                            last_event_id = decoder.last_event_id
-                            if frames:
-                                delivered += len(frames)
-                                yield Chunk(frames, _now())
-                            elif decoder.partial:
-                                # An event is still arriving: not idle.
-                                yield Chunk([], _now())
-                            if stop.is_set():
-                                reason = "stopped"
-                                break
-                    except httpx.ReadTimeout:
-                        reason = f"no data for {options.read_timeout:g}s (read timeout)"
-                    except httpx.TransportError as exc:
-                        reason = f"connection lost: {type(exc).__name__}: {exc}".rstrip(": ")
-                    decoder.close()
-                    yield Closed(reason, delivered, _now())
-            except StreamError:
-                raise
-            except httpx.TransportError as exc:
-                delay = backoff.next_delay()
-                yield Failed(
-                    f"cannot connect: {type(exc).__name__}: {exc}".rstrip(": "),
-                    None,
-                    since,
-                    _now(),
-                    delay,
-                )
-                _sleep(stop, delay)
-                continue
+            delay = yield from _attempt(http, options, since, link, backoff, stop, clock)
             if stop.is_set():
                 return
-            # A connection that delivered events resets the backoff, so a
-            # flapping but working stream reconnects at once.
-            if delivered:
-                backoff.reset()
-                delay = retry_field or 0.0
-            else:
-                delay = max(backoff.next_delay(), retry_field or 0.0)
-            _sleep(stop, delay)
+            if delay > 0:
+                clock.wait(stop, delay)
     finally:
         if own_client:
             http.close()
 
 
-def _sleep(stop: threading.Event, seconds: float) -> None:
-    if seconds > 0:
-        stop.wait(seconds)
+def _attempt(
+    http: httpx.Client,
+    options: StreamOptions,
+    since: datetime | None,
+    link: _Link,
+    backoff: Backoff,
+    stop: threading.Event,
+    clock: Clock,
+) -> Generator[StreamItem, None, float]:
+    """One connection attempt and, if it becomes a stream, its reading.
+
+    Returns the delay before the next attempt; raises :class:`StreamError`
+    when there must be none.
+    """
+    url = options.base_url + STREAM_PATH
+    try:
+        with http.stream(
+            "GET", url, params=_params(options, since), headers=_headers(options, link)
+        ) as response:
+            status = response.status_code
+            decision = decide_response(
+                status,
+                response.headers.get("content-type", ""),
+                response.headers.get("Retry-After"),
+                now=clock.now().timestamp(),
+            )
+            if decision.action == "auth_failed":
+                raise AuthenticationError(
+                    f"the API rejected the credentials ({_status_reason(response)})"
+                )
+            if decision.action == "endpoint_error":
+                raise EndpointError(f"{url} answered {_status_reason(response)}")
+            if decision.action == "retry":
+                reason = decision.problem or _status_reason(response)
+                delay = backoff.after_refusal(decision.retry_after)
+                yield Failed(reason, status, since, clock.now(), delay)
+                return delay
+            yield Opened(since, status, clock.now())
+            delivered = yield from _read(response, options, link, stop, clock)
+    except httpx.TransportError as exc:
+        delay = backoff.next_delay()
+        reason = f"cannot connect: {type(exc).__name__}: {exc}".rstrip(": ")
+        yield Failed(reason, None, since, clock.now(), delay)
+        return delay
+    return backoff.after_connection(delivered, link.retry_field)
+
+
+def _read(
+    response: httpx.Response,
+    options: StreamOptions,
+    link: _Link,
+    stop: threading.Event,
+    clock: Clock,
+) -> Generator[StreamItem, None, int]:
+    """Read an open stream until it ends or ``stop`` is set; returns the frames delivered."""
+    decoder = FrameDecoder(link.last_event_id)
+    delivered = 0
+    reason = "end of stream"
+    try:
+        for raw in response.iter_bytes():
+            items = decoder.feed(raw)
+            frames = [item for item in items if isinstance(item, Frame)]
+            if decoder.retry is not None:
+                link.retry_field = retry_field_delay(decoder.retry)
+            link.last_event_id = decoder.last_event_id
+            if frames:
+                delivered += len(frames)
+                yield Chunk(frames, clock.now())
+            elif decoder.partial:
+                # An event is still arriving: not idle.
+                yield Chunk([], clock.now())
+            if stop.is_set():
+                reason = "stopped"
+                break
+    except httpx.ReadTimeout:
+        reason = f"no data for {options.read_timeout:g}s (read timeout)"
+    except httpx.TransportError as exc:
+        reason = f"connection lost: {type(exc).__name__}: {exc}".rstrip(": ")
+    decoder.close()
+    yield Closed(reason, delivered, clock.now())
+    return delivered
+
+
+def _params(options: StreamOptions, since: datetime | None) -> dict[str, str]:
+    params: dict[str, str] = {}
+    if options.types:
+        params["types"] = ",".join(options.types)
+    if since is not None:
+        params["since"] = format_timestamp(since)
+    return params
+
+
+def _headers(options: StreamOptions, link: _Link) -> dict[str, str]:
+    headers = {
+        "Authorization": f"Bearer {options.api_key.reveal()}",
+        "Accept": "text/event-stream",
+        "Cache-Control": "no-cache",
+    }
+    if link.last_event_id:
+        headers["Last-Event-ID"] = link.last_event_id
+    return headers
 
 
 __all__ = [
+    "RETRY_AFTER_CAP",
+    "RETRY_FIELD_CAP",
     "AuthenticationError",
     "Backoff",
     "Chunk",

@@ -153,14 +153,6 @@ def test_rate_limited_then_served(sqlite_archive: str, simulator: Simulator) -> 
     assert statuses[:4] == [429, 503, 503, 200]
 
 
-@pytest.mark.parametrize("simulator", [{"backlog": 200, "fail_always": 503}], indirect=True)
-def test_simulated_outage_exits_69(sqlite_archive: str, simulator: Simulator) -> None:
-    result = invoke(
-        ["ingest", "--db", sqlite_archive, "--base-url", simulator.base_url, "--max-runtime", "2"]
-    )
-    assert result.exit_code == 69
-
-
 @pytest.mark.parametrize("simulator", [{"backlog": 200}], indirect=True)
 def test_wrong_key_exits_3(sqlite_archive: str, simulator: Simulator) -> None:
     result = invoke(

@@ -1,15 +1,20 @@
-"""The connection policy of stream_events(), with httpx.MockTransport standing in for HTTP."""
+"""The connection policy of stream_events(), with httpx.MockTransport standing in for HTTP.
+
+The stream waits on a :class:`~ingest.clock.ManualClock`: backoff and
+``Retry-After`` delays are recorded in ``clock.sleeps``, not slept.
+"""
 
 from __future__ import annotations
 
 import random
 import threading
 from collections.abc import Callable, Iterator
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 
 import httpx
 import pytest
 
+from ingest.clock import ManualClock
 from ingest.settings import Secret
 from ingest.stream import (
     AuthenticationError,
@@ -62,27 +67,17 @@ def run(
     script: Script,
     since: Callable[[], datetime | None] = lambda: None,
     types: tuple[str, ...] = (),
-    sleeps: list[float] | None = None,
+    clock: ManualClock | None = None,
 ) -> list[StreamItem]:
-    options = StreamOptions(
-        base_url="http://grantex.test",
-        api_key=Secret(KEY),
-        types=types,
-        backoff_initial=0.001,
-        backoff_max=0.004,
-    )
+    options = StreamOptions(base_url="http://grantex.test", api_key=Secret(KEY), types=types)
     client = httpx.Client(transport=httpx.MockTransport(script))
-    stop = script.stop
-    original_wait = stop.wait
-
-    def record_wait(seconds: float | None = None) -> bool:
-        if sleeps is not None and seconds is not None:
-            sleeps.append(seconds)
-        return original_wait(0)
-
-    stop.wait = record_wait  # type: ignore[method-assign]
     items: Iterator[StreamItem] = stream_events(
-        options, since, stop, client=client, rng=random.Random(1)
+        options,
+        since,
+        script.stop,
+        client=client,
+        rng=random.Random(1),
+        clock=clock or ManualClock(),
     )
     return list(items)
 
@@ -132,11 +127,23 @@ def test_retryable_statuses_then_success(code: int) -> None:
 
 
 def test_retry_after_seconds_is_honoured() -> None:
-    sleeps: list[float] = []
+    clock = ManualClock()
     script = Script(status(429, **{"Retry-After": "7"}), ok(b""))
-    items = run(script, sleeps=sleeps)
+    items = run(script, clock=clock)
     assert isinstance(items[0], Failed) and items[0].retry_in == 7.0
-    assert sleeps[0] == 7.0
+    assert clock.sleeps[0] == 7.0
+    # The next attempt is made once the wait is over.
+    assert isinstance(items[1], Opened)
+    assert items[1].at - items[0].at == timedelta(seconds=7)
+    assert [r.status_code for r in (items[0], items[1])] == [429, 200]
+
+
+def test_retry_after_date_is_measured_on_the_clock() -> None:
+    clock = ManualClock(start=datetime(2026, 1, 1, tzinfo=timezone.utc))
+    script = Script(status(503, **{"Retry-After": "Thu, 01 Jan 2026 00:00:30 GMT"}), ok(b""))
+    items = run(script, clock=clock)
+    assert isinstance(items[0], Failed) and items[0].retry_in == 30.0
+    assert clock.sleeps == [30.0]
 
 
 def test_retry_after_is_clamped() -> None:
@@ -189,23 +196,44 @@ def test_last_event_id_is_sent_after_the_server_sent_ids() -> None:
 
 
 def test_retry_field_sets_the_reconnect_delay() -> None:
-    sleeps: list[float] = []
+    clock = ManualClock()
     script = Script(ok(sse("retry: 2500\n\ndata: a\n\n")), ok(b""))
-    run(script, sleeps=sleeps)
-    assert sleeps[0] == 2.5
+    run(script, clock=clock)
+    assert clock.sleeps[0] == 2.5
 
 
 def test_delivering_connection_resets_backoff() -> None:
-    sleeps: list[float] = []
+    clock = ManualClock()
     script = Script(status(503), status(503), ok(sse("data: a\n\n")), ok(b""), ok(b""))
-    run(script, sleeps=sleeps)
+    run(script, clock=clock)
     # Two failures back off, the delivering connection reconnects at once
-    # (no sleep recorded), the empty one backs off from the start again.
-    assert len(sleeps) == 3
-    assert sleeps[2] <= 0.001
+    # (no wait), the empty one backs off from the start again.
+    assert len(clock.sleeps) == 3
+    first, second, again = clock.sleeps
+    assert 0.25 <= first <= 0.5 and 0.5 <= second <= 1.0 and 0.25 <= again <= 0.5
+
+
+def test_a_stop_during_the_backoff_ends_the_stream_without_another_attempt() -> None:
+    script = Script(status(503), ok(b""))
+
+    class Stopping(ManualClock):
+        def wait(self, event: threading.Event, seconds: float) -> bool:
+            event.set()
+            return super().wait(event, seconds)
+
+    items = run(script, clock=Stopping())
+    assert [type(i) for i in items] == [Failed]
+    assert len(script.requests) == 1
+
+
+def test_keepalive_comments_are_not_activity() -> None:
+    script = Script(ok(b": keepalive\n\n: keepalive\n\n"))
+    items = run(script)
+    assert [type(i) for i in items] == [Opened, Closed]
 
 
 def test_backoff_is_capped_and_jittered() -> None:
+    # The delays themselves are a table in tests/test_retry.py.
     backoff = Backoff(0.5, 60.0, random.Random(3))
     delays = [backoff.next_delay() for _ in range(12)]
     assert 0.25 <= delays[0] <= 0.5

@@ -1,0 +1,95 @@
+"""The database side of the ingest worker: a thread that commits one batch at a time."""
+
+from __future__ import annotations
+
+import contextlib
+import queue
+import threading
+from collections.abc import Callable
+from datetime import datetime
+
+from .store import Received, StoreError
+
+
+class BatchWriter:
+    """Commits batches on a thread of its own.
+
+    The database does most of its work without the GIL (SQLite inside one
+    multi-row statement, PostgreSQL on the other side of a socket), so
+    committing one batch while the next is decoded and normalised uses both
+    cores. At most one batch waits while another is written: a slow database
+    blocks ``submit()``, which stops the reader (backpressure).
+    """
+
+    def __init__(
+        self,
+        commit: Callable[[list[Received], datetime | None], None],
+        give_up: Callable[[], str | None],
+    ) -> None:
+        self._commit = commit
+        self._give_up = give_up
+        self._jobs: queue.Queue[tuple[list[Received], datetime | None] | None] = queue.Queue(
+            maxsize=1
+        )
+        self._done = threading.Condition()
+        self._pending = 0
+        self._error: StoreError | None = None
+        self._thread = threading.Thread(target=self._run, name="grantex-writer", daemon=True)
+        self._thread.start()
+
+    def submit(self, batch: list[Received], newest: datetime | None) -> None:
+        self.check()
+        with self._done:
+            self._pending += 1
+        while True:
+            try:
+                self._jobs.put((batch, newest), timeout=0.2)
+                return
+            except queue.Full:
+                self._check_waiting()
+
+    def wait(self) -> None:
+        """Until every submitted batch is committed; raises the writer's error."""
+        with self._done:
+            while self._pending and self._error is None:
+                self._done.wait(0.2)
+                if self._pending:
+                    self._check_waiting()
+        self.check()
+
+    def close(self, timeout: float) -> None:
+        """Let the thread finish what it holds (up to ``timeout``), then end it."""
+        with contextlib.suppress(queue.Full):
+            self._jobs.put(None, timeout=0.2)
+        # A thread still stuck on the database is a daemon and ends with us.
+        self._thread.join(timeout=timeout)
+
+    def _check_waiting(self) -> None:
+        self.check()
+        reason = self._give_up()
+        if reason is not None:
+            raise StoreError(reason)
+        if not self._thread.is_alive():
+            raise StoreError("the database writer stopped unexpectedly")
+
+    def check(self) -> None:
+        """Raise the writer's error, if a batch could not be committed."""
+        if self._error is not None:
+            raise self._error
+
+    def _run(self) -> None:
+        while True:
+            job = self._jobs.get()
+            if job is None:
+                return
+            try:
+                if self._error is None:
+                    self._commit(*job)
+            except StoreError as exc:
+                self._error = exc
+            except Exception as exc:  # reported to the main thread, not lost
+                self._error = StoreError(f"database unusable: {type(exc).__name__}: {exc}")
+            finally:
+                with self._done:
+                    self._pending -= 1
+                    self._done.notify_all()

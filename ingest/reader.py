@@ -1,0 +1,165 @@
+"""The reading side of the ingest worker: a thread that streams, normalises and hands over.
+
+:class:`StreamReader` runs :func:`~ingest.stream.stream_events` on a thread
+of its own, normalises each chunk's frames there and puts them on a bounded
+queue for the main thread. A full queue blocks it, and then the socket is
+no longer read (backpressure). Before every reconnect but the first it puts
+:class:`NeedSince` on the queue and waits for the main thread's
+:meth:`~StreamReader.answer`: the resume point, given once everything
+received is committed.
+"""
+
+from __future__ import annotations
+
+import queue
+import threading
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from datetime import datetime
+
+import httpx
+
+from .events import MAX_FRAME_BYTES, Event, Rejection, normalise, peek_id, reject
+from .settings import IngestSettings
+from .sse import Frame
+from .stream import Chunk, Closed, Failed, Opened, StreamItem, StreamOptions, make_client
+
+QUEUE_CHUNKS = 64
+"""Chunks the reader may be ahead of the main thread."""
+
+_POLL = 0.2  # how often a blocked reader looks at the stop request
+
+
+@dataclass(frozen=True)
+class NeedSince:
+    """The reader is about to reconnect and waits for the resume point."""
+
+
+@dataclass(frozen=True)
+class Normalised:
+    """A chunk's frames, normalised on the reader thread.
+
+    Normalising there lets it overlap with the database's own work, which
+    runs without the GIL.
+    """
+
+    items: list[Event | Rejection]
+    received_at: datetime
+
+
+@dataclass(frozen=True)
+class ReaderDone:
+    """The reader has ended, on a stop request or with ``error``."""
+
+    error: BaseException | None = None
+
+
+QueueItem = Normalised | Opened | Closed | Failed | NeedSince | ReaderDone
+
+StreamFunction = Callable[..., Iterator[StreamItem]]
+
+
+def stream_options(settings: IngestSettings) -> StreamOptions:
+    """The stream reader's part of the ingest settings."""
+    return StreamOptions(
+        base_url=settings.base_url,
+        api_key=settings.api_key,
+        types=settings.types,
+        read_timeout=settings.read_timeout,
+        connect_timeout=settings.connect_timeout,
+        backoff_initial=settings.backoff_initial,
+        backoff_max=settings.backoff_max,
+    )
+
+
+class StreamReader:
+    """The reader thread of one run; the main thread reads :attr:`queue`."""
+
+    def __init__(
+        self,
+        options: StreamOptions,
+        stream: StreamFunction,
+        stop: threading.Event,
+    ) -> None:
+        self._options = options
+        self._stream = stream
+        self._stop = stop
+        self.queue: queue.Queue[QueueItem] = queue.Queue(maxsize=QUEUE_CHUNKS)
+        self._answers: queue.Queue[datetime | None] = queue.Queue(maxsize=1)
+        self._first_connect = True
+        self._initial_since: datetime | None = None
+        self._client: httpx.Client | None = None
+        self._thread: threading.Thread | None = None
+
+    def start(self, initial_since: datetime | None) -> None:
+        """Start reading; the first connection asks for ``initial_since``."""
+        self._initial_since = initial_since
+        self._thread = threading.Thread(target=self._read, name="grantex-stream", daemon=True)
+        self._thread.start()
+
+    def answer(self, since: datetime | None) -> None:
+        """The resume point the reader asked for with :class:`NeedSince`."""
+        self._answers.put(since)
+
+    def close(self, timeout: float) -> None:
+        """Wait up to ``timeout`` for the thread; close the HTTP client if it has ended.
+
+        The thread is a daemon that touches no database: one blocked in a
+        socket read ends when the read returns, and must not delay the
+        process's exit.
+        """
+        if self._thread is None:
+            return
+        self._thread.join(timeout=timeout)
+        if self._client is not None and not self._thread.is_alive():
+            self._client.close()
+
+    def _since_for_connect(self) -> datetime | None:
+        if self._first_connect:
+            self._first_connect = False
+            return self._initial_since
+        self._put(NeedSince())
+        while not self._stop.is_set():
+            try:
+                return self._answers.get(timeout=_POLL)
+            except queue.Empty:
+                continue
+        return None
+
+    def _put(self, item: QueueItem) -> None:
+        # Blocks while the main thread is behind (backpressure), but never
+        # past a stop request.
+        while True:
+            try:
+                self.queue.put(item, timeout=_POLL)
+                return
+            except queue.Full:
+                if self._stop.is_set():
+                    return
+
+    def _read(self) -> None:
+        error: BaseException | None = None
+        try:
+            self._client = make_client(self._options)
+            for item in self._stream(
+                self._options, self._since_for_connect, self._stop, client=self._client
+            ):
+                if isinstance(item, Chunk):
+                    normalised = [normalise_frame(frame) for frame in item.frames]
+                    self._put(Normalised(normalised, item.received_at))
+                else:
+                    self._put(item)
+        except BaseException as exc:  # handed to the main thread, which decides
+            error = exc
+        finally:
+            self._put(ReaderDone(error))
+
+
+def normalise_frame(frame: Frame) -> Event | Rejection:
+    """One frame as an event, or as a rejection with its reason."""
+    if frame.truncated_length is not None:
+        rejection = reject(
+            f"frame larger than {MAX_FRAME_BYTES} bytes", frame.data, peek_id(frame.data)
+        )
+        return rejection._replace(raw_length=frame.truncated_length)
+    return normalise(frame.data)

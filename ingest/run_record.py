@@ -1,0 +1,301 @@
+"""What an ingest run records about itself: its row, its connections, its log lines.
+
+:class:`RunRecord` keeps ``ingest_runs`` and ``ingest_connections`` up to
+date as the run goes (start, each connection and failed attempt, progress,
+the end) and writes the matching log lines. A run whose end the database
+refuses keeps its final record in the journal for the next run to apply.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any, Protocol, TypeVar
+
+import sqlalchemy as sa
+
+from .clock import Clock
+from .journal import PendingRun, journal_path, read_pending, write_pending
+from .settings import IngestSettings
+from .store import Store, StoreError
+from .stream import Closed, Failed, Opened
+from .timestamps import format_timestamp
+
+log = logging.getLogger("grantex_archive.ingest")
+
+T = TypeVar("T")
+
+
+class Retrying(Protocol):
+    """Runs a database action with the run's retries."""
+
+    def __call__(self, action: Callable[[], T], attempts: int | None = None) -> T: ...
+
+
+@dataclass
+class RunCounts:
+    received: int = 0
+    inserted: int = 0
+    duplicates: int = 0
+    rejected: int = 0
+    reconnects: int = 0
+    first_occurred_at: datetime | None = None
+    last_occurred_at: datetime | None = None
+    newest_committed: datetime | None = None
+
+    def as_row(self) -> dict[str, Any]:
+        return {
+            "received": self.received,
+            "inserted": self.inserted,
+            "duplicates": self.duplicates,
+            "rejected": self.rejected,
+            "reconnects": self.reconnects,
+            "first_occurred_at": self.first_occurred_at,
+            "last_occurred_at": self.last_occurred_at,
+        }
+
+
+@dataclass
+class RunResult:
+    outcome: str
+    counts: RunCounts = field(default_factory=RunCounts)
+    error: str | None = None
+
+
+class RunRecord:
+    """The records of one run; every database write goes through ``retrying``."""
+
+    def __init__(
+        self,
+        settings: IngestSettings,
+        store: Store,
+        counts: RunCounts,
+        retrying: Retrying,
+        redact: Callable[[str], str],
+        clock: Clock,
+        exit_codes: Mapping[str, int],
+    ) -> None:
+        self._settings = settings
+        self._store = store
+        self._counts = counts
+        self._retrying = retrying
+        self._redact = redact
+        self._clock = clock
+        self._exit_codes = exit_codes
+        self.run_id: int | None = None
+        self._connection_id: int | None = None
+        self.connection_events = 0
+        """Frames received on the current connection."""
+        self._last_progress = (0, 0.0)
+
+    def start(self, started_at: datetime, since: datetime | None) -> None:
+        """Record the run's start (and the end of one the database refused last time)."""
+        s = self._settings
+        journal = journal_path(s.db_url, s.source)
+        pending = read_pending(journal)
+        self.run_id = self._retrying(
+            lambda: self._store.start_run(s.source, started_at, since, s.types, s.base_url, pending)
+        )
+        if pending is not None:
+            with contextlib.suppress(OSError):
+                journal.unlink()
+            log.info(
+                "recorded the end of run %d, which the database refused when it ended",
+                pending.run_id,
+            )
+        fields = {
+            "archive": _safe_url(s.db_url),
+            "source": s.source,
+            "since": format_timestamp(since) if since else "live",
+            "types": ",".join(s.types) or "all",
+            "run_id": self.run_id,
+        }
+        log.info(
+            "ingest starting: archive=%s source=%s since=%s types=%s",
+            fields["archive"],
+            fields["source"],
+            fields["since"],
+            fields["types"],
+            extra={"fields": fields},
+        )
+
+    def opened(self, item: Opened, reconnect: bool) -> None:
+        """A connection opened; ``reconnect`` if it is not the run's first."""
+        if reconnect:
+            self._counts.reconnects += 1
+        self.connection_events = 0
+        run_id = self._run_id()
+        self._connection_id = self._retrying(
+            lambda: self._store.open_connection(run_id, item.at, item.since, item.status_code)
+        )
+        since = format_timestamp(item.since) if item.since else "live"
+        log.info("connected: since=%s", since, extra={"fields": {"since": since}})
+
+    def closed(self, item: Closed) -> None:
+        if self._connection_id is not None:
+            conn_id = self._connection_id
+            events = self.connection_events
+            reason = self._redact(item.reason)
+            self._retrying(lambda: self._store.close_connection(conn_id, item.at, events, reason))
+            self._connection_id = None
+        if item.reason != "stopped":
+            log.warning(
+                "disconnected after %d frames: %s",
+                item.events,
+                item.reason,
+                extra={"fields": {"frames": item.events, "reason": self._redact(item.reason)}},
+            )
+
+    def failed(self, item: Failed) -> None:
+        self._counts.reconnects += 1
+        run_id = self._run_id()
+        reason = self._redact(item.reason)
+        self._retrying(
+            lambda: self._store.record_attempt(
+                run_id, item.at, item.since, item.status_code, reason
+            )
+        )
+        log.warning(
+            "connection failed: %s; retrying in %.1fs",
+            item.reason,
+            item.retry_in,
+            extra={
+                "fields": {
+                    "status_code": item.status_code,
+                    "reason": reason,
+                    "retry_in": round(item.retry_in, 3),
+                }
+            },
+        )
+
+    def count_from(self, now: float) -> None:
+        """The rate in the first progress record is measured from ``now``."""
+        self._last_progress = (self._counts.received, now)
+
+    def progress(self, now: float) -> None:
+        """Log the counts and the rate since the last progress record; update the run's row."""
+        c = self._counts
+        last_received, last_at = self._last_progress
+        self._last_progress = (c.received, now)
+        rate = (c.received - last_received) / max(now - last_at, 1e-9)
+        last = c.last_occurred_at
+        lag = (self._clock.now() - last).total_seconds() if last else None
+        log.info(
+            "progress: received=%d inserted=%d duplicates=%d rejected=%d rate=%.0f/s lag=%s",
+            c.received,
+            c.inserted,
+            c.duplicates,
+            c.rejected,
+            rate,
+            f"{lag:.1f}s" if lag is not None else "n/a",
+            extra={
+                "fields": {
+                    "received": c.received,
+                    "inserted": c.inserted,
+                    "duplicates": c.duplicates,
+                    "rejected": c.rejected,
+                    "events_per_second": round(rate, 1),
+                    "lag_seconds": round(lag, 3) if lag is not None else None,
+                }
+            },
+        )
+        if self.run_id is not None:
+            run_id = self.run_id
+            # Keeps a killed run's row close to what it did.
+            self._retrying(lambda: self._store.update_run(run_id, **c.as_row()))
+
+    def finish(self, result: RunResult) -> None:
+        """Record how the run ended (in the journal if the database refuses); log it."""
+        now = self._clock.now()
+        connection = self._close_connection(now, f"run ended: {result.outcome}")
+        if self.run_id is not None:
+            run_id = self.run_id
+            values = dict(
+                self._counts.as_row(),
+                finished_at=now,
+                outcome=result.outcome,
+                exit_code=self._exit_codes.get(result.outcome),
+                error=result.error,
+            )
+            try:
+                self._retrying(lambda: self._store.update_run(run_id, **values), attempts=3)
+            except StoreError as exc:
+                log.error("could not record the run: %s", exc)
+                self._keep_pending(run_id, values, connection)
+        self._log_finished(result.outcome)
+
+    def _close_connection(self, now: datetime, reason: str) -> tuple[int, dict[str, Any]] | None:
+        """Close the open connection's row; what could not be written, for the journal."""
+        if self._connection_id is None:
+            return None
+        conn_id = self._connection_id
+        self._connection_id = None
+        events = self.connection_events
+        try:
+            self._retrying(
+                lambda: self._store.close_connection(conn_id, now, events, reason), attempts=3
+            )
+            return None
+        except StoreError as exc:
+            log.error("could not record the connection: %s", exc)
+            return conn_id, {"closed_at": now, "events": events, "close_reason": reason}
+
+    def _log_finished(self, outcome: str) -> None:
+        c = self._counts
+        log.info(
+            "ingest finished: outcome=%s received=%d inserted=%d duplicates=%d "
+            "rejected=%d reconnects=%d",
+            outcome,
+            c.received,
+            c.inserted,
+            c.duplicates,
+            c.rejected,
+            c.reconnects,
+            extra={
+                "fields": {
+                    "outcome": outcome,
+                    "exit_code": self._exit_codes.get(outcome),
+                    "run_id": self.run_id,
+                    "received": c.received,
+                    "inserted": c.inserted,
+                    "duplicates": c.duplicates,
+                    "rejected": c.rejected,
+                    "reconnects": c.reconnects,
+                }
+            },
+        )
+
+    def _keep_pending(
+        self,
+        run_id: int,
+        values: dict[str, Any],
+        connection: tuple[int, dict[str, Any]] | None,
+    ) -> None:
+        """Keep the run's final record on disk for the next run to apply."""
+        path = journal_path(self._settings.db_url, self._settings.source)
+        pending = PendingRun(
+            run_id=run_id,
+            values=values,
+            connection_id=connection[0] if connection else None,
+            connection_values=connection[1] if connection else None,
+        )
+        try:
+            write_pending(path, pending)
+        except OSError as exc:
+            log.error("could not keep the run's record in %s either: %s", path, exc)
+            return
+        log.warning("kept the run's record in %s; the next run writes it to the archive", path)
+
+    def _run_id(self) -> int:
+        assert self.run_id is not None, "the run's start is recorded first"
+        return self.run_id
+
+
+def _safe_url(url: str) -> str:
+    try:
+        return sa.engine.make_url(url).render_as_string(hide_password=True)
+    except sa.exc.ArgumentError:
+        return "<invalid URL>"
