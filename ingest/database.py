@@ -71,7 +71,10 @@ def create_archive_engine(url: str) -> Engine:
 
 def safe_url(url: str) -> str:
     """``url`` with its password masked, for messages and logs."""
-    return sa.engine.make_url(url).render_as_string(hide_password=True)
+    try:
+        return sa.engine.make_url(url).render_as_string(hide_password=True)
+    except (sa.exc.ArgumentError, ValueError):
+        return "<invalid URL>"
 
 
 def _hide_password(url: str, exc: Exception) -> str:

@@ -15,12 +15,10 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Protocol, TypeVar
 
-import sqlalchemy as sa
-
 from .clock import Clock
 from .journal import PendingRun, journal_path, read_pending, write_pending
 from .settings import IngestSettings
-from .store import Store, StoreError
+from .store import Store, StoreError, safe_url
 from .stream import Closed, Failed, Opened
 from .timestamps import format_timestamp
 
@@ -107,7 +105,7 @@ class RunRecord:
                 pending.run_id,
             )
         fields = {
-            "archive": _safe_url(s.db_url),
+            "archive": safe_url(s.db_url),
             "source": s.source,
             "since": format_timestamp(since) if since else "live",
             "types": ",".join(s.types) or "all",
@@ -292,10 +290,3 @@ class RunRecord:
     def _run_id(self) -> int:
         assert self.run_id is not None, "the run's start is recorded first"
         return self.run_id
-
-
-def _safe_url(url: str) -> str:
-    try:
-        return sa.engine.make_url(url).render_as_string(hide_password=True)
-    except sa.exc.ArgumentError:
-        return "<invalid URL>"

@@ -26,12 +26,13 @@ from contextlib import nullcontext
 import sqlalchemy as sa
 
 from .clock import SYSTEM, Clock
+from .database import first_line
 from .retry import opening_retry
 from .settings import IngestSettings
 from .store import NotAnArchive, SchemaBehind, Store, StoreError, file_lock_for, sqlite_path
-from .worker import RunResult, Worker, first_line, handle_signals
+from .worker import RunResult, Worker, handle_signals
 
-__all__ = ["first_line", "open_with_retry", "run_ingest"]
+__all__ = ["open_with_retry", "run_ingest"]
 
 log = logging.getLogger("grantex_archive")
 

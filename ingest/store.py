@@ -36,8 +36,8 @@ from .rows import (
     rows_per_statement,
     sqlite_rows,
 )
-from .run_records import RunRecords
 from .schema import EVENT_COLUMNS, events, rejected_events
+from .store_runs import RunRecords
 from .timestamps import utc
 
 __all__ = [

@@ -32,6 +32,7 @@ import sqlalchemy as sa
 
 from .batch_writer import BatchWriter
 from .clock import SYSTEM, Clock
+from .database import first_line
 from .events import Event
 from .logs import Redactor
 from .reader import NeedSince, Normalised, QueueItem, ReaderDone, StreamReader, stream_options
@@ -58,7 +59,6 @@ __all__ = [
     "RunCounts",
     "RunResult",
     "Worker",
-    "first_line",
     "handle_signals",
 ]
 
@@ -368,12 +368,6 @@ def _warn_implausible(event: Event, received_at: datetime) -> None:
 def _skew_text() -> str:
     hours = MAX_CLOCK_SKEW.total_seconds() / 3600
     return f"{hours:g} hours" if hours != 24 else "1 day"
-
-
-def first_line(exc: BaseException) -> str:
-    """The first line of a database error, without the driver's SQL and background link."""
-    orig = getattr(exc, "orig", None)
-    return str(orig or exc).strip().splitlines()[0] if str(orig or exc).strip() else repr(exc)
 
 
 @contextmanager
