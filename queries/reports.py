@@ -11,9 +11,12 @@ A report file starts with comment lines::
     -- What it computes, exactly, in prose.
 
 The SQL uses ``$since``, ``$until`` (TIMESTAMPTZ or NULL), ``$source``,
-``$agent`` (text or NULL) and ``$by`` (text or NULL). A report that takes
-``--by`` returns a ``period`` column for day/week/month and an ``agent_id``
-column for agent; the runner drops the one that was not asked for.
+``$agent`` (text or NULL) and ``$by`` (text or NULL). The time window and the
+agent filter are placeholders (``{window(occurred_at)}``, ``{agent_events}``:
+see ``queries.filter_sql``), the same SQL the exports filter with, expanded
+when the report is loaded. A report that takes ``--by`` returns a ``period``
+column for day/week/month and an ``agent_id`` column for agent; the runner
+drops the one that was not asked for.
 """
 
 from __future__ import annotations
@@ -22,6 +25,8 @@ import difflib
 from dataclasses import dataclass
 from importlib.resources import files
 from typing import Any
+
+from .filter_sql import PlaceholderError, expand
 
 OPTIONS = ("since", "until", "source", "agent", "by")
 PERIODS = ("day", "week", "month")
@@ -119,11 +124,15 @@ def parse_report(text: str, filename: str) -> Report:
     if unknown:
         raise ReportError(f"{filename}: unknown options {', '.join(unknown)}")
     by = tuple(b.strip() for b in meta.get("by", "").split(",") if b.strip())
+    try:
+        sql = expand(text)
+    except PlaceholderError as exc:
+        raise ReportError(f"{filename}: {exc}") from None
     return Report(
         name=meta["name"],
         summary=meta["summary"],
         description="\n".join(prose).strip(),
-        sql=text,
+        sql=sql,
         options=options,
         by=by,
         default_by=meta.get("default-by") or None,

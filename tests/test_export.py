@@ -6,9 +6,10 @@ import csv
 import gzip
 import io
 import json
+import os
 import subprocess
 import time
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +17,7 @@ import duckdb
 import pyarrow.dataset as ds
 import pyarrow.parquet as pq
 import pytest
+import sqlalchemy as sa
 
 from ingest import migrate
 from ingest.events import normalise
@@ -361,13 +363,13 @@ def test_manifest_records_filters_and_watermark(archive: str, tmp_path: Path) ->
     record = json.loads((tmp_path / "q.csv.manifest.json").read_text())
     assert record["filters"] == {
         "types": ["grant.revoked"],
-        "since": "2026-03-02T00:00:00Z",
-        "until": "2026-03-05T00:00:00Z",
+        "since": "2026-03-02T00:00:00.000Z",
+        "until": "2026-03-05T00:00:00.000Z",
     }
     assert record["rows"] == 4
     assert record["tool"] == "grantex-archive" and record["tool_version"]
     assert record["watermark"]["archive_seq"] == rows(archive, "SELECT max(seq) FROM events")[0][0]
-    assert record["watermark"]["newest_occurred_at_included"] == "2026-03-04T00:00:00Z"
+    assert record["watermark"]["newest_occurred_at_included"] == "2026-03-04T00:00:00.000Z"
     (only,) = record["files"]
     assert only["path"] == "q.csv" and len(only["sha256"]) == 64 and only["rows"] == 4
 
@@ -536,10 +538,10 @@ def test_slices_join_into_the_same_export(
     archive: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, name: str, args: list[str]
 ) -> None:
     """An export written in many time slices equals the one written in a single slice."""
-    from queries import export as export_module
+    from queries.export import plan
 
     whole = _exported(archive, tmp_path / "whole", name, *args)
-    monkeypatch.setattr(export_module, "SLICE_ROWS", 2)
+    monkeypatch.setattr(plan, "SLICE_ROWS", 2)
     sliced = _exported(archive, tmp_path / "sliced", name, *args)
     record = json.loads(Path(f"{sliced}.manifest.json").read_text())
     assert record["rows"] == 33
@@ -588,12 +590,11 @@ def test_slices_follow_the_hours_of_the_selected_rows(archive: str, tmp_path: Pa
 def test_progress_counts_the_rows_slice_by_slice(
     archive: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from queries import export as export_module
     from queries.copy import AnalyticsCopy
-    from queries.export import ExportSpec, Filters, run_export
+    from queries.export import ExportSpec, Filters, plan, run_export
     from queries.session import Session
 
-    monkeypatch.setattr(export_module, "SLICE_ROWS", 5)
+    monkeypatch.setattr(plan, "SLICE_ROWS", 5)
     copy = AnalyticsCopy(archive, tmp_path / "c")
     copy.refresh()
     seen: list[tuple[int, int]] = []
@@ -607,3 +608,231 @@ def test_progress_counts_the_rows_slice_by_slice(
     assert len(seen) > 3 and all(total == 33 for _, total in seen)
     done = [d for d, _ in seen]
     assert done == sorted(done) and done[-1] == 33
+
+
+# --------------------------------------------------------------------------- one CSV writer
+
+# The documented convention (README, docs/export.md): NULL is an empty field,
+# unquoted; the empty string is "".
+NULL_AND_EMPTY = b'a,b,c\r\n,"",x\r\n'
+
+
+def _events_view(conn: duckdb.DuckDBPyConnection) -> None:
+    """An ``events`` view of one event whose grant_id is NULL and agent_id the empty string."""
+    conn.execute("SET TimeZone = 'UTC'")
+    conn.execute(
+        "CREATE VIEW events AS SELECT 1::BIGINT AS seq, 'e1' AS id, 'x.y' AS type, "
+        "TIMESTAMPTZ '2026-03-01 12:00:00+00' AS occurred_at, "
+        "TIMESTAMPTZ '2026-03-01 12:00:01+00' AS received_at, 's' AS source, "
+        "NULL::VARCHAR AS grant_id, '' AS agent_id, '{\"data\":{}}' AS payload"
+    )
+
+
+def test_null_and_the_empty_string_in_csv_from_every_command(archive: str, tmp_path: Path) -> None:
+    """export, report/sql and the rows other commands print write NULL and '' alike."""
+    from queries.export import ExportSpec, Filters, run_export, write_query_csv
+    from queries.render import Layout, write_rows
+
+    conn = duckdb.connect()
+    _events_view(conn)
+    # export --format csv
+    exported = tmp_path / "e.csv"
+    spec = ExportSpec(output=str(exported), columns=("grant_id", "agent_id", "id"))
+    assert run_export(conn, spec, Filters(), 1).rows == 1
+    assert exported.read_bytes() == b'grant_id,agent_id,id\r\n,"",e1\r\n'
+    # report and sql --format csv
+    queried = tmp_path / "q.csv"
+    write_query_csv(conn, "SELECT NULL::VARCHAR AS a, '' AS b, 'x' AS c", {}, queried)
+    assert queried.read_bytes() == NULL_AND_EMPTY
+    # rows that exist only in Python (status, EXPLAIN)
+    out = io.StringIO(newline="")
+    assert write_rows(out, "csv", ["a", "b", "c"], [[None, "", "x"]], Layout(crlf=True)) == 1
+    assert out.getvalue().encode() == NULL_AND_EMPTY
+    conn.close()
+    # And through the command line, on a pipe (LF).
+    result = invoke(["sql", "SELECT NULL::VARCHAR AS a, '' AS b, 'x' AS c", "--db", archive])
+    assert result.exit_code == 0, result.output
+    assert result.stdout_bytes == NULL_AND_EMPTY.replace(b"\r\n", b"\n")
+    # A reader that tells a quoted field from an empty one keeps the two apart.
+    got = duckdb.sql(
+        f"SELECT a, b FROM read_csv('{queried}', all_varchar=true, allow_quoted_nulls=false)"
+    ).fetchall()
+    assert got == [(None, "")]
+
+
+def test_csv_rows_from_python_are_quoted_and_formatted_as_query_rows() -> None:
+    from queries.render import Layout, write_rows
+
+    values = [
+        "a,b", 'q"x', "line\nx", " lead", "é", "NULL", None, "",
+        1.5, True, datetime(2026, 3, 1, 12, tzinfo=timezone.utc), [1, "a"],
+    ]  # fmt: skip
+    out = io.StringIO(newline="")
+    assert write_rows(out, "csv", [f"c{i}" for i in range(len(values))], [values], Layout()) == 1
+    header, row = out.getvalue().split("\n", 1)
+    assert header == ",".join(f"c{i}" for i in range(len(values)))
+    assert row == (
+        '"a,b","q""x","line\nx", lead,é,NULL,,"",1.5,true,2026-03-01T12:00:00.000Z,"[1,""a""]"\n'
+    )
+
+
+def test_sql_csv_writes_timestamps_with_and_without_a_time_zone(archive: str) -> None:
+    query = (
+        "SELECT TIMESTAMPTZ '2026-03-01 12:00:00.5+00' AS aware, "
+        "TIMESTAMP '2026-03-01 12:00:00.000123' AS naive"
+    )
+    result = invoke(["sql", query, "--db", archive, "--format", "csv"])
+    assert result.exit_code == 0, result.output
+    assert (
+        result.stdout_bytes
+        == b"aware,naive\n2026-03-01T12:00:00.500Z,2026-03-01T12:00:00.000123Z\n"
+    )
+
+
+# --------------------------------------------------------------------------- the schema, once
+
+
+def test_every_archive_column_is_exportable(archive: str, tmp_path: Path) -> None:
+    import pyarrow as pa
+
+    from ingest.schema import events
+    from queries.export import ALL_COLUMNS, DEFAULT_COLUMNS, TEXT_COLUMNS
+
+    names = [c.name for c in events.columns]
+    assert set(ALL_COLUMNS) == {*names, "data"}
+    assert list(DEFAULT_COLUMNS) == COLUMNS  # the documented order
+    assert {c.name for c in events.columns if isinstance(c.type, sa.String)} | {
+        "data"
+    } == TEXT_COLUMNS
+    listing = ",".join(names)
+    for name in ("every.csv", "every.parquet", "every.jsonl"):
+        target = tmp_path / name
+        result = export(archive, tmp_path, "-o", str(target), "--columns", listing)
+        assert result.exit_code == 0, result.output
+    header, body = read_csv_rows((tmp_path / "every.csv").read_bytes().decode("utf-8"))
+    assert header == names and len(body) == 33
+    first = json.loads((tmp_path / "every.jsonl").read_text(encoding="utf-8").splitlines()[0])
+    assert list(first) == names
+    schema = pq.read_schema(tmp_path / "every.parquet")
+    assert schema.names == names
+    for column in events.columns:
+        kind = schema.field(column.name).type
+        if isinstance(column.type, sa.DateTime):
+            assert pa.types.is_timestamp(kind) and kind.tz is not None, column.name
+        elif isinstance(column.type, sa.String):
+            assert pa.types.is_string(kind) or pa.types.is_large_string(kind), column.name
+        elif isinstance(column.type, sa.Float):
+            assert pa.types.is_floating(kind), column.name
+        else:
+            assert pa.types.is_integer(kind), column.name
+
+
+# --------------------------------------------------------------------------- timestamps
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        datetime(2026, 3, 1, 12, 0, 0, tzinfo=timezone.utc),  # whole seconds
+        datetime(2026, 3, 1, 12, 0, 0, 123000, tzinfo=timezone.utc),  # whole milliseconds
+        datetime(2026, 3, 1, 12, 0, 0, 123456, tzinfo=timezone.utc),  # microseconds
+        datetime(2026, 3, 1, 12, 0, 0, 1, tzinfo=timezone.utc),  # under a millisecond
+        datetime(1999, 12, 31, 23, 59, 59, 999999, tzinfo=timezone.utc),
+        datetime(2026, 3, 1, 1, 30, 0, 500, tzinfo=timezone(timedelta(hours=2))),  # not UTC
+    ],
+)
+def test_sql_formats_a_timestamp_as_format_timestamp_does(value: datetime) -> None:
+    from ingest.timestamps import format_timestamp
+    from queries.export.columns import timestamp_text
+
+    conn = duckdb.connect()
+    conn.execute("SET TimeZone = 'UTC'")
+    conn.execute("CREATE TABLE t (aware TIMESTAMPTZ, naive TIMESTAMP)")
+    naive = value.astimezone(timezone.utc).replace(tzinfo=None)
+    conn.execute("INSERT INTO t VALUES ($1, $2)", [value, naive])
+    got = conn.execute(
+        f"SELECT {timestamp_text('aware')}, {timestamp_text('naive')} FROM t"
+    ).fetchall()
+    conn.close()
+    assert got == [(format_timestamp(value), format_timestamp(naive))]
+
+
+# --------------------------------------------------------------------------- from Python
+
+
+def test_export_from_python_matches_the_command(archive: str, tmp_path: Path) -> None:
+    from queries.copy import AnalyticsCopy
+    from queries.export import SuffixError, verify_export
+    from queries.export import export as export_events
+    from queries.session import Session
+
+    window = ["--since", "2026-03-02", "--until", "2026-03-05"]
+    by_cli = tmp_path / "cli.csv"
+    assert (
+        export(archive, tmp_path, "-o", str(by_cli), "--type", "grant.revoked", *window).exit_code
+        == 0
+    )
+    session = Session(AnalyticsCopy(archive, tmp_path / "copy"))
+    try:
+        by_api = tmp_path / "api.csv"
+        result = export_events(
+            session.conn, str(by_api), types=["grant.revoked"], since="2026-03-02",
+            until=datetime(2026, 3, 5, tzinfo=timezone.utc),
+        )  # fmt: skip
+        for bad in (
+            {"output": str(tmp_path / "x.parquet"), "gzip": True},
+            {"output": str(tmp_path / "x.csv"), "partition_by": "day"},
+            {"output": "-", "fmt": "parquet"},
+            {"output": str(tmp_path / "x.jsonl"), "safe_formulas": True},
+            {"output": str(tmp_path / "x.csv"), "fmt": "jsonl"},
+        ):
+            with pytest.raises(SuffixError):
+                export_events(session.conn, **bad)  # type: ignore[arg-type]
+    finally:
+        session.close()
+    assert result.rows == 4 and result.manifest is not None
+    assert by_api.read_bytes() == by_cli.read_bytes()
+    verify_export(by_api)
+    api_record = json.loads(result.manifest.read_text())
+    cli_record = json.loads(Path(f"{by_cli}.manifest.json").read_text())
+    for key in ("filters", "rows", "watermark"):
+        assert api_record[key] == cli_record[key], key
+
+
+# --------------------------------------------------------------------------- durability
+
+
+def test_every_file_is_synced_before_its_rename_and_the_directory_after(
+    archive: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    synced: list[str] = []
+    fsync = os.fsync
+
+    def recording(fd: int) -> None:
+        synced.append(os.readlink(f"/proc/self/fd/{fd}"))
+        fsync(fd)
+
+    out = (tmp_path / "out").resolve()
+    out.mkdir()
+    assert export(archive, tmp_path, "-o", str(out / "warm.csv")).exit_code == 0
+    monkeypatch.setattr(os, "fsync", recording)
+    commands = {
+        "e.csv": ["export", "-o", str(out / "e.csv")],
+        "d.parquet": ["export", "-o", str(out / "d.parquet"), "--partition-by", "day"],
+        "s.csv": ["sql", "SELECT 1 AS one", "-o", str(out / "s.csv")],
+        "t.json": ["status", "-o", str(out / "t.json")],
+        "u.csv": ["status", "-o", str(out / "u.csv")],
+    }
+    for name, args in commands.items():
+        synced.clear()
+        result = invoke([*args, "--db", archive, "--analytics-dir", str(tmp_path / "copy")])
+        assert result.exit_code == 0, result.output
+        last_dir = max(i for i, p in enumerate(synced) if p == str(out))
+        staged = [i for i, p in enumerate(synced) if Path(p).name.startswith(f".{name}.")]
+        assert staged and max(staged) < last_dir, (name, synced)
+        if name == "d.parquet":
+            parts = [p for p in synced if p.endswith("data_0.parquet")]
+            assert len(parts) == len(list((out / name).rglob("*.parquet"))), synced
+        if name.endswith((".csv", ".parquet")) and args[0] == "export":
+            manifest = [i for i, p in enumerate(synced) if f".{name}.manifest.json." in p]
+            assert manifest and max(manifest) < last_dir, (name, synced)

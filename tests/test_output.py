@@ -456,3 +456,31 @@ def test_long_text_is_cut_or_elided_to_fit(
     assert all(len(line) <= 40 for line in lines), lines
     assert lines[2].split() == shown
     assert lines[-1] == footer
+
+
+# --------------------------------------------------------------------------- writing FILE
+
+
+def test_a_file_is_written_whole_or_not_at_all(tmp_path: Path) -> None:
+    from queries.render import OutputError, open_output, replace_output
+
+    target = tmp_path / "out.csv"
+    target.write_text("old\n")
+    with pytest.raises(RuntimeError), open_output(str(target)) as out:
+        out.write("half")
+        raise RuntimeError("stopped")
+    assert target.read_text() == "old\n" and sorted(p.name for p in tmp_path.iterdir()) == [
+        "out.csv"
+    ]
+    # A directory where FILE should go is never replaced.
+    folder = tmp_path / "folder.csv"
+    folder.mkdir()
+    (folder / "keep").write_text("mine")
+    with pytest.raises(OutputError, match="cannot write"), open_output(str(folder)) as out:
+        out.write("rows\n")
+    assert (folder / "keep").read_text() == "mine"
+    with pytest.raises(OutputError, match="cannot write"), open_output(str(tmp_path / "no" / "x")):
+        pass
+    with pytest.raises(OutputError, match="cannot write"):
+        replace_output(tmp_path / "never-written", target)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["folder.csv", "out.csv"]

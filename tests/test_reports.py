@@ -353,3 +353,61 @@ def test_views_hold_every_archived_event_once(archive: list[str]) -> None:
     assert result.exit_code == 0, result.output
     # 22 distinct events from acct-a (one sent twice), 7 from acct-b; G1-G9.
     assert json.loads(result.output) == [{"n": 29, "ids": 29, "rejected": 2, "grants": 9}]
+
+
+# --------------------------------------------------------------------------- the shared filter
+
+
+def test_reports_and_exports_filter_with_the_same_sql() -> None:
+    from datetime import datetime, timezone
+
+    from queries.export import Filters
+    from queries.filter_sql import owned_by, window
+    from queries.reports import load_reports
+
+    reports = load_reports()
+    folder = Path(__file__).parent.parent / "queries" / "reports"
+    for report in reports.values():
+        text = (folder / f"{report.name}.sql").read_text(encoding="utf-8")
+        # Each windowed report names the window rather than spelling it out.
+        if "since" in report.options:
+            assert "{window(" in text or "{overlaps(" in text, report.name
+        assert "{" not in report.sql, report.name  # every placeholder expanded
+    when = datetime(2026, 3, 2, tzinfo=timezone.utc)
+    where, params = Filters(since=when, agent_id="A1").where()
+    assert window("occurred_at") in where and window("occurred_at") in reports["event-volume"].sql
+    agent = owned_by("agent_id", "$agent")
+    assert agent in where and agent in reports["event-volume"].sql
+    assert params == {"since": when, "until": None, "agent": "A1"}
+
+
+@pytest.mark.parametrize(
+    ("sql", "message"),
+    [
+        ("SELECT 1 WHERE {nowhere}", "unknown placeholder {nowhere}"),
+        ("SELECT 1 WHERE {window()}", "wrong arguments for {window()}"),
+        ("SELECT 1 WHERE {overlaps(a)}", "wrong arguments for {overlaps(a)}"),
+    ],
+)
+def test_a_report_with_a_bad_placeholder_is_refused(sql: str, message: str) -> None:
+    from queries.reports import ReportError, parse_report
+
+    text = f"-- name: x\n-- summary: s\n-- options: since\n{sql}\n"
+    with pytest.raises(ReportError) as refused:
+        parse_report(text, "x.sql")
+    assert str(refused.value) == f"x.sql: {message}"
+
+
+def test_placeholders_expand_to_the_window_they_name() -> None:
+    from queries.filter_sql import expand
+
+    assert (
+        expand("{window(t)}")
+        == "(($since IS NULL OR t >= $since) AND ($until IS NULL OR t < $until))"
+    )
+    assert expand("{window(a, b)}") == (
+        "(($since IS NULL OR a >= $since) AND ($until IS NULL OR b < $until))"
+    )
+    assert expand("{overlaps(s, coalesce(e, now()))}") == (
+        "(($since IS NULL OR coalesce(e, now()) >= $since) AND ($until IS NULL OR s < $until))"
+    )

@@ -21,14 +21,10 @@ WITH active AS (
     SELECT agent_id, created_at, budget_50_at, budget_80_at, exhausted_at
     FROM grants
     WHERE $source IS NULL AND first_budget_at IS NOT NULL
-        AND ($since IS NULL OR last_budget_at >= $since)
-        AND ($until IS NULL OR first_budget_at < $until)
-        AND ((($since IS NULL OR first_budget_at >= $since)
-                AND ($until IS NULL OR first_budget_at < $until))
-            OR (($since IS NULL OR last_budget_at >= $since)
-                AND ($until IS NULL OR last_budget_at < $until))
-            OR list_bool_or(list_transform(budget_times, lambda t:
-                ($since IS NULL OR t >= $since) AND ($until IS NULL OR t < $until))))
+        AND {overlaps(first_budget_at, last_budget_at)}
+        AND ({window(first_budget_at)}
+            OR {window(last_budget_at)}
+            OR list_bool_or(list_transform(budget_times, lambda t: {window(t)})))
     UNION ALL
     SELECT agent_id, created_at, budget_50_at, budget_80_at, exhausted_at
     FROM grants
@@ -38,8 +34,7 @@ WITH active AS (
         WHERE source = $source
             AND type IN ('budget.threshold', 'budget.exhausted')
             AND grant_id IS NOT NULL
-            AND ($since IS NULL OR occurred_at >= $since)
-            AND ($until IS NULL OR occurred_at < $until))
+            AND {window(occurred_at)})
 ),
 g AS (
     SELECT agent_id, created_at, exhausted_at,

@@ -16,18 +16,15 @@ WITH chosen AS (
     SELECT day, week, month, type
     FROM events
     WHERE $agent IS NULL
-        AND ($since IS NULL OR occurred_at >= $since)
-        AND ($until IS NULL OR occurred_at < $until)
+        AND {window(occurred_at)}
         AND ($source IS NULL OR source = $source)
     UNION ALL
     SELECT day, week, month, type
     FROM events
     WHERE $agent IS NOT NULL
-        AND ($since IS NULL OR occurred_at >= $since)
-        AND ($until IS NULL OR occurred_at < $until)
+        AND {window(occurred_at)}
         AND ($source IS NULL OR source = $source)
-        AND (agent_id = $agent
-            OR grant_id IN (SELECT grant_id FROM grants WHERE agent_id = $agent))
+        AND {agent_events}
 )
 SELECT
     CASE $by WHEN 'day' THEN day WHEN 'week' THEN week WHEN 'month' THEN month END AS period,

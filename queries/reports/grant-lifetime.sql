@@ -16,8 +16,7 @@ WITH r AS (
         epoch(revoked_at) - epoch(created_at) AS seconds
     FROM grants
     WHERE revoked_at IS NOT NULL
-        AND ($since IS NULL OR revoked_at >= $since)
-        AND ($until IS NULL OR revoked_at < $until)
+        AND {window(revoked_at)}
         AND ($source IS NULL OR source = $source)
         AND ($agent IS NULL OR agent_id = $agent)
 )

@@ -33,7 +33,6 @@ SELECT
     CASE WHEN epoch(started_at) - epoch(previous_end) > 0
         THEN epoch(started_at) - epoch(previous_end) END AS gap_seconds
 FROM runs LEFT JOIN rejected ON rejected.run_id = runs.id
-WHERE ($since IS NULL OR coalesce(finished_at, now()) >= $since)
-    AND ($until IS NULL OR started_at < $until)
+WHERE {overlaps(started_at, coalesce(finished_at, now()))}
     AND ($source IS NULL OR runs.source = $source)
 ORDER BY runs.source, started_at, run_id

@@ -22,15 +22,13 @@ WITH t AS (
         CASE WHEN method = 'refresh' THEN 1 ELSE 0 END AS refresh
     FROM events
     WHERE type = 'token.issued' AND (agent_id IS NOT NULL OR grant_id IS NULL)
-        AND ($since IS NULL OR occurred_at >= $since)
-        AND ($until IS NULL OR occurred_at < $until)
+        AND {window(occurred_at)}
         AND ($source IS NULL OR source = $source)
     UNION ALL
     SELECT agent_id, agentless_tokens, agentless_exchange, agentless_refresh
     FROM grants
     WHERE agentless_tokens > 0 AND $source IS NULL
-        AND ($since IS NULL OR agentless_first_at >= $since)
-        AND ($until IS NULL OR agentless_last_at < $until)
+        AND {window(agentless_first_at, agentless_last_at)}
     UNION ALL
     SELECT
         g.agent_id,
@@ -48,8 +46,7 @@ WITH t AS (
                     AND agentless_first_at < $until))
     ) g USING (grant_id)
     WHERE e.type = 'token.issued' AND e.agent_id IS NULL
-        AND ($since IS NULL OR e.occurred_at >= $since)
-        AND ($until IS NULL OR e.occurred_at < $until)
+        AND {window(e.occurred_at)}
         AND ($source IS NULL OR e.source = $source)
 )
 SELECT

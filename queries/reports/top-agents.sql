@@ -19,9 +19,7 @@ SELECT
     sum(tokens_issued) AS tokens
 FROM grants
 WHERE (($since IS NULL AND $until IS NULL)
-        OR (created_at IS NOT NULL
-            AND ($since IS NULL OR created_at >= $since)
-            AND ($until IS NULL OR created_at < $until)))
+        OR (created_at IS NOT NULL AND {window(created_at)}))
     AND ($source IS NULL OR source = $source)
     AND ($agent IS NULL OR agent_id = $agent)
 GROUP BY agent_id

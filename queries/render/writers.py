@@ -1,0 +1,65 @@
+"""The formats rows are written in: CSV, JSON, JSON Lines, and (from ``table``) table and Markdown.
+
+CSV goes through the one CSV writer the exports and ``report``/``sql`` use
+(``queries.export.csvfile``): the same quoting, line ends and NULL.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from typing import IO, Any
+
+from ..export.csvfile import write_rows_csv
+from .options import Layout
+from .table import write_markdown, write_table
+from .values import csv_value, json_value
+
+# Rows written anywhere but a terminal or a file: LF line ends, a plain table.
+PLAIN = Layout()
+
+
+def write_rows(
+    out: IO[str],
+    fmt: str,
+    columns: Sequence[str],
+    rows: Iterable[Sequence[Any]],
+    layout: Layout = PLAIN,
+) -> int:
+    """Write ``rows`` in ``fmt``; returns how many were written."""
+    writer = _WRITERS[fmt]
+    return writer(out, list(columns), iter(rows), layout)
+
+
+def _csv(out: IO[str], columns: list[str], rows: Iterator[Sequence[Any]], layout: Layout) -> int:
+    cells = ([csv_value(v) for v in row] for row in rows)
+    return write_rows_csv(out, columns, cells, crlf=layout.crlf)
+
+
+def _jsonl(out: IO[str], columns: list[str], rows: Iterator[Sequence[Any]], _layout: Layout) -> int:
+    count = 0
+    for row in rows:
+        record = {c: json_value(v) for c, v in zip(columns, row, strict=True)}
+        out.write(json.dumps(record, ensure_ascii=False) + "\n")
+        count += 1
+    return count
+
+
+def _json(out: IO[str], columns: list[str], rows: Iterator[Sequence[Any]], _layout: Layout) -> int:
+    count = 0
+    out.write("[")
+    for row in rows:
+        record = {c: json_value(v) for c, v in zip(columns, row, strict=True)}
+        out.write(("\n  " if count == 0 else ",\n  ") + json.dumps(record, ensure_ascii=False))
+        count += 1
+    out.write("\n]\n" if count else "]\n")
+    return count
+
+
+_WRITERS: dict[str, Callable[[IO[str], list[str], Iterator[Sequence[Any]], Layout], int]] = {
+    "csv": _csv,
+    "json": _json,
+    "jsonl": _jsonl,
+    "table": write_table,
+    "markdown": write_markdown,
+}
