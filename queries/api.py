@@ -32,6 +32,7 @@ from typing import TYPE_CHECKING, Any
 
 import sqlalchemy as sa
 
+from ingest import files
 from ingest.database import first_line
 from ingest.schema import ingest_runs
 from ingest.store import safe_url, sqlite_path
@@ -208,16 +209,28 @@ def emit(
                     shutil.copyfileobj(handle, sink)
                 sink.flush()
             else:
-                final = Path(str(output))
-                staged = final.with_name(f".{final.name}.{os.getpid()}.tmp")
-                try:
-                    shutil.move(str(target), staged)
-                except OSError as exc:
-                    staged.unlink(missing_ok=True)
-                    raise OutputError(f"cannot write {final}: {exc.strerror or exc}") from exc
-                replace_output(staged, final)
+                _publish(target, Path(str(output)))
     finally:
         session.close()
+
+
+def _publish(written: Path, final: Path) -> None:
+    """Put a file written elsewhere at ``final`` whole: copied into a locked temporary
+    file beside it, synced, renamed, the directory synced."""
+    try:
+        tmp, fd = files.locked_temp(final)
+    except OSError as exc:
+        raise OutputError(f"cannot write {final}: {exc.strerror or exc}") from exc
+    try:
+        try:
+            with open(written, "rb") as src, open(fd, "wb", closefd=False) as dst:
+                shutil.copyfileobj(src, dst)
+        except OSError as exc:
+            raise OutputError(f"cannot write {final}: {exc.strerror or exc}") from exc
+        replace_output(tmp, final)
+    finally:
+        tmp.unlink(missing_ok=True)
+        os.close(fd)
 
 
 # --------------------------------------------------------------------------- status
@@ -341,7 +354,7 @@ def _has_no_runs_table(engine: sa.Engine) -> bool:
 # --------------------------------------------------------------------------- export
 
 
-def export(
+def export_archive(
     spec: ExportSpec,
     filters: Filters,
     db_url: str,
@@ -380,7 +393,7 @@ __all__ = [
     "Status",
     "check_query",
     "emit",
-    "export",
+    "export_archive",
     "open_copy",
     "prepare_report",
     "query",

@@ -101,7 +101,7 @@ def test_missing_archive_and_missing_copy_are_typed_errors(tmp_path: Path, archi
 
 def test_export_from_python_writes_what_the_command_writes(archive: str, tmp_path: Path) -> None:
     ours = tmp_path / "ours.csv"
-    result = queries.export(
+    result = queries.export_archive(
         ExportSpec(output=str(ours), fmt="csv"), Filters(types=("grant.revoked",)), archive
     )
     theirs = tmp_path / "theirs.csv"

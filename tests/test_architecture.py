@@ -143,12 +143,8 @@ def test_the_ingest_library_does_not_import_the_analytics() -> None:
             assert not any(t.startswith("queries") for t in targets), name
 
 
-# render.output_options is the last click option outside the command line.
-CLICK_ALLOWED = {"queries.render"}
-
-
 def test_click_is_the_command_line_s_alone() -> None:
     for name, path in _modules().items():
-        if name.startswith("ingest.cli") or name in CLICK_ALLOWED:
+        if name.startswith("ingest.cli"):
             continue
         assert "click" not in _external_imports(path), name

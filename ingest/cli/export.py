@@ -175,7 +175,7 @@ def _export(
     copy = open_copy(db_url, analytics_dir, not no_refresh)
     progress = progress_for("Exporting", output != "-")
     try:
-        result = api.export(spec, filters, db_url, copy=copy, progress=progress)
+        result = api.export_archive(spec, filters, db_url, copy=copy, progress=progress)
     except ExportInterrupted as exc:
         raise CliError(str(exc), EXIT_INTERRUPTED) from None
     except OutputClosed:

@@ -2,14 +2,22 @@
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from datetime import datetime
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
 
 import click
 
 from queries.copy import ENV_ANALYTICS_DIR
+from queries.render import (
+    FORMATS,
+    FormatConflict,
+    OutputError,
+    check_destination,
+    output_format,
+)
 
 from ..settings import DEFAULT_DB, ENV_DB
 from ..store import DatabaseURLError, check_sqlite_location, create_archive_engine
@@ -91,3 +99,44 @@ def check_db_url(url: str, creates: bool = False) -> None:
             check_sqlite_location(url)
     except DatabaseURLError as exc:
         raise CliError(f"{exc} (from --db/{ENV_DB})", EXIT_USAGE) from None
+
+
+def output_options(func: F) -> F:
+    """``--format`` and ``-o/--output``, shared by every command that prints rows.
+
+    The command receives the format already chosen (never None), and FILE has
+    been checked: a format the suffix contradicts is a usage error (exit 2), a
+    FILE that cannot be written one ``Error:`` line (exit 1), before any work.
+    """
+
+    @functools.wraps(func)
+    def checked(*args: Any, **kwargs: Any) -> Any:
+        output = kwargs["output"]
+        try:
+            kwargs["fmt"] = output_format(kwargs["fmt"], output)
+        except FormatConflict as exc:
+            raise click.UsageError(str(exc)) from None
+        try:
+            check_destination(output)
+            return func(*args, **kwargs)
+        except OutputError as exc:
+            raise click.ClickException(str(exc)) from None
+
+    wrapped = click.option(
+        "-o",
+        "--output",
+        type=click.Path(dir_okay=False, writable=True, allow_dash=True),
+        default=None,
+        metavar="FILE",
+        help="Write rows to FILE instead of standard output (format from its suffix: "
+        ".csv .json .jsonl .md .txt).",
+    )(checked)
+    wrapped = click.option(
+        "--format",
+        "fmt",
+        type=click.Choice(FORMATS),
+        default=None,
+        help="Output format [default: from FILE's suffix; on standard output a table on "
+        "a terminal, CSV otherwise].",
+    )(wrapped)
+    return cast(F, wrapped)

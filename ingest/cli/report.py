@@ -10,13 +10,13 @@ from typing import Any
 import click
 
 from queries.api import check_query, prepare_report, rows_of
-from queries.render import output_options, render
+from queries.render import render
 from queries.reports import PERIODS, ReportError, get_report, load_reports
 from queries.session import bare_statement
 
 from .copies import emit, open_copy, query_errors
 from .errors import EXIT_INTERRUPTED, CliError
-from .options import check_window, copy_options, parse_time
+from .options import check_window, copy_options, output_options, parse_time
 
 
 def _list_reports(ctx: click.Context, _param: click.Parameter, value: bool) -> None:

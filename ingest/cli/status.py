@@ -8,11 +8,11 @@ import click
 
 from queries import api
 from queries.copy import AnalyticsCopy
-from queries.render import output_options, render
+from queries.render import render
 
 from .copies import note_wait, query_errors, refresh_copy
 from .errors import EXIT_STALE, CliError, reported
-from .options import check_db_url, copy_location_options, copy_options
+from .options import check_db_url, copy_location_options, copy_options, output_options
 from .progress import progress_for
 
 

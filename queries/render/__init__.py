@@ -27,7 +27,6 @@ from .options import (
     crlf_for,
     layout_for,
     output_format,
-    output_options,
 )
 from .output import open_output, render, replace_output
 from .values import Column, column_format, csv_value, json_value, text_value
@@ -49,7 +48,6 @@ __all__ = [
     "layout_for",
     "open_output",
     "output_format",
-    "output_options",
     "render",
     "replace_output",
     "text_value",

@@ -9,16 +9,12 @@ anywhere else holds every column and only the rows.
 
 from __future__ import annotations
 
-import functools
 import os
 import shutil
 import sys
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, Any, TypeVar, cast
-
-import click
+from typing import IO
 
 FORMATS = ("table", "csv", "json", "jsonl", "markdown")
 SUFFIX_FORMATS = {
@@ -33,8 +29,6 @@ SUFFIX_FORMATS = {
 # A file named without a suffix gets what a pipe gets.
 UNSUFFIXED_FORMAT = "csv"
 
-F = TypeVar("F", bound=Callable[..., Any])
-
 
 class OutputError(Exception):
     """``-o FILE`` cannot be written: a missing or unwritable directory, a full disk."""
@@ -42,47 +36,6 @@ class OutputError(Exception):
 
 class FormatConflict(Exception):
     """``--format`` and the suffix of ``-o FILE`` disagree, or the suffix means nothing."""
-
-
-def output_options(func: F) -> F:
-    """``--format`` and ``-o/--output``, shared by every command that prints rows.
-
-    The command receives the format already chosen (never None), and FILE has
-    been checked: a format the suffix contradicts is a usage error (exit 2), a
-    FILE that cannot be written one ``Error:`` line (exit 1), before any work.
-    """
-
-    @functools.wraps(func)
-    def checked(*args: Any, **kwargs: Any) -> Any:
-        output = kwargs["output"]
-        try:
-            kwargs["fmt"] = output_format(kwargs["fmt"], output)
-        except FormatConflict as exc:
-            raise click.UsageError(str(exc)) from None
-        try:
-            check_destination(output)
-            return func(*args, **kwargs)
-        except OutputError as exc:
-            raise click.ClickException(str(exc)) from None
-
-    wrapped = click.option(
-        "-o",
-        "--output",
-        type=click.Path(dir_okay=False, writable=True, allow_dash=True),
-        default=None,
-        metavar="FILE",
-        help="Write rows to FILE instead of standard output (format from its suffix: "
-        ".csv .json .jsonl .md .txt).",
-    )(checked)
-    wrapped = click.option(
-        "--format",
-        "fmt",
-        type=click.Choice(FORMATS),
-        default=None,
-        help="Output format [default: from FILE's suffix; on standard output a table on "
-        "a terminal, CSV otherwise].",
-    )(wrapped)
-    return cast(F, wrapped)
 
 
 def to_stdout(output: str | None) -> bool:
