@@ -23,30 +23,20 @@ import os
 import shutil
 import sys
 import tempfile
-from collections.abc import Callable, Iterator, Mapping
-from contextlib import contextmanager
-from dataclasses import dataclass
+from collections.abc import Mapping
 from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import sqlalchemy as sa
-
 from ingest import files
-from ingest.database import first_line
-from ingest.schema import ingest_runs
-from ingest.store import safe_url, sqlite_path
-from ingest.timestamps import now_utc, utc
 
 from .copy import (
     AnalyticsCopy,
     AnalyticsError,
-    ArchiveMissing,
-    ArchiveSchemaError,
-    ArchiveUnavailable,
-    RefreshResult,
-    archive_read_engine,
-    check_archive_exists,
+    NoCopyYet,
+    Opened,
+    ProgressFn,
+    open_copy,
 )
 from .export import (
     EXPORT_MEMORY_LIMIT,
@@ -59,41 +49,11 @@ from .export import (
 )
 from .render import OutputError, crlf_for, output_format, render, replace_output
 from .reports import ReportError, get_report
-from .session import QueryError, Session, bare_statement, check_read_only
+from .session import QueryError, Session, bare_statement, check_read_only, rows_of
+from .status import OK_OUTCOMES, Status, status
 
 if TYPE_CHECKING:
     import pyarrow
-
-ProgressFn = Callable[[int, int], None]
-
-
-class NoCopyYet(AnalyticsError):
-    """``refresh=False`` was asked for, but the archive has no analytics copy yet."""
-
-
-@dataclass(frozen=True)
-class Opened:
-    """An analytics copy ready to query, and what refreshing it did (None: not refreshed)."""
-
-    copy: AnalyticsCopy
-    refreshed: RefreshResult | None
-
-
-def open_copy(
-    db_url: str,
-    analytics_dir: Path | None = None,
-    refresh: bool = True,
-    full: bool = False,
-    progress: ProgressFn | None = None,
-) -> Opened:
-    """The analytics copy of the archive at ``db_url``, refreshed first unless ``refresh=False``."""
-    check_archive_exists(db_url)
-    copy = AnalyticsCopy(db_url, analytics_dir)
-    if refresh:
-        return Opened(copy, copy.refresh(full=full, progress=progress))
-    if copy.manifest() is None:
-        raise NoCopyYet(f"no analytics copy in {copy.directory} yet")
-    return Opened(copy, None)
 
 
 def prepare_report(
@@ -168,18 +128,6 @@ def _arrow(copy: AnalyticsCopy, sql: str, params: dict[str, Any]) -> pyarrow.Tab
         session.close()
 
 
-@contextmanager
-def rows_of(
-    copy: AnalyticsCopy, sql: str, params: dict[str, Any]
-) -> Iterator[tuple[list[str], Iterator[tuple[Any, ...]]]]:
-    """The columns and (streamed) rows of ``sql`` over the copy."""
-    session = Session(copy, sandbox=True)
-    try:
-        yield session.stream(sql, params)
-    finally:
-        session.close()
-
-
 def emit(
     copy: AnalyticsCopy,
     sql: str,
@@ -231,124 +179,6 @@ def _publish(written: Path, final: Path) -> None:
     finally:
         tmp.unlink(missing_ok=True)
         os.close(fd)
-
-
-# --------------------------------------------------------------------------- status
-
-OK_OUTCOMES = ("idle", "max_runtime", "max_events", "interrupted")
-"""The outcomes of runs that ended as they were asked to (exit code 0)."""
-
-
-@dataclass(frozen=True)
-class Status:
-    """What the archive holds, how its runs went, and the analytics copy's state."""
-
-    rows: list[tuple[str, str, Any]]
-    """(section, name, value), as ``grantex-archive status`` prints them."""
-    last_success: datetime | None
-    """When the newest run that ended as asked finished."""
-    refreshed: RefreshResult | None = None
-    """What refreshing the copy first did (None: not refreshed)."""
-
-    @property
-    def age_minutes(self) -> float | None:
-        if self.last_success is None:
-            return None
-        return (now_utc() - self.last_success).total_seconds() / 60
-
-
-def status(
-    db_url: str,
-    analytics_dir: Path | None = None,
-    refresh: bool = True,
-    progress: ProgressFn | None = None,
-) -> Status:
-    """The archive's contents, its newest run and newest success, and the copy's freshness."""
-    path = sqlite_path(db_url)
-    if path is not None and not path.exists():
-        raise ArchiveMissing(path)
-    last_run, last_success = _runs(db_url)
-    opened = open_copy(db_url, analytics_dir, refresh, progress=progress)
-    copy = opened.copy
-    counts = _fetch(
-        copy,
-        "SELECT type, count(*), min(occurred_at), max(occurred_at) FROM events "
-        "GROUP BY type ORDER BY count(*) DESC, type",
-    )
-    rows: list[tuple[str, str, Any]] = [
-        ("archive", "database", safe_url(db_url)),
-        ("archive", "events", sum(int(c[1]) for c in counts)),
-        ("archive", "first_occurred_at", min((c[2] for c in counts), default=None)),
-        ("archive", "last_occurred_at", max((c[3] for c in counts), default=None)),
-        (
-            "archive",
-            "rejected_frames",
-            int(_fetch(copy, "SELECT count(*) FROM rejected_events")[0][0]),
-        ),
-    ]
-    rows += [("events", event_type, int(count)) for event_type, count, _f, _l in counts]
-    if last_run is not None:
-        for key in ("id", "source", "started_at", "finished_at", "outcome", "exit_code"):
-            rows.append(("last_run", key, last_run[key]))
-        rows.append(("last_run", "inserted", last_run["inserted"]))
-        if last_run["error"]:
-            rows.append(("last_run", "error", last_run["error"]))
-    else:
-        rows.append(("last_run", "id", None))
-    result = Status(rows, last_success, opened.refreshed)
-    rows.append(("last_success", "finished_at", last_success))
-    if result.age_minutes is not None:
-        rows.append(("last_success", "age_minutes", round(result.age_minutes, 1)))
-    manifest = copy.manifest()
-    rows.append(("analytics", "directory", str(copy.directory)))
-    rows.append(("analytics", "refreshed_at", manifest.refreshed_at if manifest else None))
-    rows.append(("analytics", "events", manifest.events if manifest else 0))
-    rows.append(("analytics", "size_bytes", copy.size_bytes()))
-    return result
-
-
-def _fetch(copy: AnalyticsCopy, sql: str) -> list[tuple[Any, ...]]:
-    with rows_of(copy, sql, {}) as (_columns, rows):
-        return list(rows)
-
-
-def _runs(db_url: str) -> tuple[dict[str, Any] | None, datetime | None]:
-    """The newest run, and when the newest run that ended as asked finished."""
-    engine = archive_read_engine(db_url)
-    try:
-        with engine.connect() as conn:
-            last = conn.execute(
-                sa.select(ingest_runs).order_by(ingest_runs.c.started_at.desc()).limit(1)
-            ).first()
-            success = conn.execute(
-                sa.select(sa.func.max(ingest_runs.c.finished_at)).where(
-                    sa.or_(
-                        ingest_runs.c.exit_code == 0,
-                        sa.and_(
-                            ingest_runs.c.exit_code.is_(None),
-                            ingest_runs.c.finished_at.is_not(None),
-                            ingest_runs.c.outcome.in_(OK_OUTCOMES),
-                        ),
-                    )
-                )
-            ).scalar()
-    except (sa.exc.OperationalError, sa.exc.InterfaceError, sa.exc.ProgrammingError) as exc:
-        if _has_no_runs_table(engine):
-            raise ArchiveSchemaError(
-                "the archive has no grantex-archive schema (was it downgraded?): "
-                "run `grantex-archive db upgrade`"
-            ) from None
-        raise ArchiveUnavailable(f"database unusable: {first_line(exc)}") from None
-    finally:
-        engine.dispose()
-    return (dict(last._mapping) if last is not None else None), utc(success)
-
-
-def _has_no_runs_table(engine: sa.Engine) -> bool:
-    try:
-        return not sa.inspect(engine).has_table(ingest_runs.name)
-    except sa.exc.SQLAlchemyError:
-        return False
 
 
 # --------------------------------------------------------------------------- export

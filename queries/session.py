@@ -298,3 +298,15 @@ def duckdb_message(exc: BaseException) -> str:
     message = str(exc).strip().split("\n\n", 1)[0]
     lines = [line.strip() for line in message.splitlines() if line.strip()]
     return " ".join(lines) if lines else type(exc).__name__
+
+
+@contextlib.contextmanager
+def rows_of(
+    copy: AnalyticsCopy, sql: str, params: dict[str, Any]
+) -> Iterator[tuple[list[str], Iterator[tuple[Any, ...]]]]:
+    """The columns and (streamed) rows of ``sql`` over the copy, in a sandboxed session."""
+    session = Session(copy, sandbox=True)
+    try:
+        yield session.stream(sql, params)
+    finally:
+        session.close()

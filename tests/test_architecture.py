@@ -148,3 +148,48 @@ def test_click_is_the_command_line_s_alone() -> None:
         if name.startswith("ingest.cli"):
             continue
         assert "click" not in _external_imports(path), name
+
+
+MAX_MODULE_LINES = 400
+MAX_FUNCTION_LINES = 60
+KEPT_WHOLE = "# Kept whole:"
+
+
+def _long_functions(path: Path) -> list[str]:
+    source = path.read_text(encoding="utf-8")
+    lines = source.splitlines()
+    found = []
+    for node in ast.walk(ast.parse(source)):
+        if not isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef):
+            continue
+        length = (node.end_lineno or node.lineno) - node.lineno + 1
+        first = min([node.lineno, *(d.lineno for d in node.decorator_list)])
+        reason = lines[first - 2].strip() if first >= 2 else ""
+        if length > MAX_FUNCTION_LINES and not reason.startswith(KEPT_WHOLE):
+            found.append(f"{path.relative_to(ROOT)}:{node.lineno} {node.name} ({length} lines)")
+    return found
+
+
+def test_modules_and_functions_stay_small() -> None:
+    """No module over 400 lines; no function over 60 unless a "# Kept whole:" comment
+    just above it says why."""
+    too_long = [
+        f"{path.relative_to(ROOT)} ({len(path.read_text(encoding='utf-8').splitlines())} lines)"
+        for path in _modules().values()
+        if len(path.read_text(encoding="utf-8").splitlines()) > MAX_MODULE_LINES
+    ]
+    functions = [f for path in _modules().values() for f in _long_functions(path)]
+    assert too_long == [] and functions == []
+
+
+def test_the_size_rule_sees_a_long_function(tmp_path: Path) -> None:
+    body = "\n".join(f"    x{i} = {i}" for i in range(70))
+    (tmp_path / "m.py").write_text(f"def f() -> None:\n{body}\n")
+    global ROOT
+    saved, ROOT = ROOT, tmp_path
+    try:
+        assert _long_functions(tmp_path / "m.py") == ["m.py:1 f (71 lines)"]
+        (tmp_path / "m.py").write_text(f"# Kept whole: a reason.\ndef f() -> None:\n{body}\n")
+        assert _long_functions(tmp_path / "m.py") == []
+    finally:
+        ROOT = saved

@@ -20,6 +20,7 @@ from queries.export import (
     TargetError,
     VerifyError,
     check_columns,
+    check_combination,
     check_suffix,
     check_target,
     format_for,
@@ -118,33 +119,7 @@ def export_command(
           --agent-id ag_123 --since 2026-01-01 --until 2026-04-01
       grantex-archive export -o lake.parquet --partition-by day
     """
-    chosen, suffix_gz = format_for(output, fmt)
-    spec = ExportSpec(
-        output=output,
-        fmt=chosen,
-        gzip=gz or suffix_gz,
-        columns=tuple(c.strip() for c in columns.split(",") if c.strip()) if columns else None,
-        partition_by=partition_by,
-        force=force,
-        safe_formulas=safe_formulas,
-    )
-    try:
-        if spec.columns is not None:
-            check_columns(spec.columns)
-    except ExportError as exc:
-        raise click.BadParameter(str(exc), param_hint="'--columns'") from None
-    if spec.gzip and spec.fmt == "parquet":
-        raise click.UsageError("--gzip is for csv and jsonl (Parquet compresses its columns)")
-    if partition_by and spec.fmt != "parquet":
-        raise click.UsageError("--partition-by needs --format parquet")
-    if output == "-" and (spec.fmt == "parquet"):
-        raise click.UsageError("Parquet cannot go to standard output: give a file")
-    if safe_formulas and spec.fmt != "csv":
-        raise click.UsageError("--safe-formulas is for csv")
-    try:
-        check_suffix(output, fmt, spec.fmt, spec.gzip)
-    except SuffixError as exc:
-        raise click.UsageError(str(exc)) from None
+    spec = _spec(output, fmt, gz, columns, partition_by, force, safe_formulas)
     filters = Filters(
         types=types,
         since=parse_time(since, "--since"),
@@ -165,6 +140,39 @@ def export_command(
         _export(spec, filters, db_url, analytics_dir, no_refresh)
     except KeyboardInterrupt:  # before the export began (refreshing the copy)
         raise CliError("interrupted", EXIT_INTERRUPTED) from None
+
+
+def _spec(
+    output: str,
+    fmt: str | None,
+    gz: bool,
+    columns: str | None,
+    partition_by: str | None,
+    force: bool,
+    safe_formulas: bool,
+) -> ExportSpec:
+    """The export the options ask for; options that do not go together are usage errors."""
+    chosen, suffix_gz = format_for(output, fmt)
+    spec = ExportSpec(
+        output=output,
+        fmt=chosen,
+        gzip=gz or suffix_gz,
+        columns=tuple(c.strip() for c in columns.split(",") if c.strip()) if columns else None,
+        partition_by=partition_by,
+        force=force,
+        safe_formulas=safe_formulas,
+    )
+    try:
+        if spec.columns is not None:
+            check_columns(spec.columns)
+    except ExportError as exc:
+        raise click.BadParameter(str(exc), param_hint="'--columns'") from None
+    try:
+        check_combination(spec)
+        check_suffix(output, fmt, spec.fmt, spec.gzip)
+    except SuffixError as exc:
+        raise click.UsageError(str(exc)) from None
+    return spec
 
 
 def _export(

@@ -5,9 +5,11 @@ from __future__ import annotations
 import os
 import secrets
 import sys
+from typing import Any
 
 import click
 
+from ..simulator import Simulator, SimulatorConfig
 from ..timestamps import format_timestamp
 from .errors import EXIT_USAGE, CliError
 
@@ -74,23 +76,7 @@ from .errors import EXIT_USAGE, CliError
     show_default=True,
     help="Seconds of history the backlog spans, ending now.",
 )
-def simulate(
-    port: int,
-    seed: int,
-    backlog: int,
-    rate: float,
-    total_events: int | None,
-    envelope: str,
-    keepalive: float,
-    drop_every: int | None,
-    fail_statuses: tuple[int, ...],
-    fail_always: int | None,
-    retry_after: float | None,
-    malformed_every: int | None,
-    emit_ids: bool,
-    emit_retry: int | None,
-    backlog_span: float,
-) -> None:
+def simulate(**options: Any) -> None:
     """Serve a Grantex-compatible event stream on 127.0.0.1 for tests and trials.
 
     The server requires the bearer key from GRANTEX_API_KEY; with none set it
@@ -103,37 +89,19 @@ def simulate(
       GRANTEX_API_KEY=dev GRANTEX_BASE_URL=http://127.0.0.1:8765 \\
         grantex-archive ingest --since 2000-01-01T00:00:00Z --until-idle 2
     """
-    from ..simulator import Simulator, SimulatorConfig
-
     key = os.environ.get("GRANTEX_API_KEY", "").strip()
     made_up = not key
     if made_up:
         key = "sim_" + secrets.token_hex(12)
     try:
-        config = SimulatorConfig(
-            api_key=key,
-            port=port,
-            seed=seed,
-            backlog=backlog,
-            rate=rate,
-            total_events=total_events,
-            envelope=envelope,
-            keepalive=keepalive,
-            drop_every=drop_every,
-            fail_statuses=fail_statuses,
-            fail_always=fail_always,
-            retry_after=retry_after,
-            malformed_every=malformed_every,
-            emit_ids=emit_ids,
-            emit_retry=emit_retry,
-            backlog_span=backlog_span,
-        )
+        # The options are named as the configuration fields they set.
+        config = SimulatorConfig(api_key=key, **options)
     except ValueError as exc:
         raise CliError(str(exc), EXIT_USAGE) from None
     try:
         sim = Simulator(config).start()
     except OSError as exc:
-        raise CliError(f"cannot listen on 127.0.0.1:{port}: {exc.strerror}", 1) from None
+        raise CliError(f"cannot listen on 127.0.0.1:{options['port']}: {exc.strerror}", 1) from None
     click.echo(f"Serving Grantex events at {sim.base_url}")
     click.echo(f"History starts at {format_timestamp(sim.history_start)}")
     if made_up:

@@ -21,6 +21,7 @@ _Id = sa.String(length=255)
 _Time = sa.DateTime(timezone=True)
 
 
+# Kept whole: a revision is a frozen record of the schema it creates, read top to bottom.
 def upgrade() -> None:
     op.create_table(
         "events",

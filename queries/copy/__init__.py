@@ -31,13 +31,14 @@ grants table's SQL), ``views`` and ``sql`` (quoting), ``errors``.
 
 from __future__ import annotations
 
-from .analytics import ENV_ANALYTICS_DIR, AnalyticsCopy, default_directory
+from .analytics import ENV_ANALYTICS_DIR, AnalyticsCopy, Opened, default_directory, open_copy
 from .columns import DERIVED_COLUMNS, EVENT_COLUMNS, SEGMENT_COLUMNS, TABLE_COLUMNS
 from .errors import (
     AnalyticsError,
     ArchiveMissing,
     ArchiveSchemaError,
     ArchiveUnavailable,
+    NoCopyYet,
 )
 from .grant_state import GRANT_STATE_COLUMNS
 from .manifest import MANIFEST, Locate, Manifest, Segment, read_manifest
@@ -65,6 +66,8 @@ __all__ = [
     "ArchiveUnavailable",
     "Locate",
     "Manifest",
+    "NoCopyYet",
+    "Opened",
     "ProgressFn",
     "RefreshResult",
     "Segment",
@@ -74,6 +77,7 @@ __all__ = [
     "archive_read_engine",
     "check_archive_exists",
     "default_directory",
+    "open_copy",
     "read_manifest",
     "view_statements",
     "views_sql",

@@ -11,6 +11,7 @@ import contextlib
 import hashlib
 import os
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import sqlalchemy as sa
@@ -18,7 +19,7 @@ import sqlalchemy as sa
 from ingest.files import LockBusy, file_lock
 from ingest.store import sqlite_path
 
-from .errors import AnalyticsError
+from .errors import AnalyticsError, NoCopyYet
 from .manifest import Manifest, read_manifest
 from .reader import check_archive_exists
 from .refresher import Refresher, RefreshResult
@@ -116,3 +117,32 @@ class AnalyticsCopy:
                 "try again when it has finished"
             )
         return RefreshResult(False, 0, 0, time.monotonic() - started, manifest, True)
+
+
+@dataclass(frozen=True)
+class Opened:
+    """An analytics copy ready to query, and what refreshing it did (None: not refreshed)."""
+
+    copy: AnalyticsCopy
+    refreshed: RefreshResult | None
+
+
+def open_copy(
+    db_url: str,
+    analytics_dir: Path | None = None,
+    refresh: bool = True,
+    full: bool = False,
+    progress: ProgressFn | None = None,
+) -> Opened:
+    """The analytics copy of the archive at ``db_url``, refreshed first unless ``refresh=False``.
+
+    Raises :class:`ArchiveMissing` for a SQLite file that does not exist and
+    :class:`NoCopyYet` when ``refresh=False`` finds no copy.
+    """
+    check_archive_exists(db_url)
+    copy = AnalyticsCopy(db_url, analytics_dir)
+    if refresh:
+        return Opened(copy, copy.refresh(full=full, progress=progress))
+    if copy.manifest() is None:
+        raise NoCopyYet(f"no analytics copy in {copy.directory} yet")
+    return Opened(copy, None)

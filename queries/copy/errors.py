@@ -1,4 +1,4 @@
-"""The errors the analytics copy raises, and the one-line form of a driver's message."""
+"""The errors the analytics copy raises."""
 
 from __future__ import annotations
 
@@ -26,3 +26,7 @@ class ArchiveMissing(AnalyticsError):
 
 class ArchiveSchemaError(AnalyticsError):
     """The archive has no schema, or not the one this version reads."""
+
+
+class NoCopyYet(AnalyticsError):
+    """A copy was to be used as it is, but the archive has none yet."""
