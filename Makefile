@@ -5,7 +5,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: setup demo test lint bench bench-quick bench-analytics bench-analytics-quick bench-export \
+.PHONY: setup demo test coverage lint bench bench-quick bench-analytics bench-analytics-quick bench-export \
 	bench-export-quick docs clean
 
 $(STAMP): pyproject.toml
@@ -26,8 +26,13 @@ lint: $(STAMP)
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
 
+# Tests run on every core (pytest-xdist); each test has its own files and
+# PostgreSQL schema, so they do not meet.
 test: lint
-	$(BIN)/pytest
+	$(BIN)/pytest -n auto
+
+coverage: $(STAMP)
+	$(BIN)/pytest -n auto --cov --cov-report=term
 
 bench: $(STAMP)
 	$(BIN)/python -m benchmarks.ingest --events 1000000 --flat-events 4000000
