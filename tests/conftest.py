@@ -156,3 +156,12 @@ def wait_for_events(url: str, at_least: int, timeout: float = 60.0) -> int:
             return count
         time.sleep(0.02)
     raise AssertionError(f"fewer than {at_least} events after {timeout:g}s")
+
+
+def pytest_xdist_auto_num_workers(config: pytest.Config) -> int:
+    """``-n auto``: two workers per core, up to 8.
+
+    Many tests wait on a child process, a loopback server or a database
+    rather than compute, so a core can serve two workers.
+    """
+    return min(8, 2 * (os.cpu_count() or 1))
