@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
+import random
 import re
 import threading
 import time
@@ -16,11 +18,31 @@ import httpx
 import pytest
 
 from ingest.simulator import (
+    ENVELOPES,
+    EVENT_TYPES,
     MALFORMED_KINDS,
+    STREAM_PATH,
     Simulator,
     SimulatorConfig,
+    SimulatorStats,
     generate_events,
 )
+from ingest.simulator.faults import (
+    FaultSchedule,
+    MalformedFrames,
+    fault_code,
+    malformed_frame,
+    torn_chunk,
+)
+from ingest.simulator.generator import Batch, EventFactory
+from ingest.simulator.handler import (
+    bearer_matches,
+    parse_stream_query,
+    retry_after_text,
+)
+from ingest.simulator.history import History
+from ingest.simulator.ids import UlidSource, parse_since_ms, ulid_ms
+from ingest.simulator.server import due_live_events
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -212,11 +234,34 @@ def test_live_events_arrive_without_since(client: httpx.Client) -> None:
 
 def test_total_events_caps_live_generation() -> None:
     with make(rate=200.0, total_events=15) as sim:
-        deadline = time.monotonic() + 5
-        while sim.event_count < 15 and time.monotonic() < deadline:
-            time.sleep(0.02)
-        time.sleep(0.2)
+        # Generation ends by itself once the cap is reached: wait for that, not a while.
+        live = sim._live_thread
+        assert live is not None
+        live.join(timeout=5)
+        assert not live.is_alive()
         assert sim.event_count == 15
+
+
+@pytest.mark.parametrize(
+    ("elapsed_s", "rate", "produced", "total", "due"),
+    [
+        (0.0, 10.0, 0, None, 0),  # the first event is due after 1/rate seconds
+        (0.099, 10.0, 0, None, 0),
+        (0.1, 10.0, 0, None, 1),
+        (1.0, 10.0, 4, None, 6),  # behind schedule: catch up in one batch
+        (1.0, 10.0, 10, None, 0),
+        (1.0, 10.0, 12, None, 0),  # never negative
+        (100.0, 1000.0, 0, None, 20_000),  # one batch never holds the GIL for long
+        (1.0, 200.0, 10, 15, 5),  # never past total_events
+        (1.0, 200.0, 15, 15, None),  # the cap reached: generation ends
+        (1.0, 200.0, 16, 15, None),
+        (0.0, 200.0, 0, 0, None),
+    ],
+)
+def test_due_live_events(
+    elapsed_s: float, rate: float, produced: int, total: int | None, due: int | None
+) -> None:
+    assert due_live_events(elapsed_s, rate, produced, total) == due
 
 
 def test_large_replay_matches_history(client: httpx.Client) -> None:
@@ -547,3 +592,231 @@ def test_stop_is_idempotent_and_ends_serve_forever(client: httpx.Client) -> None
     sim.stop()
     with pytest.raises(httpx.ConnectError):
         client.get(url + PATH, headers=AUTH)
+
+
+# --------------------------------------------------------------------------- pure pieces
+
+
+def test_public_names() -> None:
+    import ingest.simulator
+
+    assert all(hasattr(ingest.simulator, name) for name in ingest.simulator.__all__)
+    assert STREAM_PATH == PATH
+    assert ENVELOPES == ("live", "documented", "mixed")
+    assert len(EVENT_TYPES) == len(set(EVENT_TYPES)) == 10
+    assert len(MALFORMED_KINDS) == 7
+    assert SimulatorStats() == SimulatorStats(0, 0, 0, 0, 0, 0)
+
+
+@pytest.mark.parametrize(
+    ("seed", "envelope", "digest"),
+    [
+        (1, "live", "90e4cf92113c70b2bf93e3bd55c3e238405b6272979b3ed2ddd66534cb16f1e7"),
+        (2, "documented", "820e4347ad0755cf900dd9ecdaa1a674ceffd7ad166032a32b002582a5b476f2"),
+        (3, "mixed", "3ecd36a5f7194766f2f54bdd65103ca21473b9fa5303225bfa74879e5b2e3644"),
+    ],
+)
+def test_generated_events_are_pinned(seed: int, envelope: str, digest: str) -> None:
+    # Benchmarks and archives built from a seed rely on the exact sequence; a deliberate
+    # change to the generator updates these digests.
+    hasher = hashlib.sha256()
+    for event in generate_events(seed, START, 3000, 0.25, envelope):
+        hasher.update(json.dumps(event, separators=(",", ":")).encode() + b"\n")
+    assert hasher.hexdigest() == digest
+
+
+def test_unknown_envelope_is_refused() -> None:
+    with pytest.raises(ValueError, match="envelope"):
+        next(generate_events(1, START, 1, 1.0, "legacy"))
+    with pytest.raises(ValueError, match="envelope"):
+        SimulatorConfig(api_key=KEY, envelope="legacy")
+
+
+def test_fault_schedule() -> None:
+    schedule = FaultSchedule((429, 503), None)
+    assert [schedule.next() for _ in range(4)] == [429, 503, None, None]
+    assert [FaultSchedule((), None).next() for _ in range(2)] == [None, None]
+    always = FaultSchedule((429,), 502)
+    assert [always.next() for _ in range(3)] == [502, 502, 502]
+
+
+@pytest.mark.parametrize(
+    ("status", "code"),
+    [
+        (429, "RATE_LIMITED"),
+        (500, "INTERNAL_ERROR"),
+        (502, "BAD_GATEWAY"),
+        (503, "SERVICE_UNAVAILABLE"),
+        (504, "GATEWAY_TIMEOUT"),
+        (418, "IM_A_TEAPOT"),
+        (401, "UNAUTHORIZED"),
+        (599, "ERROR"),
+    ],
+)
+def test_fault_code(status: int, code: str) -> None:
+    assert fault_code(status) == code
+
+
+@pytest.mark.parametrize("kind", MALFORMED_KINDS)
+def test_malformed_frame_kinds(kind: str) -> None:
+    ms = 1_772_366_400_123  # 2026-03-01T12:00:00.123Z
+    frame = malformed_frame(kind, "evt_01KJMNQ3FV0000000000000000", ms, "live")
+    assert frame.startswith(b"data: ") and frame.endswith(b"\n\n")
+    assert frame.count(b"\n") == 2
+    assert classify(frame[:-2]) == kind
+    documented = malformed_frame(kind, "evt_01KJMNQ3FV0000000000000000", ms, "documented")
+    assert b"createdAt" not in documented
+    if kind not in ("invalid_json", "not_object"):
+        assert b'"timestamp":' in documented
+    if kind not in ("invalid_json", "not_object", "bad_timestamp"):
+        assert b'"2026-03-01T12:00:00.123Z"' in frame
+
+
+def test_malformed_frames_cycle_kinds_with_fresh_ids() -> None:
+    source = MalformedFrames(seed=9)
+    frames = [source.next("live") for _ in range(2 * len(MALFORMED_KINDS))]
+    assert [classify(f[:-2]) for f in frames] == list(MALFORMED_KINDS) * 2
+    ids = re.findall(rb'"id":"(evt_[^"]+)"', b"".join(frames))
+    assert len(ids) == len(set(ids)) > 0
+    assert all(EVENT_ID.match(i.decode()) for i in ids if i != b"evt_x")
+
+
+def test_torn_chunk_promises_the_whole_frame() -> None:
+    frame = bytearray(b'data: {"id":"evt_1","type":"sso.login"}\n\n')
+    torn = torn_chunk(frame)
+    header, _, body = torn.partition(b"\r\n")
+    assert int(header, 16) == len(frame)
+    assert body == frame[: len(frame) // 2]
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("2026-03-01T12:00:00Z", "2026-03-01T12:00:00.000+00:00"),
+        ("2026-03-01t12:00:00z", "2026-03-01T12:00:00.000+00:00"),
+        ("2026-03-01", "2026-03-01T00:00:00.000+00:00"),
+        ("2026-03-01 12:30", "2026-03-01T12:30:00.000+00:00"),
+        ("2026-03-01T12:00:00.5Z", "2026-03-01T12:00:00.500+00:00"),
+        ("2026-03-01T12:00:00,123Z", "2026-03-01T12:00:00.123+00:00"),
+        # A sub-millisecond instant rounds up, so `ts >= since` stays exact.
+        ("2026-03-01T12:00:00.1230001Z", "2026-03-01T12:00:00.124+00:00"),
+        ("2026-03-01T12:00:00.123000Z", "2026-03-01T12:00:00.123+00:00"),
+        ("2026-03-01T17:30:00+05:30", "2026-03-01T12:00:00.000+00:00"),
+        ("2026-03-01T17:30:00+0530", "2026-03-01T12:00:00.000+00:00"),
+        ("2026-03-01T07:00:00-05", "2026-03-01T12:00:00.000+00:00"),
+        # An unencoded "+" arrives as a space.
+        ("2026-03-01T17:30:00 05:30", "2026-03-01T12:00:00.000+00:00"),
+        ("  2026-03-01T12:00:00Z  ", "2026-03-01T12:00:00.000+00:00"),
+    ],
+)
+def test_parse_since_ms(text: str, expected: str) -> None:
+    want = datetime.fromisoformat(expected)
+    assert parse_since_ms(text) == (want - datetime(1970, 1, 1, tzinfo=timezone.utc)) // (
+        timedelta(milliseconds=1)
+    )
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "yesterday",
+        "1",
+        "",
+        "2026-13-01",
+        "2026-02-30T00:00:00Z",
+        "2026-03-01T25:00:00Z",
+        "2026-03-01T12:00:00+24:00",
+        "2026-03-01T12:00:00+05:60",
+        "2026-03-01T12:00:00Q",
+    ],
+)
+def test_parse_since_ms_refuses(text: str) -> None:
+    with pytest.raises(ValueError):
+        parse_since_ms(text)
+
+
+def test_parse_stream_query() -> None:
+    created = EVENT_TYPES.index("grant.created")
+    exhausted = EVENT_TYPES.index("budget.exhausted")
+    assert parse_stream_query("") == (None, None)
+    assert parse_stream_query("since=&types=") == (None, None)
+    assert parse_stream_query("since=2026-03-01T00:00:00Z&since=") == (None, None)
+    since = parse_stream_query("since=1970-01-01T00:00:01.5Z").since_ms
+    assert since == 1500
+    query = parse_stream_query("types=grant.created,nope&types=+budget.exhausted+")
+    assert query == (None, frozenset({created, exhausted}))
+    assert parse_stream_query("types=nope").allowed == frozenset()
+    assert parse_stream_query("types=" + ",".join(EVENT_TYPES)).allowed is None
+    with pytest.raises(ValueError, match="not an ISO 8601"):
+        parse_stream_query("since=yesterday&types=grant.created")
+
+
+@pytest.mark.parametrize(
+    ("header", "ok"),
+    [
+        (f"Bearer {KEY}", True),
+        (f"bearer {KEY}", True),
+        (f"  BEARER   {KEY}  ", True),
+        ("Bearer wrong", False),
+        (f"Basic {KEY}", False),
+        (KEY, False),
+        ("", False),
+        (None, False),
+    ],
+)
+def test_bearer_matches(header: str | None, ok: bool) -> None:
+    assert bearer_matches(header, KEY.encode()) is ok
+
+
+def test_retry_after_text() -> None:
+    assert retry_after_text(2) == "2"
+    assert retry_after_text(2.0) == "2"
+    assert retry_after_text(0.5) == "0.5"
+
+
+def test_ulid_ms() -> None:
+    source = UlidSource(random.Random(0))
+    for ms in (0, 1, 1023, 1024, 1_772_366_400_123, 2**48 - 1):
+        ulid = source(ms)
+        assert len(ulid) == 26
+        assert ulid_ms(ulid) == ms
+        assert ulid_ms(ulid.lower()) == ms
+    assert ulid_ms("01ARZ3NDEKTSV4RRFFQ69G5FA") is None  # too short
+    assert ulid_ms("01ARZ3NDEKTSV4RRFFQ69G5FAU") is None  # U is not Crockford
+    assert ulid_ms("81ARZ3NDEKTSV4RRFFQ69G5FAV") is None  # more than 128 bits
+
+
+def _history(emit_ids: bool, count: int = 300) -> History:
+    factory = EventFactory(4, "live", frame_ids=emit_ids)
+    history = History(emit_ids)
+    batch = Batch()
+    made = 0
+    while made < count:
+        made += factory.emit(1_772_366_400_000 + made * 7, count - made)
+    factory.flush(batch)
+    history.append(batch)
+    return history
+
+
+def test_history_start_index() -> None:
+    history = _history(emit_ids=True)
+    events = [history.envelope(i) for i in range(history.count)]
+    assert history.start_index(None, None) == history.count
+    for index in (0, 1, 150, history.count - 1):
+        event_id = events[index]["id"]
+        assert history.start_index(None, event_id) == index + 1
+        assert history.start_index(None, f" {event_id.lower()} ") == index + 1
+    since = parse_since_ms(events[100]["createdAt"])
+    first = min(i for i, e in enumerate(events) if e["createdAt"] >= events[100]["createdAt"])
+    assert history.start_index(since, None) == first
+    # An unknown id falls back to `since`, and to the end (live only) without it.
+    for unknown in ("evt_01ARZ3NDEKTSV4RRFFQ69G5FAV", "evt_nope", "grnt_x", ""):
+        assert history.start_index(since, unknown) == first
+        assert history.start_index(None, unknown) == history.count
+
+
+def test_history_ignores_last_event_id_without_ids() -> None:
+    history = _history(emit_ids=False)
+    event_id = history.envelope(10)["id"]
+    assert history.start_index(None, event_id) == history.count
+    assert history.start_index(0, event_id) == 0

@@ -1,0 +1,36 @@
+"""A Grantex-compatible Server-Sent Events producer for tests, benchmarks and demos.
+
+It serves ``GET /v1/events/stream`` on a local port, stdlib only, and behaves like the
+live Grantex service (see ``producer-notes.md``): bare ``data:`` frames, ``: keepalive``
+comments, at most five concurrent streams, fire-and-forget ordering. On top of that it can
+replay history for ``since`` (which the live service does not do yet) and inject faults.
+
+The package is split by responsibility:
+
+- :mod:`.generator` -- the deterministic event generator (:func:`generate_events`), built
+  on :mod:`.grants` (grant lifecycles), :mod:`.plans` (what happens to a grant) and
+  :mod:`.ids` (ULIDs and timestamps as text);
+- :mod:`.history` -- the append-only log of rendered frames that backlog and live events
+  go into, and that every stream reads from;
+- :mod:`.server` -- :class:`Simulator` (lifecycle, live generation, request policy),
+  configured by :mod:`.config`, over :mod:`.handler` (HTTP plumbing) and
+  :mod:`.streaming` (writing a stream);
+- :mod:`.faults` -- injected failures, malformed frames and drops.
+"""
+
+from .config import SimulatorConfig, SimulatorStats
+from .faults import MALFORMED_KINDS
+from .generator import ENVELOPES, EVENT_TYPES, generate_events
+from .handler import STREAM_PATH
+from .server import Simulator
+
+__all__ = [
+    "ENVELOPES",
+    "EVENT_TYPES",
+    "MALFORMED_KINDS",
+    "STREAM_PATH",
+    "Simulator",
+    "SimulatorConfig",
+    "SimulatorStats",
+    "generate_events",
+]
