@@ -64,9 +64,17 @@ HOSTILE = [
 ]
 
 
-@pytest.fixture
-def archive(archive_url: str) -> str:
-    """The hand-built archive of test_reports plus hostile values, as a --db URL."""
+# The analytics copy of each shared archive, refreshed by the first export.
+COPIES: dict[str, Path] = {}
+
+
+@pytest.fixture(scope="module")
+def archive(module_archive_url: str, tmp_path_factory: pytest.TempPathFactory) -> str:
+    """The hand-built archive of test_reports plus hostile values, as a --db URL.
+
+    Shared by the module's tests: exports only read the archive.
+    """
+    archive_url = module_archive_url
     build_archive(archive_url)
     store = Store.open(archive_url)
     received = datetime(2026, 4, 3, tzinfo=timezone.utc)
@@ -74,12 +82,13 @@ def archive(archive_url: str) -> str:
         "acct-a", None, [Received(normalise(json.dumps(e)), received) for e in HOSTILE]
     )
     store.close()
+    COPIES[archive_url] = tmp_path_factory.mktemp("copy")
     return archive_url
 
 
 def export(archive: str, tmp_path: Path, *args: str) -> Any:
-    result = invoke(["export", *args, "--db", archive, "--analytics-dir", str(tmp_path / "copy")])
-    return result
+    copy = COPIES.get(archive, tmp_path / "copy")
+    return invoke(["export", *args, "--db", archive, "--analytics-dir", str(copy)])
 
 
 def iso(value: Any) -> str:
@@ -772,7 +781,7 @@ def test_export_from_python_matches_the_command(archive: str, tmp_path: Path) ->
         export(archive, tmp_path, "-o", str(by_cli), "--type", "grant.revoked", *window).exit_code
         == 0
     )
-    session = Session(AnalyticsCopy(archive, tmp_path / "copy"))
+    session = Session(AnalyticsCopy(archive, COPIES.get(archive, tmp_path / "copy")))
     try:
         by_api = tmp_path / "api.csv"
         result = export_events(
