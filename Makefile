@@ -29,10 +29,10 @@ lint: $(STAMP)
 # Tests run on every core (pytest-xdist); each test has its own files and
 # PostgreSQL schema, so they do not meet.
 test: lint
-	$(BIN)/pytest -n auto
+	$(BIN)/pytest -n auto --dist worksteal
 
 coverage: $(STAMP)
-	$(BIN)/pytest -n auto --cov --cov-report=term
+	$(BIN)/pytest -n auto --dist worksteal --cov --cov-report=term
 
 bench: $(STAMP)
 	$(BIN)/python -m benchmarks.ingest --events 1000000 --flat-events 4000000
