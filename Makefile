@@ -26,7 +26,7 @@ lint: $(STAMP)
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
 
-# Tests run on every core (pytest-xdist); each test has its own files and
+# Tests run on every core (pytest-xdist); each test (or module) has its own files and
 # PostgreSQL schema, so they do not meet.
 test: lint
 	$(BIN)/pytest -n auto --dist worksteal

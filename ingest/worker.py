@@ -144,7 +144,7 @@ class Worker:
         return result
 
     def on_signal(self, signum: int, _frame: FrameType | None) -> None:
-        """SIGTERM/SIGINT: stop reading, flush, record the run, exit 0."""
+        """SIGTERM/SIGINT: stop reading, flush, record the run (outcome ``interrupted``)."""
         self.stop_reason = f"stopped by {signal.Signals(signum).name}"
         self.stop.set()
 

@@ -27,7 +27,7 @@ from .copy import (
 from .session import rows_of
 
 OK_OUTCOMES = ("idle", "max_runtime", "max_events", "interrupted")
-"""The outcomes of runs that ended as they were asked to (exit code 0)."""
+"""The outcomes of runs that ended as they were asked to."""
 
 
 @dataclass(frozen=True)
