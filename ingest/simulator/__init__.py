@@ -1,7 +1,7 @@
 """A Grantex-compatible Server-Sent Events producer for tests, benchmarks and demos.
 
 It serves ``GET /v1/events/stream`` on a local port, stdlib only, and behaves like the
-live Grantex service (see ``producer-notes.md``): bare ``data:`` frames, ``: keepalive``
+live Grantex service: bare ``data:`` frames, ``: keepalive``
 comments, at most five concurrent streams, fire-and-forget ordering. On top of that it can
 replay history for ``since`` (which the live service does not do yet) and inject faults.
 
