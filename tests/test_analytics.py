@@ -384,7 +384,7 @@ def test_reports_run_while_ingest_and_refreshes_write(tmp_path: Path) -> None:
                 "--since",
                 sim.history_start.isoformat(),
                 "--max-runtime",
-                "25",
+                "120",
                 "--log-format",
                 "json",
             ]
@@ -397,7 +397,8 @@ def test_reports_run_while_ingest_and_refreshes_write(tmp_path: Path) -> None:
             reports = ["event-volume", "revocations-by-actor", "top-agents", "grant-lifetime"]
             i = 0
             failures: list[str] = []
-            while time.monotonic() < deadline:
+            # At least 12 s and two rounds, however loaded the machine is.
+            while time.monotonic() < deadline or len(procs) < 10:
                 batch = [
                     subprocess.Popen(
                         [*cli_command(), "refresh", "--db", url],

@@ -132,7 +132,12 @@ _SPACE_OFFSET_RE = re.compile(r"(.*[Tt].*\d) (\d{2}(?::?\d{2})?)")
 
 
 def parse_since_ms(text: str) -> int:
-    """Return the smallest whole millisecond >= the instant, so ``ts >= since`` is exact."""
+    """Return the smallest whole millisecond >= the instant, so ``ts >= since`` is exact.
+
+    This is the producer's side of ``since``, not the archive's parser
+    (``ingest.timestamps``): it rounds up to the millisecond the service
+    stores, and takes a ``+`` that arrived unencoded as a space.
+    """
     text = text.strip()
     fixed = _SPACE_OFFSET_RE.fullmatch(text)
     if fixed:
