@@ -165,6 +165,7 @@ def emit(
 def _publish(written: Path, final: Path) -> None:
     """Put a file written elsewhere at ``final`` whole: copied into a locked temporary
     file beside it, synced, renamed, the directory synced."""
+    files.remove_stale_temps(final)  # what a killed run left
     try:
         tmp, fd = files.locked_temp(final)
     except OSError as exc:

@@ -109,3 +109,19 @@ def test_export_from_python_writes_what_the_command_writes(archive: str, tmp_pat
     assert cli.exit_code == 0, cli.output
     assert result.rows > 0
     assert ours.read_bytes() == theirs.read_bytes()
+
+
+@pytest.mark.parametrize("fmt", ["csv", "json"])
+def test_o_file_clears_what_a_killed_run_left(archive: str, tmp_path: Path, fmt: str) -> None:
+    target = tmp_path / f"out.{fmt}"
+    stale = tmp_path / f".out.{fmt}.0badcafe.tmp"
+    stale.write_text("half a result")
+    unrelated = tmp_path / f".out.{fmt}.notours.tmp"
+    unrelated.write_text("someone else's")
+    result = invoke(["sql", "SELECT 1 AS one", "--db", archive, "-o", str(target)])
+    assert result.exit_code == 0, result.output
+    assert not stale.exists() and unrelated.exists()
+    assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(".out")) == [
+        unrelated.name
+    ]
+    assert target.exists()

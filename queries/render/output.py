@@ -27,6 +27,7 @@ def open_output(output: str | None) -> Iterator[IO[str]]:
         yield sys.stdout
         return
     path = Path(str(output))
+    files.remove_stale_temps(path)  # what a killed run left
     try:
         tmp, fd = files.locked_temp(path)
     except OSError as exc:  # the directory went away, or may not be written
