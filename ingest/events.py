@@ -257,6 +257,10 @@ def normalise(data: str) -> Event | Rejection:
     if percentage is None:
         percentage = get("pct")
     try:
+        principal = _text(get("principalId"))
+        if principal is None:
+            # Consent bundles name the person userId, DPDP events dataPrincipalId.
+            principal = _text(get("userId")) or _text(get("dataPrincipalId"))
         return Event(
             event_id,
             event_type,
@@ -264,7 +268,7 @@ def normalise(data: str) -> Event | Rejection:
             data,
             _text(get("grantId")),
             _text(get("agentId")),
-            _text(get("principalId")),
+            principal,
             _text(get("revokedBy")),
             _text(get("tokenId")),
             _text(get("method")),
@@ -354,7 +358,17 @@ def _unstorable(body: dict[str, Any], data: str, event_id: str) -> Rejection:
     raise AssertionError("no field is unstorable")  # pragma: no cover
 
 
-_TEXT_KEYS = ("grantId", "agentId", "principalId", "revokedBy", "tokenId", "method")
+# In the order they are read; the person is looked for under three names.
+_TEXT_KEYS = (
+    "grantId",
+    "agentId",
+    "principalId",
+    "revokedBy",
+    "tokenId",
+    "method",
+    "userId",
+    "dataPrincipalId",
+)
 
 
 def _shorten(value: Any) -> str:

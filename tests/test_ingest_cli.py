@@ -74,6 +74,49 @@ def test_live_frames_end_to_end(archive_url: str) -> None:
     assert [r[0] for r in stored] == originals
 
 
+def test_the_full_capture_names_every_person(archive_url: str, tmp_path: Path) -> None:
+    """The live service's full capture (94 events, 24 types) through the real CLI.
+
+    The person is ``principalId`` in grant and token events, ``userId`` in
+    consent-bundle events and ``dataPrincipalId`` in DPDP events, and all
+    three land in ``principal_id``: here user_zed's two DPDP events
+    (dpdp.consent.created, dpdp.erasure.completed) and user_frank's consent
+    record are found by ``export --principal-id``, as their grants' events are.
+    """
+    body = (Path(__file__).parent / "data" / "live-capture-full.sse").read_bytes()
+    frames = [
+        json.loads(line[6:]) for line in body.decode().splitlines() if line.startswith("data: ")
+    ]
+    with ScriptedServer([Reply(chunks=[body], hold=5, keepalive=0.1)]) as server:
+        result = ingest(archive_url, server)
+    assert result.exit_code == 0, result.output
+    assert ids(archive_url) == [f["id"] for f in frames]
+    assert rows(archive_url, "SELECT count(*) FROM rejected_events") == [(0,)]
+    named = {
+        f["id"]: f["data"].get("principalId")
+        or f["data"].get("userId")
+        or f["data"].get("dataPrincipalId")
+        for f in frames
+    }
+    stored = dict(rows(archive_url, "SELECT id, principal_id FROM events"))
+    assert stored == named
+    by_type = {
+        (f["type"], stored[f["id"]])
+        for f in frames
+        if f["type"].startswith(("dpdp.", "consent_bundle."))
+    }
+    assert ("dpdp.erasure.completed", "user_zed") in by_type
+    assert ("dpdp.consent.created", "user_frank") in by_type
+    target = tmp_path / "zed.csv"
+    exported = invoke(
+        ["export", "-o", str(target), "--principal-id", "user_zed", "--db", archive_url,
+         "--analytics-dir", str(tmp_path / "copy")]
+    )  # fmt: skip
+    assert exported.exit_code == 0, exported.output
+    types = {line.split(",")[1] for line in target.read_text().splitlines()[1:]}
+    assert {"dpdp.consent.created", "dpdp.erasure.completed"} <= types
+
+
 def test_every_framing_variant(sqlite_archive: str) -> None:
     multi_line = (
         '{"id":"evt_7","type":"grant.created",\n"createdAt":"2026-03-01T12:00:07Z",\n"data":{}}'

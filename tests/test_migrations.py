@@ -214,3 +214,69 @@ def test_0002_backfills_rejected_frames_written_by_0001(archive_url: str) -> Non
     assert rows(archive_url, "SELECT count(*) FROM rejected_events WHERE raw_sha256 IS NULL") == [
         (0,)
     ]
+
+
+# Events as the live service names the person: principalId, userId (consent
+# bundles), dataPrincipalId (DPDP); and values ingest would not take.
+PEOPLE = [
+    ("e1", "grant.created", {"grantId": "g1", "principalId": "alice"}, "alice"),
+    ("e2", "consent_bundle.created", {"bundleId": "b1", "grantId": "g1", "userId": "bob"}, "bob"),
+    ("e3", "dpdp.consent.created", {"recordId": "r1", "dataPrincipalId": "carol"}, "carol"),
+    ("e4", "dpdp.erasure.completed", {"requestId": "q", "dataPrincipalId": 42}, "42"),
+    ("e5", "consent_bundle.synced", {"bundleId": "b1", "accepted": True}, None),
+    ("e6", "dpdp.consent.created", {"dataPrincipalId": "x" * 256}, None),
+    ("e7", "consent_bundle.created", {"userId": "", "dataPrincipalId": "dave"}, "dave"),
+    ("e8", "consent_bundle.created", {"userId": True}, None),
+    ("e9", "grant.created", {"principalId": "erin", "userId": "not-her"}, "erin"),
+    ("e10", "note", {"text": 'says "userId" in prose'}, None),
+]
+
+
+def test_0003_fills_principal_id_from_every_name_for_events_written_by_0001(
+    archive_url: str,
+) -> None:
+    """Rows written before 0003 get principal_id as ingest now reads it, on both databases."""
+    import json
+
+    from ingest.events import Event, normalise
+
+    migrate.upgrade(archive_url, "0001")
+    engine = sa.create_engine(archive_url)
+    with engine.begin() as conn:
+        for event_id, event_type, data, _want in PEOPLE:
+            payload = json.dumps(
+                {"id": event_id, "type": event_type, "timestamp": "2026-03-01T12:00:00.000Z",
+                 "data": data}
+            )  # fmt: skip
+            conn.execute(
+                sa.text(
+                    "INSERT INTO events (id, source, type, occurred_at, received_at, "
+                    "principal_id, payload) VALUES (:id, 's', :type, '2026-03-01 12:00:00', "
+                    "'2026-03-01 12:00:01', :principal, :payload)"
+                ),
+                {
+                    "id": event_id,
+                    "type": event_type,
+                    "principal": data.get("principalId"),
+                    "payload": payload,
+                },
+            )
+    engine.dispose()
+    migrate.upgrade(archive_url)
+    found = dict(rows(archive_url, "SELECT id, principal_id FROM events"))
+    assert found == {event_id: want for event_id, _type, _data, want in PEOPLE}
+    # Ingest reads the same rule (e6 is longer than 255 characters: ingest refuses the frame).
+    for event_id, event_type, data, want in PEOPLE:
+        event = normalise(json.dumps({"id": event_id, "type": event_type,
+                                      "timestamp": "2026-03-01T12:00:00Z", "data": data}))  # fmt: skip
+        if event_id == "e6":
+            assert not isinstance(event, Event)
+            assert "'data.dataPrincipalId' is longer than 255" in event.reason
+        else:
+            assert isinstance(event, Event) and event.principal_id == want, event_id
+    # Downgrading clears what 0003 filled, and upgrading fills it again.
+    migrate.downgrade(archive_url, "0002")
+    assert dict(rows(archive_url, "SELECT id, principal_id FROM events WHERE principal_id "
+                                  "IS NOT NULL")) == {"e1": "alice", "e9": "erin"}  # fmt: skip
+    migrate.upgrade(archive_url)
+    assert dict(rows(archive_url, "SELECT id, principal_id FROM events")) == found

@@ -50,6 +50,8 @@ class Manifest:
     checkpoints: list[tuple[float, int]] = field(default_factory=list)
     refreshed_at: str | None = None
     built_at: str | None = None
+    schema: str | None = None
+    """The archive's schema revision the copy was built from (a migration may rewrite rows)."""
 
     @property
     def events(self) -> int:
@@ -79,6 +81,7 @@ class Manifest:
             "checkpoints": self.checkpoints,
             "refreshed_at": self.refreshed_at,
             "built_at": self.built_at,
+            "schema": self.schema,
         }
         return json.dumps(data, indent=1)
 
@@ -101,6 +104,7 @@ class Manifest:
             checkpoints=[(float(t), int(w)) for t, w in data["checkpoints"]],
             refreshed_at=data["refreshed_at"],
             built_at=data["built_at"],
+            schema=data.get("schema"),
         )
 
 

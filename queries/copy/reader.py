@@ -125,8 +125,9 @@ class ArchiveReader:
         finally:
             statement.close()
 
-    def check_schema(self, duck: duckdb.DuckDBPyConnection) -> None:
-        """Raise ArchiveSchemaError unless the archive's schema is the one this version reads."""
+    def check_schema(self, duck: duckdb.DuckDBPyConnection) -> str:
+        """The archive's schema revision; ArchiveSchemaError unless it is the one this version
+        reads."""
         exists = (
             "SELECT count(*) FROM sqlite_master WHERE type = 'table' AND name = 'alembic_version'"
             if self.sqlite
@@ -152,6 +153,7 @@ class ArchiveReader:
                 "run `grantex-archive db upgrade` (or upgrade grantex-archive if the "
                 "archive is newer)"
             )
+        return head
 
     def close(self) -> None:
         for handle in ("_conn", "_db"):

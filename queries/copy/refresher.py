@@ -118,13 +118,13 @@ class Refresher:
     # -- the steps
 
     def run(self, full: bool, started: float) -> RefreshResult:
-        self.reader.check_schema(self.duck)
+        revision = self.reader.check_schema(self.duck)
         self._clear_temporaries()
-        manifest, reason, archive_max = self._open(full)
+        manifest, reason, archive_max = self._open(full, revision)
         rebuilt = manifest is None
         if manifest is None:
             self.trash.retire_all()
-            manifest = Manifest(archive=self.identity, built_at=now_text())
+            manifest = Manifest(archive=self.identity, built_at=now_text(), schema=revision)
         laps = _Laps()
         new_rows, rescued = self._copy_events(manifest, archive_max, rebuilt, laps)
         self._compact_segments(manifest)
@@ -154,7 +154,7 @@ class Refresher:
         for stale in self.dir.glob(".*.tmp"):
             stale.unlink(missing_ok=True)
 
-    def _open(self, full: bool) -> tuple[Manifest | None, str | None, int]:
+    def _open(self, full: bool, revision: str) -> tuple[Manifest | None, str | None, int]:
         """The manifest to build on (None: rebuild), why not, and the archive's highest seq."""
         reason = None
         try:
@@ -167,7 +167,7 @@ class Refresher:
         (archive_max,) = self.reader.scalar_row("SELECT max(seq) FROM events", self.duck)
         archive_max = int(archive_max or 0)
         if manifest is not None:
-            reason = self._mismatch(manifest, archive_max)
+            reason = self._mismatch(manifest, archive_max, revision)
             if reason is not None:
                 log.warning("rebuilding the analytics copy: %s", reason)
                 manifest = None
@@ -212,10 +212,13 @@ class Refresher:
         self.trash.move_retired()
         self.trash.empty()
 
-    def _mismatch(self, manifest: Manifest, archive_max: int) -> str | None:
+    def _mismatch(self, manifest: Manifest, archive_max: int, revision: str) -> str | None:
         """Why the copy cannot be built on, or None."""
         if manifest.archive != self.identity:
             return "the copy was made from another archive"
+        if manifest.schema != revision:
+            # A migration may have rewritten archived rows (a backfill).
+            return f"the archive's schema changed ({manifest.schema or 'unrecorded'} to {revision})"
         if archive_max < manifest.watermark:
             return "the archive holds fewer events than the copy (was it replaced?)"
         if manifest.watermark and self._anchor(manifest.watermark) != manifest.anchor_id:
