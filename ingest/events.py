@@ -10,13 +10,23 @@ from __future__ import annotations
 
 import hashlib
 import json
-import math
 import re
 from datetime import datetime
 from typing import Any, NamedTuple
 
 import orjson
 
+from .fields import MAX_TEXT as MAX_TEXT
+from .fields import (
+    TEXT_KEYS,
+    OutOfRange,
+    TooLong,
+    Unstorable,
+    number_field,
+    shorten,
+    storable,
+    text_field,
+)
 from .timestamps import TimestampError, parse_event_time
 
 MAX_FRAME_BYTES = 1024 * 1024
@@ -31,14 +41,6 @@ MAX_DEPTH = 64
 Real envelopes nest three or four levels. Every parser down the line (the
 standard library's, DuckDB's) has a recursion limit of its own; refusing
 depth here keeps one hostile frame from failing them later.
-"""
-
-MAX_TEXT = 255
-"""The longest id, type or identifier (``grantId`` ...) that is archived, in characters.
-
-The columns are ``VARCHAR(255)`` on PostgreSQL; SQLite would take any
-length. Enforcing the limit here makes both stores accept the same events;
-a longer value sends the frame to ``rejected_events``.
 """
 
 
@@ -79,74 +81,6 @@ class Rejection(NamedTuple):
     raw_sha256: str = ""
 
 
-def _storable(value: str) -> bool:
-    # PostgreSQL text cannot hold NUL, and no database takes unpaired
-    # surrogates (which JSON escapes like "\ud800" can produce).
-    if "\x00" in value:
-        return False
-    if value.isascii():
-        return True
-    try:
-        value.encode("utf-8")
-    except UnicodeEncodeError:
-        return False
-    return True
-
-
-class _Unstorable(ValueError):
-    """A ``data`` field holds a value no column can take: the frame is rejected."""
-
-
-class _TooLong(_Unstorable):
-    """An identifier longer than :data:`MAX_TEXT`."""
-
-
-class _OutOfRange(_Unstorable):
-    """A field the store holds as a number is beyond what a float can hold."""
-
-
-def _text(value: Any) -> str | None:
-    """An identifier column's value: text (or an integer as text), else None.
-
-    Raises :class:`_TooLong` past :data:`MAX_TEXT` characters.
-    """
-    if isinstance(value, str):
-        if len(value) > MAX_TEXT:
-            raise _TooLong(value)
-        return value if value and _storable(value) else None
-    if isinstance(value, int) and not isinstance(value, bool):
-        text = str(value)
-        if len(text) > MAX_TEXT:
-            raise _TooLong(text)
-        return text
-    return None
-
-
-def _number(value: Any) -> float | None:
-    """A float from a number or a numeric string; None for anything else (and NaN).
-
-    Raises :class:`_OutOfRange` for a number too large for a float (``1e400``,
-    a 400-digit integer), which no database column can hold.
-    """
-    if value is None or isinstance(value, bool):
-        return None
-    try:
-        if isinstance(value, (int, float)):
-            number = float(value)
-        elif isinstance(value, str):
-            try:
-                number = float(value.strip())
-            except ValueError:
-                return None
-        else:
-            return None
-    except OverflowError:
-        raise _OutOfRange(value) from None
-    if math.isinf(number):
-        raise _OutOfRange(value)
-    return None if math.isnan(number) else number
-
-
 def _raw_bytes(text: str) -> bytes:
     """The bytes a frame's text came from (undecodable bytes are surrogate escapes).
 
@@ -172,11 +106,11 @@ def reject(reason: str, raw: str, event_id: str | None = None) -> Rejection:
     if length > RAW_CAP:
         # Cap in bytes, without splitting a character.
         kept = encoded[:RAW_CAP].decode("utf-8", "ignore")
-    if not _storable(kept):
+    if not storable(kept):
         # Undecodable bytes arrive as surrogate escapes: keep them as U+FFFD
         # (and NUL likewise) so every database accepts the text.
         kept = _raw_bytes(kept).decode("utf-8", "replace").replace("\x00", "\ufffd")
-    if event_id is not None and (len(event_id) > MAX_TEXT or not _storable(event_id)):
+    if event_id is not None and (len(event_id) > MAX_TEXT or not storable(event_id)):
         event_id = None
     return Rejection(reason, kept, length, event_id, digest)
 
@@ -230,6 +164,9 @@ def too_deep(data: str, limit: int = MAX_DEPTH) -> bool:
     return False
 
 
+_EMPTY: dict[str, Any] = {}
+
+
 def normalise(data: str) -> Event | Rejection:
     """Turn the ``data`` of one SSE frame into an :class:`Event` or a :class:`Rejection`.
 
@@ -257,26 +194,26 @@ def normalise(data: str) -> Event | Rejection:
     if percentage is None:
         percentage = get("pct")
     try:
-        principal = _text(get("principalId"))
+        principal = text_field(get("principalId"))
         if principal is None:
             # Consent bundles name the person userId, DPDP events dataPrincipalId.
-            principal = _text(get("userId")) or _text(get("dataPrincipalId"))
+            principal = text_field(get("userId")) or text_field(get("dataPrincipalId"))
         return Event(
             event_id,
             event_type,
             occurred_at,
             data,
-            _text(get("grantId")),
-            _text(get("agentId")),
+            text_field(get("grantId")),
+            text_field(get("agentId")),
             principal,
-            _text(get("revokedBy")),
-            _text(get("tokenId")),
-            _text(get("method")),
-            _number(percentage),
-            _number(get("remaining")),
-            _number(get("initial")),
+            text_field(get("revokedBy")),
+            text_field(get("tokenId")),
+            text_field(get("method")),
+            number_field(percentage),
+            number_field(get("remaining")),
+            number_field(get("initial")),
         )
-    except _Unstorable:
+    except Unstorable:
         # Rare: find which field, for the reason.
         return _unstorable(body, data, event_id)
 
@@ -307,14 +244,14 @@ def _id_and_type(envelope: dict[str, Any], data: str) -> tuple[str, str] | Rejec
     event_id = envelope.get("id")
     if not isinstance(event_id, str) or not event_id.strip():
         return reject("missing or empty 'id'", data)
-    if not _storable(event_id):
+    if not storable(event_id):
         return reject("'id' holds characters that cannot be stored (NUL or lone surrogate)", data)
     if len(event_id) > MAX_TEXT:
         return reject(f"'id' is longer than {MAX_TEXT} characters", data)
     event_type = envelope.get("type")
     if not isinstance(event_type, str) or not event_type.strip():
         return reject("missing or empty 'type'", data, event_id)
-    if not _storable(event_type):
+    if not storable(event_type):
         return reject(
             "'type' holds characters that cannot be stored (NUL or lone surrogate)", data, event_id
         )
@@ -341,42 +278,21 @@ def _occurred_at(envelope: dict[str, Any], data: str, event_id: str) -> datetime
 
 
 def _unstorable(body: dict[str, Any], data: str, event_id: str) -> Rejection:
-    for key in _TEXT_KEYS:
+    for key in TEXT_KEYS:
         try:
-            _text(body.get(key))
-        except _TooLong:
+            text_field(body.get(key))
+        except TooLong:
             return reject(f"'data.{key}' is longer than {MAX_TEXT} characters", data, event_id)
     pct = "percentage" if body.get("percentage") is not None else "pct"
     for key in (pct, "remaining", "initial"):
         try:
-            _number(body.get(key))
-        except _OutOfRange:
+            number_field(body.get(key))
+        except OutOfRange:
             value = body.get(key)
             return reject(
-                f"'data.{key}' is out of range for a number: {_shorten(value)}", data, event_id
+                f"'data.{key}' is out of range for a number: {shorten(value)}", data, event_id
             )
     raise AssertionError("no field is unstorable")  # pragma: no cover
-
-
-# In the order they are read; the person is looked for under three names.
-_TEXT_KEYS = (
-    "grantId",
-    "agentId",
-    "principalId",
-    "revokedBy",
-    "tokenId",
-    "method",
-    "userId",
-    "dataPrincipalId",
-)
-
-
-def _shorten(value: Any) -> str:
-    text = value if isinstance(value, str) else repr(value)
-    return text if len(text) <= 40 else f"{text[:20]}...({len(text)} characters)"
-
-
-_EMPTY: dict[str, Any] = {}
 
 
 def _peek_id(envelope: Any) -> str | None:
