@@ -151,6 +151,21 @@ class Session:
         paths = {name: FD_DIR / str(fd) for name, fd in opened.items()}
         return paths.__getitem__
 
+    @staticmethod
+    def _result(future: Future[T]) -> T:
+        """The work's result, waited for in short steps.
+
+        A signal may reach any thread of the process, and a wait without a
+        timeout does not wake for one that reached another thread: its
+        handler (Ctrl-C) would run only once the work is done. Waking every
+        0.1 s runs it within that.
+        """
+        while True:
+            try:
+                return future.result(timeout=0.1)
+            except FutureTimeout:
+                continue
+
     def _interruptible(self, work: Callable[[C], T], target: C) -> T:
         """``work(target)``, with Ctrl-C raised as QueryInterrupted.
 
@@ -162,7 +177,7 @@ class Session:
         """
         future: Future[T] = self._worker.submit(work, target)
         try:
-            return future.result()
+            return self._result(future)
         except KeyboardInterrupt:
             pass
         except duckdb.InterruptException:
