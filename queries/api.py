@@ -28,6 +28,8 @@ from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import duckdb
+
 from ingest import files
 
 from .copy import (
@@ -111,8 +113,6 @@ def query(
 
 def check_query(copy: AnalyticsCopy, sql: str) -> bool:
     """Refuse anything but one SELECT or EXPLAIN; True for an EXPLAIN."""
-    import duckdb
-
     session = Session(copy, sandbox=True)
     try:
         return check_read_only(sql, session.conn) == duckdb.StatementType.EXPLAIN

@@ -186,6 +186,7 @@ def test_no_refresh_needs_a_copy_and_the_env_var_moves_it(archive: str, tmp_path
     result = invoke(["sql", "SELECT 1 AS one", "--db", archive, "--no-refresh"], env=env)
     assert result.exit_code == 1
     assert "no analytics copy" in result.output
+    assert "run without --no-refresh" in result.output
     assert invoke(["sql", "SELECT 1 AS one", "--db", archive], env=env).exit_code == 0
     assert (where / "MANIFEST.json").exists()
     assert not Path(archive.removeprefix("sqlite:///") + ".analytics").exists()

@@ -24,13 +24,12 @@ def open_copy(db_url: str, analytics_dir: Path | None, refresh: bool) -> Analyti
     progress = progress_for("Refreshing the analytics copy", refresh)
     try:
         with reported():
-            opened = api.open_copy(db_url, analytics_dir, refresh, progress=progress)
-    except CliError as exc:
-        if isinstance(exc.__context__, api.NoCopyYet):
-            raise CliError(
-                f"{exc.message}: run without --no-refresh (or `grantex-archive refresh`)"
-            ) from None
-        raise
+            try:
+                opened = api.open_copy(db_url, analytics_dir, refresh, progress=progress)
+            except api.NoCopyYet as exc:
+                raise CliError(
+                    f"{exc}: run without --no-refresh (or `grantex-archive refresh`)"
+                ) from None
     finally:
         if progress is not None:
             progress.done()

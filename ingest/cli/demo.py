@@ -16,7 +16,6 @@ from queries.reports import get_report
 from ..logs import setup_logging
 from ..runner import run_ingest
 from ..settings import IngestSettings, Secret
-from ..simulator import Simulator, SimulatorConfig
 from ..store import safe_url, sqlite_path
 from .copies import emit, refresh_copy
 from .errors import EXIT_CODES, CliError, reported
@@ -62,6 +61,9 @@ def demo(db_url: str, backlog: int, seed: int) -> None:
     Example:
       grantex-archive demo --events 100000
     """
+    # The simulator (an HTTP server) loads only for the commands that serve events.
+    from ..simulator import Simulator, SimulatorConfig
+
     check_db_url(db_url)
     path = sqlite_path(db_url)
     if path is not None:

@@ -9,7 +9,6 @@ from typing import Any
 
 import click
 
-from ..simulator import Simulator, SimulatorConfig
 from ..timestamps import format_timestamp
 from .errors import EXIT_USAGE, CliError
 
@@ -89,6 +88,9 @@ def simulate(**options: Any) -> None:
       GRANTEX_API_KEY=dev GRANTEX_BASE_URL=http://127.0.0.1:8765 \\
         grantex-archive ingest --since 2000-01-01T00:00:00Z --until-idle 2
     """
+    # The simulator (an HTTP server) loads only for the commands that serve events.
+    from ..simulator import Simulator, SimulatorConfig
+
     key = os.environ.get("GRANTEX_API_KEY", "").strip()
     made_up = not key
     if made_up:

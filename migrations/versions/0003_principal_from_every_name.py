@@ -74,11 +74,17 @@ def principal_of(payload: str) -> str | None:
     return None
 
 
-def _candidates(last: int) -> sa.Select[Any]:
-    mentions = sa.or_(*(_events.c.payload.contains(f'"{name}"') for name in _NAMES))
+def _candidates(last: int, filled: bool) -> sa.Select[Any]:
+    """The next rows after ``last`` whose payload mentions one of the names, with
+    ``principal_id`` set (``filled``) or NULL."""
+    principal = _events.c.principal_id
     return (
         sa.select(_events.c.seq, _events.c.payload)
-        .where(_events.c.seq > last, _events.c.principal_id.is_(None), mentions)
+        .where(
+            _events.c.seq > last,
+            principal.is_not(None) if filled else principal.is_(None),
+            sa.or_(*(_events.c.payload.contains(f'"{name}"') for name in _NAMES)),
+        )
         .order_by(_events.c.seq)
         .limit(_BATCH)
     )
@@ -88,7 +94,7 @@ def upgrade() -> None:
     conn = op.get_bind()
     last = 0
     while True:
-        chunk = conn.execute(_candidates(last)).all()
+        chunk = conn.execute(_candidates(last, filled=False)).all()
         if not chunk:
             return
         filled = [
@@ -105,16 +111,7 @@ def downgrade() -> None:
     conn = op.get_bind()
     last = 0
     while True:
-        chunk = conn.execute(
-            sa.select(_events.c.seq, _events.c.payload)
-            .where(
-                _events.c.seq > last,
-                _events.c.principal_id.is_not(None),
-                sa.or_(*(_events.c.payload.contains(f'"{name}"') for name in _NAMES)),
-            )
-            .order_by(_events.c.seq)
-            .limit(_BATCH)
-        ).all()
+        chunk = conn.execute(_candidates(last, filled=True)).all()
         if not chunk:
             return
         cleared = [{"row_seq": seq} for seq, payload in chunk if principal_of(payload) is not None]
