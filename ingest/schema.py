@@ -85,7 +85,14 @@ ingest_connections = sa.Table(
         sa.ForeignKey("ingest_runs.id", ondelete="CASCADE"),
         nullable=False,
     ),
-    sa.Column("opened_at", _Time, nullable=False),
+    # Migration 0004: when the request was sent (the stream covers time from
+    # here: the service subscribes before it sends a byte), when its first
+    # byte arrived (NULL when none did), and the newest moment the run
+    # recorded the connection alive (a commit of its events or a progress
+    # record), where a killed run's connection is closed by the next run.
+    sa.Column("requested_at", _Time, nullable=False),
+    sa.Column("first_byte_at", _Time),
+    sa.Column("last_seen_at", _Time),
     sa.Column("closed_at", _Time),
     sa.Column("since_requested", _Time),
     sa.Column("status_code", sa.Integer()),

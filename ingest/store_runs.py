@@ -87,7 +87,8 @@ class RunRecords:
                 ingest_connections.insert().returning(ingest_connections.c.id),
                 {
                     "run_id": run_id,
-                    "opened_at": opened_at,
+                    "requested_at": opened_at,
+                    "first_byte_at": opened_at,
                     "since_requested": since,
                     "status_code": status_code,
                 },
@@ -118,7 +119,8 @@ class RunRecords:
                 ingest_connections.insert(),
                 {
                     "run_id": run_id,
-                    "opened_at": at,
+                    "requested_at": at,
+                    "first_byte_at": at,
                     "closed_at": at,
                     "since_requested": since,
                     "status_code": status_code,
