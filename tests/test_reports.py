@@ -203,22 +203,25 @@ def test_event_volume(archive: list[str]) -> None:
 
 def test_token_issuance(archive: list[str]) -> None:
     # A1: G1's documented tokens (exchange, refresh; agent from the grant) and
-    # G2's live token (no method). A2: G4's live token.
+    # G2's live token (no method, and ids that are not ULIDs: unknown). A2:
+    # G4's live token (the same).
     assert report(archive, "token-issuance", *WINDOW) == [
         {
             "agent_id": "A1",
             "tokens": 3,
             "exchange": 1,
+            "delegation": 0,
             "refresh": 1,
-            "method_unknown": 1,
+            "unknown": 1,
             "refresh_ratio": 0.5,
         },
         {
             "agent_id": "A2",
             "tokens": 1,
             "exchange": 0,
+            "delegation": 0,
             "refresh": 0,
-            "method_unknown": 1,
+            "unknown": 1,
             "refresh_ratio": None,
         },
     ]
@@ -232,8 +235,9 @@ def test_token_issuance(archive: list[str]) -> None:
             "agent_id": "A1",
             "tokens": 1,
             "exchange": 0,
+            "delegation": 0,
             "refresh": 1,
-            "method_unknown": 0,
+            "unknown": 0,
             "refresh_ratio": 1.0,
         }
     ]

@@ -14,6 +14,7 @@ from typing import Any
 import sqlalchemy as sa
 
 from ingest import schema
+from queries.token_kinds import lag_sql
 
 # (name, DuckDB type) pairs, in table order.
 Columns = tuple[tuple[str, str], ...]
@@ -64,6 +65,14 @@ DERIVED_COLUMNS: tuple[tuple[str, str, str], ...] = (
         "VARCHAR[]",
         "CASE WHEN type = 'anomaly.auto_revoked' "
         "THEN TRY_CAST(json_extract(payload, '$.data.revokedGrants') AS VARCHAR[]) END",
+    ),
+    # token.issued: token ULID time minus grant ULID time (queries.token_kinds).
+    ("token_lag_ms", "BIGINT", f"CASE WHEN type = 'token.issued' THEN {lag_sql()} END"),
+    (
+        "parent_grant_id",
+        "VARCHAR",
+        "CASE WHEN type = 'grant.created' "
+        "THEN json_extract_string(payload, '$.data.parentGrantId') END",
     ),
 )
 SEGMENT_COLUMNS: Columns = EVENT_COLUMNS + tuple((name, kind) for name, kind, _ in DERIVED_COLUMNS)

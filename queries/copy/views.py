@@ -10,6 +10,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from queries.token_kinds import kind_sql
+
 from .columns import TABLE_COLUMNS
 from .grant_state import current_state_sql
 from .manifest import Locate, Manifest
@@ -50,6 +52,28 @@ FROM ({states}) s
 
 EVENTS_VIEW = "SELECT * FROM {events}"
 
+# One row per token.issued, with the agent from its grant when the event
+# names none, and its kind by the rule in queries.token_kinds.
+TOKENS_VIEW = f"""
+SELECT e.id AS event_id,
+    e.token_id,
+    e.grant_id,
+    e.source,
+    coalesce(e.agent_id, g.agent_id) AS agent_id,
+    coalesce(e.principal_id, g.principal_id) AS principal_id,
+    e.occurred_at AS issued_at,
+    e.method,
+    e.token_lag_ms,
+    {kind_sql("e.method", "e.token_lag_ms", "d.grant_id IS NOT NULL")} AS kind
+FROM events e
+LEFT JOIN grants g USING (grant_id)
+LEFT JOIN (
+    SELECT DISTINCT grant_id FROM events
+    WHERE type = 'grant.created' AND parent_grant_id IS NOT NULL
+) d USING (grant_id)
+WHERE e.type = 'token.issued'
+"""
+
 
 def view_statements(
     directory: Path, manifest: Manifest | None, locate: Locate | None = None
@@ -68,6 +92,7 @@ def view_statements(
         "CREATE OR REPLACE VIEW events AS " + EVENTS_VIEW.format(events=events_from(files)).strip(),
         "CREATE OR REPLACE VIEW grants AS "
         + GRANTS_VIEW.format(states=current_state_sql(locate, manifest)).strip(),
+        "CREATE OR REPLACE VIEW tokens AS " + TOKENS_VIEW.strip(),
     ]
     for table, columns in TABLE_COLUMNS.items():
         known = manifest.tables.get(table)
