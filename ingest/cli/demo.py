@@ -25,6 +25,7 @@ HEADLINES: tuple[tuple[str, int | None], ...] = (
     ("event-volume", None),
     ("revocations-by-actor", None),
     ("budget-exhaustion-rate", None),
+    ("token-issuance", 5),
     ("grant-lifetime", None),
     ("top-agents", 5),
 )
