@@ -6,9 +6,35 @@ import contextlib
 import queue
 import threading
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from datetime import datetime
 
-from .store import Received, StoreError
+from .store import ConnectionShare, Received, StoreError
+
+
+@dataclass
+class Batch:
+    """What the worker hands over in one commit.
+
+    ``newest`` is the newest plausible event time in it (the resume point
+    once committed); ``connections`` which connections its entries came
+    over, one share per stretch of entries from one connection, in arrival
+    order.
+    """
+
+    entries: list[Received] = field(default_factory=list)
+    newest: datetime | None = None
+    connections: list[ConnectionShare] = field(default_factory=list)
+
+    def came_over(self, connection_id: int | None, events: int, received_at: datetime) -> None:
+        """The entries just added (``events`` of them events) arrived over ``connection_id``."""
+        if connection_id is None:
+            return
+        shares = self.connections
+        if shares and shares[-1].connection_id == connection_id:
+            events += shares[-1].events
+            shares.pop()
+        shares.append(ConnectionShare(connection_id, events, received_at))
 
 
 class BatchWriter:
@@ -23,27 +49,25 @@ class BatchWriter:
 
     def __init__(
         self,
-        commit: Callable[[list[Received], datetime | None], None],
+        commit: Callable[[Batch], None],
         give_up: Callable[[], str | None],
     ) -> None:
         self._commit = commit
         self._give_up = give_up
-        self._jobs: queue.Queue[tuple[list[Received], datetime | None] | None] = queue.Queue(
-            maxsize=1
-        )
+        self._jobs: queue.Queue[Batch | None] = queue.Queue(maxsize=1)
         self._done = threading.Condition()
         self._pending = 0
         self._error: StoreError | None = None
         self._thread = threading.Thread(target=self._run, name="grantex-writer", daemon=True)
         self._thread.start()
 
-    def submit(self, batch: list[Received], newest: datetime | None) -> None:
+    def submit(self, batch: Batch) -> None:
         self.check()
         with self._done:
             self._pending += 1
         while True:
             try:
-                self._jobs.put((batch, newest), timeout=0.2)
+                self._jobs.put(batch, timeout=0.2)
                 return
             except queue.Full:
                 self._check_waiting()
@@ -84,7 +108,7 @@ class BatchWriter:
                 return
             try:
                 if self._error is None:
-                    self._commit(*job)
+                    self._commit(job)
             except StoreError as exc:
                 self._error = exc
             except Exception as exc:  # reported to the main thread, not lost

@@ -84,9 +84,8 @@ class RunRecord:
         self._clock = clock
         self._exit_codes = exit_codes
         self.run_id: int | None = None
-        self._connection_id: int | None = None
-        self.connection_events = 0
-        """Frames received on the current connection."""
+        self.connection_id: int | None = None
+        """The row of the connection open now; the frames arriving come over it."""
         self._last_progress = (0, 0.0)
 
     def start(self, started_at: datetime, since: datetime | None) -> None:
@@ -124,21 +123,21 @@ class RunRecord:
         """A connection opened; ``reconnect`` if it is not the run's first."""
         if reconnect:
             self._counts.reconnects += 1
-        self.connection_events = 0
         run_id = self._run_id()
-        self._connection_id = self._retrying(
-            lambda: self._store.open_connection(run_id, item.at, item.since, item.status_code)
+        self.connection_id = self._retrying(
+            lambda: self._store.open_connection(
+                run_id, item.requested_at, item.first_byte_at, item.since, item.status_code
+            )
         )
         since = format_timestamp(item.since) if item.since else "live"
         log.info("connected: since=%s", since, extra={"fields": {"since": since}})
 
     def closed(self, item: Closed) -> None:
-        if self._connection_id is not None:
-            conn_id = self._connection_id
-            events = self.connection_events
+        if self.connection_id is not None:
+            conn_id = self.connection_id
             reason = self._redact(item.reason)
-            self._retrying(lambda: self._store.close_connection(conn_id, item.at, events, reason))
-            self._connection_id = None
+            self._retrying(lambda: self._store.close_connection(conn_id, item.at, reason))
+            self.connection_id = None
         if item.reason != "stopped":
             log.warning(
                 "disconnected after %d frames: %s",
@@ -148,14 +147,23 @@ class RunRecord:
             )
 
     def failed(self, item: Failed) -> None:
-        self._counts.reconnects += 1
+        """An attempt that did not become a stream; the last one when ``retry_in`` is None."""
         run_id = self._run_id()
         reason = self._redact(item.reason)
         self._retrying(
             lambda: self._store.record_attempt(
-                run_id, item.at, item.since, item.status_code, reason
+                run_id,
+                item.requested_at,
+                item.first_byte_at,
+                item.closed_at,
+                item.since,
+                item.status_code,
+                reason,
             )
         )
+        if item.retry_in is None:
+            return  # the run ends with this error as its outcome, logged then
+        self._counts.reconnects += 1
         log.warning(
             "connection failed: %s; retrying in %.1fs",
             item.reason,
@@ -201,9 +209,11 @@ class RunRecord:
             },
         )
         if self.run_id is not None:
-            run_id = self.run_id
-            # Keeps a killed run's row close to what it did.
-            self._retrying(lambda: self._store.update_run(run_id, **c.as_row()))
+            run_id, conn_id, values = self.run_id, self.connection_id, c.as_row()
+            # Keeps a killed run's rows close to what it did: its counts, and
+            # the connection alive now (even if only keepalives came).
+            seen_at = self._clock.now()
+            self._retrying(lambda: self._store.record_progress(run_id, values, conn_id, seen_at))
 
     def finish(self, result: RunResult) -> None:
         """Record how the run ended (in the journal if the database refuses); log it."""
@@ -227,19 +237,17 @@ class RunRecord:
 
     def _close_connection(self, now: datetime, reason: str) -> tuple[int, dict[str, Any]] | None:
         """Close the open connection's row; what could not be written, for the journal."""
-        if self._connection_id is None:
+        if self.connection_id is None:
             return None
-        conn_id = self._connection_id
-        self._connection_id = None
-        events = self.connection_events
+        conn_id = self.connection_id
+        self.connection_id = None
         try:
-            self._retrying(
-                lambda: self._store.close_connection(conn_id, now, events, reason), attempts=3
-            )
+            self._retrying(lambda: self._store.close_connection(conn_id, now, reason), attempts=3)
             return None
         except StoreError as exc:
             log.error("could not record the connection: %s", exc)
-            return conn_id, {"closed_at": now, "events": events, "close_reason": reason}
+            # Its events are in the database already: each batch counted its own.
+            return conn_id, {"closed_at": now, "close_reason": reason}
 
     def _log_finished(self, outcome: str) -> None:
         c = self._counts

@@ -37,11 +37,12 @@ from .rows import (
     sqlite_rows,
 )
 from .schema import EVENT_COLUMNS, events, rejected_events
-from .store_runs import RunRecords
+from .store_runs import ConnectionShare, RunRecords
 from .timestamps import utc
 
 __all__ = [
     "BatchResult",
+    "ConnectionShare",
     "DatabaseURLError",
     "LockHeld",
     "NotAnArchive",
@@ -199,13 +200,18 @@ class Store(RunRecords):
     # -- writes --------------------------------------------------------------
 
     def write_batch(
-        self, source: str, run_id: int | None, batch: Sequence[Received]
+        self,
+        source: str,
+        run_id: int | None,
+        batch: Sequence[Received],
+        connections: Sequence[ConnectionShare] = (),
     ) -> BatchResult:
         """Store one batch in one transaction: events insert-or-ignore, rejections appended.
 
         An id seen again with the same payload is a duplicate (a no-op); with a
         different payload the first one stays and the conflict is recorded as a
-        rejection.
+        rejection. ``connections`` says which connections the batch came over:
+        their rows count its events in the same transaction.
         """
         result = BatchResult()
         fresh: dict[str, Received] = {}
@@ -225,7 +231,7 @@ class Store(RunRecords):
                 rejections.append((_conflict(item), entry.received_at))
                 result.conflicts += 1
         try:
-            self._write(source, run_id, fresh, rejections, result)
+            self._write(source, run_id, fresh, rejections, result, connections)
         except self._driver_error as exc:
             # The hot path talks to the driver directly; its errors are
             # translated so callers see SQLAlchemy's (retryable) classes.
@@ -240,12 +246,15 @@ class Store(RunRecords):
         fresh: dict[str, Received],
         rejections: list[tuple[Rejection, datetime]],
         result: BatchResult,
+        connections: Sequence[ConnectionShare],
     ) -> None:
         with self.engine.begin() as conn:
             if fresh:
                 self._insert(conn, source, list(fresh.values()), result, rejections)
             if rejections:
                 self._record_rejections(conn, source, run_id, rejections)
+            if connections:
+                self.count_connections(conn, connections)
 
     def _record_rejections(
         self,

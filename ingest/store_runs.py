@@ -1,16 +1,86 @@
 """The run records: one row per ingest run in ``ingest_runs``, one per connection attempt in
-``ingest_connections``."""
+``ingest_connections``.
+
+A connection's row is written when its attempt is answered (or refused),
+and then kept current: each committed batch adds the connection's events
+and moves its ``last_seen_at`` in the same transaction
+(:meth:`RunRecords.count_connections`), and so does each progress record.
+A run killed before it could close its connection leaves the row open; the
+next run of the source closes it at that last recorded activity
+(:func:`abandoned_run_end`).
+"""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy.engine import Engine
+import sqlalchemy as sa
+from sqlalchemy.engine import Connection, Engine
 
 from .journal import PendingRun
 from .schema import ingest_connections, ingest_runs
+from .timestamps import utc
+
+ABANDONED_REASON = "run abandoned: closed at its last recorded activity"
+"""The ``close_reason`` of a connection left open by a killed run."""
+
+_REASON_LENGTH = 2000
+
+
+@dataclass(frozen=True, slots=True)
+class ConnectionShare:
+    """What one batch holds of one connection's arrivals.
+
+    ``events`` counts events (not rejected frames); ``last_received_at`` is
+    when the newest of its frames arrived, the connection alive then.
+    """
+
+    connection_id: int
+    events: int
+    last_received_at: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class OpenConnection:
+    """A connection row a killed run left open, with the times it recorded."""
+
+    id: int
+    requested_at: datetime
+    first_byte_at: datetime | None
+    last_seen_at: datetime | None
+
+    @property
+    def last_activity(self) -> datetime:
+        """The newest moment the run recorded this connection alive."""
+        return self.last_seen_at or self.first_byte_at or self.requested_at
+
+
+def abandoned_run_end(started_at: datetime, connection_ends: Iterable[datetime]) -> datetime:
+    """When a killed run is taken to have ended: its connections' latest end, else its start.
+
+    Coverage must not reach past what the run recorded, nor start a gap at
+    the run's start when it covered time after it.
+    """
+    return max(connection_ends, default=started_at)
+
+
+_c = ingest_connections.c
+_seen = sa.bindparam("seen", type_=_c.last_seen_at.type)
+_COUNT_CONNECTION = (
+    ingest_connections.update()
+    .where(_c.id == sa.bindparam("connection_id"))
+    .values(
+        events=_c.events + sa.bindparam("added", type_=sa.Integer()),
+        # Batches and progress records may commit out of order.
+        last_seen_at=sa.case(
+            (sa.or_(_c.last_seen_at.is_(None), _c.last_seen_at < _seen), _seen),
+            else_=_c.last_seen_at,
+        ),
+    )
+)
 
 
 class RunRecords:
@@ -32,36 +102,16 @@ class RunRecords:
         ``pending`` is a run's final record that the database refused when
         that run ended (see :mod:`ingest.journal`): it is applied as it
         was. Any other run still marked running was killed: it becomes
-        ``abandoned``, with the counts of its last progress update.
+        ``abandoned``, with the counts of its last progress update; its open
+        connections close at their last recorded activity, and the run
+        finishes at the latest of its connections' ends.
         """
         with self.engine.begin() as conn:
             if pending is not None:
-                conn.execute(
-                    ingest_runs.update()
-                    .where(
-                        ingest_runs.c.id == pending.run_id,
-                        ingest_runs.c.source == source,
-                        ingest_runs.c.outcome == "running",
-                    )
-                    .values(**pending.values)
-                )
-                if pending.connection_id is not None and pending.connection_values:
-                    conn.execute(
-                        ingest_connections.update()
-                        .where(
-                            ingest_connections.c.id == pending.connection_id,
-                            ingest_connections.c.run_id == pending.run_id,
-                            ingest_connections.c.closed_at.is_(None),
-                        )
-                        .values(**pending.connection_values)
-                    )
+                _apply_pending(conn, source, pending)
             # The caller holds this source's lock, so an earlier run still
             # marked running was killed before it could record its end.
-            conn.execute(
-                ingest_runs.update()
-                .where(ingest_runs.c.source == source, ingest_runs.c.outcome == "running")
-                .values(outcome="abandoned")
-            )
+            _settle_abandoned(conn, source)
             run_id = conn.execute(
                 ingest_runs.insert().returning(ingest_runs.c.id),
                 {
@@ -79,52 +129,166 @@ class RunRecords:
         with self.engine.begin() as conn:
             conn.execute(ingest_runs.update().where(ingest_runs.c.id == run_id).values(**values))
 
+    def record_progress(
+        self,
+        run_id: int,
+        values: dict[str, Any],
+        connection_id: int | None,
+        seen_at: datetime,
+    ) -> None:
+        """Update the run's counts; mark its open connection, if any, alive at ``seen_at``."""
+        with self.engine.begin() as conn:
+            conn.execute(ingest_runs.update().where(ingest_runs.c.id == run_id).values(**values))
+            if connection_id is not None:
+                self.count_connections(conn, [ConnectionShare(connection_id, 0, seen_at)])
+
     def open_connection(
-        self, run_id: int, opened_at: datetime, since: datetime | None, status_code: int | None
+        self,
+        run_id: int,
+        requested_at: datetime,
+        first_byte_at: datetime,
+        since: datetime | None,
+        status_code: int,
     ) -> int:
+        """Record a connection that became a stream; its events are counted as they commit."""
         with self.engine.begin() as conn:
             conn_id = conn.execute(
-                ingest_connections.insert().returning(ingest_connections.c.id),
+                ingest_connections.insert().returning(_c.id),
                 {
                     "run_id": run_id,
-                    "requested_at": opened_at,
-                    "first_byte_at": opened_at,
+                    "requested_at": requested_at,
+                    "first_byte_at": first_byte_at,
                     "since_requested": since,
                     "status_code": status_code,
                 },
             ).scalar_one()
         return int(conn_id)
 
-    def close_connection(
-        self, conn_id: int, closed_at: datetime, received: int, reason: str
-    ) -> None:
+    def close_connection(self, conn_id: int, closed_at: datetime, reason: str) -> None:
+        """Close a connection's row (its events were counted by the batches that committed).
+
+        A progress record made while the close was still queued may have
+        marked it alive a little later: ``last_seen_at`` never passes
+        ``closed_at``.
+        """
+        closed = sa.bindparam("closed", closed_at, type_=_c.closed_at.type)
         with self.engine.begin() as conn:
             conn.execute(
                 ingest_connections.update()
-                .where(ingest_connections.c.id == conn_id)
-                .values(closed_at=closed_at, events=received, close_reason=reason[:2000])
+                .where(_c.id == conn_id)
+                .values(
+                    closed_at=closed,
+                    close_reason=reason[:_REASON_LENGTH],
+                    last_seen_at=sa.case((_c.last_seen_at > closed, closed), else_=_c.last_seen_at),
+                )
             )
 
     def record_attempt(
         self,
         run_id: int,
-        at: datetime,
+        requested_at: datetime,
+        first_byte_at: datetime | None,
+        closed_at: datetime,
         since: datetime | None,
         status_code: int | None,
         reason: str,
     ) -> None:
-        """A connection attempt that never became a stream (refused, 429, 5xx)."""
+        """A connection attempt that never became a stream (refused, 401, 429, 5xx...).
+
+        ``first_byte_at`` and ``status_code`` are None when no answer came.
+        """
         with self.engine.begin() as conn:
             conn.execute(
                 ingest_connections.insert(),
                 {
                     "run_id": run_id,
-                    "requested_at": at,
-                    "first_byte_at": at,
-                    "closed_at": at,
+                    "requested_at": requested_at,
+                    "first_byte_at": first_byte_at,
+                    "closed_at": closed_at,
                     "since_requested": since,
                     "status_code": status_code,
                     "events": 0,
-                    "close_reason": reason[:2000],
+                    "close_reason": reason[:_REASON_LENGTH],
                 },
             )
+
+    @staticmethod
+    def count_connections(conn: Connection, shares: Sequence[ConnectionShare]) -> None:
+        """Add each share's events to its connection and move its ``last_seen_at`` forward.
+
+        Runs inside the transaction that commits the batch, so a connection's
+        ``events`` is always what is committed of it, even after a kill.
+        """
+        # One statement per share (a batch rarely holds two): a single
+        # execute costs PostgreSQL a third of an executemany of one.
+        for share in shares:
+            conn.execute(
+                _COUNT_CONNECTION,
+                {
+                    "connection_id": share.connection_id,
+                    "added": share.events,
+                    "seen": share.last_received_at,
+                },
+            )
+
+
+def _apply_pending(conn: Connection, source: str, pending: PendingRun) -> None:
+    conn.execute(
+        ingest_runs.update()
+        .where(
+            ingest_runs.c.id == pending.run_id,
+            ingest_runs.c.source == source,
+            ingest_runs.c.outcome == "running",
+        )
+        .values(**pending.values)
+    )
+    if pending.connection_id is not None and pending.connection_values:
+        conn.execute(
+            ingest_connections.update()
+            .where(
+                _c.id == pending.connection_id,
+                _c.run_id == pending.run_id,
+                _c.closed_at.is_(None),
+            )
+            .values(**pending.connection_values)
+        )
+
+
+def _settle_abandoned(conn: Connection, source: str) -> None:
+    """Mark this source's runs still ``running`` abandoned, closing what they left open."""
+    killed = conn.execute(
+        sa.select(ingest_runs.c.id, ingest_runs.c.started_at).where(
+            ingest_runs.c.source == source, ingest_runs.c.outcome == "running"
+        )
+    ).all()
+    for run_id, started_at in killed:
+        left_open = [
+            OpenConnection(
+                row.id, _aware(row.requested_at), utc(row.first_byte_at), utc(row.last_seen_at)
+            )
+            for row in conn.execute(
+                sa.select(_c.id, _c.requested_at, _c.first_byte_at, _c.last_seen_at).where(
+                    _c.run_id == run_id, _c.closed_at.is_(None)
+                )
+            )
+        ]
+        for connection in left_open:
+            conn.execute(
+                ingest_connections.update()
+                .where(_c.id == connection.id)
+                .values(closed_at=connection.last_activity, close_reason=ABANDONED_REASON)
+            )
+        ends = conn.execute(sa.select(_c.closed_at).where(_c.run_id == run_id)).scalars()
+        finished_at = abandoned_run_end(_aware(started_at), (_aware(end) for end in ends if end))
+        conn.execute(
+            ingest_runs.update()
+            .where(ingest_runs.c.id == run_id)
+            .values(outcome="abandoned", finished_at=finished_at)
+        )
+
+
+def _aware(value: datetime) -> datetime:
+    """A stored time as aware UTC (SQLite returns it naive)."""
+    aware = utc(value)
+    assert aware is not None
+    return aware

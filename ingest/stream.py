@@ -59,11 +59,18 @@ class Chunk:
 
 @dataclass(frozen=True, slots=True)
 class Opened:
-    """A stream connection was established (HTTP 200, event stream)."""
+    """A stream connection was established (HTTP 200, event stream).
+
+    ``requested_at`` is when the request went out, ``first_byte_at`` when
+    the status and headers arrived. The live service holds its headers back
+    until its first event or keepalive, up to 30 s, but subscribes as the
+    request arrives: the connection covers time from ``requested_at``.
+    """
 
     since: datetime | None
     status_code: int
-    at: datetime
+    requested_at: datetime
+    first_byte_at: datetime
 
 
 @dataclass(frozen=True, slots=True)
@@ -77,13 +84,21 @@ class Closed:
 
 @dataclass(frozen=True, slots=True)
 class Failed:
-    """A connection attempt that did not become a stream; it will be retried."""
+    """A connection attempt that did not become a stream.
+
+    ``first_byte_at`` is when the response's head arrived (None when nothing
+    did: refused, timed out); ``closed_at`` when the attempt was over.
+    ``retry_in`` is the wait before the next attempt, or None when there is
+    none: :func:`stream_events` raises :class:`StreamError` right after.
+    """
 
     reason: str
     status_code: int | None
     since: datetime | None
-    at: datetime
-    retry_in: float
+    requested_at: datetime
+    first_byte_at: datetime | None
+    closed_at: datetime
+    retry_in: float | None
 
 
 StreamItem = Chunk | Opened | Closed | Failed
@@ -190,8 +205,10 @@ def stream_events(
 
     ``since_for_connect`` is called before every connection attempt and
     returns the ``since`` to ask for (the caller reads it back from what it
-    has committed). Raises :class:`AuthenticationError` or
-    :class:`EndpointError` for responses that retrying cannot fix.
+    has committed). Every attempt yields one :class:`Opened` or
+    :class:`Failed`. A response that retrying cannot fix yields its
+    :class:`Failed` (``retry_in`` None), then raises
+    :class:`AuthenticationError` or :class:`EndpointError`.
     """
     own_client = client is None
     http = client or make_client(options)
@@ -227,36 +244,40 @@ def _attempt(
     when there must be none.
     """
     url = options.base_url + STREAM_PATH
+    requested_at = clock.now()
+    first_byte_at: datetime | None = None
     try:
         with http.stream(
             "GET", url, params=_params(options, since), headers=_headers(options, link)
         ) as response:
+            first_byte_at = clock.now()
             status = response.status_code
             decision = decide_response(
                 status,
                 response.headers.get("content-type", ""),
                 response.headers.get("Retry-After"),
-                now=clock.now().timestamp(),
+                now=first_byte_at.timestamp(),
             )
+            if decision.action == "open":
+                yield Opened(since, status, requested_at, first_byte_at)
+                delivered = yield from _read(response, options, link, stop, clock)
+                return backoff.after_connection(delivered, link.retry_field)
+            reason = decision.problem or _status_reason(response)
+            delay = (
+                backoff.after_refusal(decision.retry_after) if decision.action == "retry" else None
+            )
+            yield Failed(reason, status, since, requested_at, first_byte_at, clock.now(), delay)
             if decision.action == "auth_failed":
-                raise AuthenticationError(
-                    f"the API rejected the credentials ({_status_reason(response)})"
-                )
+                raise AuthenticationError(f"the API rejected the credentials ({reason})")
             if decision.action == "endpoint_error":
-                raise EndpointError(f"{url} answered {_status_reason(response)}")
-            if decision.action == "retry":
-                reason = decision.problem or _status_reason(response)
-                delay = backoff.after_refusal(decision.retry_after)
-                yield Failed(reason, status, since, clock.now(), delay)
-                return delay
-            yield Opened(since, status, clock.now())
-            delivered = yield from _read(response, options, link, stop, clock)
+                raise EndpointError(f"{url} answered {reason}")
+            assert delay is not None
+            return delay
     except httpx.TransportError as exc:
         delay = backoff.next_delay()
         reason = f"cannot connect: {type(exc).__name__}: {exc}".rstrip(": ")
-        yield Failed(reason, None, since, clock.now(), delay)
+        yield Failed(reason, None, since, requested_at, first_byte_at, clock.now(), delay)
         return delay
-    return backoff.after_connection(delivered, link.retry_field)
 
 
 def _read(

@@ -30,7 +30,7 @@ from typing import TypeVar
 
 import sqlalchemy as sa
 
-from .batch_writer import BatchWriter
+from .batch_writer import Batch, BatchWriter
 from .clock import SYSTEM, Clock
 from .database import first_line
 from .events import Event
@@ -111,8 +111,7 @@ class Worker:
         self._redact = Redactor((settings.api_key.reveal(),)).redact
         self.counts = RunCounts()
         self._timers: RunTimers | None = None
-        self._batch: list[Received] = []
-        self._batch_newest: datetime | None = None
+        self._batch = Batch()
         self._record = RunRecord(
             settings, store, self.counts, self._with_db_retry, self._redact, clock, exit_codes or {}
         )
@@ -210,7 +209,7 @@ class Worker:
 
     def _on_chunk(self, chunk: Normalised, timers: RunTimers) -> None:
         timers.received(self.clock.monotonic(), self._take(chunk))
-        if len(self._batch) >= self.settings.batch_size:
+        if len(self._batch.entries) >= self.settings.batch_size:
             timers.blocked(self._flush())
             timers.flushed(self.clock.monotonic())
 
@@ -271,9 +270,10 @@ class Worker:
         # The plausibility bound once per chunk, not once per event.
         bound = latest_plausible(received_at)
         batch = self._batch
-        before = len(batch)
+        entries, newest = batch.entries, batch.newest
+        before, received_before = len(entries), c.received
         for item in chunk.items:
-            batch.append(Received(item, received_at))
+            entries.append(Received(item, received_at))
             if type(item) is Event:
                 c.received += 1
                 occurred = item.occurred_at
@@ -282,13 +282,15 @@ class Worker:
                 if occurred > bound:
                     _warn_implausible(item, received_at)
                 else:
-                    if self._batch_newest is None or occurred > self._batch_newest:
-                        self._batch_newest = occurred
+                    if newest is None or occurred > newest:
+                        newest = occurred
                     if c.last_occurred_at is None or occurred > c.last_occurred_at:
                         c.last_occurred_at = occurred
                 if limit is not None and c.received >= limit:
                     break
-        self._record.connection_events += len(batch) - before
+        batch.newest = newest
+        if len(entries) > before:
+            batch.came_over(self._record.connection_id, c.received - received_before, received_at)
         return c.received
 
     def _flush(self, wait: bool = False) -> float:
@@ -298,19 +300,21 @@ class Worker:
         which nothing was read: the idle clock must not count them.
         """
         started = self.clock.monotonic()
-        if self._batch:
-            batch, newest = self._batch, self._batch_newest
-            self._batch, self._batch_newest = [], None
-            self._writer.submit(batch, newest)
+        if self._batch.entries:
+            batch, self._batch = self._batch, Batch()
+            self._writer.submit(batch)
         if wait:
             self._writer.wait()
         return self.clock.monotonic() - started
 
-    def _commit(self, batch: list[Received], newest: datetime | None) -> None:
-        """Runs on the writer thread: one batch, one transaction."""
+    def _commit(self, batch: Batch) -> None:
+        """Runs on the writer thread: one batch and its connections' counts, one transaction."""
         result = self._with_db_retry(
-            lambda: self.store.write_batch(self.settings.source, self._record.run_id, batch)
+            lambda: self.store.write_batch(
+                self.settings.source, self._record.run_id, batch.entries, batch.connections
+            )
         )
+        newest = batch.newest
         c = self.counts
         c.inserted += result.inserted
         c.duplicates += result.duplicates

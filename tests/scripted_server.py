@@ -1,8 +1,9 @@
 """A loopback HTTP server that answers each stream request from a script.
 
-Each :class:`Reply` says what one request gets: status, headers, body chunks
-(sent with a flush and an optional pause between them) and what happens at
-the end (close the socket, or hold it open, optionally sending keepalives).
+Each :class:`Reply` says what one request gets: status, headers (after an
+optional delay), body chunks (sent with a flush and an optional pause
+between them) and what happens at the end (close the socket, or hold it
+open, optionally sending keepalives).
 Requests are recorded so tests can check paths, query strings and headers.
 """
 
@@ -26,6 +27,11 @@ class Reply:
     keepalive: float = 0.0
     abort: bool = False
     content_type: str = "text/event-stream"
+    head_delay: float = 0.0
+    """Seconds before the status line and headers go out, as the live service
+    holds them until its first event or keepalive."""
+    error_body: bytes = b'{"message":"scripted","code":"SCRIPTED"}'
+    """The body of a reply whose status is not 200."""
 
 
 @dataclass
@@ -63,6 +69,8 @@ class ScriptedServer:
                         )
                     )
                     reply = server.replies.pop(0) if server.replies else server.default
+                if reply.head_delay:
+                    time.sleep(reply.head_delay)
                 self.send_response(reply.status)
                 if reply.status == 200:
                     self.send_header("Content-Type", reply.content_type)
@@ -71,7 +79,7 @@ class ScriptedServer:
                 for name, value in reply.headers.items():
                     self.send_header(name, value)
                 if reply.status != 200:
-                    body = b'{"message":"scripted","code":"SCRIPTED"}'
+                    body = reply.error_body
                     self.send_header("Content-Length", str(len(body)))
                     self.send_header("Connection", "close")
                     self.end_headers()

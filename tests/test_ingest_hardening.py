@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 from pathlib import Path
@@ -163,7 +164,11 @@ def test_a_run_ended_by_a_database_outage_gets_its_true_record_later(tmp_path: P
 
     chunks = [frame(ev(n)) for n in range(1, 4)] + [b": wait\n\n"] * 20
     chunks += [frame(ev(n)) for n in range(4, 8)]
-    renames = [("events", "events_away"), ("ingest_runs", "runs_away")]
+    renames = [
+        ("events", "events_away"),
+        ("ingest_runs", "runs_away"),
+        ("ingest_connections", "connections_away"),
+    ]
     with ScriptedServer([Reply(chunks=chunks, pause=0.1, hold=30)]) as server:
         proc = spawn(
             [
@@ -197,6 +202,9 @@ def test_a_run_ended_by_a_database_outage_gets_its_true_record_later(tmp_path: P
     assert proc.returncode == 4, err
     journal = list(tmp_path.glob("archive.db.run-*.json"))
     assert len(journal) == 1, err
+    kept = json.loads(journal[0].read_text())
+    # The connection's events are what its batches committed, counted in the database.
+    assert set(kept["connection_values"]) == {"closed_at", "close_reason"}
     # The database comes back; the next run records how the first one really ended.
     conn = sqlite3.connect(archive)
     for old, new in renames:
@@ -216,6 +224,11 @@ def test_a_run_ended_by_a_database_outage_gets_its_true_record_later(tmp_path: P
     assert first[:5] == ("database_error", 4, 7, 3, 1)
     assert first[5].startswith("database unusable")
     assert rows(url, "SELECT count(*) FROM ingest_connections WHERE closed_at IS NULL") == [(0,)]
+    # Seven events came over the first connection; the three committed before the outage count.
+    assert rows(url, "SELECT events, close_reason FROM ingest_connections ORDER BY id") == [
+        (3, "run ended: database_error"),
+        (0, "run ended: idle"),
+    ]
     assert not list(tmp_path.glob("archive.db.run-*.json"))
 
 

@@ -14,7 +14,7 @@ from datetime import datetime, timedelta, timezone
 import httpx
 import pytest
 
-from ingest.clock import ManualClock
+from ingest.clock import EPOCH, ManualClock
 from ingest.settings import Secret
 from ingest.stream import (
     AuthenticationError,
@@ -102,6 +102,19 @@ def test_no_since_means_live() -> None:
     assert "since" not in script.requests[0].url.params
 
 
+def run_until_raised(script: Script, clock: ManualClock) -> tuple[list[StreamItem], Exception]:
+    """The items a stream yields before it raises, and what it raises."""
+    options = StreamOptions(base_url="http://grantex.test", api_key=Secret(KEY))
+    client = httpx.Client(transport=httpx.MockTransport(script))
+    items: list[StreamItem] = []
+    try:
+        for item in stream_events(options, lambda: SINCE, script.stop, client=client, clock=clock):
+            items.append(item)
+    except Exception as exc:
+        return items, exc
+    raise AssertionError("the stream did not raise")
+
+
 @pytest.mark.parametrize("code", [401, 403])
 def test_auth_errors_are_fatal_and_do_not_leak_the_key(code: int) -> None:
     script = Script(status(code))
@@ -112,10 +125,51 @@ def test_auth_errors_are_fatal_and_do_not_leak_the_key(code: int) -> None:
     assert str(code) in str(info.value)
 
 
+@pytest.mark.parametrize(
+    ("code", "error"),
+    [(401, AuthenticationError), (403, AuthenticationError), (404, EndpointError)],
+)
+def test_a_fatal_answer_is_yielded_as_an_attempt_before_the_error(
+    code: int, error: type[Exception]
+) -> None:
+    clock = ManualClock()
+
+    def slow_refusal(request: httpx.Request) -> httpx.Response:
+        clock.advance(1.5)  # the answer takes 1.5 s to come
+        return status(code)(request)
+
+    items, raised = run_until_raised(Script(slow_refusal), clock)
+    assert isinstance(raised, error)
+    [attempt] = items
+    assert isinstance(attempt, Failed)
+    assert (attempt.status_code, attempt.retry_in, attempt.since) == (code, None, SINCE)
+    assert attempt.reason == f'HTTP {code}: {{"message":"no","code":"X"}}'
+    assert KEY not in attempt.reason
+    assert attempt.requested_at == EPOCH
+    assert attempt.first_byte_at == attempt.closed_at == EPOCH + timedelta(seconds=1.5)
+
+
 @pytest.mark.parametrize("code", [400, 404, 410])
 def test_client_errors_are_fatal(code: int) -> None:
     with pytest.raises(EndpointError):
         run(Script(status(code)))
+
+
+def test_an_opened_stream_carries_when_it_was_requested_and_first_answered() -> None:
+    """The service holds its headers until its first event: up to 30 s after the request."""
+    clock = ManualClock()
+
+    def late_headers(request: httpx.Request) -> httpx.Response:
+        clock.advance(30.0)
+        return ok(sse("data: a\n\n"))(request)
+
+    items = run(Script(late_headers), clock=clock)
+    opened = items[0]
+    assert isinstance(opened, Opened)
+    assert (opened.requested_at, opened.first_byte_at) == (
+        EPOCH,
+        EPOCH + timedelta(seconds=30),
+    )
 
 
 @pytest.mark.parametrize("code", [429, 500, 502, 503, 504])
@@ -134,7 +188,7 @@ def test_retry_after_seconds_is_honoured() -> None:
     assert clock.sleeps[0] == 7.0
     # The next attempt is made once the wait is over.
     assert isinstance(items[1], Opened)
-    assert items[1].at - items[0].at == timedelta(seconds=7)
+    assert items[1].requested_at - items[0].closed_at == timedelta(seconds=7)
     assert [r.status_code for r in (items[0], items[1])] == [429, 200]
 
 
@@ -158,10 +212,18 @@ def test_transport_error_is_retried() -> None:
     def refuse(request: httpx.Request) -> httpx.Response:
         raise httpx.ConnectError("refused", request=request)
 
+    clock = ManualClock()
     script = Script(refuse, ok(sse("data: x\n\n")))
-    items = run(script)
+    items = run(script, clock=clock)
     assert isinstance(items[0], Failed) and items[0].status_code is None
     assert "cannot connect" in items[0].reason
+    # Refused: no byte came, and the attempt is over when the refusal came.
+    assert (items[0].requested_at, items[0].first_byte_at, items[0].closed_at) == (
+        EPOCH,
+        None,
+        EPOCH,
+    )
+    assert items[0].retry_in is not None
 
 
 def test_wrong_content_type_is_a_retryable_protocol_error() -> None:

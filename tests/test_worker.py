@@ -27,15 +27,15 @@ import pytest
 import sqlalchemy as sa
 
 from ingest import migrate
-from ingest.batch_writer import BatchWriter
+from ingest.batch_writer import Batch, BatchWriter
 from ingest.clock import ManualClock
 from ingest.events import Event, normalise
 from ingest.reader import NeedSince, Normalised, QueueItem, ReaderDone
 from ingest.retry import STOP_GRACE
 from ingest.runner import open_with_retry
 from ingest.settings import IngestSettings, Secret
-from ingest.store import BatchResult, Received, SchemaBehind, Store, StoreError
-from ingest.stream import Closed, Failed, Opened, StreamItem
+from ingest.store import BatchResult, ConnectionShare, Received, SchemaBehind, Store, StoreError
+from ingest.stream import AuthenticationError, Closed, Failed, Opened, StreamItem
 from ingest.timers import RunLimits, RunTimers
 from ingest.worker import RunResult, Worker, handle_signals
 
@@ -87,6 +87,7 @@ class RecordingStore:
         self.events: list[str] = []
         self.newest: datetime | None = None
         self.fail_writes: BaseException | None = None
+        self.shares: list[ConnectionShare] = []
 
     def note(self, name: str, value: Any = None) -> None:
         self.calls.append((self.clock.monotonic(), name, value))
@@ -104,19 +105,31 @@ class RecordingStore:
     def update_run(self, run_id: int, **values: Any) -> None:
         self.note("update_run", values)
 
-    def open_connection(self, *args: Any) -> int:
-        self.note("open_connection")
-        return len(self.calls)
+    def record_progress(
+        self, run_id: int, values: dict[str, Any], conn_id: int | None, seen_at: datetime
+    ) -> None:
+        self.note("record_progress", (conn_id, seen_at))
 
-    def close_connection(self, conn_id: int, at: datetime, events: int, reason: str) -> None:
-        self.note("close_connection", (events, reason))
+    def open_connection(self, *args: Any) -> int:
+        self.note("open_connection", args[1:3])
+        return len(self.times("open_connection"))
+
+    def close_connection(self, conn_id: int, at: datetime, reason: str) -> None:
+        self.note("close_connection", (conn_id, reason))
 
     def record_attempt(self, *args: Any) -> None:
-        self.note("record_attempt", args[3])
+        self.note("record_attempt", args[5])
 
-    def write_batch(self, source: str, run_id: int | None, batch: list[Received]) -> BatchResult:
+    def write_batch(
+        self,
+        source: str,
+        run_id: int | None,
+        batch: list[Received],
+        connections: list[ConnectionShare],
+    ) -> BatchResult:
         if self.fail_writes is not None:
             raise self.fail_writes
+        self.shares += connections
         events = [r.item for r in batch if isinstance(r.item, Event)]
         self.events += [e.id for e in events]
         self.newest = max([e.occurred_at for e in events], default=self.newest)
@@ -150,9 +163,9 @@ def make_worker(tmp_path: Path, **values: Any) -> tuple[Worker, RecordingStore, 
     # time: what the loop decides is when a batch is handed over.
     submit = worker._writer.submit
 
-    def noting(batch: list[Received], newest: datetime | None) -> None:
-        store.note("flush", len(batch))
-        submit(batch, newest)
+    def noting(batch: Batch) -> None:
+        store.note("flush", len(batch.entries))
+        submit(batch)
 
     worker._writer.submit = noting  # type: ignore[method-assign]
     return worker, store, clock
@@ -184,11 +197,11 @@ def chunk(*numbers: int) -> Normalised:
 
 
 def opened() -> Opened:
-    return Opened(None, 200, T0)
+    return Opened(None, 200, T0, T0)
 
 
 def failed(retry_in: float = 1.0) -> Failed:
-    return Failed("HTTP 503", 503, None, T0, retry_in)
+    return Failed("HTTP 503", 503, None, T0, T0, T0, retry_in)
 
 
 # -- the rules of the loop, through the real dispatcher -----------------------------------
@@ -240,6 +253,7 @@ def test_the_idle_clock_stops_when_the_connection_closes(tmp_path: Path) -> None
     names = [name for _, name, _ in store.calls]
     assert names.index("flush") < names.index("close_connection")
     assert store.calls[names.index("close_connection")][2] == (1, "end of stream")
+    assert [(s.connection_id, s.events) for s in store.shares] == [(1, 1)]
 
 
 def test_max_runtime_ends_a_connected_run(tmp_path: Path) -> None:
@@ -284,8 +298,13 @@ def test_progress_is_recorded_at_its_interval(
     script: list[tuple[float, QueueItem | Action]] = [(0.0, opened()), (0.0, chunk(*range(1, 51)))]
     with caplog.at_level(logging.INFO, logger="grantex_archive.ingest"):
         result, store, _ = simulate(tmp_path, script, progress_interval=10.0, max_runtime=25.0)
-    # Two progress records, then the final one.
-    assert store.times("update_run") == [10.0, 20.0, 25.0]
+    # Two progress records, each marking the open connection alive, then the final one.
+    assert store.times("record_progress") == [10.0, 20.0]
+    assert [value for _, name, value in store.calls if name == "record_progress"] == [
+        (1, T0 + timedelta(hours=1, seconds=10)),
+        (1, T0 + timedelta(hours=1, seconds=20)),
+    ]
+    assert store.times("update_run") == [25.0]
     progress = [r for r in caplog.records if r.getMessage().startswith("progress:")]
     assert len(progress) == 2
     assert "rate=5/s" in progress[0].getMessage() and "rate=0/s" in progress[1].getMessage()
@@ -337,6 +356,55 @@ def test_a_reconnect_gets_a_resume_point_covering_everything_received(tmp_path: 
     # evt_2 (T0 + 2 s) was committed before the answer: it is the resume point, less the overlap.
     assert answers == [T0 + timedelta(seconds=2) - timedelta(seconds=60)]
     assert result.counts.reconnects == 1
+
+
+def test_each_connection_is_credited_with_the_events_that_came_over_it(tmp_path: Path) -> None:
+    """Each batch says which connection its entries came over, and when the newest arrived.
+
+    Rejected frames show a connection alive but are not events.
+    """
+    later = Normalised([normalise("{broken"), *chunk(3).items], T0 + timedelta(seconds=9))
+    script: list[tuple[float, QueueItem | Action]] = [
+        (0.0, opened()),
+        (0.1, chunk(1, 2)),
+        (0.2, Closed("end of stream", 2, T0)),
+        (0.3, opened()),
+        (0.4, later),
+        (0.5, Normalised([normalise("{also broken")], T0 + timedelta(seconds=10))),
+    ]
+    result, store, _ = simulate(tmp_path, script, flush_interval=600.0, max_runtime=2.0)
+    assert result.outcome == "max_runtime"
+    # The close hands over the first connection's part; the rest waits.
+    assert store.times("flush") == [0.2, 2.0]
+    first, second = (value for _, name, value in store.calls if name == "open_connection")
+    assert first == second == (T0, T0)
+    assert store.shares == [
+        ConnectionShare(1, 2, T0),
+        ConnectionShare(2, 1, T0 + timedelta(seconds=10)),
+    ]
+
+
+def test_a_batch_keeps_one_share_per_stretch_of_one_connection() -> None:
+    batch = Batch()
+    at = [T0 + timedelta(seconds=n) for n in range(5)]
+    batch.came_over(1, 2, at[0])
+    batch.came_over(1, 0, at[1])  # only rejected frames: alive, no events
+    batch.came_over(2, 3, at[2])
+    batch.came_over(None, 4, at[3])  # no connection recorded: nothing to credit
+    batch.came_over(2, 1, at[4])
+    assert batch.connections == [ConnectionShare(1, 2, at[1]), ConnectionShare(2, 4, at[4])]
+
+
+def test_a_fatal_answer_is_recorded_as_an_attempt_and_ends_the_run(tmp_path: Path) -> None:
+    refused = Failed('HTTP 401: {"code":"UNAUTHORIZED"}', 401, None, T0, T0, T0, None)
+    error = AuthenticationError('the API rejected the credentials (HTTP 401: {"code":...})')
+    script: list[tuple[float, QueueItem | Action]] = [(0.0, refused), (0.0, ReaderDone(error))]
+    result, store, _ = simulate(tmp_path, script, max_runtime=30.0)
+    assert result.outcome == "auth_failed"
+    assert store.times("record_attempt") == [0.0]
+    assert [v for _, name, v in store.calls if name == "record_attempt"] == [401]
+    # No attempt follows it: not a reconnect.
+    assert result.counts.reconnects == 0
 
 
 def test_a_write_the_database_refuses_ends_the_run_as_a_database_error(tmp_path: Path) -> None:
@@ -527,12 +595,12 @@ def test_a_stuck_database_write_is_given_up_when_the_grace_runs_out() -> None:
     release = threading.Event()
     reasons = iter([None, None, "the database did not take the pending batch within 10s"])
 
-    def stuck(batch: list[Received], newest: datetime | None) -> None:
+    def stuck(batch: Batch) -> None:
         release.wait()
 
     writer = BatchWriter(stuck, lambda: next(reasons, None))
     try:
-        writer.submit([], None)
+        writer.submit(Batch())
         with pytest.raises(StoreError, match="did not take the pending batch"):
             writer.wait()
     finally:
