@@ -9,6 +9,6 @@ The functions the commands run, for Python callers (see :mod:`queries.api`)::
 
 from __future__ import annotations
 
-from .api import export_archive, open_copy, prepare_report, query, report, status
+from .api import coverage, export_archive, open_copy, prepare_report, query, report, status
 
-__all__ = ["export_archive", "open_copy", "prepare_report", "query", "report", "status"]
+__all__ = ["coverage", "export_archive", "open_copy", "prepare_report", "query", "report", "status"]

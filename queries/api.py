@@ -9,6 +9,7 @@ function here, so a notebook gets the same answers as the command line::
     table.to_pandas()
     queries.query("SELECT type, count(*) AS n FROM events GROUP BY type", "sqlite:///archive.db")
     queries.status("sqlite:///archive.db").rows
+    queries.coverage("sqlite:///archive.db", since=datetime(2026, 3, 1, tzinfo=timezone.utc)).gaps
 
 Results are Arrow tables. Each call refreshes the analytics copy first
 unless ``refresh=False``. Errors are typed: :class:`~queries.copy.AnalyticsError`
@@ -19,6 +20,7 @@ for SQL, :class:`~queries.reports.ReportError` for a report's name or options,
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import sys
@@ -31,6 +33,7 @@ from typing import TYPE_CHECKING, Any
 import duckdb
 
 from ingest import files
+from ingest.timestamps import now_utc
 
 from .copy import (
     AnalyticsCopy,
@@ -40,6 +43,7 @@ from .copy import (
     ProgressFn,
     open_copy,
 )
+from .coverage import COVERAGE_REPORT, JSON_FIELD, Coverage, Gap, window_gaps
 from .export import (
     EXPORT_MEMORY_LIMIT,
     ExportResult,
@@ -66,12 +70,19 @@ def prepare_report(
     agent: str | None = None,
     by: str | None = None,
     limit: int | None = None,
+    now: datetime | None = None,
 ) -> tuple[str, dict[str, Any]]:
-    """The SQL and parameters of report ``name`` for a window and grouping."""
+    """The SQL and parameters of report ``name`` for a window and grouping.
+
+    A report that needs the current time (``$now``: ingest-coverage) gets
+    ``now``, by default the clock's.
+    """
     chosen = get_report(name)
     if since is not None and until is not None and until <= since:
         raise ReportError("the window's end (until) must be later than its start (since)")
     params = chosen.parameters(since=since, until=until, source=source, agent=agent, by=by)
+    if "$now" in chosen.sql:
+        params["now"] = now if now is not None else now_utc()
     sql = chosen.statement(by)
     if limit is not None:
         sql = f"SELECT * FROM ({sql}) LIMIT {int(limit)}"
@@ -90,11 +101,61 @@ def report(
     limit: int | None = None,
     analytics_dir: Path | None = None,
     refresh: bool = True,
+    now: datetime | None = None,
 ) -> pyarrow.Table:
-    """Run the named report (``queries.reports.load_reports()`` lists them) as an Arrow table."""
-    sql, params = prepare_report(name, since, until, source, agent, by, limit)
+    """Run the named report (``queries.reports.load_reports()`` lists them) as an Arrow table.
+
+    ``now`` (default: the current time) is when uncovered time ends. When the
+    window holds time the stream was not covered for the report's sources,
+    the table's schema metadata says so: ``b"uncovered"`` holds JSON
+    ``{"gaps": N, "seconds": S}`` (:func:`report_coverage`).
+    """
+    now = now if now is not None else now_utc()
+    sql, params = prepare_report(name, since, until, source, agent, by, limit, now)
     copy = open_copy(db_url, analytics_dir, refresh).copy
-    return _arrow(copy, sql, params)
+    table = _arrow(copy, sql, params)
+    uncovered = report_coverage(copy, name, since, until, source, now)
+    if not uncovered.gaps:
+        return table
+    metadata = dict(table.schema.metadata or {})
+    metadata[JSON_FIELD.encode()] = json.dumps(uncovered.as_json()).encode()
+    return table.replace_schema_metadata(metadata)
+
+
+def coverage(
+    db_url: str,
+    *,
+    since: datetime | None = None,
+    until: datetime | None = None,
+    source: str | None = None,
+    now: datetime | None = None,
+    analytics_dir: Path | None = None,
+    refresh: bool = True,
+) -> Coverage:
+    """The gaps in the stream's coverage within [since, until), as of ``now``.
+
+    The gap rows of the ``ingest-coverage`` report (its header states the
+    rules) for ``source``, or for every source when None.
+    """
+    copy = open_copy(db_url, analytics_dir, refresh).copy
+    return window_gaps(copy, since, until, source, now)
+
+
+def report_coverage(
+    copy: AnalyticsCopy,
+    name: str,
+    since: datetime | None = None,
+    until: datetime | None = None,
+    source: str | None = None,
+    now: datetime | None = None,
+) -> Coverage:
+    """The gaps in report ``name``'s window for the sources it covers (``source``, or all).
+
+    None are counted for ``ingest-coverage`` itself, which lists them.
+    """
+    if get_report(name).name == COVERAGE_REPORT:
+        return Coverage()
+    return window_gaps(copy, since, until, source, now)
 
 
 def query(
@@ -134,15 +195,17 @@ def emit(
     params: dict[str, Any],
     fmt: str | None,
     output: str | None,
+    json_fields: Mapping[str, Any] | None = None,
 ) -> None:
     """Write a query's rows as ``fmt`` to ``output`` (a path, or standard output for None/'-').
 
     A file appears whole or not at all. CSV goes through the export's writer.
+    ``json_fields`` are added to every record of JSON and JSON Lines output.
     """
     chosen = output_format(fmt, output)
     if chosen != "csv":
         with rows_of(copy, sql, params) as (columns, rows):
-            render(columns, rows, chosen, output)
+            render(columns, rows, chosen, output, json_fields)
         return
     session = Session(copy, sandbox=True)
     try:
@@ -217,18 +280,22 @@ def export_archive(
 __all__ = [
     "OK_OUTCOMES",
     "AnalyticsError",
+    "Coverage",
+    "Gap",
     "NoCopyYet",
     "Opened",
     "QueryError",
     "ReportError",
     "Status",
     "check_query",
+    "coverage",
     "emit",
     "export_archive",
     "open_copy",
     "prepare_report",
     "query",
     "report",
+    "report_coverage",
     "rows_of",
     "status",
 ]

@@ -1,4 +1,5 @@
-"""``status``: what the archive holds, how its ingest runs went, the analytics copy's state."""
+"""``status``: what the archive holds, how its ingest runs went, how much of the stream it
+missed lately, the analytics copy's state."""
 
 from __future__ import annotations
 
@@ -24,6 +25,7 @@ from .copy import (
     archive_read_engine,
     open_copy,
 )
+from .coverage import status_coverage
 from .session import rows_of
 
 OK_OUTCOMES = ("idle", "max_runtime", "max_events", "interrupted")
@@ -53,8 +55,11 @@ def status(
     analytics_dir: Path | None = None,
     refresh: bool = True,
     progress: ProgressFn | None = None,
+    now: datetime | None = None,
 ) -> Status:
-    """The archive's contents, its newest run and newest success, and the copy's freshness."""
+    """The archive's contents, its newest run and newest success, the stream's uncovered
+    time in the 24 hours and 30 days before ``now`` (default: the current time), and the
+    copy's freshness."""
     path = sqlite_path(db_url)
     if path is not None and not path.exists():
         raise ArchiveMissing(path)
@@ -90,6 +95,7 @@ def status(
     rows.append(("last_success", "finished_at", last_success))
     if result.age_minutes is not None:
         rows.append(("last_success", "age_minutes", round(result.age_minutes, 1)))
+    rows += status_coverage(copy, now if now is not None else now_utc())
     manifest = copy.manifest()
     rows.append(("analytics", "directory", str(copy.directory)))
     rows.append(("analytics", "refreshed_at", manifest.refreshed_at if manifest else None))

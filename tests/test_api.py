@@ -5,7 +5,7 @@ from __future__ import annotations
 import csv
 import io
 import json
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
 import pytest
@@ -125,3 +125,23 @@ def test_o_file_clears_what_a_killed_run_left(archive: str, tmp_path: Path, fmt:
         unrelated.name
     ]
     assert target.exists()
+
+
+def test_coverage_from_python_is_the_report_s_gaps(sqlite_archive: str) -> None:
+    from tests.test_coverage import T0, build
+
+    build(sqlite_archive)
+    since, until = T0, T0 + timedelta(seconds=500)
+    found = queries.coverage(sqlite_archive, since=since, until=until)
+    cli = invoke(
+        [
+            *["report", "ingest-coverage", "--db", sqlite_archive, "--format", "json"],
+            *["--since", since.isoformat(), "--until", until.isoformat()],
+        ]
+    )
+    assert cli.exit_code == 0, cli.output
+    gaps = [r for r in json.loads(cli.stdout) if r["kind"] == "gap"]
+    assert [(_text(g.start), _text(g.end), g.seconds, g.cause) for g in found.gaps] == [
+        (g["start_at"], g["end_at"], g["seconds"], g["cause"]) for g in gaps
+    ]
+    assert found.seconds == 38.0 + 22.0 + 100.0

@@ -484,3 +484,31 @@ def test_a_file_is_written_whole_or_not_at_all(tmp_path: Path) -> None:
     with pytest.raises(OutputError, match="cannot write"):
         replace_output(tmp_path / "never-written", target)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["folder.csv", "out.csv"]
+
+
+# --------------------------------------------------------------------------- fields beside the rows
+
+
+@pytest.mark.parametrize("fmt", ["json", "jsonl", "csv", "table", "markdown"])
+def test_json_fields_join_every_json_record_and_nothing_else(fmt: str) -> None:
+    """A report's ``uncovered`` field: added to each JSON record after the row's own
+    keys; formats without records are written exactly as without it."""
+    fields = {"uncovered": {"gaps": 2, "seconds": 38.0}}
+    rows = [("a", 1), ("b", None)]
+    plain, extended = io.StringIO(), io.StringIO()
+    assert write_rows(plain, fmt, ["k", "n"], rows) == 2
+    assert write_rows(extended, fmt, ["k", "n"], rows, json_fields=fields) == 2
+    if fmt not in ("json", "jsonl"):
+        assert extended.getvalue() == plain.getvalue()
+        return
+    text = extended.getvalue()
+    records = json.loads(text) if fmt == "json" else [json.loads(x) for x in text.splitlines()]
+    assert records == [
+        {"k": "a", "n": 1, "uncovered": {"gaps": 2, "seconds": 38.0}},
+        {"k": "b", "n": None, "uncovered": {"gaps": 2, "seconds": 38.0}},
+    ]
+    assert [list(r)[:2] for r in records] == [["k", "n"], ["k", "n"]]
+    # No rows: the same empty output as without the field.
+    empty = io.StringIO()
+    write_rows(empty, fmt, ["k"], [], json_fields=fields)
+    assert empty.getvalue() == ("[]\n" if fmt == "json" else "")

@@ -328,20 +328,6 @@ def test_top_agents(archive: list[str]) -> None:
     assert everything == {"A1": 4, "A2": 3, "A3": 1, None: 1}
 
 
-def test_ingest_coverage(archive: list[str]) -> None:
-    rows = report(archive, "ingest-coverage")
-    assert [(r["source"], r["run_id"], r["rejected"], r["gap_seconds"]) for r in rows] == [
-        ("acct-a", 1, 0, None),
-        ("acct-a", 2, 2, 2 * 3600.0),  # run 1 ended 01:00, run 2 began 03:00
-        ("acct-b", 3, 0, None),
-    ]
-    assert rows[1]["started_at"] == "2026-03-02T03:00:00.000Z"
-    assert rows[1]["outcome"] == "idle"
-    assert [r["run_id"] for r in report(archive, "ingest-coverage", "--source", "acct-b")] == [3]
-    late = report(archive, "ingest-coverage", "--since", "2026-03-02T02:00Z")
-    assert [r["run_id"] for r in late] == [2]
-
-
 def test_views_hold_every_archived_event_once(archive: list[str]) -> None:
     result = invoke(
         [

@@ -9,11 +9,13 @@ from typing import Any
 
 import click
 
+from queries import api
 from queries.api import check_query, prepare_report, rows_of
 from queries.render import render
 from queries.reports import PERIODS, ReportError, get_report, load_reports
 from queries.session import bare_statement
 
+from ..timestamps import now_utc
 from .copies import emit, open_copy, query_errors
 from .errors import EXIT_INTERRUPTED, CliError
 from .options import check_window, copy_options, output_options, parse_time
@@ -72,7 +74,10 @@ def report(
 
     Each report is a SQL file whose header states exactly what it computes
     (`report NAME --describe` prints it). Windows are [--since, --until) on
-    UTC timestamps; a bare date means its midnight UTC.
+    UTC timestamps; a bare date means its midnight UTC. When the window holds
+    time no connection covered (events the live service sent then are lost),
+    a warning on stderr says how much, and JSON records carry it as
+    "uncovered": {"gaps": N, "seconds": S}; `report ingest-coverage` lists the gaps.
 
     \b
     Example:
@@ -94,12 +99,17 @@ def report(
     start = parse_time(since, "--since")
     end = parse_time(until, "--until")
     check_window(start, end)
+    now = now_utc()
     try:
-        sql, params = prepare_report(chosen.name, start, end, source, agent, by, limit)
+        sql, params = prepare_report(chosen.name, start, end, source, agent, by, limit, now)
     except ReportError as exc:
         raise click.UsageError(str(exc)) from None
     copy = open_copy(db_url, analytics_dir, not no_refresh)
-    emit(copy, sql, params, fmt, output)
+    with query_errors():
+        uncovered = api.report_coverage(copy, chosen.name, start, end, source, now)
+        api.emit(copy, sql, params, fmt, output, uncovered.json_fields)
+    if uncovered.warning is not None:
+        click.echo(f"warning: {uncovered.warning}", err=True)
 
 
 # --------------------------------------------------------------------------- sql
@@ -137,9 +147,10 @@ def sql_command(
 ) -> None:
     """Run one read-only SQL query (DuckDB dialect) over the analytics views.
 
-    The views are events, grants, rejected_events and ingest_runs (columns in
-    docs/analytics.md); QUERY '-' reads standard input. Only SELECT (and
-    EXPLAIN) runs: the archive cannot be changed from here.
+    The views are events, grants, rejected_events, ingest_runs and
+    ingest_connections (columns in docs/analytics.md); QUERY '-' reads
+    standard input. Only SELECT (and EXPLAIN) runs: the archive cannot be
+    changed from here.
 
     \b
     Example:

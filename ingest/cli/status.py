@@ -35,7 +35,10 @@ def status(
 ) -> None:
     """Show what the archive holds, how its ingest runs went, and the copy's freshness.
 
-    Rows are (section, name, value). With --max-age, exits 1 when no ingest
+    Rows are (section, name, value). Section coverage gives the time in the
+    last 24 hours and 30 days no connection covered (uncovered_seconds_24h,
+    gaps_24h, ..., per source as SOURCE.NAME when there are several; `report
+    ingest-coverage` lists the gaps). With --max-age, exits 1 when no ingest
     run finished successfully (exit code 0) within that many minutes: a check
     for a cron-driven worker.
 

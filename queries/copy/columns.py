@@ -78,9 +78,10 @@ DERIVED_COLUMNS: tuple[tuple[str, str, str], ...] = (
 SEGMENT_COLUMNS: Columns = EVENT_COLUMNS + tuple((name, kind) for name, kind, _ in DERIVED_COLUMNS)
 
 # The other archive tables the copy carries whole, each as a view of the same
-# name (ingest_connections is the worker's own record and has no view).
+# name (ingest_connections for the coverage of the stream).
 TABLE_COLUMNS: dict[str, Columns] = {
-    table.name: copy_columns(table) for table in (schema.rejected_events, schema.ingest_runs)
+    table.name: copy_columns(table)
+    for table in (schema.rejected_events, schema.ingest_runs, schema.ingest_connections)
 }
 
 TIME_TYPES = frozenset({"TIMESTAMPTZ"})

@@ -57,6 +57,14 @@ TABLE_MARKERS = {
         "max(finished_at), count(finished_at), sum(length(outcome)), "
         "sum(length(error)) FROM ingest_runs"
     ),
+    # A connection's row changes in place: its first byte, its progress
+    # (last_seen_at), its end (closed_at, events, close_reason), and a killed
+    # run's open connection closed by the next run.
+    "ingest_connections": (
+        "SELECT count(*), max(id), sum(events), count(status_code), "
+        "count(first_byte_at), max(first_byte_at), count(last_seen_at), max(last_seen_at), "
+        "count(closed_at), max(closed_at), sum(length(close_reason)) FROM ingest_connections"
+    ),
 }
 
 _SUBDIRECTORIES = ("events", "grants", "tables", "trash")

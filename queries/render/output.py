@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import os
 import sys
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import IO, Any
@@ -67,8 +67,12 @@ def render(
     rows: Iterable[Sequence[Any]],
     fmt: str | None,
     output: str | None,
+    json_fields: Mapping[str, Any] | None = None,
 ) -> int:
-    """Write a result where the output options say; returns the row count."""
+    """Write a result where the output options say; returns the row count.
+
+    ``json_fields`` are added to every JSON and JSON Lines record.
+    """
     chosen = output_format(fmt, output)
     with open_output(output) as out:
-        return write_rows(out, chosen, columns, rows, layout_for(output))
+        return write_rows(out, chosen, columns, rows, layout_for(output), json_fields)

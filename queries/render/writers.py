@@ -2,12 +2,16 @@
 
 CSV goes through the one CSV writer the exports and ``report``/``sql`` use
 (``queries.export.csvfile``): the same quoting, line ends and NULL.
+
+JSON and JSON Lines can carry fields beside the columns, the same in every
+record (a report's ``uncovered`` time): added after the row's own, they leave
+the records' shape and keys as they were.
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from typing import IO, Any
 
 from ..export.csvfile import write_rows_csv
@@ -25,10 +29,29 @@ def write_rows(
     columns: Sequence[str],
     rows: Iterable[Sequence[Any]],
     layout: Layout = PLAIN,
+    json_fields: Mapping[str, Any] | None = None,
 ) -> int:
-    """Write ``rows`` in ``fmt``; returns how many were written."""
+    """Write ``rows`` in ``fmt``; returns how many were written.
+
+    ``json_fields`` are added to every record of JSON and JSON Lines output
+    (other formats have no place for them).
+    """
+    if json_fields and fmt in ("json", "jsonl"):
+        extra = {name: json_value(value) for name, value in json_fields.items()}
+        records = _records(columns, rows, extra)
+        return _write_json(out, records) if fmt == "json" else _write_jsonl(out, records)
     writer = _WRITERS[fmt]
     return writer(out, list(columns), iter(rows), layout)
+
+
+def _records(
+    columns: Sequence[str], rows: Iterable[Sequence[Any]], extra: Mapping[str, Any] | None = None
+) -> Iterator[dict[str, Any]]:
+    for row in rows:
+        record = {c: json_value(v) for c, v in zip(columns, row, strict=True)}
+        if extra:
+            record.update(extra)
+        yield record
 
 
 def _csv(out: IO[str], columns: list[str], rows: Iterator[Sequence[Any]], layout: Layout) -> int:
@@ -37,19 +60,25 @@ def _csv(out: IO[str], columns: list[str], rows: Iterator[Sequence[Any]], layout
 
 
 def _jsonl(out: IO[str], columns: list[str], rows: Iterator[Sequence[Any]], _layout: Layout) -> int:
+    return _write_jsonl(out, _records(columns, rows))
+
+
+def _json(out: IO[str], columns: list[str], rows: Iterator[Sequence[Any]], _layout: Layout) -> int:
+    return _write_json(out, _records(columns, rows))
+
+
+def _write_jsonl(out: IO[str], records: Iterator[dict[str, Any]]) -> int:
     count = 0
-    for row in rows:
-        record = {c: json_value(v) for c, v in zip(columns, row, strict=True)}
+    for record in records:
         out.write(json.dumps(record, ensure_ascii=False) + "\n")
         count += 1
     return count
 
 
-def _json(out: IO[str], columns: list[str], rows: Iterator[Sequence[Any]], _layout: Layout) -> int:
+def _write_json(out: IO[str], records: Iterator[dict[str, Any]]) -> int:
     count = 0
     out.write("[")
-    for row in rows:
-        record = {c: json_value(v) for c, v in zip(columns, row, strict=True)}
+    for record in records:
         out.write(("\n  " if count == 0 else ",\n  ") + json.dumps(record, ensure_ascii=False))
         count += 1
     out.write("\n]\n" if count else "]\n")

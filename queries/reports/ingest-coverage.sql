@@ -1,38 +1,193 @@
 -- name: ingest-coverage
--- summary: The spans each ingest run covered, gaps between runs, rejected frames per run.
+-- summary: When each source's stream was covered by a connection, the gaps between, and their causes.
 -- options: since, until, source
 --
--- One row per run in ingest_runs that overlaps [--since, --until): its source,
--- when it ran (started_at to finished_at, NULL while running), its outcome,
--- the occurred_at span of the events it received, what it received, inserted
--- and skipped as duplicates, and rejected: frames kept in rejected_events for
--- the run. gap_seconds: time between the end of the previous run of the same
--- source and this run's start, when positive; events the producer sent in a gap
--- are only recovered if it replays them (the live service does not).
-WITH runs AS (
-    SELECT r.*,
-        lag(coalesce(r.finished_at, r.started_at))
-            OVER (PARTITION BY r.source ORDER BY r.started_at, r.id) AS previous_end
-    FROM ingest_runs r
+-- A timeline per source, from ingest_connections: rows of kind 'covered' (the
+-- stream was connected) and 'gap' (it was not: the live service keeps no
+-- history, so events it emitted then are lost), ordered by time.
+--
+-- What a connection covers. The service subscribes a client shortly after its
+-- request arrives and sends the response head only with the first event or
+-- keepalive, so a connection covers from requested_at (not its first byte) to
+-- closed_at. Only a connection answered with a 2xx status covers anything;
+-- refused attempts (401, 403, 429, 5xx, connection errors) cover nothing. A
+-- connection still open (closed_at NULL) covers up to now while its run is
+-- running (as does a request of a running run still waiting for its response
+-- head), and up to the last moment it was recorded alive
+-- (last_seen_at, else first_byte_at, else requested_at) when its run is not:
+-- a killed run never covers up to now.
+--
+-- Spans. Covered time is merged per source across overlapping or touching
+-- connections and across runs; each 'covered' row is one merged span. Gaps
+-- are the time between spans, and after the last span up to now when no
+-- connection is open then (no ingest running, or a run that is reconnecting):
+-- events are being lost against the live service then too. Time before a
+-- source's first span is not a gap (the archive starts there).
+--
+-- The window. Rows are cut to [--since, --until), and never reach past now:
+-- a span or gap that straddles a bound starts or ends at it. Within the window
+-- the seconds of a source's rows add up to the time from its first span (or
+-- --since, if later) to --until (or now, if earlier). A span of no length (a
+-- connection closed as it opened) gets no row.
+--
+-- Columns: source; kind; start_at, end_at, seconds; runs: the ingest runs
+-- whose connections make up a span, or for a gap the run whose connection
+-- ended before it and the one that connected after it; connections: the 2xx
+-- connections merged into a span (NULL for a gap); failed_attempts: attempts
+-- that covered nothing, requested during the row's time (for a gap, with
+-- their status codes in cause); events: events received over a span's
+-- connections, and rejected: frames kept in rejected_events for the source
+-- received during the span, both for the whole span even when the window cuts
+-- it (NULL for a gap); cause, for a gap: what ended the coverage and what
+-- resumed it, for example 'run 3 abandoned; next run 4 started', 'run 5
+-- reconnect after: stream ended; 2 failed attempts (503)', 'no ingest running
+-- since run 7 finished (idle)'. Per-run counts (received, inserted, duplicates,
+-- rejected) are in the ingest_runs view (`grantex-archive sql`).
+--
+-- Every other report prints a warning on stderr when its window holds a gap of
+-- the source(s) it covers (see docs/analytics.md).
+WITH attempts AS (
+    SELECT c.id, c.run_id, r.source, r.outcome AS run_outcome, c.requested_at,
+        c.status_code, c.events, c.close_reason,
+        (c.status_code BETWEEN 200 AND 299
+            OR (c.status_code IS NULL AND c.closed_at IS NULL AND r.outcome = 'running'))
+            AS covers,
+        greatest(c.requested_at, CASE
+            WHEN c.closed_at IS NOT NULL THEN least(c.closed_at, $now)
+            WHEN r.outcome = 'running' THEN $now
+            ELSE coalesce(c.last_seen_at, c.first_byte_at, c.requested_at) END) AS covered_until
+    FROM ingest_connections c JOIN ingest_runs r ON r.id = c.run_id
+    WHERE ($source IS NULL OR r.source = $source) AND c.requested_at <= $now
 ),
-rejected AS (
-    SELECT run_id, count(*) AS frames FROM rejected_events GROUP BY run_id
+reach AS (
+    SELECT *, max(covered_until) OVER (
+        PARTITION BY source ORDER BY requested_at, id
+        ROWS BETWEEN UNBOUNDED PRECEDING AND 1 PRECEDING) AS reached
+    FROM attempts WHERE covers
+),
+islands AS (
+    SELECT *, sum(CASE WHEN reached IS NULL OR requested_at > reached THEN 1 ELSE 0 END) OVER (
+        PARTITION BY source ORDER BY requested_at, id ROWS UNBOUNDED PRECEDING) AS island
+    FROM reach
+),
+merged AS (
+    SELECT source, island,
+        min(requested_at) AS start_at,
+        max(covered_until) AS end_at,
+        first(id ORDER BY requested_at, id) AS resumed_by,
+        first(id ORDER BY covered_until DESC, id DESC) AS ended_by,
+        list(DISTINCT run_id ORDER BY run_id) AS runs,
+        count(*) AS connections,
+        sum(events) AS events
+    FROM islands GROUP BY source, island
+),
+-- Spans and gaps meeting the window; neighbours are found before the cut.
+spans AS (
+    SELECT * FROM merged WHERE {overlaps(start_at, end_at)}
+),
+gaps AS (
+    SELECT * FROM (
+        SELECT source, end_at AS start_at,
+            coalesce(lead(start_at) OVER w, $now) AS end_at,
+            ended_by, lead(resumed_by) OVER w AS resumed_by
+        FROM merged
+        WINDOW w AS (PARTITION BY source ORDER BY start_at)
+    ) WHERE end_at > start_at AND {overlaps(start_at, end_at)}
+),
+refused AS (
+    SELECT * FROM attempts WHERE NOT covers
+),
+-- Spans and gaps do not overlap: each attempt or frame belongs to the latest
+-- one that starts before it, if it ends after it.
+gap_failures AS (
+    SELECT g.source, g.start_at, count(*) AS attempts,
+        string_agg(DISTINCT coalesce(CAST(a.status_code AS VARCHAR), 'no response'), ', '
+            ORDER BY coalesce(CAST(a.status_code AS VARCHAR), 'no response')) AS codes
+    FROM refused a ASOF JOIN gaps g ON a.source = g.source AND a.requested_at >= g.start_at
+    WHERE a.requested_at < g.end_at
+    GROUP BY g.source, g.start_at
+),
+span_failures AS (
+    SELECT s.source, s.start_at, count(*) AS attempts
+    FROM refused a ASOF JOIN spans s ON a.source = s.source AND a.requested_at >= s.start_at
+    WHERE a.requested_at < s.end_at
+    GROUP BY s.source, s.start_at
+),
+span_rejected AS (
+    SELECT s.source, s.start_at, count(*) AS frames
+    FROM rejected_events j ASOF JOIN spans s ON j.source = s.source AND j.received_at >= s.start_at
+    WHERE j.received_at <= s.end_at
+    GROUP BY s.source, s.start_at
+),
+-- Per source: the run still running, and the newest run (for a gap up to now).
+sources AS (
+    SELECT source,
+        max(id) FILTER (WHERE outcome = 'running') AS running_run,
+        arg_max(id || ' ' || CASE outcome WHEN 'abandoned' THEN 'was abandoned'
+            ELSE 'finished (' || outcome || ')' END, started_at)
+            FILTER (WHERE started_at <= $now) AS last_run
+    FROM ingest_runs GROUP BY source
+),
+causes AS (
+    SELECT g.*, e.run_id AS ended_run, e.run_outcome AS ended_outcome,
+        coalesce(e.close_reason, 'no reason recorded') AS ended_reason,
+        s.run_id AS resumed_run,
+        CASE WHEN s.run_id IS NULL THEN o.running_run END AS running_run,
+        o.last_run,
+        coalesce(f.attempts, 0) AS failed_attempts, f.codes
+    FROM gaps g
+    JOIN attempts e ON e.id = g.ended_by
+    JOIN sources o ON o.source = g.source
+    LEFT JOIN attempts s ON s.id = g.resumed_by
+    LEFT JOIN gap_failures f ON f.source = g.source AND f.start_at = g.start_at
+),
+gap_rows AS (
+    SELECT source, 'gap' AS kind, start_at, end_at,
+        list_sort(list_distinct(list_value(ended_run, coalesce(resumed_run, running_run)))) AS runs,
+        NULL::BIGINT AS connections, failed_attempts, NULL::BIGINT AS events,
+        NULL::BIGINT AS rejected,
+        concat_ws('; ',
+            CASE
+                WHEN resumed_run IS NULL AND running_run IS NULL
+                    THEN 'no ingest running since run ' || last_run
+                WHEN ended_run = coalesce(resumed_run, running_run) AND resumed_run IS NULL
+                    THEN 'run ' || ended_run || ' reconnecting after: ' || ended_reason
+                WHEN ended_run = resumed_run
+                    THEN 'run ' || ended_run || ' reconnect after: ' || ended_reason
+                WHEN ended_outcome = 'abandoned' THEN 'run ' || ended_run || ' abandoned'
+                WHEN ended_outcome = 'running'
+                    THEN 'run ' || ended_run || ' connection ended: ' || ended_reason
+                ELSE 'run ' || ended_run || ' ended (' || ended_outcome || ')' END,
+            CASE
+                WHEN resumed_run IS NOT NULL AND resumed_run <> ended_run
+                    THEN 'next run ' || resumed_run || ' started'
+                WHEN running_run IS NOT NULL AND running_run <> ended_run
+                    THEN 'run ' || running_run || ' running, not connected' END,
+            CASE WHEN failed_attempts > 0 THEN failed_attempts || ' failed attempt'
+                || CASE WHEN failed_attempts > 1 THEN 's' ELSE '' END
+                || ' (' || codes || ')' END) AS cause
+    FROM causes
+),
+span_rows AS (
+    SELECT s.source, 'covered' AS kind, s.start_at, s.end_at, s.runs, s.connections,
+        coalesce(f.attempts, 0) AS failed_attempts, s.events,
+        coalesce(j.frames, 0) AS rejected, NULL AS cause
+    FROM spans s
+    LEFT JOIN span_failures f ON f.source = s.source AND f.start_at = s.start_at
+    LEFT JOIN span_rejected j ON j.source = s.source AND j.start_at = s.start_at
+),
+timeline AS (
+    SELECT * FROM span_rows UNION ALL SELECT * FROM gap_rows
+),
+cut AS (
+    SELECT source, kind,
+        greatest(start_at, coalesce($since, start_at)) AS start_at,
+        least(end_at, coalesce($until, end_at)) AS end_at,
+        runs, connections, failed_attempts, events, rejected, cause
+    FROM timeline
 )
-SELECT
-    runs.source,
-    runs.id AS run_id,
-    started_at,
-    finished_at,
-    outcome,
-    first_occurred_at,
-    last_occurred_at,
-    received,
-    inserted,
-    duplicates,
-    coalesce(rejected.frames, 0) AS rejected,
-    CASE WHEN epoch(started_at) - epoch(previous_end) > 0
-        THEN epoch(started_at) - epoch(previous_end) END AS gap_seconds
-FROM runs LEFT JOIN rejected ON rejected.run_id = runs.id
-WHERE {overlaps(started_at, coalesce(finished_at, now()))}
-    AND ($source IS NULL OR runs.source = $source)
-ORDER BY runs.source, started_at, run_id
+SELECT source, kind, start_at, end_at, epoch(end_at) - epoch(start_at) AS seconds,
+    runs, connections, failed_attempts, events, rejected, cause
+FROM cut
+WHERE end_at > start_at
+ORDER BY source, start_at, kind
