@@ -12,9 +12,10 @@ from pathlib import Path
 import pytest
 
 from ingest import migrate
-from ingest.simulator import Simulator, SimulatorConfig
-from ingest.timestamps import format_timestamp
+from ingest.simulator import VIAS, Simulator, SimulatorConfig
+from ingest.timestamps import format_timestamp, parse_event_time
 from tests.conftest import API_KEY, invoke, rows, spawn, wait_for_events
+from tests.simulated_truth import derive
 
 
 @pytest.fixture
@@ -74,6 +75,22 @@ def test_backlog_is_archived_exactly_once(archive_url: str, simulator: Simulator
         archive_url, "SELECT inserted, duplicates FROM ingest_runs WHERE id = 2"
     )
     assert (inserted, duplicates) == (0, 3000)
+
+
+@pytest.mark.parametrize("simulator", [{"backlog": 6000}], indirect=True)
+def test_the_archive_holds_every_revocation_path(archive_url: str, simulator: Simulator) -> None:
+    """What the archived stream implies, by the producer notes' rules, is what happened."""
+    code, output = catch_up(archive_url, simulator)
+    assert code == 0, output
+    events = [json.loads(payload) for _, payload in archived(archive_url)]
+    assert len(events) == 6000
+    derived = derive(events).revoked
+    truth = simulator.backlog_truth().revocations
+    assert {r.via for r in truth.values()} == set(VIAS)
+    assert {
+        grant_id: (parse_event_time(when), via, event_id)
+        for grant_id, (when, via, event_id) in derived.items()
+    } == {grant_id: (r.revoked_at, r.via, r.event_id) for grant_id, r in truth.items()}
 
 
 @pytest.mark.parametrize("simulator", [{"backlog": 2000, "envelope": "documented"}], indirect=True)

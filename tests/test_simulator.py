@@ -232,6 +232,29 @@ def test_live_events_arrive_without_since(client: httpx.Client) -> None:
     assert all(EVENT_ID.match(i) for i in all_ids)
 
 
+def test_live_generation_issues_each_grants_token_with_it() -> None:
+    # At 100 events a second most wake-ups are due one event: a grant.created still
+    # comes with its token.issued, the token id made in the grant id's millisecond.
+    with make(rate=100.0) as sim:
+        deadline = time.monotonic() + 20
+        while sim.event_count < 150:
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+        events = sim.events()
+    created = {e["data"]["grantId"]: e for e in events if e["type"] == "grant.created"}
+    assert len(created) > 20
+    initial: dict[str, dict[str, Any]] = {}
+    for e in events:
+        if e["type"] == "token.issued":
+            grant_ms = ulid_ms(e["data"]["grantId"][5:])
+            token_ms = ulid_ms(e["data"]["tokenId"][4:])
+            assert grant_ms is not None and token_ms is not None
+            if token_ms - grant_ms <= 2:
+                initial[e["data"]["grantId"]] = e
+    assert set(initial) == set(created)
+    assert all(initial[g]["createdAt"] == e["createdAt"] for g, e in created.items())
+
+
 def test_total_events_caps_live_generation() -> None:
     with make(rate=200.0, total_events=15) as sim:
         # Generation ends by itself once the cap is reached: wait for that, not a while.
@@ -494,7 +517,11 @@ def test_documented_envelope_shapes() -> None:
     for e in grouped["budget.exhausted"]:
         assert set(e["data"]) == {"grantId", "initial"}
         assert isinstance(e["data"]["initial"], float)
-    assert "anomaly.auto_revoked" not in grouped
+    # The documented contract's five types, plus the vault, SSO and passport events.
+    assert set(grouped) == {
+        "grant.created", "grant.revoked", "token.issued", "budget.threshold",
+        "budget.exhausted", "vault.credential.stored", "sso.login", "passport.issued",
+    }  # fmt: skip
 
 
 def test_live_envelope_shapes_and_lifecycles() -> None:
@@ -523,7 +550,10 @@ def test_live_envelope_shapes_and_lifecycles() -> None:
         assert set(e["data"]) == {"grantId", "cascade"}
         assert isinstance(e["data"]["cascade"], bool)
     assert all(e["data"]["revokedGrants"] for e in grouped["anomaly.auto_revoked"])
-    others = {"vault.credential.stored", "sso.login", "passport.issued", "dpdp.consent.withdrawn"}
+    others = set(EVENT_TYPES) - {
+        "grant.created", "grant.revoked", "token.issued", "budget.threshold",
+        "budget.exhausted", "anomaly.auto_revoked",
+    }  # fmt: skip
     assert others <= set(grouped)
     assert 0.01 < sum(len(grouped[t]) for t in others) / len(events) < 0.08
 
@@ -539,7 +569,9 @@ def test_live_envelope_shapes_and_lifecycles() -> None:
     assert early_tokens
     revoked = {e["data"]["grantId"] for e in grouped["grant.revoked"]}
     revoked |= {g for e in grouped["anomaly.auto_revoked"] for g in e["data"]["revokedGrants"]}
-    assert revoked <= set(created)
+    # Consent-bundle grants have no grant.created.
+    bundled = {e["data"]["grantId"] for e in grouped["consent_bundle.created"]}
+    assert revoked <= set(created) | bundled
     assert 0.15 < len(revoked) / len(created) < 0.45
     budget = grouped["budget.threshold"] + grouped["budget.exhausted"]
     assert {e["data"]["grantId"] for e in budget} <= set(created)
@@ -603,7 +635,7 @@ def test_public_names() -> None:
     assert all(hasattr(ingest.simulator, name) for name in ingest.simulator.__all__)
     assert STREAM_PATH == PATH
     assert ENVELOPES == ("live", "documented", "mixed")
-    assert len(EVENT_TYPES) == len(set(EVENT_TYPES)) == 10
+    assert len(EVENT_TYPES) == len(set(EVENT_TYPES)) == 15
     assert len(MALFORMED_KINDS) == 7
     assert SimulatorStats() == SimulatorStats(0, 0, 0, 0, 0, 0)
 
@@ -611,9 +643,9 @@ def test_public_names() -> None:
 @pytest.mark.parametrize(
     ("seed", "envelope", "digest"),
     [
-        (1, "live", "90e4cf92113c70b2bf93e3bd55c3e238405b6272979b3ed2ddd66534cb16f1e7"),
-        (2, "documented", "820e4347ad0755cf900dd9ecdaa1a674ceffd7ad166032a32b002582a5b476f2"),
-        (3, "mixed", "3ecd36a5f7194766f2f54bdd65103ca21473b9fa5303225bfa74879e5b2e3644"),
+        (1, "live", "10ddad0b960302a2d37cffe2fc5c48bb122c2b8c4dbc6aa2e4101080f3df7040"),
+        (2, "documented", "2cec6ef1106fcea6708653de9b829a2cb2db5484506911f33be3dc673fa2684a"),
+        (3, "mixed", "d7ab6e28edf52ef9ece52cde5d3ae17d077d5fc0373df70573cc8aa93b906447"),
     ],
 )
 def test_generated_events_are_pinned(seed: int, envelope: str, digest: str) -> None:

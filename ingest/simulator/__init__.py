@@ -8,8 +8,11 @@ replay history for ``since`` (which the live service does not do yet) and inject
 The package is split by responsibility:
 
 - :mod:`.generator` -- the deterministic event generator (:func:`generate_events`), built
-  on :mod:`.grants` (grant lifecycles), :mod:`.plans` (what happens to a grant) and
-  :mod:`.ids` (ULIDs and timestamps as text);
+  on :mod:`.grants` (grant lifecycles, delegation, cascades, anomalies), :mod:`.consents`
+  (consent bundles, DPDP records, withdrawals and erasures), :mod:`.plans` (what happens
+  to a grant) and :mod:`.ids` (ULIDs and timestamps as text); :func:`ground_truth` says
+  what happened in a generated stream (:mod:`.truth`: which grants ended revoked, when
+  and how, and which tokens were refreshes);
 - :mod:`.history` -- the append-only log of rendered frames that backlog and live events
   go into, and that every stream reads from;
 - :mod:`.server` -- :class:`Simulator` (lifecycle, live generation, request policy),
@@ -20,17 +23,23 @@ The package is split by responsibility:
 
 from .config import SimulatorConfig, SimulatorStats
 from .faults import MALFORMED_KINDS
-from .generator import ENVELOPES, EVENT_TYPES, generate_events
+from .generator import ENVELOPES, EVENT_TYPES, generate_events, ground_truth
 from .handler import STREAM_PATH
 from .server import Simulator
+from .truth import TOKEN_KINDS, VIAS, GroundTruth, Revocation
 
 __all__ = [
     "ENVELOPES",
     "EVENT_TYPES",
     "MALFORMED_KINDS",
     "STREAM_PATH",
+    "TOKEN_KINDS",
+    "VIAS",
+    "GroundTruth",
+    "Revocation",
     "Simulator",
     "SimulatorConfig",
     "SimulatorStats",
     "generate_events",
+    "ground_truth",
 ]

@@ -61,7 +61,10 @@ class FaultSchedule:
         return self._statuses[seq] if seq < len(self._statuses) else None
 
 
-_SSO_DATA = '{"principalId":"user_mallory","provider":"okta","method":"saml"}'
+_SSO_DATA = (
+    '{"connectionId":"sso_01KJMNQ3FV0000000000000000","protocol":"saml",'
+    '"sessionId":"sess_01KJMNQ3FV0000000000000001","email":"mallory@example.com"}'
+)
 
 
 def malformed_frame(kind: str, event_id: str, ms: int, envelope: str) -> bytes:

@@ -1,10 +1,12 @@
 """The deterministic event generator: per seed, the same events in the same order.
 
-:class:`EventFactory` interleaves grant lifecycles (:mod:`.grants`) with the other events
-the live service publishes and renders them, column-wise, straight to SSE frame text:
-skipping dict building and JSON encoding is what makes a million-event backlog take
-seconds rather than a minute. :func:`generate_events` is the same sequence as parsed
-envelopes, and the simulator's backlog is that sequence for its seed and envelope.
+:class:`EventFactory` interleaves grant lifecycles (:mod:`.grants`) with consent bundles
+and DPDP records (:mod:`.consents`) and the other events the live service publishes, and
+renders them, column-wise, straight to SSE frame text: skipping dict building and JSON
+encoding is what makes a million-event backlog take seconds rather than a minute.
+:func:`generate_events` is the same sequence as parsed envelopes, and the simulator's
+backlog is that sequence for its seed and envelope; :func:`ground_truth` is what happened
+in it (:mod:`.truth`).
 """
 
 from __future__ import annotations
@@ -15,9 +17,11 @@ from collections.abc import Iterator
 from datetime import datetime
 from typing import Any, cast
 
+from .consents import ConsentLedger
 from .grants import GrantPool, Pending, compact_json
-from .ids import MILLIS, PAIRS, UlidSource, datetime_to_ms, format_ms, second_text, ulid_time_head
+from .ids import MILLIS, PAIRS, UlidSource, datetime_to_ms, second_text, ulid_time_head
 from .plans import SCOPE_SETS, PlanLibrary
+from .truth import GroundTruth, TruthLog, collect
 
 ENVELOPES: tuple[str, ...] = ("live", "documented", "mixed")
 EVENT_TYPES: tuple[str, ...] = (
@@ -30,7 +34,12 @@ EVENT_TYPES: tuple[str, ...] = (
     "vault.credential.stored",
     "sso.login",
     "passport.issued",
+    "consent_bundle.created",
+    "consent_bundle.synced",
+    "consent_bundle.revoked",
+    "dpdp.consent.created",
     "dpdp.consent.withdrawn",
+    "dpdp.erasure.completed",
 )
 TYPE_CODES: dict[str, int] = {name: code for code, name in enumerate(EVENT_TYPES)}
 
@@ -42,8 +51,8 @@ _FIRST_NAMES = (
     "olga", "priya", "rafael", "sofia", "tariq", "ursula", "vikram", "wei", "yusuf", "zara",
 )  # fmt: skip
 _VAULT_SERVICES = ("github", "google", "slack", "stripe", "notion", "salesforce")
-_SSO_PROVIDERS = (("okta", "saml"), ("azure_ad", "oidc"), ("google_workspace", "oidc"))
-_DPDP_PURPOSES = ("analytics", "marketing", "personalization", "model_training")
+_SSO_PROTOCOLS = ("saml", "oidc", "oidc")
+_PASSPORT_CATEGORIES = ('["inference"]', '["inference","compute"]', '["data"]', '["payments"]')
 
 
 class Batch:
@@ -81,10 +90,17 @@ class EventFactory:
             principals.append(f"user_{name}{rng.randrange(10, 1000)}")
         self._principals = principals
         self._scopes_json = {s: compact_json(list(s)) for s in SCOPE_SETS}
+        self._sso = [("sso_" + self._uid(agent_epoch + i), p) for i, p in enumerate(_SSO_PROTOCOLS)]
         self._grants = GrantPool(
             rng, self._uid, envelope, self._agents, principals, self._scopes_json,
             PlanLibrary(seed),
         )  # fmt: skip
+        self._ledger = ConsentLedger(rng, self._uid, self._grants)
+
+    def record_truth(self) -> TruthLog:
+        """Start noting revocations and token kinds (before the first event)."""
+        log = self._grants.truth = TruthLog()
+        return log
 
     def emit(self, ts: int, room: int) -> int:
         """Queue the next 1 or 2 events (never more than ``room``), stamped ``ts``.
@@ -99,12 +115,13 @@ class EventFactory:
         grants = self._grants
         pool = grants.pool
         size = len(pool)
-        if r < 0.035:
+        if r < 0.05:
             self._other(ts, out)
         elif size < 4 or (size < 12 and r < 0.25):
             grants.new_grant(ts, room, out)
-        else:
-            grants.advance(pool[int(self._rng.random() * size)], ts, out)
+        elif not grants.advance(pool[int(self._rng.random() * size)], ts, out):
+            # That grant only has refreshes left, none due yet: another grant starts.
+            grants.new_grant(ts, room, out)
         return len(out) - before
 
     def flush(self, batch: Batch) -> None:
@@ -138,46 +155,58 @@ class EventFactory:
         batch.ts.extend([record[0] for record in pending])
         codes = TYPE_CODES
         batch.codes.extend([codes[record[1]] for record in pending])
+        self._grants.flushed += len(pending)
         pending.clear()
 
     def _other(self, ts: int, out: list[Pending]) -> None:
-        """Queue one of the events the live service publishes outside grant lifecycles."""
+        """Queue an event outside grant lifecycles: vault, SSO, passport, bundle or DPDP.
+
+        Consent bundles and DPDP records exist on the live envelope only; on the
+        documented one those draws make vault or SSO events.
+        """
         rand = self._rng.random
-        doc = self._envelope == "documented"
+        pick = int(rand() * 20)
+        live = self._envelope != "documented"
+        ledger = self._ledger
+        if pick >= 12 and live:
+            if pick == 12:
+                ledger.bundle_created(ts, out)
+                return
+            if pick < 16:
+                ledger.bundle_followup(ts, out)
+                return
+            if pick == 18 and ledger.record_withdrawn(ts, out):
+                return
+            if pick == 19 and rand() < 0.5 and ledger.erasure(ts, out):
+                return
+            if ledger.record_created(ts, out):
+                return
+        pool = self._grants.pool
+        if 10 <= pick < 12 and pool:
+            grant = pool[int(rand() * len(pool))]
+            pid = "urn:grantex:passport:" + self._uid(ts)
+            categories = _PASSPORT_CATEGORIES[int(rand() * len(_PASSPORT_CATEGORIES))]
+            data = (
+                f'{{"passportId":"{pid}","agentId":"{grant.agent}","grantId":"{grant.gid}",'
+                f'"categories":{categories}}}'
+            )
+            out.append((ts, "passport.issued", grant.doc, data))
+            return
         principal = self._principals[int(rand() * len(self._principals))]
-        pick = int(rand() * 4)
-        if pick == 0:
-            cid = "vc_" + self._uid(ts)
+        if pick < 5 or pick >= 10:
+            cid = "vault_" + self._uid(ts)
             service = _VAULT_SERVICES[int(rand() * len(_VAULT_SERVICES))]
-            kind = "oauth2" if rand() < 0.7 else "api_key"
-            data = (
-                f'{{"credentialId":"{cid}","principalId":"{principal}",'
-                f'"service":"{service}","credentialType":"{kind}"}}'
-            )
-            out.append((ts, "vault.credential.stored", doc, data))
-        elif pick == 1:
-            sid = "sess_" + self._uid(ts)
-            provider, method = _SSO_PROVIDERS[int(rand() * len(_SSO_PROVIDERS))]
-            data = (
-                f'{{"principalId":"{principal}","provider":"{provider}","method":"{method}",'
-                f'"sessionId":"{sid}"}}'
-            )
-            out.append((ts, "sso.login", doc, data))
-        elif pick == 2:
-            pid = "pp_" + self._uid(ts)
-            agent = self._agents[int(rand() * len(self._agents))]
-            scopes = self._scopes_json[SCOPE_SETS[int(rand() * len(SCOPE_SETS))]]
-            expires = format_ms(ts + 86_400_000)
-            data = (
-                f'{{"passportId":"{pid}","agentId":"{agent}","principalId":"{principal}",'
-                f'"scopes":{scopes},"expiresAt":"{expires}"}}'
-            )
-            out.append((ts, "passport.issued", doc, data))
-        else:
-            consent = "cns_" + self._uid(ts)
-            purpose = _DPDP_PURPOSES[int(rand() * len(_DPDP_PURPOSES))]
-            data = f'{{"principalId":"{principal}","consentId":"{consent}","purpose":"{purpose}"}}'
-            out.append((ts, "dpdp.consent.withdrawn", doc, data))
+            data = f'{{"credentialId":"{cid}","principalId":"{principal}","service":"{service}"}}'
+            out.append((ts, "vault.credential.stored", not live, data))
+            return
+        connection, protocol = self._sso[int(rand() * len(self._sso))]
+        sid = "sess_" + self._uid(ts)
+        email = principal.removeprefix("user_") + "@example.com"
+        data = (
+            f'{{"connectionId":"{connection}","protocol":"{protocol}","sessionId":"{sid}",'
+            f'"email":"{email}"}}'
+        )
+        out.append((ts, "sso.login", not live, data))
 
 
 def spread_batches(
@@ -209,3 +238,25 @@ def generate_events(
     for batch in spread_batches(factory, start_ms, count, spacing_us, 1000, 1024):
         for frame in batch.frames:
             yield cast("dict[str, Any]", json.loads(frame[6:-2]))
+
+
+def ground_truth(
+    seed: int, start: datetime, count: int, spacing_s: float, envelope: str = "live"
+) -> GroundTruth:
+    """What happened in ``generate_events(seed, start, count, spacing_s, envelope)``.
+
+    Every grant that ended revoked (its first revocation: when, ``via`` which path, by
+    whom, in which event) and the kind of every token.issued.
+    """
+    spacing_us = round(spacing_s * 1_000_000)
+    return spread_truth(seed, envelope, datetime_to_ms(start), count, spacing_us, 1000)
+
+
+def spread_truth(
+    seed: int, envelope: str, start_ms: int, count: int, num: int, den: int
+) -> GroundTruth:
+    """The ground truth of ``spread_batches`` over a fresh factory with these arguments."""
+    factory = EventFactory(seed, envelope)
+    log = factory.record_truth()
+    batches = spread_batches(factory, start_ms, count, num, den, 4096)
+    return collect(log, (batch.frames for batch in batches))

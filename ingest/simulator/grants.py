@@ -1,9 +1,18 @@
 """Grant lifecycles: the pool of live grants and the events each one goes through.
 
 :class:`GrantPool` creates grants (with delegation chains on the live envelope), walks
-them through their plan (token refreshes, budget thresholds, revocations, anomaly
-auto-revocations) and queues each event's ``data`` object as ready-made JSON text.
-Every string it renders is a generated ASCII token that needs no escaping.
+them through their plan (token refreshes, budget thresholds, revocations) and queues each
+event's ``data`` object as ready-made JSON text. Every string it renders is a generated
+ASCII token that needs no escaping.
+
+Revocations follow the live service: ``grant.revoked`` only for a grant still active,
+``cascade: true`` when it also revoked descendants (walking only through grants not
+revoked yet, ignoring expiry), and an anomaly revokes the flagged agent's active,
+unexpired grants in ``anomaly.auto_revoked`` without touching their children.
+
+Token ids follow the live rule: an initial token is made back to back with its grant
+(its ULID time within a millisecond or two of the grant id's), a refresh at least
+:data:`REFRESH_AFTER_MS` after the grant; a refresh that is not due yet waits.
 """
 
 from __future__ import annotations
@@ -21,11 +30,16 @@ from .plans import (
     PlanLibrary,
     Step,
 )
+from .truth import TruthLog
 
 # (timestamp ms, event type, documented envelope?, data JSON) of an event not yet rendered
 Pending = tuple[int, str, bool, str]
 
-_ANOMALY_REASONS = ("velocity_spike", "scope_escalation", "geo_anomaly", "budget_burn_rate")
+REFRESH_AFTER_MS = 1000
+"""A refreshed token's ULID time is at least this long after its grant id's."""
+_REFRESH_DUE_MS = REFRESH_AFTER_MS + 12  # a token id is made up to 11 ms before its event
+GRANT_TTL_MS = 3_600_000
+WATCHED_PRINCIPALS = 8
 
 
 def compact_json(value: object) -> str:
@@ -34,19 +48,22 @@ def compact_json(value: object) -> str:
 
 class Grant:
     __slots__ = (
-        "agent", "alive", "children", "depth", "doc", "gid", "initial_c", "live_core",
-        "principal", "scopes", "steps", "tokens",
+        "agent", "alive", "children", "depth", "doc", "expires_ms", "gid", "gid_ms",
+        "initial_c", "live_core", "principal", "revoked", "scopes", "steps", "tokens",
     )  # fmt: skip
 
-    def __init__(self, gid: str, agent: str, principal: str, scopes: tuple[str, ...],
-                 doc: bool, depth: int) -> None:  # fmt: skip
+    def __init__(self, gid: str, gid_ms: int, agent: str, principal: str,
+                 scopes: tuple[str, ...], doc: bool, depth: int) -> None:  # fmt: skip
         self.gid = gid
+        self.gid_ms = gid_ms  # the ULID time of the grant id
+        self.expires_ms = gid_ms + GRANT_TTL_MS
         self.agent = agent
         self.principal = principal
         self.scopes = scopes
         self.doc = doc
         self.depth = depth
-        self.alive = True
+        self.alive = True  # still in the pool: steps to go
+        self.revoked = False
         self.children: list[Grant] = []
         self.initial_c = 0
         self.tokens = 0
@@ -59,7 +76,8 @@ class GrantPool:
     """The grants that still have steps to go, and the events that create and advance them.
 
     ``rng`` is shared with the caller: the order of its draws is part of what a seed
-    means, so every method draws exactly as it always has.
+    means. ``truth``, when set, records every revocation and token kind; ``flushed``
+    (kept by the generator) is how many events were rendered before the queue ``out``.
     """
 
     def __init__(
@@ -67,11 +85,17 @@ class GrantPool:
         principals: list[str], scopes_json: dict[tuple[str, ...], str], plans: PlanLibrary,
     ) -> None:  # fmt: skip
         self.pool: list[Grant] = []
+        self.agents = agents
+        self.principals = principals
+        self.truth: TruthLog | None = None
+        self.flushed = 0
+        # Grants outside the pool that an anomaly can still take (consent-bundle grants).
+        self.extra_grants: list[Grant] = []
+        # The latest grants of a few principals, for whom DPDP records are usually made.
+        self.watched: dict[str, list[Grant]] = {p: [] for p in principals[:WATCHED_PRINCIPALS]}
         self._rng = rng
         self._uid = uid
         self._envelope = envelope
-        self._agents = agents
-        self._principals = principals
         self._scopes_json = scopes_json
         self._plain_plans = plans.plain
         self._budget_plans = plans.budget
@@ -80,7 +104,7 @@ class GrantPool:
     # Kept whole: this runs on about a third of generator steps, and splitting it into a draw
     # helper and a rendering helper cost 2% more instructions per generated event.
     def new_grant(self, ts: int, room: int, out: list[Pending]) -> None:
-        """Queue a grant.created (often with its first token.issued) and plan the grant."""
+        """Queue a grant.created (with its first token.issued when there is room) and plan it."""
         rand = self._rng.random
         self._grant_seq += 1
         env = self._envelope
@@ -88,12 +112,14 @@ class GrantPool:
         parent: Grant | None = None
         if not doc and rand() < 0.08:
             candidates = [g for g in self.pool if not g.doc and g.depth < 3]
+            if rand() < 0.5:  # chains grow: sub-agents delegate further
+                candidates = [g for g in candidates if g.depth] or candidates
             if candidates:
                 parent = candidates[int(rand() * len(candidates))]
-        agents = self._agents
+        agents = self.agents
         agent = agents[int(rand() * len(agents))]
         if parent is None:
-            principal = self._principals[int(rand() * len(self._principals))]
+            principal = self.principals[int(rand() * len(self.principals))]
             scopes = SCOPE_SETS[int(rand() * len(SCOPE_SETS))]
             depth = 0
         else:
@@ -104,8 +130,14 @@ class GrantPool:
                 agent = agents[(agents.index(agent) + 1) % len(agents)]
         # The grant row is written a few ms before its event is published.
         lag = int(rand() * 12)
-        gid = "grnt_" + self._uid(ts - lag)
-        grant = Grant(gid, agent, principal, scopes, doc, depth)
+        gid_ms = ts - lag
+        gid = "grnt_" + self._uid(gid_ms)
+        grant = Grant(gid, gid_ms, agent, principal, scopes, doc, depth)
+        latest = self.watched.get(principal)
+        if latest is not None and not doc:
+            latest.append(grant)
+            if len(latest) > 8:
+                del latest[0]
         scopes_json = self._scopes_json.get(scopes) or compact_json(list(scopes))
         if doc:
             created = (
@@ -113,7 +145,7 @@ class GrantPool:
                 f'"scopes":{scopes_json}}}'
             )
         else:
-            expires = format_ms(ts + 3_600_000 - lag)
+            expires = format_ms(gid_ms + GRANT_TTL_MS)
             core = grant.live_core = (
                 f'"agentId":"{agent}","principalId":"{principal}","scopes":{scopes_json},'
                 f'"expiresAt":"{expires}"'
@@ -127,16 +159,18 @@ class GrantPool:
                 )
                 parent.children.append(grant)
 
-        pair = rand()
-        paired = room >= 2 and pair < 0.75
+        # The initial token is made right after the grant, in the same or the next
+        # millisecond, and its event sometimes overtakes grant.created.
+        paired = room >= 2
         if paired:
-            token = self._token(grant, ts)
-            if pair < 0.62:
-                out.append((ts, "grant.created", doc, created))
+            pair = rand()
+            token = self._token(grant, gid_ms + (pair > 0.9 and lag > 0), True)
+            if pair < 0.17:
                 out.append((ts, "token.issued", doc, token))
+                out.append((ts, "grant.created", doc, created))
             else:
-                out.append((ts, "token.issued", doc, token))
                 out.append((ts, "grant.created", doc, created))
+                out.append((ts, "token.issued", doc, token))
         else:
             out.append((ts, "grant.created", doc, created))
 
@@ -152,103 +186,128 @@ class GrantPool:
         else:
             grant.alive = False
 
-    def _token(self, grant: Grant, ts: int) -> str:
-        tid = "tok_" + self._uid(ts - int(self._rng.random() * 12))
+    def _token(self, grant: Grant, token_ms: int, initial: bool) -> str:
+        tid = "tok_" + self._uid(token_ms)
         grant.tokens += 1
         if grant.doc:
             method = "exchange" if grant.tokens == 1 else "refresh"
+            if self.truth is not None:
+                self.truth.tokens[tid] = method
             return f'{{"grantId":"{grant.gid}","tokenId":"{tid}","method":"{method}"}}'
+        if self.truth is not None:
+            kind = "refresh" if not initial else ("delegation" if grant.depth else "exchange")
+            self.truth.tokens[tid] = kind
         return f'{{"tokenId":"{tid}","grantId":"{grant.gid}",{grant.live_core}}}'
 
-    def advance(self, grant: Grant, ts: int, out: list[Pending]) -> None:
-        """Queue the event of the grant's next step."""
+    def advance(self, grant: Grant, ts: int, out: list[Pending]) -> bool:
+        """Queue the event of the grant's next step; False if only a refresh not yet due is left.
+
+        A refresh that is not due yet lets the grant's next other step go first.
+        """
         steps = grant.steps
-        kind, a, b = steps.pop()
+        kind, a, b = steps[-1]
+        if kind == STEP_TOKEN and ts < grant.gid_ms + _REFRESH_DUE_MS:
+            later = len(steps) - 2
+            while later >= 0 and steps[later][0] == STEP_TOKEN:
+                later -= 1
+            if later < 0:
+                return False
+            kind, a, b = step = steps.pop(later)
+            steps.append(step)
+        steps.pop()
         if not steps:
             self._retire(grant)
         if kind == STEP_TOKEN:
-            out.append((ts, "token.issued", grant.doc, self._token(grant, ts)))
+            token = self._token(grant, ts - int(self._rng.random() * 12), False)
+            out.append((ts, "token.issued", grant.doc, token))
         elif kind == STEP_BUDGET:
             gid = grant.gid
             if grant.doc:
                 initial = grant.initial_c / 100
                 if a == 100:
-                    out.append(
-                        (
-                            ts,
-                            "budget.exhausted",
-                            True,
-                            f'{{"grantId":"{gid}","initial":{initial!r}}}',
-                        )
-                    )
+                    data = f'{{"grantId":"{gid}","initial":{initial!r}}}'
+                    out.append((ts, "budget.exhausted", True, data))
                 else:
-                    out.append(
-                        (
-                            ts,
-                            "budget.threshold",
-                            True,
-                            f'{{"grantId":"{gid}","percentage":{float(a)!r},'
-                            f'"remaining":{b / 100!r},"initial":{initial!r}}}',
-                        )
+                    data = (
+                        f'{{"grantId":"{gid}","percentage":{float(a)!r},'
+                        f'"remaining":{b / 100!r},"initial":{initial!r}}}'
                     )
+                    out.append((ts, "budget.threshold", True, data))
             elif a == 100:
                 out.append(
                     (ts, "budget.exhausted", False, f'{{"grantId":"{gid}","remaining":"0"}}')
                 )
             else:
-                out.append(
-                    (
-                        ts,
-                        "budget.threshold",
-                        False,
-                        f'{{"grantId":"{gid}","pct":{a},"remaining":"{b // 100}.{b % 100:02d}00"}}',
-                    )
-                )
+                data = f'{{"grantId":"{gid}","pct":{a},"remaining":"{b // 100}.{b % 100:02d}00"}}'
+                out.append((ts, "budget.threshold", False, data))
         else:
             self._revoke(grant, REVOKERS[a], ts, out)
+        return True
 
     def _revoke(self, grant: Grant, who: str, ts: int, out: list[Pending]) -> None:
-        self._retire(grant)
         if grant.doc:
+            self.mark_revoked(grant, ts, "direct", who, len(out))
             out.append(
                 (ts, "grant.revoked", True, f'{{"grantId":"{grant.gid}","revokedBy":"{who}"}}')
             )
-            return
-        if who == "system":
-            # The live service reports system revocations only as an anomaly event, and an
-            # anomaly usually takes out the agent's other live grants with it.
-            victims = [grant]
-            for other in self.pool:
-                if len(victims) >= 3:
-                    break
-                if other.agent == grant.agent and not other.doc:
-                    victims.append(other)
-            for victim in victims[1:]:
-                self._retire(victim)
-            reason = _ANOMALY_REASONS[int(self._rng.random() * len(_ANOMALY_REASONS))]
-            ids = ",".join(f'"{v.gid}"' for v in victims)
-            out.append(
-                (
-                    ts,
-                    "anomaly.auto_revoked",
-                    False,
-                    f'{{"agentId":"{grant.agent}","reason":"{reason}","revokedGrants":[{ids}]}}',
-                )
-            )
-            return
-        cascade = any(child.alive for child in grant.children)
-        if cascade:
-            self._retire_tree(grant)
-        data = f'{{"grantId":"{grant.gid}","cascade":{"true" if cascade else "false"}}}'
-        out.append((ts, "grant.revoked", False, data))
+        elif who == "system":
+            # The live service reports system revocations only as an anomaly event.
+            self.anomaly(grant, ts, out)
+        else:
+            self.mark_revoked(grant, ts, "direct", who, len(out))
+            cascade = self._cascade(grant, ts, who, len(out))
+            data = f'{{"grantId":"{grant.gid}","cascade":{"true" if cascade else "false"}}}'
+            out.append((ts, "grant.revoked", False, data))
+
+    def _cascade(self, root: Grant, ts: int, actor: str, queued: int) -> bool:
+        """Revoke the root's descendants, walking only through grants not revoked yet."""
+        revoked = False
+        stack = list(root.children)
+        while stack:
+            child = stack.pop()
+            if child.revoked:
+                continue  # the service's walk stops at a revoked grant
+            self.mark_revoked(child, ts, "cascade", actor, queued)
+            revoked = True
+            stack.extend(child.children)
+        return revoked
+
+    def anomaly(self, grant: Grant, ts: int, out: list[Pending]) -> None:
+        """Queue an anomaly.auto_revoked taking every active, unexpired grant of the agent."""
+        agent = grant.agent
+        victims = [grant]
+        for other in (*self.pool, *self.extra_grants):
+            if (
+                other.agent == agent
+                and not other.doc
+                and not other.revoked
+                and other.expires_ms > ts
+                and other is not grant
+            ):
+                victims.append(other)
+        queued = len(out)
+        for victim in victims:
+            self.mark_revoked(victim, ts, "anomaly", "system", queued)
+        ids = ",".join(f'"{v.gid}"' for v in victims)
+        count = 1 if self._rng.random() < 0.85 else 2
+        data = f'{{"revokedGrants":[{ids}],"anomalyCount":{count}}}'
+        out.append((ts, "anomaly.auto_revoked", False, data))
+
+    def mark_revoked(self, grant: Grant, ts: int, via: str, actor: str, queued: int) -> bool:
+        """Revoke ``grant`` by the event about to be queued at ``out[queued]``.
+
+        False (and nothing recorded) when it was already revoked: the first revocation
+        is the one that counts.
+        """
+        if grant.revoked:
+            return False
+        grant.revoked = True
+        self._retire(grant)
+        if self.truth is not None:
+            self.truth.revocations.append((grant.gid, ts, via, actor, self.flushed + queued))
+        return True
 
     def _retire(self, grant: Grant) -> None:
         if grant.alive:
             grant.alive = False
-            if grant in self.pool:
-                self.pool.remove(grant)
-
-    def _retire_tree(self, grant: Grant) -> None:
-        for child in grant.children:
-            self._retire(child)
-            self._retire_tree(child)
+            self.pool.remove(grant)

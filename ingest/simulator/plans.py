@@ -25,7 +25,8 @@ _BUDGETS = (5, 10, 20, 25, 50, 100, 250, 500)
 STEP_TOKEN = 0
 STEP_BUDGET = 1
 STEP_REVOKE = 2
-REVOKERS = ("developer", "developer", "developer", "principal", "principal", "system")
+# Who revokes: on the live envelope "system" is an anomaly auto-revocation.
+REVOKERS = ("developer",) * 5 + ("principal",) * 4 + ("system",)
 TOKEN_STEP = (STEP_TOKEN, 0, 0)
 _EXHAUSTED_STEP = (STEP_BUDGET, 100, 0)
 

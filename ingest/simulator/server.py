@@ -19,11 +19,12 @@ from urllib.parse import urlsplit
 
 from .config import SimulatorConfig, SimulatorStats
 from .faults import FaultSchedule, fault_code
-from .generator import Batch, EventFactory, spread_batches
+from .generator import Batch, EventFactory, spread_batches, spread_truth
 from .handler import STREAM_PATH, Server, bearer_matches, parse_stream_query, send_json
 from .history import History
 from .ids import ms_to_datetime
 from .streaming import Conn, StreamClosed, Streamer
+from .truth import GroundTruth
 
 # Upper bound on one live batch so a generator that fell behind cannot hold the GIL for long.
 _MAX_LIVE_BATCH = 20_000
@@ -180,6 +181,21 @@ class Simulator:
             count = history.count
         return [history.envelope(i) for i in range(count)]
 
+    def backlog_truth(self) -> GroundTruth:
+        """The ground truth of the backlog (revocations, token kinds), generated afresh."""
+        if not self._started:
+            raise RuntimeError("simulator not started")
+        cfg = self.config
+        span_ms = round(cfg.backlog_span * 1000) if cfg.backlog else 0
+        return spread_truth(
+            cfg.seed,
+            cfg.envelope,
+            self._history_start_ms,
+            cfg.backlog,
+            span_ms,
+            max(cfg.backlog, 1),
+        )
+
     # -- generation
 
     def _generate_backlog(self, count: int, span_ms: int) -> None:
@@ -208,7 +224,9 @@ class Simulator:
             batch = Batch()
             made = 0
             while made < room:
-                made += factory.emit(now, room - made)
+                # Without a cap, a grant's first token may go one past what is due, so
+                # that slow rates still pair grant.created with its token.issued.
+                made += factory.emit(now, room - made if total is not None else max(room - made, 2))
             factory.flush(batch)
             history.append(batch)
             produced += made
