@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+import queries
 from ingest import migrate
 from ingest.simulator import VIAS, Simulator, SimulatorConfig
 from ingest.timestamps import format_timestamp, parse_event_time
@@ -91,6 +92,24 @@ def test_the_archive_holds_every_revocation_path(archive_url: str, simulator: Si
         grant_id: (parse_event_time(when), via, event_id)
         for grant_id, (when, via, event_id) in derived.items()
     } == {grant_id: (r.revoked_at, r.via, r.event_id) for grant_id, r in truth.items()}
+
+
+@pytest.mark.parametrize("simulator", [{"backlog": 6000}], indirect=True)
+def test_the_tokens_view_gives_every_token_its_true_kind(
+    archive_url: str, simulator: Simulator, tmp_path: Path
+) -> None:
+    """The kinds the analytics read from the ids are the ones the simulator issued."""
+    code, output = catch_up(archive_url, simulator)
+    assert code == 0, output
+    truth = simulator.backlog_truth().token_kinds
+    assert set(truth.values()) == {"exchange", "delegation", "refresh"}
+    table = queries.query(
+        "SELECT token_id, kind FROM tokens", archive_url, analytics_dir=tmp_path / "copy"
+    )
+    tokens, kinds = table.column("token_id").to_pylist(), table.column("kind").to_pylist()
+    assert len(tokens) == len(set(tokens)) == len(truth)
+    found = dict(zip(tokens, kinds, strict=True))
+    assert found == truth
 
 
 @pytest.mark.parametrize("simulator", [{"backlog": 2000, "envelope": "documented"}], indirect=True)
