@@ -759,16 +759,99 @@ def child_main(mode: str, kwargs: dict[str, Any]) -> None:
 
 # --------------------------------------------------------------------------- direct SQLite
 
+# A truthy ``data.revokeGrant`` (not false, 0, "", null or absent), in SQLite.
+_SQLITE_TRUTHY = (
+    "CASE json_type(e.payload, '$.data.revokeGrant') WHEN 'true' THEN 1 "
+    "WHEN 'integer' THEN json_extract(e.payload, '$.data.revokeGrant') != 0 "
+    "WHEN 'real' THEN json_extract(e.payload, '$.data.revokeGrant') != 0 "
+    "WHEN 'text' THEN json_extract(e.payload, '$.data.revokeGrant') != '' "
+    "WHEN 'array' THEN 1 WHEN 'object' THEN 1 ELSE 0 END"
+)
+
+# Each grant's first revocation by the rules of queries/copy/revocations.py:
+# every candidate (direct, anomaly, consent bundle, DPDP withdrawal and
+# erasure, cascade), the least by time, then direct first, then event id.
+_SQLITE_REVOCATIONS = f"""
+edges AS (
+    SELECT grant_id, json_extract(payload, '$.data.parentGrantId') AS parent_grant_id,
+        min(occurred_at) AS at
+    FROM events
+    WHERE type = 'grant.created' AND grant_id IS NOT NULL
+        AND json_extract(payload, '$.data.parentGrantId') IS NOT NULL
+    GROUP BY grant_id
+),
+bundles AS (
+    SELECT json_extract(payload, '$.data.bundleId') AS bundle_id, grant_id
+    FROM events WHERE type = 'consent_bundle.created' AND grant_id IS NOT NULL
+),
+records AS (
+    SELECT json_extract(payload, '$.data.recordId') AS record_id,
+        json_extract(payload, '$.data.dataPrincipalId') AS data_principal_id,
+        grant_id, occurred_at
+    FROM events WHERE type = 'dpdp.consent.created' AND grant_id IS NOT NULL
+),
+candidates AS (
+    SELECT grant_id, occurred_at AS at, 0 AS rank, id AS event_id,
+        coalesce(revoked_by, 'developer_or_principal') AS actor, 'direct' AS via
+    FROM events WHERE type = 'grant.revoked' AND grant_id IS NOT NULL
+    UNION ALL
+    SELECT j.value, e.occurred_at, 1, e.id, 'system', 'anomaly'
+    FROM events e, json_each(e.payload, '$.data.revokedGrants') j
+    WHERE e.type = 'anomaly.auto_revoked' AND j.value IS NOT NULL
+    UNION ALL
+    SELECT b.grant_id, e.occurred_at, 1, e.id, 'developer', 'consent_bundle'
+    FROM events e JOIN bundles b ON b.bundle_id = json_extract(e.payload, '$.data.bundleId')
+    WHERE e.type = 'consent_bundle.revoked' AND {_SQLITE_TRUTHY}
+    UNION ALL
+    SELECT r.grant_id, e.occurred_at, 1, e.id, 'principal', 'consent_withdrawal'
+    FROM events e JOIN records r ON r.record_id = json_extract(e.payload, '$.data.recordId')
+    WHERE e.type = 'dpdp.consent.withdrawn'
+        AND json_type(e.payload, '$.data.grantRevoked') = 'true'
+    UNION ALL
+    SELECT r.grant_id, e.occurred_at, 1, e.id, 'principal', 'erasure'
+    FROM events e JOIN records r
+        ON r.data_principal_id = json_extract(e.payload, '$.data.dataPrincipalId')
+        AND r.occurred_at <= e.occurred_at
+    WHERE e.type = 'dpdp.erasure.completed'
+),
+blocked AS (SELECT grant_id, min(at) AS at FROM candidates GROUP BY grant_id),
+roots AS (
+    SELECT grant_id AS root, occurred_at AS at, id AS event_id,
+        coalesce(revoked_by, 'developer_or_principal') AS actor
+    FROM events
+    WHERE type = 'grant.revoked' AND grant_id IS NOT NULL
+        AND json_type(payload, '$.data.cascade') = 'true'
+),
+walk(grant_id, at, event_id, actor) AS (
+    SELECT e.grant_id, r.at, r.event_id, r.actor
+    FROM roots r JOIN edges e ON e.parent_grant_id = r.root
+    LEFT JOIN blocked b ON b.grant_id = e.grant_id
+    WHERE b.at IS NULL OR b.at >= r.at
+    UNION
+    SELECT e.grant_id, w.at, w.event_id, w.actor
+    FROM walk w JOIN edges e ON e.parent_grant_id = w.grant_id
+    LEFT JOIN blocked b ON b.grant_id = e.grant_id
+    WHERE b.at IS NULL OR b.at >= w.at
+),
+first_revocation AS (
+    SELECT grant_id, at, actor, via FROM (
+        SELECT *, row_number() OVER (PARTITION BY grant_id ORDER BY at, rank, event_id) AS n
+        FROM (
+            SELECT * FROM candidates
+            UNION ALL SELECT grant_id, at, 1, event_id, actor, 'cascade' FROM walk
+        )
+    ) WHERE n = 1
+)"""
+
 # The per-grant state of the copy's ``grants`` view, computed inside one SQLite
-# query. ``created``, ``revoker`` and ``auto_agent`` rely on SQLite's bare
-# columns: with a single min() the other columns come from the row holding it.
-SQLITE_GRANTS = """
+# query. ``created`` and ``auto_agent`` rely on SQLite's bare columns: with a
+# single min() the other columns come from the row holding it.
+SQLITE_GRANTS = f"""{_SQLITE_REVOCATIONS},
 direct AS (
     SELECT grant_id,
         min(agent_id) AS any_agent_id,
         min(CASE WHEN type = 'grant.created' THEN occurred_at END) AS created_at,
         count(CASE WHEN type = 'token.issued' THEN 1 END) AS tokens_issued,
-        min(CASE WHEN type = 'grant.revoked' THEN occurred_at END) AS revoked_event_at,
         min(CASE WHEN type = 'budget.exhausted'
             OR (type = 'budget.threshold' AND percentage >= 50) THEN occurred_at END)
             AS budget_50_at,
@@ -783,12 +866,6 @@ created AS (
     SELECT grant_id, min(occurred_at) AS at, agent_id
     FROM events
     WHERE type = 'grant.created' AND grant_id IS NOT NULL AND agent_id IS NOT NULL
-    GROUP BY grant_id
-),
-revoker AS (
-    SELECT grant_id, min(occurred_at) AS at, revoked_by
-    FROM events
-    WHERE type = 'grant.revoked' AND grant_id IS NOT NULL AND revoked_by IS NOT NULL
     GROUP BY grant_id
 ),
 listed AS (
@@ -807,22 +884,17 @@ grants AS (
         coalesce(c.agent_id, d.any_agent_id, aa.agent_id) AS agent_id,
         d.created_at,
         d.tokens_issued,
-        CASE WHEN d.revoked_event_at IS NULL THEN a.at
-             WHEN a.at IS NULL THEN d.revoked_event_at
-             ELSE min(d.revoked_event_at, a.at) END AS revoked_at,
-        CASE WHEN r.revoked_by IS NOT NULL THEN r.revoked_by
-             WHEN a.at IS NOT NULL THEN 'system'
-             WHEN d.revoked_event_at IS NOT NULL THEN 'unknown' END AS revoked_by,
+        f.at AS revoked_at, f.actor AS revoked_by, f.via AS revoked_via,
         d.budget_50_at, d.budget_80_at, d.exhausted_at
     FROM direct d
     LEFT JOIN created c ON c.grant_id = d.grant_id
-    LEFT JOIN revoker r ON r.grant_id = d.grant_id
-    LEFT JOIN auto a ON a.grant_id = d.grant_id
+    LEFT JOIN first_revocation f ON f.grant_id = d.grant_id
     LEFT JOIN auto_agent aa ON aa.grant_id = d.grant_id
     UNION ALL
     -- grants known only from an anomaly.auto_revoked list
-    SELECT a.grant_id, aa.agent_id, NULL, 0, a.at, 'system', NULL, NULL, NULL
+    SELECT a.grant_id, aa.agent_id, NULL, 0, f.at, f.actor, f.via, NULL, NULL, NULL
     FROM auto a LEFT JOIN auto_agent aa ON aa.grant_id = a.grant_id
+    JOIN first_revocation f ON f.grant_id = a.grant_id
     WHERE NOT EXISTS (SELECT 1 FROM events e WHERE e.grant_id = a.grant_id)
 )"""
 
@@ -832,16 +904,16 @@ _SECONDS = "(julianday({a}) - julianday({b})) * 86400.0"
 # Each report with default options (no window, no filters, the default --by).
 SQLITE_REPORTS: dict[str, str] = {
     "revocations-by-actor": f"""
-WITH {SQLITE_GRANTS},
+WITH RECURSIVE {SQLITE_GRANTS},
 counted AS (
-    SELECT revoked_by AS actor, count(*) AS revocations
-    FROM grants WHERE revoked_at IS NOT NULL GROUP BY revoked_by
+    SELECT revoked_by AS actor, revoked_via AS via, count(*) AS revocations
+    FROM grants WHERE revoked_at IS NOT NULL GROUP BY revoked_by, revoked_via
 )
-SELECT actor, revocations, revocations * 1.0 / sum(revocations) OVER () AS share
+SELECT actor, via, revocations, revocations * 1.0 / sum(revocations) OVER () AS share
 FROM counted
-ORDER BY revocations DESC, actor""",
+ORDER BY revocations DESC, actor, via""",
     "budget-exhaustion-rate": f"""
-WITH {SQLITE_GRANTS},
+WITH RECURSIVE {SQLITE_GRANTS},
 g AS (
     SELECT budget_50_at IS NOT NULL AS r50, budget_80_at IS NOT NULL AS r80,
         exhausted_at IS NOT NULL AS ex, created_at, exhausted_at
@@ -869,44 +941,46 @@ FROM events
 GROUP BY period, type
 ORDER BY period, events DESC, type""",
     "grant-lifetime": f"""
-WITH {SQLITE_GRANTS},
+WITH RECURSIVE {SQLITE_GRANTS},
 r AS (
-    SELECT revoked_by AS actor, {_SECONDS.format(a="revoked_at", b="created_at")} AS seconds
+    SELECT revoked_by AS actor, revoked_via AS via,
+        {_SECONDS.format(a="revoked_at", b="created_at")} AS seconds
     FROM grants WHERE revoked_at IS NOT NULL
 ),
 pairs AS (
-    SELECT 0 AS all_row, actor, seconds FROM r
-    UNION ALL SELECT 1, 'all', seconds FROM r
+    SELECT 0 AS all_row, actor, via, seconds FROM r
+    UNION ALL SELECT 1, 'all', 'all', seconds FROM r
 ),
 ranked AS (
-    SELECT all_row, actor, seconds,
+    SELECT all_row, actor, via, seconds,
         row_number() OVER w AS rn,
         0.5 * (count(*) OVER p - 1) AS pos50,
         0.9 * (count(*) OVER p - 1) AS pos90
     FROM pairs WHERE seconds IS NOT NULL
-    WINDOW p AS (PARTITION BY all_row, actor),
-        w AS (PARTITION BY all_row, actor ORDER BY seconds)
+    WINDOW p AS (PARTITION BY all_row, actor, via),
+        w AS (PARTITION BY all_row, actor, via ORDER BY seconds)
 ),
 q AS (
-    SELECT all_row, actor,
+    SELECT all_row, actor, via,
         max(CASE WHEN rn = CAST(pos50 AS INTEGER) + 1 THEN seconds END) AS lo50,
         max(CASE WHEN rn = CAST(pos50 AS INTEGER) + 2 THEN seconds END) AS hi50,
         max(pos50 - CAST(pos50 AS INTEGER)) AS f50,
         max(CASE WHEN rn = CAST(pos90 AS INTEGER) + 1 THEN seconds END) AS lo90,
         max(CASE WHEN rn = CAST(pos90 AS INTEGER) + 2 THEN seconds END) AS hi90,
         max(pos90 - CAST(pos90 AS INTEGER)) AS f90
-    FROM ranked GROUP BY all_row, actor
+    FROM ranked GROUP BY all_row, actor, via
 ),
 counts AS (
-    SELECT all_row, actor, count(seconds) AS grants, count(*) - count(seconds) AS without_created
-    FROM pairs GROUP BY all_row, actor
+    SELECT all_row, actor, via, count(seconds) AS grants,
+        count(*) - count(seconds) AS without_created
+    FROM pairs GROUP BY all_row, actor, via
 )
-SELECT c.actor, c.grants,
+SELECT c.actor, c.via, c.grants,
     q.lo50 + q.f50 * (coalesce(q.hi50, q.lo50) - q.lo50) AS median_seconds,
     q.lo90 + q.f90 * (coalesce(q.hi90, q.lo90) - q.lo90) AS p90_seconds,
     c.without_created
-FROM counts c LEFT JOIN q ON q.all_row = c.all_row AND q.actor = c.actor
-ORDER BY c.all_row DESC, c.grants DESC, c.actor""",
+FROM counts c LEFT JOIN q ON q.all_row = c.all_row AND q.actor = c.actor AND q.via = c.via
+ORDER BY c.all_row DESC, c.grants DESC, c.actor, c.via""",
     "ingest-coverage": f"""
 WITH runs AS (
     SELECT r.*, lag(coalesce(r.finished_at, r.started_at))
@@ -922,7 +996,7 @@ SELECT runs.source, runs.id AS run_id, started_at, finished_at, outcome,
 FROM runs LEFT JOIN rejected ON rejected.run_id = runs.id
 ORDER BY runs.source, started_at, run_id""",
     "token-issuance": f"""
-WITH {SQLITE_GRANTS},
+WITH RECURSIVE {SQLITE_GRANTS},
 t AS (
     SELECT agent_id, method FROM events
     WHERE type = 'token.issued' AND agent_id IS NOT NULL
@@ -945,7 +1019,7 @@ FROM t
 GROUP BY agent_id
 ORDER BY tokens DESC, agent_id NULLS LAST""",
     "top-agents": f"""
-WITH {SQLITE_GRANTS}
+WITH RECURSIVE {SQLITE_GRANTS}
 SELECT rank() OVER (ORDER BY count(*) DESC) AS rank,
     agent_id,
     count(*) AS grants,

@@ -5,8 +5,9 @@ A report file starts with comment lines::
     -- name: revocations-by-actor
     -- summary: one line for ``report --list``
     -- options: since, until, source, agent, by     (the flags it takes)
-    -- by: day, week, month, agent                  (values --by accepts)
+    -- by: day, week, month, agent, via             (values --by accepts)
     -- default-by: day                              (optional)
+    -- drops: via=actor                             (optional: columns a --by value leaves out)
     --
     -- What it computes, exactly, in prose.
 
@@ -16,7 +17,8 @@ agent filter are placeholders (``{window(occurred_at)}``, ``{agent_events}``:
 see ``queries.filter_sql``), the same SQL the exports filter with, expanded
 when the report is loaded. A report that takes ``--by`` returns a ``period``
 column for day/week/month and an ``agent_id`` column for agent; the runner
-drops the one that was not asked for.
+drops the one that was not asked for, and the columns ``drops`` names for the
+``--by`` value given (``--by via`` counts per path alone, without ``actor``).
 """
 
 from __future__ import annotations
@@ -30,6 +32,8 @@ from .filter_sql import PlaceholderError, expand
 
 OPTIONS = ("since", "until", "source", "agent", "by")
 PERIODS = ("day", "week", "month")
+BY_VALUES = (*PERIODS, "agent", "via")
+"""Every value ``--by`` can take; each report's header says which it accepts."""
 
 
 class ReportError(Exception):
@@ -45,6 +49,8 @@ class Report:
     options: tuple[str, ...]
     by: tuple[str, ...] = ()
     default_by: str | None = None
+    drops: tuple[tuple[str, str], ...] = ()
+    """(--by value, column it leaves out) pairs."""
 
     def parameters(
         self,
@@ -75,6 +81,7 @@ class Report:
             drop.append("period")
         if "agent_id" in self.returns and "agent" in self.by and by != "agent":
             drop.append("agent_id")
+        drop += [column for value, column in self.drops if value == by]
         if not drop:
             return self.sql
         return f"SELECT * EXCLUDE ({', '.join(drop)}) FROM ({self.sql.rstrip().rstrip(';')})"
@@ -108,6 +115,7 @@ def parse_report(text: str, filename: str) -> Report:
                 "options",
                 "by",
                 "default-by",
+                "drops",
             )
         ):
             key, value = body.split(":", 1)
@@ -124,6 +132,15 @@ def parse_report(text: str, filename: str) -> Report:
     if unknown:
         raise ReportError(f"{filename}: unknown options {', '.join(unknown)}")
     by = tuple(b.strip() for b in meta.get("by", "").split(",") if b.strip())
+    if set(by) - set(BY_VALUES):
+        raise ReportError(
+            f"{filename}: unknown --by values {', '.join(sorted(set(by) - set(BY_VALUES)))}"
+        )
+    drops = tuple(
+        (value.strip(), column.strip())
+        for value, _, column in (d.partition("=") for d in meta.get("drops", "").split(","))
+        if value.strip() and column.strip()
+    )
     try:
         sql = expand(text)
     except PlaceholderError as exc:
@@ -136,6 +153,7 @@ def parse_report(text: str, filename: str) -> Report:
         options=options,
         by=by,
         default_by=meta.get("default-by") or None,
+        drops=drops,
     )
 
 

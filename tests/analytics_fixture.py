@@ -10,9 +10,10 @@ Grants (agent, source; what happens):
   exchange 10:00 and refresh 11:00, revoked by the developer 12:00 (lives 2 h).
   Its grant.created arrives twice (one archived row).
 - G2 (A1, acct-a, live envelopes): created 03-02 09:00, a token (no method),
-  revoked 03-03 09:00 with no revokedBy: actor unknown (lives 24 h).
+  revoked 03-03 09:00 with no revokedBy: actor developer_or_principal, via
+  direct (lives 24 h).
 - G3 (A2, acct-a): created 03-01 12:00 (before the window), listed in an
-  anomaly.auto_revoked at 03-03 12:00: actor system (lives 48 h).
+  anomaly.auto_revoked at 03-03 12:00: actor system, via anomaly (lives 48 h).
 - G4 (A2, acct-b): created 03-03 00:00, a token, threshold `pct` 50 at 01:00,
   documented threshold `percentage` 80 (initial 100) at 02:00, exhausted 03:00
   (3 h after creation).
@@ -24,7 +25,8 @@ Grants (agent, source; what happens):
 - G8 (A3, acct-b): never created in the archive; revoked by the principal
   03-04 00:00 (documented envelope; its agent is unknown to the archive).
 - G9 (A3, acct-a): created 03-03 06:00, revoked 03-03 07:00 with no revokedBy
-  and listed in an anomaly.auto_revoked at the same instant: actor system, once.
+  and listed in an anomaly.auto_revoked at the same instant: counted once, by
+  the grant.revoked (on a tie in time the direct revocation is first).
 
 Other events: sso.login 03-02 05:00 (acct-a), an unknown type
 `passport.renewed` 03-03 05:00 (acct-b), vault.credential.stored 03-06 00:00

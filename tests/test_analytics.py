@@ -22,7 +22,7 @@ from ingest.events import Event, normalise
 from ingest.schema import events
 from ingest.simulator import Simulator, SimulatorConfig, generate_events
 from ingest.store import Received, Store
-from queries.copy import AnalyticsCopy, AnalyticsError, default_directory
+from queries.copy import AnalyticsCopy, AnalyticsError, default_directory, grant_files
 from queries.copy import refresher as refresher_module
 from queries.copy import trash as trash_module
 from queries.session import Session
@@ -61,6 +61,7 @@ def snapshot(copy: AnalyticsCopy) -> dict[str, Any]:
                 "SELECT * EXCLUDE (received_at) FROM events ORDER BY seq"
             ).fetchall(),
             "grants": conn.execute("SELECT * FROM grants ORDER BY grant_id").fetchall(),
+            "revocations": conn.execute("SELECT * FROM revocations ORDER BY grant_id").fetchall(),
             "rejected": conn.execute("SELECT count(*) FROM rejected_events").fetchall(),
         }
     finally:
@@ -89,8 +90,8 @@ def test_compaction_and_delta_folding_keep_the_same_answers(
     sqlite_archive: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setattr(refresher_module, "SMALL_SEGMENTS_MAX", 3)
-    monkeypatch.setattr(refresher_module, "DELTA_MIN_ROWS", 50)
-    monkeypatch.setattr(refresher_module, "DELTA_SHARE", 0.1)
+    monkeypatch.setattr(grant_files, "DELTA_MIN_ROWS", 50)
+    monkeypatch.setattr(grant_files, "DELTA_SHARE", 0.1)
     new_archive(sqlite_archive)
     items = frames(12, 2500)
     analytics = AnalyticsCopy(sqlite_archive, tmp_path / "copy")

@@ -83,30 +83,38 @@ def test_output_formats(archive: str, tmp_path: Path) -> None:
     as_csv = invoke(base)
     assert as_csv.exit_code == 0
     # LF line ends on a pipe; RFC 4180's CRLF is for files (tests/test_output.py).
-    assert as_csv.stdout_bytes.startswith(b"actor,revocations,share\nsystem,2,0.4\n")
+    assert as_csv.stdout_bytes.startswith(
+        b"actor,via,revocations,share\ndeveloper_or_principal,direct,2,0.4\n"
+    )
     assert next(iter(csv.DictReader(io.StringIO(as_csv.output)))) == {
-        "actor": "system",
+        "actor": "developer_or_principal",
+        "via": "direct",
         "revocations": "2",
         "share": "0.4",
     }
     jsonl = invoke([*base, "--format", "jsonl"]).output.splitlines()
-    assert json.loads(jsonl[0]) == {"actor": "system", "revocations": 2, "share": 0.4}
+    assert json.loads(jsonl[0]) == {
+        "actor": "developer_or_principal",
+        "via": "direct",
+        "revocations": 2,
+        "share": 0.4,
+    }
     assert len(jsonl) == 4
     table = invoke([*base, "--format", "table"]).output
-    assert table.splitlines()[0].split() == ["actor", "revocations", "share"]
+    assert table.splitlines()[0].split() == ["actor", "via", "revocations", "share"]
     # The footer is for a terminal; this is a pipe.
     assert len(table.splitlines()) == 6 and "rows)" not in table
     markdown = invoke([*base, "--format", "markdown"]).output.splitlines()
     assert markdown[:3] == [
-        "| actor | revocations | share |",
-        "|---|---:|---:|",
-        "| system | 2 | 0.4 |",
+        "| actor | via | revocations | share |",
+        "|---|---|---:|---:|",
+        "| developer_or_principal | direct | 2 | 0.4 |",
     ]
     # -o FILE: the format follows the suffix, nothing on stdout.
     target = tmp_path / "out.json"
     result = invoke([*base, "-o", str(target)])
     assert result.exit_code == 0 and result.output == ""
-    assert json.loads(target.read_text())[0]["actor"] == "system"
+    assert json.loads(target.read_text())[0]["actor"] == "developer_or_principal"
     assert not list(tmp_path.glob(".out.json*"))
 
 
@@ -126,7 +134,7 @@ def test_sql_with_parameters_file_and_stdin(archive: str, tmp_path: Path) -> Non
     query = "SELECT grant_id, revoked_by FROM grants WHERE agent_id = $agent ORDER BY 1"
     result = invoke(["sql", query, "-p", "agent", "A3", "--db", archive, "--format", "json"])
     assert result.exit_code == 0, result.output
-    assert json.loads(result.output) == [{"grant_id": "G9", "revoked_by": "system"}]
+    assert json.loads(result.output) == [{"grant_id": "G9", "revoked_by": "developer_or_principal"}]
     script = tmp_path / "q.sql"
     script.write_text("SELECT count(*) AS n FROM events WHERE day = $day::DATE;\n")
     result = invoke(["sql", "-f", str(script), "-p", "day", "2026-03-04", "--db", archive])
@@ -293,6 +301,6 @@ def test_demo_runs_ingest_and_the_headline_reports(tmp_path: Path) -> None:
     for name in ("event-volume", "revocations-by-actor", "budget-exhaustion-rate", "top-agents"):
         assert f"== grantex-archive report {name}" in result.output
     # A mixed stream: every kind of revocation actor shows up.
-    for actor in ("developer", "principal", "system", "unknown"):
+    for actor in ("developer", "principal", "system", "developer_or_principal"):
         assert f"\n{actor}," in result.output
     assert rows(archive, "SELECT count(*) FROM events") == [(3000,)]

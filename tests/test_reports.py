@@ -32,49 +32,62 @@ def report(archive: list[str], *args: str) -> list[dict[str, Any]]:
     return rows
 
 
+DOP = "developer_or_principal"
+
+
 def test_revocations_by_actor(archive: list[str]) -> None:
-    # In the window: G1 developer, G2 unknown (no revokedBy), G3 and G9 system
-    # (auto-revoked; G9 also has a grant.revoked, counted once), G8 principal
-    # (never created in the archive, still counted). G7 is revoked after it.
+    # In the window: G1 developer (revokedBy), G2 developer_or_principal (a
+    # live grant.revoked, no revokedBy), G3 system (anomaly), G8 principal
+    # (never created in the archive, still counted) and G9: a grant.revoked
+    # and an anomaly listing at the same instant count once, and on a tie in
+    # time the direct revocation is first. G7 is revoked after the window.
     assert report(archive, "revocations-by-actor", *WINDOW) == [
-        {"actor": "system", "revocations": 2, "share": 0.4},
-        {"actor": "developer", "revocations": 1, "share": 0.2},
-        {"actor": "principal", "revocations": 1, "share": 0.2},
-        {"actor": "unknown", "revocations": 1, "share": 0.2},
+        {"actor": DOP, "via": "direct", "revocations": 2, "share": 0.4},
+        {"actor": "developer", "via": "direct", "revocations": 1, "share": 0.2},
+        {"actor": "principal", "via": "direct", "revocations": 1, "share": 0.2},
+        {"actor": "system", "via": "anomaly", "revocations": 1, "share": 0.2},
     ]
     # Without a window G7 (principal, 03-06) joins.
     rows = report(archive, "revocations-by-actor")
-    assert {r["actor"]: r["revocations"] for r in rows} == {
-        "system": 2,
-        "principal": 2,
-        "developer": 1,
-        "unknown": 1,
+    assert {(r["actor"], r["via"]): r["revocations"] for r in rows} == {
+        (DOP, "direct"): 2,
+        ("principal", "direct"): 2,
+        ("developer", "direct"): 1,
+        ("system", "anomaly"): 1,
     }
     assert sum(r["share"] for r in rows) == pytest.approx(1.0)
+    # --by via: one row per path, without the actor.
+    assert report(archive, "revocations-by-actor", *WINDOW, "--by", "via") == [
+        {"via": "direct", "revocations": 4, "share": 0.8},
+        {"via": "anomaly", "revocations": 1, "share": 0.2},
+    ]
 
 
 def test_revocations_by_actor_filters_and_groups(archive: list[str]) -> None:
     assert report(archive, "revocations-by-actor", "--source", "acct-b") == [
-        {"actor": "principal", "revocations": 1, "share": 1.0},
+        {"actor": "principal", "via": "direct", "revocations": 1, "share": 1.0},
     ]
     assert report(archive, "revocations-by-actor", *WINDOW, "--agent", "A1") == [
-        {"actor": "developer", "revocations": 1, "share": 0.5},
-        {"actor": "unknown", "revocations": 1, "share": 0.5},
+        {"actor": "developer", "via": "direct", "revocations": 1, "share": 0.5},
+        {"actor": DOP, "via": "direct", "revocations": 1, "share": 0.5},
     ]
     assert report(archive, "revocations-by-actor", *WINDOW, "--by", "day") == [
-        {"period": "2026-03-02", "actor": "developer", "revocations": 1, "share": 1.0},
-        {"period": "2026-03-03", "actor": "system", "revocations": 2, "share": 2 / 3},
-        {"period": "2026-03-03", "actor": "unknown", "revocations": 1, "share": 1 / 3},
-        {"period": "2026-03-04", "actor": "principal", "revocations": 1, "share": 1.0},
-    ]
+        {"period": "2026-03-02", "actor": "developer", "via": "direct", "revocations": 1,
+         "share": 1.0},
+        {"period": "2026-03-03", "actor": DOP, "via": "direct", "revocations": 2, "share": 2 / 3},
+        {"period": "2026-03-03", "actor": "system", "via": "anomaly", "revocations": 1,
+         "share": 1 / 3},
+        {"period": "2026-03-04", "actor": "principal", "via": "direct", "revocations": 1,
+         "share": 1.0},
+    ]  # fmt: skip
     by_agent = report(archive, "revocations-by-actor", *WINDOW, "--by", "agent")
     assert by_agent == [
         # G8's agent is unknown to the archive: its revocation is kept, agent null.
-        {"agent_id": None, "actor": "principal", "revocations": 1, "share": 1.0},
-        {"agent_id": "A1", "actor": "developer", "revocations": 1, "share": 0.5},
-        {"agent_id": "A1", "actor": "unknown", "revocations": 1, "share": 0.5},
-        {"agent_id": "A2", "actor": "system", "revocations": 1, "share": 1.0},
-        {"agent_id": "A3", "actor": "system", "revocations": 1, "share": 1.0},
+        {"agent_id": None, "actor": "principal", "via": "direct", "revocations": 1, "share": 1.0},
+        {"agent_id": "A1", "actor": "developer", "via": "direct", "revocations": 1, "share": 0.5},
+        {"agent_id": "A1", "actor": DOP, "via": "direct", "revocations": 1, "share": 0.5},
+        {"agent_id": "A2", "actor": "system", "via": "anomaly", "revocations": 1, "share": 1.0},
+        {"agent_id": "A3", "actor": DOP, "via": "direct", "revocations": 1, "share": 1.0},
     ]
 
 
@@ -247,40 +260,46 @@ def test_token_issuance(archive: list[str]) -> None:
 
 
 def test_grant_lifetime(archive: list[str]) -> None:
-    # Lifetimes in the window: G9 1 h (system), G1 2 h (developer), G2 24 h
-    # (unknown), G3 48 h (system); G8 has no grant.created.
+    # Lifetimes in the window: G9 1 h and G2 24 h (developer_or_principal,
+    # direct), G1 2 h (developer), G3 48 h (system, anomaly); G8 has no
+    # grant.created.
     h = 3600.0
     assert report(archive, "grant-lifetime", *WINDOW) == [
         {
             "actor": "all",
+            "via": "all",
             "grants": 4,
             "median_seconds": (2 * h + 24 * h) / 2,
             "p90_seconds": 24 * h + 0.7 * (48 * h - 24 * h),
             "without_created": 1,
         },
         {
-            "actor": "system",
+            "actor": DOP,
+            "via": "direct",
             "grants": 2,
-            "median_seconds": (1 * h + 48 * h) / 2,
-            "p90_seconds": 1 * h + 0.9 * (48 * h - 1 * h),
+            "median_seconds": (1 * h + 24 * h) / 2,
+            "p90_seconds": 1 * h + 0.9 * (24 * h - 1 * h),
             "without_created": 0,
         },
         {
             "actor": "developer",
+            "via": "direct",
             "grants": 1,
             "median_seconds": 2 * h,
             "p90_seconds": 2 * h,
             "without_created": 0,
         },
         {
-            "actor": "unknown",
+            "actor": "system",
+            "via": "anomaly",
             "grants": 1,
-            "median_seconds": 24 * h,
-            "p90_seconds": 24 * h,
+            "median_seconds": 48 * h,
+            "p90_seconds": 48 * h,
             "without_created": 0,
         },
         {
             "actor": "principal",
+            "via": "direct",
             "grants": 0,
             "median_seconds": None,
             "p90_seconds": None,

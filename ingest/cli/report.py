@@ -12,7 +12,7 @@ import click
 from queries import api
 from queries.api import check_query, prepare_report, rows_of
 from queries.render import render
-from queries.reports import PERIODS, ReportError, get_report, load_reports
+from queries.reports import BY_VALUES, ReportError, get_report, load_reports
 from queries.session import bare_statement
 
 from ..timestamps import now_utc
@@ -48,8 +48,8 @@ def _list_reports(ctx: click.Context, _param: click.Parameter, value: bool) -> N
 @click.option("--agent", metavar="ID", help="Only this agent.")
 @click.option(
     "--by",
-    type=click.Choice([*PERIODS, "agent"]),
-    help="Group by calendar period (UTC) or agent, where the report allows.",
+    type=click.Choice(BY_VALUES),
+    help="Group by calendar period (UTC), agent or revocation path, where the report allows.",
 )
 @click.option("--limit", type=click.IntRange(min=1), help="At most this many rows.")
 @click.option("--describe", is_flag=True, help="Print what the report computes, and exit.")

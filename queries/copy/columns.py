@@ -53,6 +53,34 @@ def copy_columns(table: sa.Table) -> Columns:
 
 EVENT_COLUMNS: Columns = copy_columns(schema.events)
 
+
+def _data(field: str) -> str:
+    """The text of ``data.<field>`` in the envelope (NULL when absent or JSON null)."""
+    return f"json_extract_string(payload, '$.data.{field}')"
+
+
+def _is_true(field: str) -> str:
+    """``data.<field>`` is the JSON value ``true``."""
+    return (
+        f"coalesce(json_type(payload, '$.data.{field}') = 'BOOLEAN' "
+        f"AND {_data(field)} = 'true', false)"
+    )
+
+
+def _truthy(field: str) -> str:
+    """``data.<field>`` is truthy as the service's JavaScript reads it.
+
+    false, 0, "", null and absence are falsy; any other value is truthy.
+    """
+    return (
+        f"coalesce(CASE json_type(payload, '$.data.{field}') "
+        f"WHEN 'BOOLEAN' THEN {_data(field)} = 'true' "
+        f"WHEN 'VARCHAR' THEN {_data(field)} <> '' "
+        "WHEN 'ARRAY' THEN true WHEN 'OBJECT' THEN true WHEN 'NULL' THEN false "
+        f"ELSE TRY_CAST({_data(field)} AS DOUBLE) <> 0 END, false)"
+    )
+
+
 # Written beside the archive's columns so that grouping by period reads a
 # column instead of computing one per row.
 DERIVED_COLUMNS: tuple[tuple[str, str, str], ...] = (
@@ -68,11 +96,47 @@ DERIVED_COLUMNS: tuple[tuple[str, str, str], ...] = (
     ),
     # token.issued: token ULID time minus grant ULID time (queries.token_kinds).
     ("token_lag_ms", "BIGINT", f"CASE WHEN type = 'token.issued' THEN {lag_sql()} END"),
+    # What delegation, expiry and the revocation paths need (see
+    # queries/copy/revocations.py), each read only from the types that carry it.
     (
         "parent_grant_id",
         "VARCHAR",
+        f"CASE WHEN type = 'grant.created' THEN {_data('parentGrantId')} END",
+    ),
+    (
+        "delegation_depth",
+        "BIGINT",
         "CASE WHEN type = 'grant.created' "
-        "THEN json_extract_string(payload, '$.data.parentGrantId') END",
+        "AND json_type(payload, '$.data.delegationDepth') IN ('UBIGINT', 'BIGINT') "
+        f"THEN TRY_CAST({_data('delegationDepth')} AS BIGINT) END",
+    ),
+    (
+        "expires_at",
+        "TIMESTAMPTZ",
+        f"CASE WHEN type = 'grant.created' THEN TRY_CAST({_data('expiresAt')} AS TIMESTAMPTZ) END",
+    ),
+    (
+        "bundle_id",
+        "VARCHAR",
+        f"CASE WHEN starts_with(type, 'consent_bundle.') THEN {_data('bundleId')} END",
+    ),
+    (
+        "record_id",
+        "VARCHAR",
+        f"CASE WHEN starts_with(type, 'dpdp.consent.') THEN {_data('recordId')} END",
+    ),
+    (
+        "data_principal_id",
+        "VARCHAR",
+        f"CASE WHEN starts_with(type, 'dpdp.') THEN {_data('dataPrincipalId')} END",
+    ),
+    ("cascade", "BOOLEAN", f"CASE WHEN type = 'grant.revoked' THEN {_is_true('cascade')} END"),
+    (
+        "revokes_grant",
+        "BOOLEAN",
+        "CASE type "
+        f"WHEN 'consent_bundle.revoked' THEN {_truthy('revokeGrant')} "
+        f"WHEN 'dpdp.consent.withdrawn' THEN {_is_true('grantRevoked')} END",
     ),
 )
 SEGMENT_COLUMNS: Columns = EVENT_COLUMNS + tuple((name, kind) for name, kind, _ in DERIVED_COLUMNS)

@@ -13,9 +13,34 @@ from .manifest import Locate, Manifest
 from .sql import empty_select, parquet
 
 _BUDGET = "type IN ('budget.threshold', 'budget.exhausted')"
+
 # token.issued without agentId (documented envelopes): the agent comes from
 # the grant, so the state keeps their counts for reports to use without a join.
 _AGENTLESS = "type = 'token.issued' AND agent_id IS NULL"
+
+
+def _first(at: str, event_id: str) -> str:
+    """The order that picks a grant's first revocation event: its time, then its id.
+
+    The id breaks ties, so the pick does not depend on how refreshes split the events.
+    """
+    return f"{{'at': {at}, 'id': {event_id}}}"
+
+
+_FIRST = _first("occurred_at", "id")
+
+# What the revocation facts say of a grant (``revocations.routed_sql``): not
+# merged like the rest but attached afresh by every refresh, to the delta rows
+# of the grants the facts name; NULL everywhere else (the base never has them).
+ROUTED_STATE_COLUMNS: tuple[tuple[str, str], ...] = (
+    ("routed_at", "TIMESTAMPTZ"),
+    ("routed_event_id", "VARCHAR"),
+    ("routed_actor", "VARCHAR"),
+    ("routed_via", "VARCHAR"),
+    ("parent_grant_id", "VARCHAR"),
+    ("delegation_depth", "BIGINT"),
+)
+_NO_ROUTE = ",\n".join(f"    CAST(NULL AS {kind}) AS {name}" for name, kind in ROUTED_STATE_COLUMNS)
 
 GRANT_STATE_COLUMNS: tuple[tuple[str, str], ...] = (
     ("grant_id", "VARCHAR"),
@@ -34,10 +59,12 @@ GRANT_STATE_COLUMNS: tuple[tuple[str, str], ...] = (
     ("agentless_first_at", "TIMESTAMPTZ"),
     ("agentless_last_at", "TIMESTAMPTZ"),
     ("revoked_event_at", "TIMESTAMPTZ"),
-    ("revoked_by_field", "VARCHAR"),
-    ("revoked_by_field_at", "TIMESTAMPTZ"),
+    ("revoked_event_id", "VARCHAR"),
+    ("revoked_event_by", "VARCHAR"),
     ("auto_revoked_at", "TIMESTAMPTZ"),
+    ("auto_event_id", "VARCHAR"),
     ("auto_agent_id", "VARCHAR"),
+    ("expires_at", "TIMESTAMPTZ"),
     ("first_budget_at", "TIMESTAMPTZ"),
     ("last_budget_at", "TIMESTAMPTZ"),
     ("budget_times", "TIMESTAMPTZ[]"),
@@ -48,6 +75,7 @@ GRANT_STATE_COLUMNS: tuple[tuple[str, str], ...] = (
     ("first_event_at", "TIMESTAMPTZ"),
     ("last_event_at", "TIMESTAMPTZ"),
     ("events", "BIGINT"),
+    *ROUTED_STATE_COLUMNS,
 )
 
 
@@ -71,13 +99,13 @@ def _direct_state(events: str) -> str:
         min(occurred_at) FILTER (WHERE {_AGENTLESS}) AS agentless_first_at,
         max(occurred_at) FILTER (WHERE {_AGENTLESS}) AS agentless_last_at,
         min(occurred_at) FILTER (WHERE type = 'grant.revoked') AS revoked_event_at,
-        arg_min(revoked_by, occurred_at)
-            FILTER (WHERE type = 'grant.revoked' AND revoked_by IS NOT NULL) AS revoked_by_field,
-        min(occurred_at)
-            FILTER (WHERE type = 'grant.revoked' AND revoked_by IS NOT NULL)
-            AS revoked_by_field_at,
+        arg_min(id, {_FIRST}) FILTER (WHERE type = 'grant.revoked') AS revoked_event_id,
+        arg_min_null(revoked_by, {_FIRST}) FILTER (WHERE type = 'grant.revoked')
+            AS revoked_event_by,
         CAST(NULL AS TIMESTAMPTZ) AS auto_revoked_at,
+        CAST(NULL AS VARCHAR) AS auto_event_id,
         CAST(NULL AS VARCHAR) AS auto_agent_id,
+        min(expires_at) FILTER (WHERE type = 'grant.created') AS expires_at,
         min(occurred_at) FILTER (WHERE {_BUDGET}) AS first_budget_at,
         max(occurred_at) FILTER (WHERE {_BUDGET}) AS last_budget_at,
         list(occurred_at ORDER BY occurred_at) FILTER (WHERE {_BUDGET}) AS budget_times,
@@ -89,7 +117,8 @@ def _direct_state(events: str) -> str:
         max(initial) AS initial_budget,
         min(occurred_at) AS first_event_at,
         max(occurred_at) AS last_event_at,
-        count(*) AS events
+        count(*) AS events,
+    {_NO_ROUTE}
     FROM {events} WHERE grant_id IS NOT NULL
     GROUP BY grant_id"""
 
@@ -100,6 +129,7 @@ _AUTO_STATE = {
     "grant_id": "grant_id",
     "source": "min(source)",
     "auto_revoked_at": "min(occurred_at)",
+    "auto_event_id": f"arg_min(id, {_FIRST})",
     "auto_agent_id": "arg_min(agent_id, occurred_at)",
     "first_event_at": "min(occurred_at)",
     "last_event_at": "max(occurred_at)",
@@ -129,7 +159,7 @@ def grant_state_sql(events: str) -> str:
 WITH direct AS ({_direct_state(events)}
 ),
 listed AS (
-    SELECT unnest(revoked_grants) AS grant_id, occurred_at, source, agent_id
+    SELECT unnest(revoked_grants) AS grant_id, occurred_at, id, source, agent_id
     FROM {events} WHERE type = 'anomaly.auto_revoked'
 ),
 auto AS ({_auto_state()}
@@ -138,6 +168,7 @@ auto AS ({_auto_state()}
 SELECT d.* REPLACE (
         least(d.source, a.source) AS source,
         a.auto_revoked_at AS auto_revoked_at,
+        a.auto_event_id AS auto_event_id,
         a.auto_agent_id AS auto_agent_id,
         least(d.first_event_at, a.first_event_at) AS first_event_at,
         greatest(d.last_event_at, a.last_event_at) AS last_event_at)
@@ -166,10 +197,14 @@ SELECT grant_id,
     min(agentless_first_at) AS agentless_first_at,
     max(agentless_last_at) AS agentless_last_at,
     min(revoked_event_at) AS revoked_event_at,
-    arg_min(revoked_by_field, revoked_by_field_at) AS revoked_by_field,
-    min(revoked_by_field_at) AS revoked_by_field_at,
+    arg_min(revoked_event_id, {_first("revoked_event_at", "revoked_event_id")})
+        AS revoked_event_id,
+    arg_min_null(revoked_event_by, {_first("revoked_event_at", "revoked_event_id")})
+        FILTER (WHERE revoked_event_at IS NOT NULL) AS revoked_event_by,
     min(auto_revoked_at) AS auto_revoked_at,
+    arg_min(auto_event_id, {_first("auto_revoked_at", "auto_event_id")}) AS auto_event_id,
     arg_min(auto_agent_id, auto_revoked_at) AS auto_agent_id,
+    min(expires_at) AS expires_at,
     min(first_budget_at) AS first_budget_at,
     max(last_budget_at) AS last_budget_at,
     list_sort(flatten(list(budget_times) FILTER (WHERE budget_times IS NOT NULL)))
@@ -180,7 +215,8 @@ SELECT grant_id,
     max(initial_budget) AS initial_budget,
     min(first_event_at) AS first_event_at,
     max(last_event_at) AS last_event_at,
-    CAST(sum(events) AS BIGINT) AS events
+    CAST(sum(events) AS BIGINT) AS events,
+{_NO_ROUTE}
 FROM ({states}) s
 GROUP BY grant_id
 """
@@ -197,6 +233,24 @@ def current_state_sql(locate: Locate, manifest: Manifest) -> str:
     return (
         f"SELECT * FROM {delta} UNION ALL "
         f"SELECT b.* FROM {base} b ANTI JOIN {delta} d USING (grant_id)"
+    )
+
+
+def unrouted_sql(states: str) -> str:
+    """``states`` without what the facts say: how the base is written."""
+    cleared = ", ".join(f"CAST(NULL AS {kind}) AS {name}" for name, kind in ROUTED_STATE_COLUMNS)
+    return f"SELECT * REPLACE ({cleared}) FROM ({states}) s"
+
+
+def routed_state_sql(rows: str, routed: str) -> str:
+    """The state ``rows`` with what ``routed`` (one row per grant) says attached."""
+    attached = (
+        "r.revoked_at AS routed_at, r.event_id AS routed_event_id, r.actor AS routed_actor, "
+        "r.via AS routed_via, r.parent_grant_id AS parent_grant_id, "
+        "r.delegation_depth AS delegation_depth"
+    )
+    return (
+        f"SELECT s.* REPLACE ({attached}) FROM ({rows}) s LEFT JOIN ({routed}) r USING (grant_id)"
     )
 
 

@@ -17,7 +17,7 @@ from ingest.timestamps import now_utc
 
 from .errors import AnalyticsError
 
-FORMAT = 4
+FORMAT = 5
 MANIFEST = "MANIFEST.json"
 
 # Where a file a manifest names (``events/seq-...parquet``) is read from.
@@ -46,6 +46,9 @@ class Manifest:
     grants_base_rows: int = 0
     grants_delta: str | None = None
     grants_delta_rows: int = 0
+    facts: str | None = None
+    """The revocation facts (``queries.copy.revocations``), one file."""
+    facts_rows: int = 0
     tables: dict[str, dict[str, Any]] = field(default_factory=dict)
     checkpoints: list[tuple[float, int]] = field(default_factory=list)
     refreshed_at: str | None = None
@@ -59,7 +62,7 @@ class Manifest:
 
     def files(self) -> list[str]:
         out = [s.file for s in self.segments]
-        out += [f for f in (self.grants_base, self.grants_delta) if f]
+        out += [f for f in (self.grants_base, self.grants_delta, self.facts) if f]
         out += [t["file"] for t in self.tables.values()]
         return out
 
@@ -77,6 +80,7 @@ class Manifest:
                 "delta": self.grants_delta,
                 "delta_rows": self.grants_delta_rows,
             },
+            "revocation_facts": {"file": self.facts, "rows": self.facts_rows},
             "tables": self.tables,
             "checkpoints": self.checkpoints,
             "refreshed_at": self.refreshed_at,
@@ -100,6 +104,8 @@ class Manifest:
             grants_base_rows=grants["base_rows"],
             grants_delta=grants["delta"],
             grants_delta_rows=grants["delta_rows"],
+            facts=data["revocation_facts"]["file"],
+            facts_rows=data["revocation_facts"]["rows"],
             tables=data["tables"],
             checkpoints=[(float(t), int(w)) for t, w in data["checkpoints"]],
             refreshed_at=data["refreshed_at"],
@@ -127,3 +133,13 @@ def now_text() -> str:
     milliseconds: manifests keep the second-precision text they have always had.
     """
     return now_utc().isoformat(timespec="seconds").replace("+00:00", "Z")
+
+
+def prune_checkpoints(
+    points: list[tuple[float, int]], now: float, horizon_seconds: float
+) -> list[tuple[float, int]]:
+    """Keep the checkpoints of the last ``horizon_seconds``, and the newest one before them."""
+    horizon = now - horizon_seconds
+    inside = [p for p in points if p[0] >= horizon]
+    before = [p for p in points if p[0] < horizon]
+    return before[-1:] + inside

@@ -20,15 +20,14 @@ from typing import Any
 
 import duckdb
 
-from ingest.database import first_line
 from ingest.files import atomic_write_bytes
 
 from .columns import SEGMENT_COLUMNS, TABLE_COLUMNS
 from .errors import AnalyticsError
-from .grant_state import current_state_sql, grant_state_sql, merge_state_sql
-from .manifest import MANIFEST, Manifest, Segment, now_text, read_manifest
+from .grant_files import GrantFiles
+from .manifest import MANIFEST, Manifest, Segment, now_text, prune_checkpoints, read_manifest
 from .reader import ArchiveReader
-from .sql import events_from, file_list, parquet, sql_text
+from .sql import file_list, parquet, sql_text
 from .transfer import ProgressFn, copy_ranges, copy_table, publish, segment_name, write_segment
 from .trash import Trash
 from .views import views_sql
@@ -43,9 +42,6 @@ SMALL_SEGMENTS_MAX = 8
 # everything copied during the last RESCAN_SECONDS.
 RESCAN_ROWS = 100_000
 RESCAN_SECONDS = 300.0
-# The grants delta is folded into the base when it outgrows this share.
-DELTA_SHARE = 0.25
-DELTA_MIN_ROWS = 200_000
 
 # What changes in an archive table when its rows do: a small table is copied
 # again when its marker differs (ingest_runs rows are updated as a run goes
@@ -114,6 +110,7 @@ class Refresher:
         tmp = self.dir / "tmp"
         self._exec(f"SET temp_directory = '{sql_text(str(tmp))}'")
         self.trash = Trash(directory)
+        self.grants = GrantFiles(directory, self.duck, self.trash)
 
     def _exec(self, sql: str) -> list[tuple[Any, ...]]:
         return self.duck.execute(sql).fetchall()
@@ -195,13 +192,10 @@ class Refresher:
         new_files += copied
         laps.lap("events")
         manifest.segments.extend(new_files)
-        if new_files:
-            if rebuilt:
-                self._build_grants(manifest)
-            else:
-                self._update_grants(manifest, new_files)
-        elif manifest.grants_base is None:
-            self._build_grants(manifest)
+        if new_files and not rebuilt:
+            self.grants.update(manifest, new_files)
+        elif new_files or manifest.grants_base is None:
+            self.grants.build(manifest)
         laps.lap("grants")
         return sum(s.rows for s in copied), rescued
 
@@ -212,7 +206,7 @@ class Refresher:
         manifest.anchor_id = self._anchor(manifest.watermark)
         now = time.time()
         manifest.checkpoints.append((now, manifest.watermark))
-        manifest.checkpoints = prune_checkpoints(manifest.checkpoints, now)
+        manifest.checkpoints = prune_checkpoints(manifest.checkpoints, now, RESCAN_SECONDS)
         manifest.refreshed_at = now_text()
         # Synced to disk: after a crash the copy's manifest is whole, never empty.
         atomic_write_bytes(self.dir / MANIFEST, manifest.to_json().encode())
@@ -298,56 +292,6 @@ class Refresher:
         finally:
             stream.close()
 
-    # -- grants
-
-    def _build_grants(self, manifest: Manifest) -> None:
-        files = [self.dir / s.file for s in manifest.segments]
-        name = self._write_grants("base", grant_state_sql(events_from(files)))
-        if manifest.grants_base:
-            self.trash.retire(manifest.grants_base)
-        if manifest.grants_delta:
-            self.trash.retire(manifest.grants_delta)
-        manifest.grants_base, manifest.grants_base_rows = name
-        manifest.grants_delta, manifest.grants_delta_rows = None, 0
-
-    def _update_grants(self, manifest: Manifest, new: list[Segment]) -> None:
-        """Merge the state of grants the new rows touch into the delta file."""
-        fresh = grant_state_sql(events_from([self.dir / s.file for s in new]))
-        current = current_state_sql(self.dir.joinpath, manifest)
-        merged = merge_state_sql(fresh, current)
-        if manifest.grants_delta:
-            delta = parquet(self.dir / manifest.grants_delta)
-            next_delta = (
-                f"WITH m AS ({merged}) SELECT * FROM m UNION ALL "
-                f"SELECT d.* FROM {delta} d ANTI JOIN m USING (grant_id)"
-            )
-        else:
-            next_delta = merged
-        name, rows = self._write_grants("delta", next_delta)
-        if manifest.grants_delta:
-            self.trash.retire(manifest.grants_delta)
-        manifest.grants_delta, manifest.grants_delta_rows = name, rows
-        if rows > max(DELTA_MIN_ROWS, manifest.grants_base_rows * DELTA_SHARE):
-            assert manifest.grants_base is not None
-            base, base_rows = self._write_grants(
-                "base", current_state_sql(self.dir.joinpath, manifest)
-            )
-            self.trash.retire(manifest.grants_base, name)
-            manifest.grants_base, manifest.grants_base_rows = base, base_rows
-            manifest.grants_delta, manifest.grants_delta_rows = None, 0
-
-    def _write_grants(self, kind: str, sql: str) -> tuple[str, int]:
-        name = f"grants/{kind}-{secrets.token_hex(8)}.parquet"
-        tmp = self.dir / f"{name}.tmp"
-        try:
-            self._exec(f"COPY ({sql}) TO '{sql_text(str(tmp))}' (FORMAT parquet, COMPRESSION zstd)")
-        except duckdb.Error as exc:
-            tmp.unlink(missing_ok=True)
-            raise AnalyticsError(f"building the grants table failed: {first_line(exc)}") from None
-        rows = self._exec(f"SELECT count(*) FROM {parquet(tmp)}")
-        publish(tmp, self.dir / name)
-        return name, int(rows[0][0])
-
     # -- segments and small tables
 
     def _compact_segments(self, manifest: Manifest) -> None:
@@ -387,11 +331,3 @@ class Refresher:
             if known:
                 self.trash.retire(known["file"])
             manifest.tables[table] = {"file": name, "marker": marker}
-
-
-def prune_checkpoints(points: list[tuple[float, int]], now: float) -> list[tuple[float, int]]:
-    """Keep the checkpoints inside the re-scan horizon, and the newest one before it."""
-    horizon = now - RESCAN_SECONDS
-    inside = [p for p in points if p[0] >= horizon]
-    before = [p for p in points if p[0] < horizon]
-    return before[-1:] + inside

@@ -1,9 +1,11 @@
 """The views a session or ``views.sql`` defines over one manifest's files.
 
-``events``, ``grants``, ``rejected_events`` and ``ingest_runs``: the events
-view is the segments with every archive column and the derived ones, the
-grants view presents the grant state, and the other two are the archive
-tables of the same names.
+``events``, ``grants``, ``revocations``, ``rejected_events`` and
+``ingest_runs``: the events view is the segments with every archive column
+and the derived ones; the grants view presents the grant state with each
+grant's first revocation (from the state and the revocation facts, see
+``revocations``) and its status; the revocations view is the revoked grants
+of it; the other two are the archive tables of the same names.
 """
 
 from __future__ import annotations
@@ -15,13 +17,24 @@ from queries.token_kinds import kind_sql
 from .columns import TABLE_COLUMNS
 from .grant_state import current_state_sql
 from .manifest import Locate, Manifest
+from .revocations import UNREVOKED_ACTOR, status_sql
 from .sql import empty_select, events_from, parquet
 
-GRANTS_VIEW = """
+# Which candidate is the grant's first revocation: the direct one wins a tie
+# in time; the routed one already is the least of the others when the facts
+# name the grant (``revocations.routed_sql``), else the anomaly one is.
+_WINNER = """CASE WHEN revoked_event_at = revoked_at THEN 'direct'
+            WHEN routed_at = revoked_at THEN 'routed'
+            WHEN auto_revoked_at = revoked_at THEN 'anomaly' END"""
+
+
+def grants_view_sql(states: str) -> str:
+    """The grants view over the grant state ``states``."""
+    return f"""
 SELECT grant_id,
     source,
-    coalesce(created_agent_id, any_agent_id, auto_agent_id) AS agent_id,
-    coalesce(created_principal_id, any_principal_id) AS principal_id,
+    agent_id,
+    principal_id,
     created_at,
     first_token_at,
     last_token_at,
@@ -31,12 +44,17 @@ SELECT grant_id,
     agentless_refresh,
     agentless_first_at,
     agentless_last_at,
-    CASE WHEN revoked_event_at IS NULL THEN auto_revoked_at
-         WHEN auto_revoked_at IS NULL THEN revoked_event_at
-         ELSE least(revoked_event_at, auto_revoked_at) END AS revoked_at,
-    CASE WHEN revoked_by_field IS NOT NULL THEN revoked_by_field
-         WHEN auto_revoked_at IS NOT NULL THEN 'system'
-         WHEN revoked_event_at IS NOT NULL THEN 'unknown' END AS revoked_by,
+    revoked_at,
+    CASE winner WHEN 'direct' THEN coalesce(revoked_event_by, '{UNREVOKED_ACTOR}')
+        WHEN 'anomaly' THEN 'system' ELSE routed_actor END AS revoked_by,
+    CASE winner WHEN 'direct' THEN 'direct' WHEN 'anomaly' THEN 'anomaly'
+        ELSE routed_via END AS revoked_via,
+    CASE winner WHEN 'direct' THEN revoked_event_id WHEN 'anomaly' THEN auto_event_id
+        ELSE routed_event_id END AS revoked_event_id,
+    parent_grant_id,
+    delegation_depth,
+    expires_at,
+    {status_sql("revoked_at", "expires_at")} AS status,
     budget_50_at,
     budget_80_at,
     exhausted_at,
@@ -47,7 +65,24 @@ SELECT grant_id,
     first_event_at,
     last_event_at,
     events
-FROM ({states}) s
+FROM (
+    SELECT *, {_WINNER} AS winner
+    FROM (
+        SELECT * REPLACE (
+                CASE WHEN parent_grant_id IS NOT NULL THEN delegation_depth
+                    WHEN created_at IS NOT NULL THEN 0 END AS delegation_depth),
+            coalesce(created_agent_id, any_agent_id, auto_agent_id) AS agent_id,
+            coalesce(created_principal_id, any_principal_id) AS principal_id,
+            least(revoked_event_at, auto_revoked_at, routed_at) AS revoked_at
+        FROM ({states}) s
+    ) state
+) g
+"""
+
+
+REVOCATIONS_VIEW = """
+SELECT grant_id, revoked_at, revoked_by AS actor, revoked_via AS via, revoked_event_id AS event_id
+FROM grants WHERE revoked_at IS NOT NULL
 """
 
 EVENTS_VIEW = "SELECT * FROM {events}"
@@ -64,13 +99,9 @@ SELECT e.id AS event_id,
     e.occurred_at AS issued_at,
     e.method,
     e.token_lag_ms,
-    {kind_sql("e.method", "e.token_lag_ms", "d.grant_id IS NOT NULL")} AS kind
+    {kind_sql("e.method", "e.token_lag_ms", "g.parent_grant_id IS NOT NULL")} AS kind
 FROM events e
 LEFT JOIN grants g USING (grant_id)
-LEFT JOIN (
-    SELECT DISTINCT grant_id FROM events
-    WHERE type = 'grant.created' AND parent_grant_id IS NOT NULL
-) d USING (grant_id)
 WHERE e.type = 'token.issued'
 """
 
@@ -78,7 +109,7 @@ WHERE e.type = 'token.issued'
 def view_statements(
     directory: Path, manifest: Manifest | None, locate: Locate | None = None
 ) -> list[str]:
-    """CREATE VIEW statements for events, grants, rejected_events and ingest_runs.
+    """CREATE VIEW statements for events, grants, revocations, rejected_events and ingest_runs.
 
     ``locate`` says where each file is read from (default: its path in ``directory``).
     """
@@ -88,10 +119,11 @@ def view_statements(
     if manifest is None:
         manifest = Manifest()
     files = [locate(s.file) for s in manifest.segments]
+    states = current_state_sql(locate, manifest)
     statements = [
         "CREATE OR REPLACE VIEW events AS " + EVENTS_VIEW.format(events=events_from(files)).strip(),
-        "CREATE OR REPLACE VIEW grants AS "
-        + GRANTS_VIEW.format(states=current_state_sql(locate, manifest)).strip(),
+        "CREATE OR REPLACE VIEW grants AS " + grants_view_sql(states).strip(),
+        "CREATE OR REPLACE VIEW revocations AS " + REVOCATIONS_VIEW.strip(),
         "CREATE OR REPLACE VIEW tokens AS " + TOKENS_VIEW.strip(),
     ]
     for table, columns in TABLE_COLUMNS.items():

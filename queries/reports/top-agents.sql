@@ -4,8 +4,10 @@
 --
 -- grants: grants whose created_at falls in [--since, --until); with neither
 -- bound given, every grant in the archive (also those whose grant.created
--- predates it). revoked / exhausted: those grants revoked (by any actor) /
--- with a budget.exhausted event, at any time archived. Rates are per grant.
+-- predates it). revoked: those grants revoked at any time archived, by any
+-- actor and path (direct, cascade, anomaly, consent bundle, DPDP withdrawal
+-- or erasure: see revocations-by-actor). exhausted: those with a
+-- budget.exhausted event, at any time archived. Rates are per grant.
 -- tokens: tokens issued to those grants. Ranked by grants, then revocation
 -- rate, then agent id.
 SELECT
