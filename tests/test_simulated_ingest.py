@@ -112,6 +112,35 @@ def test_the_tokens_view_gives_every_token_its_true_kind(
     assert found == truth
 
 
+@pytest.mark.parametrize("simulator", [{"backlog": 6000}], indirect=True)
+def test_the_revocations_view_is_what_happened(
+    archive_url: str, simulator: Simulator, tmp_path: Path
+) -> None:
+    """Every grant the simulator revoked, by every path, with its time, actor, path and event."""
+    code, output = catch_up(archive_url, simulator)
+    assert code == 0, output
+    truth = simulator.backlog_truth().revocations
+    table = queries.query(
+        "SELECT grant_id, revoked_at, actor, via, event_id FROM revocations",
+        archive_url,
+        analytics_dir=tmp_path / "copy",
+    )
+    found = {row["grant_id"]: row for row in table.to_pylist()}
+    assert len(found) == table.num_rows
+
+    def seen_actor(actor: str, via: str) -> str:
+        # The live grant.revoked does not say whether the developer or the
+        # principal revoked the grant (nor does the cascade it starts).
+        return "developer_or_principal" if via in ("direct", "cascade") else actor
+
+    assert {
+        grant_id: (row["revoked_at"], row["actor"], row["via"], row["event_id"])
+        for grant_id, row in found.items()
+    } == {
+        g: (r.revoked_at, seen_actor(r.actor, r.via), r.via, r.event_id) for g, r in truth.items()
+    }
+
+
 @pytest.mark.parametrize("simulator", [{"backlog": 2000, "envelope": "documented"}], indirect=True)
 def test_documented_envelope_typed_columns(sqlite_archive: str, simulator: Simulator) -> None:
     code, output = catch_up(sqlite_archive, simulator)
