@@ -234,7 +234,7 @@ def test_each_path_through_the_cli(url: str, tmp_path: Path) -> None:
     by_via = invoke(["report", "revocations-by-actor", "--db", url, "--analytics-dir",
                      str(tmp_path / "copy"), "--by", "via", "--format", "json"])  # fmt: skip
     assert by_via.exit_code == 0, by_via.output
-    assert {r["via"]: r["revocations"] for r in json.loads(by_via.output)} == {
+    assert {r["via"]: r["revocations"] for r in json.loads(by_via.stdout)} == {
         "direct": 4,
         "cascade": 2,
         "anomaly": 2,
@@ -278,7 +278,7 @@ def test_mapping_events_before_their_targets_across_refreshes(url: str, tmp_path
         result = invoke(["report", "revocations-by-actor", "--db", url, "--analytics-dir",
                          copy_dir, "--format", "json"])  # fmt: skip
         assert result.exit_code == 0, result.output
-        return {(r["actor"], r["via"]): r["revocations"] for r in json.loads(result.output)}
+        return {(r["actor"], r["via"]): r["revocations"] for r in json.loads(result.stdout)}
 
     ingest(url, first)
     assert report() == {(DOP, "direct"): 2}
@@ -648,7 +648,10 @@ def capture(url: str, tmp_path: Path) -> Iterator[list[str]]:
 def cli_report(args: list[str], name: str, *extra: str) -> list[dict[str, Any]]:
     result = invoke(["report", name, *args, *extra, "--format", "json"])
     assert result.exit_code == 0, result.output
-    rows: list[dict[str, Any]] = json.loads(result.output)
+    rows: list[dict[str, Any]] = json.loads(result.stdout)
+    for row in rows:
+        # The window reaches past the ingest run's end: a gap, set aside here.
+        row.pop("uncovered", None)
     return rows
 
 
