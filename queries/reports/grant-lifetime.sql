@@ -17,7 +17,7 @@ WITH r AS (
         CASE WHEN $by = 'agent' THEN agent_id END AS agent_id,
         revoked_by,
         revoked_via,
-        epoch(revoked_at) - epoch(created_at) AS seconds
+        (epoch_us(revoked_at) - epoch_us(created_at)) / 1e6 AS seconds
     FROM grants
     WHERE revoked_at IS NOT NULL
         AND {window(revoked_at)}

@@ -186,7 +186,7 @@ cut AS (
         runs, connections, failed_attempts, events, rejected, cause
     FROM timeline
 )
-SELECT source, kind, start_at, end_at, epoch(end_at) - epoch(start_at) AS seconds,
+SELECT source, kind, start_at, end_at, (epoch_us(end_at) - epoch_us(start_at)) / 1e6 AS seconds,
     runs, connections, failed_attempts, events, rejected, cause
 FROM cut
 WHERE end_at > start_at
