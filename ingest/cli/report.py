@@ -147,10 +147,10 @@ def sql_command(
 ) -> None:
     """Run one read-only SQL query (DuckDB dialect) over the analytics views.
 
-    The views are events, grants, rejected_events, ingest_runs and
-    ingest_connections (columns in docs/analytics.md); QUERY '-' reads
-    standard input. Only SELECT (and EXPLAIN) runs: the archive cannot be
-    changed from here.
+    The views are events, grants, revocations, tokens, rejected_events,
+    ingest_runs and ingest_connections (columns in docs/analytics.md);
+    QUERY '-' reads standard input. Only SELECT (and EXPLAIN) runs: the
+    archive cannot be changed from here.
 
     \b
     Example:

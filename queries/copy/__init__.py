@@ -6,7 +6,9 @@ A copy lives in one directory::
     events/seq-<lo>-<hi>-*.parquet   archive rows, immutable segments
     grants/base-*.parquet       one row of mergeable state per grant
     grants/delta-*.parquet      newer state for recently touched grants
-    tables/<table>-*.parquet    rejected_events and ingest_runs, re-read when changed
+    grants/facts-*.parquet      the revocation facts (``revocations``)
+    tables/<table>-*.parquet    rejected_events, ingest_runs and ingest_connections,
+                                re-read when changed
     trash/                      files a newer manifest no longer lists
     views.sql                   CREATE VIEW statements for the current manifest
 

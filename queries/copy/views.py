@@ -1,11 +1,13 @@
 """The views a session or ``views.sql`` defines over one manifest's files.
 
-``events``, ``grants``, ``revocations``, ``rejected_events`` and
-``ingest_runs``: the events view is the segments with every archive column
-and the derived ones; the grants view presents the grant state with each
-grant's first revocation (from the state and the revocation facts, see
-``revocations``) and its status; the revocations view is the revoked grants
-of it; the other two are the archive tables of the same names.
+``events``, ``grants``, ``revocations``, ``tokens``, ``rejected_events``,
+``ingest_runs`` and ``ingest_connections``: the events view is the segments
+with every archive column and the derived ones; the grants view presents the
+grant state with each grant's first revocation (from the state and the
+revocation facts, see ``revocations``) and its status; the revocations view
+is the revoked grants of it; the tokens view is every ``token.issued`` with
+its kind (``queries.token_kinds``); the others are the archive tables of the
+same names.
 """
 
 from __future__ import annotations
@@ -109,7 +111,7 @@ WHERE e.type = 'token.issued'
 def view_statements(
     directory: Path, manifest: Manifest | None, locate: Locate | None = None
 ) -> list[str]:
-    """CREATE VIEW statements for events, grants, revocations, rejected_events and ingest_runs.
+    """CREATE VIEW statements for every view the module docstring names.
 
     ``locate`` says where each file is read from (default: its path in ``directory``).
     """
