@@ -710,18 +710,16 @@ def timed_query(conn: duckdb.DuckDBPyConnection, sql: str, params: dict[str, Any
 
 
 def child_reports(db_url: str, directory: str, runs: int) -> dict[str, Any]:
+    from queries.api import prepare_report
     from queries.copy import AnalyticsCopy
-    from queries.reports import load_reports
     from queries.session import Session
 
-    reports = load_reports()
     started = time.perf_counter()
     session = Session(AnalyticsCopy(db_url, Path(directory)))
     opened = time.perf_counter() - started
     timings = []
     for name, by in report_variants():
-        report = reports[name]
-        sql, params = report.statement(by), report.parameters(by=by)
+        sql, params = prepare_report(name, by=by)
         cold = timed_query(session.conn, sql, params)
         warm = [timed_query(session.conn, sql, params) for _ in range(runs)]
         timings.append({"name": name, "by": by, "cold": cold, "warm": warm})
@@ -1092,14 +1090,15 @@ class SqliteResult:
 
 def duckdb_rows(db_url: str, directory: Path) -> dict[str, list[Row]]:
     """Each report's default result from DuckDB, to compare with SQLite's."""
+    from queries.api import prepare_report
     from queries.copy import AnalyticsCopy
     from queries.reports import load_reports
     from queries.session import Session
 
     session = Session(AnalyticsCopy(db_url, directory))
     out = {}
-    for name, report in load_reports().items():
-        out[name] = session.conn.execute(report.statement(None), report.parameters()).fetchall()
+    for name in load_reports():
+        out[name] = session.conn.execute(*prepare_report(name)).fetchall()
     session.close()
     return out
 

@@ -12,10 +12,11 @@ acct-a
   seen 150: covers to 150, never to now.
   -> covered [0, 150]; gap [150, 188) 38 s "run 2 abandoned; next run 3 started".
   run 3 (max_runtime): connection 3, 200, [188, 250] "server closed the stream",
-  10 events, one rejected frame received at 200; refused 503 at 250.5 and
-  251.5; connection 6, 200, [272, 400], 4 events.
+  10 events, one rejected frame received at 200; a 503 at 250.5 and a refused
+  connection (no status, no byte) at 251.5; connection 6, 200, [272, 400],
+  4 events.
   -> covered [188, 250]; gap [250, 272) 22 s "run 3 reconnect after: server
-  closed the stream; 2 failed attempts (503)"; covered [272, 400].
+  closed the stream; 2 failed attempts (503, no response)"; covered [272, 400].
   run 4 (auth_failed): a 401 at 500, covering nothing.
   -> gap [400, now) "no ingest running since run 4 finished (auth_failed);
   1 failed attempt (401)".
@@ -79,7 +80,7 @@ CONNECTIONS = [
     (2, 2, 90, 95, 150, None, 200, 0, None),
     (3, 3, 188, 189, None, 250, 200, 10, "server closed the stream"),
     (4, 3, 250.5, 250.5, None, 250.5, 503, 0, "HTTP 503"),
-    (5, 3, 251.5, 251.5, None, 251.5, 503, 0, "HTTP 503"),
+    (5, 3, 251.5, None, None, 251.5, None, 0, "cannot connect: ConnectError: refused"),
     (6, 3, 272, 273, None, 400, 200, 4, "run ended: max_runtime"),
     (7, 4, 500, 500, None, 500, 401, 0, "HTTP 401"),
     (8, 5, 300, 301, 900, None, 200, 0, None),
@@ -166,7 +167,9 @@ def timeline(url: str, tmp: Any, **window: Any) -> list[tuple[Any, ...]]:
     ]
 
 
-RECONNECT = "run 3 reconnect after: server closed the stream; 2 failed attempts (503)"
+RECONNECT = (
+    "run 3 reconnect after: server closed the stream; 2 failed attempts (503, no response)"
+)
 STOPPED = "no ingest running since run 4 finished (auth_failed); 1 failed attempt (401)"
 
 

@@ -49,9 +49,10 @@
 WITH attempts AS (
     SELECT c.id, c.run_id, r.source, r.outcome AS run_outcome, c.requested_at,
         c.status_code, c.events, c.close_reason,
-        (c.status_code BETWEEN 200 AND 299
-            OR (c.status_code IS NULL AND c.closed_at IS NULL AND r.outcome = 'running'))
-            AS covers,
+        -- coalesce: a refused connection (no status, closed) is false, not NULL.
+        coalesce(c.status_code BETWEEN 200 AND 299
+            OR (c.status_code IS NULL AND c.closed_at IS NULL AND r.outcome = 'running'),
+            false) AS covers,
         greatest(c.requested_at, CASE
             WHEN c.closed_at IS NOT NULL THEN least(c.closed_at, $now)
             WHEN r.outcome = 'running' THEN $now
