@@ -848,7 +848,8 @@ SQLITE_GRANTS = f"""{_SQLITE_REVOCATIONS},
 direct AS (
     SELECT grant_id,
         min(agent_id) AS any_agent_id,
-        min(CASE WHEN type = 'grant.created' THEN occurred_at END) AS created_at,
+        min(CASE WHEN type IN ('grant.created', 'consent_bundle.created')
+            THEN occurred_at END) AS created_at,
         count(CASE WHEN type = 'token.issued' THEN 1 END) AS tokens_issued,
         min(CASE WHEN type = 'budget.exhausted'
             OR (type = 'budget.threshold' AND percentage >= 50) THEN occurred_at END)
@@ -863,7 +864,8 @@ direct AS (
 created AS (
     SELECT grant_id, min(occurred_at) AS at, agent_id
     FROM events
-    WHERE type = 'grant.created' AND grant_id IS NOT NULL AND agent_id IS NOT NULL
+    WHERE type IN ('grant.created', 'consent_bundle.created')
+        AND grant_id IS NOT NULL AND agent_id IS NOT NULL
     GROUP BY grant_id
 ),
 listed AS (

@@ -708,9 +708,13 @@ def test_the_capture_gives_twelve_revoked_grants(capture: list[str], tmp_path: P
 def test_the_capture_s_reports(capture: list[str]) -> None:
     """revocations-by-actor, grant-lifetime and top-agents on the capture, by hand.
 
-    Lifetimes (revoked_at - created_at, s): YYSR0D 0.008, YYWDPP 0.028,
+    Lifetimes (revoked_at - created_at, s): YYSR0D 0.008, T5HF 0.009 (a
+    consent-bundle grant: created by its consent_bundle.created at
+    23:11:18.351, revoked by consent_bundle.revoked at .360), YYWDPP 0.028,
     YYS0R0 0.035, GB5A 0.216, EGPV 0.242, AWRF 0.556, AM90 0.744, YYY09
-    8.911, PXV7 27.633, AZGKQ 62.103, AY00F 62.149; T5HF was never created.
+    8.911, PXV7 27.633, AZGKQ 62.103, AY00F 62.149. Twelve: the median is
+    (0.242 + 0.556) / 2 = 0.399, p90 (interpolated at 9.9 of 0..11) is
+    27.633 + 0.9 * (62.103 - 27.633) = 58.656.
     Agents (grants; revoked; exhausted; tokens): AB19 6 (AGT3 AM90 PXV7
     YYS0R0 EGPV D1NA); 4; 3 (AGT3 AM90 D1NA); 11 (AGT3 has 5). AC1H 6 (ATK5
     AWRF B5VE HWPT YYWDPP HSCM); 2; 2 (ATK5 HSCM); 6. ABQX 5 (APHW AS4H PZZW
@@ -726,15 +730,18 @@ def test_the_capture_s_reports(capture: list[str]) -> None:
         {"actor": "principal", "via": "erasure", "revocations": 1, "share": 1 / 12},
     ]
     lifetime = {(r["actor"], r["via"]): r for r in cli_report(capture, "grant-lifetime")}
-    assert lifetime["all", "all"]["grants"] == 11
-    assert lifetime["all", "all"]["without_created"] == 1
-    assert lifetime["all", "all"]["median_seconds"] == pytest.approx(0.556, abs=1e-3)
-    assert lifetime["all", "all"]["p90_seconds"] == pytest.approx(62.103, abs=1e-3)
+    assert lifetime["all", "all"]["grants"] == 12
+    assert lifetime["all", "all"]["without_created"] == 0
+    assert lifetime["all", "all"]["median_seconds"] == pytest.approx(0.399, abs=1e-6)
+    assert lifetime["all", "all"]["p90_seconds"] == pytest.approx(58.656, abs=1e-6)
     assert lifetime[DOP, "direct"]["median_seconds"] == pytest.approx(0.556, abs=1e-3)
     assert lifetime[DOP, "cascade"]["median_seconds"] == pytest.approx(0.008, abs=1e-3)
     assert lifetime["system", "anomaly"]["median_seconds"] == pytest.approx(62.103, abs=1e-3)
-    assert lifetime["developer", "consent_bundle"]["grants"] == 0
-    assert lifetime["developer", "consent_bundle"]["without_created"] == 1
+    assert lifetime["developer", "consent_bundle"]["grants"] == 1
+    assert lifetime["developer", "consent_bundle"]["without_created"] == 0
+    assert lifetime["developer", "consent_bundle"]["median_seconds"] == pytest.approx(
+        0.009, abs=1e-6
+    )
     top = cli_report(capture, "top-agents")
     got = [(r["rank"], r["agent_id"][-4:], r["grants"], r["revoked"], r["exhausted"], r["tokens"])
            for r in top]  # fmt: skip

@@ -13,6 +13,9 @@ from .manifest import Locate, Manifest
 from .sql import empty_select, parquet
 
 _BUDGET = "type IN ('budget.threshold', 'budget.exhausted')"
+# A grant is created by its grant.created, or, for a consent-bundle grant
+# (which gets no grant.created), by its bundle's consent_bundle.created.
+_CREATED = "type IN ('grant.created', 'consent_bundle.created')"
 
 # token.issued without agentId (documented envelopes): the agent comes from
 # the grant, so the state keeps their counts for reports to use without a join.
@@ -84,10 +87,9 @@ def _direct_state(events: str) -> str:
     return f"""
     SELECT grant_id,
         min(source) AS source,
-        min(occurred_at) FILTER (WHERE type = 'grant.created') AS created_at,
-        arg_min(agent_id, occurred_at) FILTER (WHERE type = 'grant.created') AS created_agent_id,
-        arg_min(principal_id, occurred_at) FILTER (WHERE type = 'grant.created')
-            AS created_principal_id,
+        min(occurred_at) FILTER (WHERE {_CREATED}) AS created_at,
+        arg_min(agent_id, occurred_at) FILTER (WHERE {_CREATED}) AS created_agent_id,
+        arg_min(principal_id, occurred_at) FILTER (WHERE {_CREATED}) AS created_principal_id,
         min(agent_id) AS any_agent_id,
         min(principal_id) AS any_principal_id,
         min(occurred_at) FILTER (WHERE type = 'token.issued') AS first_token_at,
