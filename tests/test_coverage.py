@@ -167,9 +167,7 @@ def timeline(url: str, tmp: Any, **window: Any) -> list[tuple[Any, ...]]:
     ]
 
 
-RECONNECT = (
-    "run 3 reconnect after: server closed the stream; 2 failed attempts (503, no response)"
-)
+RECONNECT = "run 3 reconnect after: server closed the stream; 2 failed attempts (503, no response)"
 STOPPED = "no ingest running since run 4 finished (auth_failed); 1 failed attempt (401)"
 
 
