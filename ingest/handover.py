@@ -22,9 +22,13 @@ successor's first byte, its last batch included.
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
 
+import sqlalchemy as sa
+
 from .batch_writer import Batch
+from .database import StoreError
 from .events import Event
 from .locks import HandoverLink
 from .timers import Stop
@@ -108,6 +112,10 @@ class HolderWatch:
         if self.seen_at is None:
             self.seen_at = now
 
+    def successor_gone(self) -> None:
+        """The successor seen is no longer ready: look again, as before."""
+        self.seen_at = None
+
     def stop(self, now: float) -> Stop | None:
         """``handed_over`` once the connections have overlapped for :data:`OVERLAP`."""
         if self.seen_at is not None and now >= self.seen_at + OVERLAP:
@@ -171,6 +179,13 @@ class Handover:
                 events,
             )
 
+    def disconnected(self) -> None:
+        """The successor's connection closed or failed: not ready until it reconnects."""
+        self._connected = False
+        if self._announced and self._link is not None and not self.owned:
+            self._link.withdraw()
+            self._announced = False
+
     def connected(self) -> None:
         """The successor's connection delivered its first byte: tell the holder."""
         self._connected = True
@@ -179,7 +194,7 @@ class Handover:
     def _announce(self) -> None:
         # A try fails while the holder's probe holds the signal for an instant.
         if not self.owned and self._connected and not self._announced and self._link:
-            self._announced = self._link.announce()
+            self._announced = _safely(self._link.announce)
 
     def turn(self, now: float) -> Stop | None:
         """One turn of the loop: take the lock or give up, or look for a successor."""
@@ -190,7 +205,7 @@ class Handover:
             succession = self._succession
             assert succession is not None
             self._announce()
-            if succession.try_due(now) and link.try_own():
+            if succession.try_due(now) and _safely(link.try_own):
                 self.owned = True
                 log.info(
                     "took over the ingest lock; writing the %d events kept meanwhile",
@@ -198,7 +213,23 @@ class Handover:
                 )
                 return None
             return succession.give_up(now)
-        if self._watch.check_due(now) and link.successor_ready():
-            self._watch.successor_seen(now)
+        watch = self._watch
+        if watch.check_due(now) and _safely(link.successor_ready):
+            watch.successor_seen(now)
             log.info("a successor is reading the stream; handing over in %gs", OVERLAP)
-        return self._watch.stop(now)
+        stop = watch.stop(now)
+        if stop is not None and not _safely(link.successor_ready):
+            # Killed, or its stream dropped, since it was seen: no hand-over.
+            watch.successor_gone()
+            log.warning("the successor is no longer reading the stream; carrying on")
+            return None
+        return stop
+
+
+def _safely(signal: Callable[[], bool]) -> bool:
+    """A lock signal's answer; False when the archive cannot answer now."""
+    try:
+        return signal()
+    except (StoreError, sa.exc.SQLAlchemyError, OSError) as exc:
+        log.warning("could not read the hand-over signals: %s", exc)
+        return False

@@ -213,6 +213,10 @@ class HandoverLink:
         """Tell the holder this successor's stream is live; False to try again later."""
         return self._ready.try_take()
 
+    def withdraw(self) -> None:
+        """The successor's stream is down: the holder must not hand over to it now."""
+        self._ready.release()
+
     def try_own(self) -> bool:
         """Take the ingest lock if it is free; then the successor's signals are dropped."""
         try:

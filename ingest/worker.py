@@ -235,10 +235,12 @@ class Worker:
             timers.connected(self.clock.monotonic())
         elif isinstance(item, Closed):
             timers.disconnected()
+            self._handover.disconnected()
             self._flush()
             self._record.closed(item)
         elif isinstance(item, Failed):
             timers.disconnected()
+            self._handover.disconnected()
             self._record.failed(item)
         elif isinstance(item, NeedSince):
             # The resume point must cover everything received.
