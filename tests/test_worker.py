@@ -18,6 +18,7 @@ import sqlite3
 import threading
 from collections import deque
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from types import FrameType
@@ -647,13 +648,16 @@ def test_the_worker_records_the_signal_as_the_reason(tmp_path: Path) -> None:
 # -- hand-over, through the real dispatcher -------------------------------------------------
 
 
+@dataclass
 class Signals:
-    """The hand-over signals, set by the script's actions."""
+    """The hand-over signals, set by the script's actions (:meth:`turn_on`)."""
 
-    def __init__(self) -> None:
-        self.free = False
-        self.successor = False
-        self.announced: list[bool] = []
+    free: bool = False
+    successor: bool = False
+    announced: list[bool] = field(default_factory=list)
+
+    def turn_on(self, name: str) -> Action:
+        return lambda: setattr(self, name, True)
 
     def successor_ready(self) -> bool:
         return self.successor
@@ -689,15 +693,11 @@ def simulate_handover(
 
 def test_a_successor_writes_nothing_until_it_holds_the_lock(tmp_path: Path) -> None:
     signals = Signals()
-
-    def free() -> None:
-        signals.free = True
-
     script: list[tuple[float, QueueItem | Action]] = [
         (0.0, opened()),
         (0.1, chunk(1, 2)),
         (2.0, chunk(3)),
-        (3.0, free),
+        (3.0, signals.turn_on("free")),
         (4.0, chunk(4)),
     ]
     result, store, _ = simulate_handover(
@@ -724,14 +724,10 @@ def test_a_successor_gives_up_after_waiting_and_writes_nothing(tmp_path: Path) -
 
 def test_the_holder_keeps_reading_then_hands_over_within_ten_seconds(tmp_path: Path) -> None:
     signals = Signals()
-
-    def successor_live() -> None:
-        signals.successor = True
-
     script: list[tuple[float, QueueItem | Action]] = [
         (0.0, opened()),
         (0.5, chunk(1)),
-        (3.2, successor_live),
+        (3.2, signals.turn_on("successor")),
         (4.0, chunk(2)),  # read during the overlap
     ]
     result, store, clock = simulate_handover(tmp_path, script, signals, owned=True, wait_lock=None)
