@@ -13,7 +13,7 @@ from pathlib import Path
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
-from .database import StoreError, sqlite_path
+from .database import StoreError, first_line, sqlite_path
 from .files import LockBusy, file_lock
 
 
@@ -236,8 +236,11 @@ class HandoverLink:
 def handover_link(engine: Engine, source: str, take_lock: LockFactory) -> HandoverLink | None:
     """The hand-over signals of this archive and source (None: an archive without locks)."""
     if engine.dialect.name == "postgresql":
-        with engine.connect() as conn:
-            where = conn.execute(sa.text("SELECT current_database(), current_schema()")).one()
+        try:
+            with engine.connect() as conn:
+                where = conn.execute(sa.text("SELECT current_database(), current_schema()")).one()
+        except sa.exc.DBAPIError as exc:
+            raise StoreError(f"database unusable: {first_line(exc)}") from None
         name = f"{where[0]}/{where[1]}/{source}"
         return HandoverLink(
             _AdvisorySignal(engine, lock_key(f"{name}#successor")),
