@@ -17,20 +17,23 @@ source) or :class:`~ingest.store.StoreError` (the archive cannot be used).
 
 from __future__ import annotations
 
+import functools
 import logging
 import signal
 import threading
-from collections.abc import Mapping
-from contextlib import nullcontext
+from collections.abc import Callable, Mapping
+from contextlib import AbstractContextManager, ExitStack
 
 import sqlalchemy as sa
 
 from .clock import SYSTEM, Clock
 from .database import first_line
+from .locks import LockHeld, handover_link
 from .retry import opening_retry
 from .settings import IngestSettings
+from .signals import handle_signals
 from .store import NotAnArchive, SchemaBehind, Store, StoreError, file_lock_for, sqlite_path
-from .worker import RunResult, Worker, handle_signals
+from .worker import RunResult, Worker
 
 __all__ = ["open_with_retry", "run_ingest"]
 
@@ -39,6 +42,9 @@ log = logging.getLogger("grantex_archive")
 
 def run_ingest(settings: IngestSettings, exit_codes: Mapping[str, int] | None = None) -> RunResult:
     """Take the lock, open (or create) the archive and run the worker.
+
+    With ``wait_lock``, a lock another ingest holds makes this run its
+    successor (:mod:`ingest.handover`) instead of raising :class:`LockHeld`.
 
     Signals are handled from the start, so SIGTERM while the database is
     still being retried also ends the run cleanly (outcome ``interrupted``).
@@ -51,22 +57,44 @@ def run_ingest(settings: IngestSettings, exit_codes: Mapping[str, int] | None = 
         reason.append(f"stopped by {signal.Signals(signum).name}")
         stop.set()
 
-    with handle_signals(on_signal):
+    with handle_signals(on_signal), ExitStack() as held:
         path = sqlite_path(settings.db_url)
-        # A SQLite archive is locked before it is created or migrated,
-        # so concurrent first runs cannot race on the schema.
-        with file_lock_for(path, settings.source) if path else nullcontext():
-            store = open_with_retry(settings, stop)
-            if store is None:
-                return RunResult("interrupted", error=reason[0] if reason else None)
-            try:
-                with store.lock(settings.source) if path is None else nullcontext():
-                    worker = Worker(settings, store, stop=stop, exit_codes=exit_codes)
-                    if reason:
-                        worker.stop_reason = reason[0]
-                    return worker.run()
-            finally:
-                store.close()
+        owned = True
+        if path is not None:
+            # A SQLite archive is locked before it is created or migrated,
+            # so concurrent first runs cannot race on the schema.
+            lock = functools.partial(file_lock_for, path, settings.source)
+            owned = _take_lock(held, lock, settings.wait_lock is not None)
+        store = open_with_retry(settings, stop)
+        if store is None:
+            return RunResult("interrupted", error=reason[0] if reason else None)
+        held.callback(store.close)
+        take_lock = functools.partial(store.lock, settings.source)
+        if path is None:
+            owned = _take_lock(held, take_lock, settings.wait_lock is not None)
+        link = handover_link(store.engine, settings.source, take_lock)
+        if link is not None:
+            held.callback(link.close)
+            if not owned:
+                link.queue_up()
+                log.info("another ingest holds the lock: reading, and waiting to take over")
+        worker = Worker(settings, store, stop=stop, exit_codes=exit_codes, link=link, owned=owned)
+        if reason:
+            worker.stop_reason = reason[0]
+        return worker.run()
+
+
+def _take_lock(
+    held: ExitStack, lock: Callable[[], AbstractContextManager[None]], may_wait: bool
+) -> bool:
+    """Take the ingest lock into ``held``; False if another ingest holds it and ``may_wait``."""
+    try:
+        held.enter_context(lock())
+    except LockHeld:
+        if not may_wait:
+            raise
+        return False
+    return True
 
 
 def open_with_retry(

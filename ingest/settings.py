@@ -140,3 +140,9 @@ class IngestSettings:
     db_retry_timeout: float = 60.0
     backoff_initial: float = 0.5
     backoff_max: float = 60.0
+    wait_lock: float | None = None
+    """Seconds to wait for a lock another ingest holds (``--wait-lock``); None: exit 75 at once."""
+    hold_events: int = 100_000
+    """While waiting for the lock: events kept unwritten, at most."""
+    hold_bytes: int = 64 * 1024 * 1024
+    """While waiting for the lock: bytes of frames kept unwritten, at most."""

@@ -23,7 +23,6 @@ import queue
 import signal
 import threading
 from collections.abc import Callable, Iterator, Mapping
-from contextlib import contextmanager
 from datetime import datetime
 from types import FrameType
 from typing import TypeVar
@@ -34,12 +33,15 @@ from .batch_writer import Batch, BatchWriter
 from .clock import SYSTEM, Clock
 from .database import first_line
 from .events import Event
+from .handover import Handover, HoldLimits
+from .locks import HandoverLink
 from .logs import Redactor
 from .reader import NeedSince, Normalised, QueueItem, ReaderDone, StreamReader, stream_options
 from .resume import MAX_CLOCK_SKEW, latest_plausible, resume_point
 from .retry import STOP_GRACE, database_retry
 from .run_record import RunCounts, RunRecord, RunResult
 from .settings import IngestSettings
+from .signals import handle_signals
 from .store import Received, Store, StoreError
 from .stream import (
     AuthenticationError,
@@ -71,6 +73,8 @@ OUTCOMES = (
     "max_runtime",
     "max_events",
     "interrupted",
+    "handed_over",
+    "locked",
     "unreachable",
     "auth_failed",
     "endpoint_error",
@@ -79,7 +83,9 @@ OUTCOMES = (
 )
 """How a run can end, as ``RunResult.outcome`` and ``ingest_runs.outcome`` record it.
 
-The first four are the ends a run is asked for; the command line maps each
+The first five are the ends a run is asked for or agrees to (``handed_over``:
+a successor took over, see :mod:`ingest.handover`); ``locked`` is a
+successor that gave up waiting for the lock. The command line maps each
 outcome to its exit code.
 """
 
@@ -89,7 +95,8 @@ class Worker:
 
     ``stream`` defaults to :func:`~ingest.stream.stream_events` waiting on
     ``clock``; ``exit_codes`` maps outcomes to the exit codes recorded with
-    the run.
+    the run. ``link`` carries the hand-over signals; a run that does not
+    hold the ingest lock yet (``owned`` False) is a successor.
     """
 
     def __init__(
@@ -100,6 +107,8 @@ class Worker:
         stop: threading.Event | None = None,
         exit_codes: Mapping[str, int] | None = None,
         clock: Clock = SYSTEM,
+        link: HandoverLink | None = None,
+        owned: bool = True,
     ) -> None:
         self.settings = settings
         self.store = store
@@ -112,6 +121,10 @@ class Worker:
         self.counts = RunCounts()
         self._timers: RunTimers | None = None
         self._batch = Batch()
+        limits = None
+        if settings.wait_lock is not None:
+            limits = HoldLimits(settings.wait_lock, settings.hold_events, settings.hold_bytes)
+        self._handover = Handover(link, owned, limits, clock.monotonic())
         self._record = RunRecord(
             settings, store, self.counts, self._with_db_retry, self._redact, clock, exit_codes or {}
         )
@@ -189,8 +202,9 @@ class Worker:
             now = self.clock.monotonic()
             self._writer.check()
             due = timers.due(now, self.stop.is_set(), items.empty())
-            if due.stop is not None:
-                return self._end(due.stop)
+            stop = due.stop or self._handover.turn(now)
+            if stop is not None:
+                return self._end(stop)
             if due.flush:
                 timers.blocked(self._flush())
             if due.progress:
@@ -217,13 +231,16 @@ class Worker:
         """What the reader reports besides chunks and its end."""
         if isinstance(item, Opened):
             self._record.opened(item, reconnect=timers.ever_connected)
+            self._handover.connected()
             timers.connected(self.clock.monotonic())
         elif isinstance(item, Closed):
             timers.disconnected()
+            self._handover.disconnected()
             self._flush()
             self._record.closed(item)
         elif isinstance(item, Failed):
             timers.disconnected()
+            self._handover.disconnected()
             self._record.failed(item)
         elif isinstance(item, NeedSince):
             # The resume point must cover everything received.
@@ -233,12 +250,14 @@ class Worker:
     def _end(self, stop: Stop) -> RunResult:
         if stop.outcome == "interrupted":
             self._drain()
-            self._flush(wait=True)
-            return RunResult("interrupted", self.counts, self.stop_reason or None)
         self._flush(wait=True)
+        self._handover.drop()
+        if stop.outcome == "interrupted":
+            return RunResult("interrupted", self.counts, self.stop_reason or None)
         return RunResult(stop.outcome, self.counts, stop.error)
 
     def _reader_done(self, item: ReaderDone) -> RunResult:
+        self._handover.drop()
         error = item.error
         if error is None or self.stop.is_set():
             # The reader ends on its own only when asked to stop.
@@ -300,9 +319,15 @@ class Worker:
         which nothing was read: the idle clock must not count them.
         """
         started = self.clock.monotonic()
+        handover = self._handover
+        for held in handover.release():
+            self._writer.submit(held)
         if self._batch.entries:
             batch, self._batch = self._batch, Batch()
-            self._writer.submit(batch)
+            if handover.owned:
+                self._writer.submit(batch)
+            else:
+                handover.hold(batch)
         if wait:
             self._writer.wait()
         return self.clock.monotonic() - started
@@ -372,22 +397,3 @@ def _warn_implausible(event: Event, received_at: datetime) -> None:
 def _skew_text() -> str:
     hours = MAX_CLOCK_SKEW.total_seconds() / 3600
     return f"{hours:g} hours" if hours != 24 else "1 day"
-
-
-@contextmanager
-def handle_signals(handler: Callable[[int, FrameType | None], None]) -> Iterator[None]:
-    """SIGTERM/SIGINT call ``handler`` once; a second one gets the default action."""
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-
-    def once(signum: int, frame: FrameType | None) -> None:
-        signal.signal(signum, signal.SIG_DFL)
-        handler(signum, frame)
-
-    previous = {sig: signal.signal(sig, once) for sig in (signal.SIGTERM, signal.SIGINT)}
-    try:
-        yield
-    finally:
-        for sig, old in previous.items():
-            signal.signal(sig, old)

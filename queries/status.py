@@ -28,7 +28,7 @@ from .copy import (
 from .coverage import status_coverage
 from .session import rows_of
 
-OK_OUTCOMES = ("idle", "max_runtime", "max_events", "interrupted")
+OK_OUTCOMES = ("idle", "max_runtime", "max_events", "interrupted", "handed_over")
 """The outcomes of runs that ended as they were asked to."""
 
 

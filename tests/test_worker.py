@@ -18,6 +18,7 @@ import sqlite3
 import threading
 from collections import deque
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from types import FrameType
@@ -30,13 +31,15 @@ from ingest import migrate
 from ingest.batch_writer import Batch, BatchWriter
 from ingest.clock import ManualClock
 from ingest.events import Event, normalise
+from ingest.handover import Handover, HoldLimits
+from ingest.locks import HandoverLink
 from ingest.reader import NeedSince, Normalised, QueueItem, ReaderDone
 from ingest.retry import STOP_GRACE
 from ingest.runner import open_with_retry
 from ingest.settings import IngestSettings, Secret
 from ingest.store import BatchResult, ConnectionShare, Received, SchemaBehind, Store, StoreError
 from ingest.stream import AuthenticationError, Closed, Failed, Opened, StreamItem
-from ingest.timers import RunLimits, RunTimers
+from ingest.timers import POLL, RunLimits, RunTimers
 from ingest.worker import RunResult, Worker, handle_signals
 
 UTC = timezone.utc
@@ -640,3 +643,97 @@ def test_the_worker_records_the_signal_as_the_reason(tmp_path: Path) -> None:
     worker.on_signal(signal.SIGINT, None)
     assert worker.stop.is_set()
     assert worker.stop_reason == "stopped by SIGINT"
+
+
+# -- hand-over, through the real dispatcher -------------------------------------------------
+
+
+@dataclass
+class Signals:
+    """The hand-over signals, set by the script's actions (:meth:`turn_on`)."""
+
+    free: bool = False
+    successor: bool = False
+    announced: list[bool] = field(default_factory=list)
+
+    def turn_on(self, name: str) -> Action:
+        return lambda: setattr(self, name, True)
+
+    def successor_ready(self) -> bool:
+        return self.successor
+
+    def announce(self) -> bool:
+        self.announced.append(True)
+        return True
+
+    def withdraw(self) -> None:
+        self.announced.append(False)
+
+    def try_own(self) -> bool:
+        return self.free
+
+
+def simulate_handover(
+    tmp_path: Path,
+    script: list[tuple[float, QueueItem | Action]],
+    signals: Signals,
+    owned: bool,
+    **values: Any,
+) -> tuple[RunResult, RecordingStore, ManualClock]:
+    worker, store, clock = make_worker(tmp_path, **values)
+    worker._handover = Handover(
+        cast(HandoverLink, signals),
+        owned,
+        HoldLimits(values["wait_lock"], 100_000, 1 << 26) if not owned else None,
+        clock.monotonic(),
+    )
+    worker._reader.queue = Timeline(clock, script)
+    return worker.run(), store, clock
+
+
+def test_a_successor_writes_nothing_until_it_holds_the_lock(tmp_path: Path) -> None:
+    signals = Signals()
+    script: list[tuple[float, QueueItem | Action]] = [
+        (0.0, opened()),
+        (0.1, chunk(1, 2)),
+        (2.0, chunk(3)),
+        (3.0, signals.turn_on("free")),
+        (4.0, chunk(4)),
+    ]
+    result, store, _ = simulate_handover(
+        tmp_path, script, signals, owned=False, wait_lock=10.0, max_runtime=6.0
+    )
+    assert result.outcome == "max_runtime"
+    assert signals.announced == [True]  # once its connection delivered its first byte
+    flushes = store.times("flush")
+    assert flushes and min(flushes) >= 3.0  # nothing written before the lock was taken
+    assert min(flushes) <= 3.0 + 0.5 + 1.0  # then at the next try and the next flush
+    assert store.events == ["evt_1", "evt_2", "evt_3", "evt_4"]
+
+
+def test_a_successor_gives_up_after_waiting_and_writes_nothing(tmp_path: Path) -> None:
+    script: list[tuple[float, QueueItem | Action]] = [(0.0, opened()), (0.1, chunk(1))]
+    result, store, clock = simulate_handover(
+        tmp_path, script, Signals(), owned=False, wait_lock=2.0, max_runtime=60.0
+    )
+    assert result.outcome == "locked"
+    assert result.error == "another ingest still held the lock after --wait-lock 2s"
+    assert clock.monotonic() == pytest.approx(2.0)
+    assert store.events == []
+
+
+def test_the_holder_keeps_reading_then_hands_over_within_ten_seconds(tmp_path: Path) -> None:
+    signals = Signals()
+    script: list[tuple[float, QueueItem | Action]] = [
+        (0.0, opened()),
+        (0.5, chunk(1)),
+        (3.2, signals.turn_on("successor")),
+        (4.0, chunk(2)),  # read during the overlap
+    ]
+    result, store, clock = simulate_handover(tmp_path, script, signals, owned=True, wait_lock=None)
+    assert result.outcome == "handed_over"
+    # Seen at the next look (every 0.5 s), ended 2 s later, each at a turn of the loop.
+    assert 3.2 + 2.0 <= clock.monotonic() <= 3.2 + 0.5 + 2.0 + 2 * POLL < 3.2 + 10.0
+    assert store.events == ["evt_1", "evt_2"]
+    ((_, _, values),) = [call for call in store.calls if call[1] == "update_run"]
+    assert values["outcome"] == "handed_over"

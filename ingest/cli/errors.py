@@ -34,6 +34,8 @@ EXIT_CODES: dict[str, int] = {
     "max_runtime": EXIT_OK,
     "max_events": EXIT_OK,
     "interrupted": EXIT_OK,
+    "handed_over": EXIT_OK,
+    "locked": EXIT_LOCKED,
     "failed": EXIT_FAILED,
     "endpoint_error": EXIT_USAGE,
     "auth_failed": EXIT_AUTH,

@@ -23,6 +23,17 @@ from .errors import EXIT_CODES, CliError, reported
 from .options import check_db_url, db_option, parse_time, positive
 
 
+def _check_source(_ctx: click.Context, _param: click.Parameter, source: str) -> str:
+    if not source.strip():
+        raise click.BadParameter("must not be empty", param_hint="'--source'")
+    if len(source) > MAX_TEXT:
+        raise click.BadParameter(
+            f"must be at most {MAX_TEXT} characters (it is stored beside every event)",
+            param_hint="'--source'",
+        )
+    return source
+
+
 @click.command()
 @db_option
 @click.option(
@@ -51,7 +62,8 @@ from .options import check_db_url, db_option, parse_time, positive
     type=float,
     callback=positive,
     metavar="SECONDS",
-    help="Exit 0 once connected and no event arrived for this long (cron mode).",
+    help="Exit 0 once connected and no event arrived for this long (only for a "
+    "producer that replays --since: the live service loses what a run misses).",
 )
 @click.option(
     "--max-runtime",
@@ -61,6 +73,13 @@ from .options import check_db_url, db_option, parse_time, positive
     help="Stop after this long; exit 69 if the service was never reached.",
 )
 @click.option("--max-events", type=int, callback=positive, help="Stop after N events.")
+@click.option(
+    "--wait-lock",
+    type=click.FloatRange(min=0),
+    metavar="SECONDS",
+    help="If another ingest holds the lock, read meanwhile and take over from it "
+    "(it exits 0 within 10 s); exit 75 if not taken within SECONDS.",
+)
 @click.option(
     "--batch-size",
     type=click.IntRange(min=1, max=100_000),
@@ -76,7 +95,13 @@ from .options import check_db_url, db_option, parse_time, positive
     callback=positive,
     help="Seconds before a partial batch is committed.",
 )
-@click.option("--source", default="default", show_default=True, help="Label for this account.")
+@click.option(
+    "--source",
+    default="default",
+    show_default=True,
+    callback=_check_source,
+    help="Label for this account.",
+)
 @click.option(
     "--read-timeout",
     type=float,
@@ -110,6 +135,7 @@ def ingest(
     until_idle: float | None,
     max_runtime: float | None,
     max_events: int | None,
+    wait_lock: float | None,
     batch_size: int,
     flush_interval: float,
     source: str,
@@ -124,52 +150,40 @@ def ingest(
     the event id, and follows the stream until a stopping option says so.
 
     \b
-    Exit codes: 0 done (also after SIGTERM/SIGINT), 2 usage or configuration
-    error, 3 credentials rejected, 4 database unusable, 69 service unreachable
-    for the whole run, 75 another ingest holds the lock.
+    Exit codes: 0 done (also after SIGTERM/SIGINT, or handing over to a run
+    with --wait-lock), 2 usage or configuration error, 3 credentials rejected,
+    4 database unusable, 69 service unreachable for the whole run, 75 another
+    ingest holds the lock (with --wait-lock: still after SECONDS).
 
     \b
     Examples:
-      # cron: catch up, then exit
-      grantex-archive ingest --until-idle 60 --max-runtime 3300
+      # cron without gaps: each run reads until the next one takes over
+      grantex-archive ingest --max-runtime 600 --wait-lock 120
       # a service: follow forever
       grantex-archive ingest --api-key-file /etc/grantex/key --source prod
     """
-    since_at = parse_time(since, "--since")
     check_db_url(db_url, creates=True)
-    _check_source(source)
     with reported():
-        api_key = load_api_key(api_key_file)
         settings = IngestSettings(
             db_url=db_url,
             base_url=check_base_url(base_url),
-            api_key=api_key,
+            api_key=load_api_key(api_key_file),
             source=source,
             types=parse_types(types_),
-            since=since_at,
+            since=parse_time(since, "--since"),
             overlap=overlap,
             until_idle=until_idle,
             max_runtime=max_runtime,
             max_events=max_events,
+            wait_lock=wait_lock,
             batch_size=batch_size,
             flush_interval=flush_interval,
             read_timeout=read_timeout,
             db_retry_timeout=db_retry_timeout,
         )
-    setup_logging(
-        log_format, logging.WARNING if quiet else logging.INFO, secrets=(api_key.reveal(),)
-    )
+    secrets = (settings.api_key.reveal(),)
+    setup_logging(log_format, logging.WARNING if quiet else logging.INFO, secrets=secrets)
     _run(settings, json_logs=log_format == "json")
-
-
-def _check_source(source: str) -> None:
-    if not source.strip():
-        raise click.BadParameter("must not be empty", param_hint="'--source'")
-    if len(source) > MAX_TEXT:
-        raise click.BadParameter(
-            f"must be at most {MAX_TEXT} characters (it is stored beside every event)",
-            param_hint="'--source'",
-        )
 
 
 def _run(settings: IngestSettings, json_logs: bool) -> None:
