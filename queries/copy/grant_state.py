@@ -13,9 +13,10 @@ from .manifest import Locate, Manifest
 from .sql import empty_select, parquet
 
 _BUDGET = "type IN ('budget.threshold', 'budget.exhausted')"
-# A grant is created by its grant.created, or, for a consent-bundle grant
-# (which gets no grant.created), by its bundle's consent_bundle.created.
-_CREATED = "type IN ('grant.created', 'consent_bundle.created')"
+# A consent-bundle grant gets no grant.created: its bundle's
+# consent_bundle.created is its creation (kept apart, so that a grant.created
+# wins whatever the times and however refreshes split the events).
+_BUNDLE = "type = 'consent_bundle.created'"
 
 # token.issued without agentId (documented envelopes): the agent comes from
 # the grant, so the state keeps their counts for reports to use without a join.
@@ -51,6 +52,9 @@ GRANT_STATE_COLUMNS: tuple[tuple[str, str], ...] = (
     ("created_at", "TIMESTAMPTZ"),
     ("created_agent_id", "VARCHAR"),
     ("created_principal_id", "VARCHAR"),
+    ("bundle_created_at", "TIMESTAMPTZ"),
+    ("bundle_agent_id", "VARCHAR"),
+    ("bundle_principal_id", "VARCHAR"),
     ("any_agent_id", "VARCHAR"),
     ("any_principal_id", "VARCHAR"),
     ("first_token_at", "TIMESTAMPTZ"),
@@ -87,9 +91,13 @@ def _direct_state(events: str) -> str:
     return f"""
     SELECT grant_id,
         min(source) AS source,
-        min(occurred_at) FILTER (WHERE {_CREATED}) AS created_at,
-        arg_min(agent_id, occurred_at) FILTER (WHERE {_CREATED}) AS created_agent_id,
-        arg_min(principal_id, occurred_at) FILTER (WHERE {_CREATED}) AS created_principal_id,
+        min(occurred_at) FILTER (WHERE type = 'grant.created') AS created_at,
+        arg_min(agent_id, occurred_at) FILTER (WHERE type = 'grant.created') AS created_agent_id,
+        arg_min(principal_id, occurred_at) FILTER (WHERE type = 'grant.created')
+            AS created_principal_id,
+        min(occurred_at) FILTER (WHERE {_BUNDLE}) AS bundle_created_at,
+        arg_min(agent_id, occurred_at) FILTER (WHERE {_BUNDLE}) AS bundle_agent_id,
+        arg_min(principal_id, occurred_at) FILTER (WHERE {_BUNDLE}) AS bundle_principal_id,
         min(agent_id) AS any_agent_id,
         min(principal_id) AS any_principal_id,
         min(occurred_at) FILTER (WHERE type = 'token.issued') AS first_token_at,
@@ -188,6 +196,9 @@ SELECT grant_id,
     min(created_at) AS created_at,
     arg_min(created_agent_id, created_at) AS created_agent_id,
     arg_min(created_principal_id, created_at) AS created_principal_id,
+    min(bundle_created_at) AS bundle_created_at,
+    arg_min(bundle_agent_id, bundle_created_at) AS bundle_agent_id,
+    arg_min(bundle_principal_id, bundle_created_at) AS bundle_principal_id,
     min(any_agent_id) AS any_agent_id,
     min(any_principal_id) AS any_principal_id,
     min(first_token_at) AS first_token_at,

@@ -72,9 +72,12 @@ FROM (
     FROM (
         SELECT * REPLACE (
                 CASE WHEN parent_grant_id IS NOT NULL THEN delegation_depth
-                    WHEN created_at IS NOT NULL THEN 0 END AS delegation_depth),
-            coalesce(created_agent_id, any_agent_id, auto_agent_id) AS agent_id,
-            coalesce(created_principal_id, any_principal_id) AS principal_id,
+                    WHEN created_at IS NOT NULL OR bundle_created_at IS NOT NULL THEN 0
+                    END AS delegation_depth,
+                coalesce(created_at, bundle_created_at) AS created_at),
+            coalesce(created_agent_id, bundle_agent_id, any_agent_id, auto_agent_id) AS agent_id,
+            coalesce(created_principal_id, bundle_principal_id, any_principal_id)
+                AS principal_id,
             least(revoked_event_at, auto_revoked_at, routed_at) AS revoked_at
         FROM ({states}) s
     ) state
