@@ -75,6 +75,26 @@ from .errors import EXIT_USAGE, CliError
     show_default=True,
     help="Seconds of history the backlog spans, ending now.",
 )
+@click.option(
+    "--replay",
+    type=click.Choice(["since", "none"]),
+    default="since",
+    show_default=True,
+    help="Replay history for `since`/Last-Event-ID, or none (the live service: what is "
+    "emitted while no client listens is lost).",
+)
+@click.option(
+    "--hold-headers",
+    is_flag=True,
+    help="Send status and headers only with the first event or keepalive (as the live service).",
+)
+@click.option(
+    "--leaked-slots",
+    type=click.IntRange(0, 5),
+    default=0,
+    show_default=True,
+    help="Of the 5 stream slots, this many are taken from the start, as after a crash.",
+)
 def simulate(**options: Any) -> None:
     """Serve a Grantex-compatible event stream on 127.0.0.1 for tests and trials.
 
