@@ -34,6 +34,7 @@ from .ids import ms_to_datetime
 from .slots import Slot, SlotCounter
 from .streaming import Conn, StreamClosed, Streamer
 from .truth import GroundTruth
+from .webhooks import Deliverer
 
 # Upper bound on one live batch so a generator that fell behind cannot hold the GIL for long.
 _MAX_LIVE_BATCH = 20_000
@@ -77,6 +78,7 @@ class Simulator:
         self._server: Server | None = None
         self._serve_thread: threading.Thread | None = None
         self._live_thread: threading.Thread | None = None
+        self._deliverer: Deliverer | None = None
         self._sockets: set[socket.socket] = set()
         self._start_ms = 0
         self._history_start_ms = 0
@@ -103,6 +105,9 @@ class Simulator:
             daemon=True,
         )
         self._serve_thread.start()
+        if cfg.webhook_url is not None:
+            self._deliverer = Deliverer(cfg, self._history, self._start_ms)
+            self._deliverer.start(self._history.count)
         if cfg.rate > 0 and cfg.total_events != 0:
             self._live_thread = threading.Thread(
                 target=self._live_loop, name="grantex-sim-live", daemon=True
@@ -132,6 +137,8 @@ class Simulator:
         for thread in (self._live_thread, self._serve_thread):
             if thread is not None:
                 thread.join(timeout=5)
+        if self._deliverer is not None:
+            self._deliverer.stop()
         deadline = time.monotonic() + 2
         while self.stats.active and time.monotonic() < deadline:
             time.sleep(0.01)
@@ -193,6 +200,11 @@ class Simulator:
         with history.cond:
             count = history.count
         return [history.envelope(i) for i in range(count)]
+
+    @property
+    def webhook(self) -> Deliverer | None:
+        """The webhook deliverer (its id, its deliveries), when a webhook URL is set."""
+        return self._deliverer
 
     def backlog_truth(self) -> GroundTruth:
         """The ground truth of the backlog (revocations, token kinds), generated afresh."""
