@@ -108,10 +108,13 @@ def wait_until(check: Callable[[], bool], seconds: float = 10) -> None:
 
 
 def settled(sim: Simulator) -> bool:
+    """Every lifecycle event emitted live so far has a delivery, and none is pending."""
     webhook = sim.webhook
     assert webhook is not None
     deliveries = webhook.deliveries()
-    return bool(deliveries) and all(d.status != "pending" for d in deliveries)
+    live = sim.events()[sim.config.backlog :]
+    due = sum(1 for e in live if e["type"] in WEBHOOK_TYPES)
+    return len(deliveries) == due > 0 and all(d.status != "pending" for d in deliveries)
 
 
 def test_retry_schedule_is_the_services() -> None:
@@ -242,3 +245,29 @@ def test_simulate_command_delivers_webhooks(receiver: Receiver) -> None:
         proc.send_signal(signal.SIGTERM)
         out, err = proc.communicate(timeout=10)
     assert SECRET not in out + err
+
+
+def test_the_webhook_and_its_deliveries_are_listed(receiver: Receiver) -> None:
+    receiver.fail = lambda body, attempt: b'"type":"grant.created"' in body
+    with make(receiver.url, total_events=40, time_scale=0.001) as sim:
+        wait_until(lambda: sim.event_count == 40 and settled(sim))
+        get = httpx.Client(base_url=sim.base_url, headers=AUTH, timeout=5).get
+        hooks = get("/v1/webhooks").json()["webhooks"]
+        assert [h["url"] for h in hooks] == [receiver.url]
+        assert set(hooks[0]["events"]) == WEBHOOK_TYPES
+        path = f"/v1/webhooks/{hooks[0]['id']}/deliveries"
+        pages = [get(path, params={"page": n, "pageSize": 4}).json() for n in (1, 2, 3)]
+        listed = [d for page in pages for d in page["deliveries"]]
+        webhook = sim.webhook
+        assert webhook is not None
+        newest = list(reversed(webhook.deliveries()))
+        assert pages[0]["total"] == len(newest) and pages[0]["pageSize"] == 4
+        assert [d["id"] for d in listed] == [d.id for d in newest[:12]]
+        failed = get(path, params={"status": "failed", "pageSize": 500}).json()
+        assert failed["pageSize"] == 100
+        assert {d["eventType"] for d in failed["deliveries"]} == {"grant.created"}
+        assert all(d["attempts"] == 5 and d["deliveredAt"] is None for d in failed["deliveries"])
+        delivered = get(path, params={"status": "delivered"}).json()["deliveries"]
+        assert all(d["deliveredAt"] and d["lastError"] is None for d in delivered)
+        assert get(path, params={"status": "odd"}).status_code == 400
+        assert get("/v1/webhooks/wh_other/deliveries").status_code == 404

@@ -106,14 +106,24 @@ from .errors import EXIT_USAGE, CliError
     type=click.FloatRange(min=0, min_open=True),
     default=1.0,
     show_default=True,
-    help="Multiply the webhook retry schedule (30/60/120/240 s) by this.",
+    help="Multiply the webhook retry schedule (30/60/120/240 s) and the rate-limit minute by this.",
+)
+@click.option(
+    "--rest-rate-limit",
+    type=click.IntRange(min=1),
+    default=100,
+    show_default=True,
+    help="Read-endpoint requests allowed a minute (the service's plans allow 100, 500, 2000).",
 )
 def simulate(**options: Any) -> None:
     """Serve a Grantex-compatible event stream on 127.0.0.1 for tests and trials.
 
     The server requires the bearer key from GRANTEX_API_KEY; with none set it
     makes one up and prints it. It prints its base URL on stdout, then serves
-    until interrupted.
+    until interrupted. Besides the stream it serves the service's read endpoints
+    (/v1/grants, /v1/compliance/export/grants, /v1/consent-bundles,
+    /v1/dpdp/consent-records, /v1/budget/allocations, /v1/webhooks and their
+    deliveries) over the same state.
 
     \b
     Example:

@@ -36,7 +36,8 @@ class SimulatorConfig:
     start, as after a crash, until the counter expires (``slot_ttl`` seconds without a
     request or keepalive). ``webhook_url`` receives ``webhook_types`` events signed
     with ``webhook_secret``, retried on the service's schedule multiplied by
-    ``time_scale``.
+    ``time_scale``. The read endpoints allow ``rest_rate_limit`` requests a minute
+    (a minute times ``time_scale``), as the service's free plan.
     """
 
     api_key: str
@@ -65,6 +66,7 @@ class SimulatorConfig:
     webhook_secret: str | None = None
     webhook_types: tuple[str, ...] = WEBHOOK_TYPES
     time_scale: float = 1.0
+    rest_rate_limit: int = 100
 
     def __post_init__(self) -> None:
         if not self.api_key:
@@ -83,8 +85,8 @@ class SimulatorConfig:
             raise ValueError(f"replay must be one of {REPLAY_MODES}, got {self.replay!r}")
         if not 0 <= self.leaked_slots <= self.max_connections:
             raise ValueError("leaked_slots must be between 0 and max_connections")
-        if self.slot_ttl <= 0 or self.time_scale <= 0:
-            raise ValueError("slot_ttl and time_scale must be > 0")
+        if self.slot_ttl <= 0 or self.time_scale <= 0 or self.rest_rate_limit < 1:
+            raise ValueError("slot_ttl, time_scale and rest_rate_limit must be > 0")
         self._check_webhook()
 
     def _check_webhook(self) -> None:
@@ -107,6 +109,7 @@ class SimulatorStats:
     connections: int = 0  # streams answered 200
     active: int = 0  # streams open right now
     refused: int = 0  # stream requests answered 429 TOO_MANY_CONNECTIONS
+    rest_requests: int = 0  # GETs of the read endpoints, whatever their answer
     events_sent: int = 0  # well-formed event frames written in full, all connections
     malformed_sent: int = 0
     dropped: int = 0  # connections cut mid-frame by drop_every

@@ -31,7 +31,9 @@ from .handler import (
 )
 from .history import History
 from .ids import ms_to_datetime
+from .rest import WINDOW_S, RestApi, send_answer
 from .slots import Slot, SlotCounter
+from .state import ServiceState
 from .streaming import Conn, StreamClosed, Streamer
 from .truth import GroundTruth
 from .webhooks import Deliverer
@@ -79,6 +81,8 @@ class Simulator:
         self._serve_thread: threading.Thread | None = None
         self._live_thread: threading.Thread | None = None
         self._deliverer: Deliverer | None = None
+        self._state = ServiceState(self._history, self._factory.record_allocations())
+        self._rest: RestApi | None = None
         self._sockets: set[socket.socket] = set()
         self._start_ms = 0
         self._history_start_ms = 0
@@ -108,6 +112,8 @@ class Simulator:
         if cfg.webhook_url is not None:
             self._deliverer = Deliverer(cfg, self._history, self._start_ms)
             self._deliverer.start(self._history.count)
+        window = WINDOW_S * cfg.time_scale
+        self._rest = RestApi(self._state, self._deliverer, cfg.rest_rate_limit, window)
         if cfg.rate > 0 and cfg.total_events != 0:
             self._live_thread = threading.Thread(
                 target=self._live_loop, name="grantex-sim-live", daemon=True
@@ -268,6 +274,9 @@ class Simulator:
     def _handle_get(self, handler: BaseHTTPRequestHandler) -> None:
         """Answer one GET: an error response, or a stream until either side ends it."""
         url = urlsplit(handler.path)
+        if self._rest is not None and self._rest.handles(url.path):
+            self._answer_rest(handler, self._rest, url.path, url.query)
+            return
         if url.path != STREAM_PATH:
             send_json(handler, 404, "NOT_FOUND", f"no route for GET {url.path}")
             return
@@ -317,6 +326,17 @@ class Simulator:
         if not self.config.hold_headers:
             conn.send(b"")
         self._streamer.run(conn, cursor, query.allowed)
+
+    def _answer_rest(
+        self, handler: BaseHTTPRequestHandler, api: RestApi, path: str, query: str
+    ) -> None:
+        with self._lock:
+            self.stats.rest_requests += 1
+        if not bearer_matches(handler.headers.get("Authorization"), self._key):
+            send_json(handler, 401, "UNAUTHORIZED", "invalid or missing API key")
+            return
+        status, body, headers = api.answer(path, query)
+        send_answer(handler, status, body, headers)
 
     def _admit(self) -> Slot | None:
         """Take one of the ``max_connections`` stream slots (the live service has five), if free."""

@@ -122,7 +122,8 @@ class Deliverer:
     ) -> None:  # fmt: skip
         if config.webhook_url is None or config.webhook_secret is None:
             raise ValueError("a deliverer needs a webhook URL and secret")
-        self._url = config.webhook_url
+        self.url = self._url = config.webhook_url
+        self.types = config.webhook_types
         self._secret = config.webhook_secret
         self._scale = config.time_scale
         self._codes = frozenset(TYPE_CODES[name] for name in config.webhook_types)
