@@ -20,7 +20,11 @@ The package is split by responsibility:
 - :mod:`.server` -- :class:`Simulator` (lifecycle, live generation, request policy),
   configured by :mod:`.config`, over :mod:`.handler` (HTTP plumbing) and
   :mod:`.streaming` (writing a stream);
-- :mod:`.faults` -- injected failures, malformed frames and drops.
+- :mod:`.faults` -- injected failures, malformed frames and drops;
+- :mod:`.webhooks` -- signed webhook deliveries on the service's retry schedule;
+- :mod:`.state` and :mod:`.rest` -- the service's read endpoints (grants, compliance
+  export, consent bundles, DPDP records, budget allocations, webhook deliveries) over
+  the state the events imply, with paging and the plan rate limit.
 """
 
 from .config import SimulatorConfig, SimulatorStats

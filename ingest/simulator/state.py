@@ -82,12 +82,13 @@ class ServiceState:
         history = self._history
         with self._lock:
             count = history.count
+            # Every allocation is noted before its grant's events reach the log.
+            self._note_allocations()
+            types = history.types
             for index in range(self._cursor, count):
-                self._note_allocations()
-                if history.types[index] in _FOLDED:
+                if types[index] in _FOLDED:
                     self._fold(history.envelope(index))
             self._cursor = count
-            self._note_allocations()
         return self._lock
 
     def _note_allocations(self) -> None:
