@@ -75,12 +75,55 @@ from .errors import EXIT_USAGE, CliError
     show_default=True,
     help="Seconds of history the backlog spans, ending now.",
 )
+@click.option(
+    "--replay",
+    type=click.Choice(["since", "none"]),
+    default="since",
+    show_default=True,
+    help="Replay history for `since`/Last-Event-ID, or none (the live service: what is "
+    "emitted while no client listens is lost).",
+)
+@click.option(
+    "--hold-headers",
+    is_flag=True,
+    help="Send status and headers only with the first event or keepalive (as the live service).",
+)
+@click.option(
+    "--leaked-slots",
+    type=click.IntRange(0, 5),
+    default=0,
+    show_default=True,
+    help="Of the 5 stream slots, this many are taken from the start, as after a crash.",
+)
+@click.option(
+    "--webhook-url",
+    metavar="URL",
+    help="POST grant.created, grant.revoked and token.issued here, signed as the live "
+    "service signs webhooks (secret from GRANTEX_WEBHOOK_SECRET, else made up and printed).",
+)
+@click.option(
+    "--time-scale",
+    type=click.FloatRange(min=0, min_open=True),
+    default=1.0,
+    show_default=True,
+    help="Multiply the webhook retry schedule (30/60/120/240 s) and the rate-limit minute by this.",
+)
+@click.option(
+    "--rest-rate-limit",
+    type=click.IntRange(min=1),
+    default=100,
+    show_default=True,
+    help="Read-endpoint requests allowed a minute (the service's plans allow 100, 500, 2000).",
+)
 def simulate(**options: Any) -> None:
     """Serve a Grantex-compatible event stream on 127.0.0.1 for tests and trials.
 
     The server requires the bearer key from GRANTEX_API_KEY; with none set it
     makes one up and prints it. It prints its base URL on stdout, then serves
-    until interrupted.
+    until interrupted. Besides the stream it serves the service's read endpoints
+    (/v1/grants, /v1/compliance/export/grants, /v1/consent-bundles,
+    /v1/dpdp/consent-records, /v1/budget/allocations, /v1/webhooks and their
+    deliveries) over the same state.
 
     \b
     Example:
@@ -95,9 +138,13 @@ def simulate(**options: Any) -> None:
     made_up = not key
     if made_up:
         key = "sim_" + secrets.token_hex(12)
+    secret = os.environ.get("GRANTEX_WEBHOOK_SECRET", "").strip()
+    made_up_secret = options["webhook_url"] is not None and not secret
+    if made_up_secret:
+        secret = secrets.token_hex(24)  # as the service makes them: 48 hex characters
     try:
         # The options are named as the configuration fields they set.
-        config = SimulatorConfig(api_key=key, **options)
+        config = SimulatorConfig(api_key=key, webhook_secret=secret or None, **options)
     except ValueError as exc:
         raise CliError(str(exc), EXIT_USAGE) from None
     try:
@@ -109,6 +156,11 @@ def simulate(**options: Any) -> None:
     if made_up:
         # A throwaway key for a local simulator, printed so it can be used.
         click.echo(f"GRANTEX_API_KEY={key}")
+    if made_up_secret:
+        # Shown once, as the service shows a new webhook's secret.
+        click.echo(f"GRANTEX_WEBHOOK_SECRET={secret}")
+    if sim.webhook is not None:
+        click.echo(f"Webhook {sim.webhook.webhook_id} delivers to {options['webhook_url']}")
     sys.stdout.flush()
     try:
         sim.serve_forever()

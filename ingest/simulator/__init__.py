@@ -1,9 +1,11 @@
 """A Grantex-compatible Server-Sent Events producer for tests, benchmarks and demos.
 
 It serves ``GET /v1/events/stream`` on a local port, stdlib only, and behaves like the
-live Grantex service: bare ``data:`` frames, ``: keepalive``
-comments, at most five concurrent streams, fire-and-forget ordering. On top of that it can
-replay history for ``since`` (which the live service does not do yet) and inject faults.
+live Grantex service: bare ``data:`` frames, ``: keepalive`` comments, fire-and-forget
+ordering, and a per-key counter of at most five streams that a crash leaks
+(:mod:`.slots`). With ``replay="none"`` and ``hold_headers`` it also keeps no history and
+holds its headers back as the live service does; by default it replays history for
+``since`` (the documented contract). It can inject faults.
 
 The package is split by responsibility:
 
@@ -18,7 +20,11 @@ The package is split by responsibility:
 - :mod:`.server` -- :class:`Simulator` (lifecycle, live generation, request policy),
   configured by :mod:`.config`, over :mod:`.handler` (HTTP plumbing) and
   :mod:`.streaming` (writing a stream);
-- :mod:`.faults` -- injected failures, malformed frames and drops.
+- :mod:`.faults` -- injected failures, malformed frames and drops;
+- :mod:`.webhooks` -- signed webhook deliveries on the service's retry schedule;
+- :mod:`.state` and :mod:`.rest` -- the service's read endpoints (grants, compliance
+  export, consent bundles, DPDP records, budget allocations, webhook deliveries) over
+  the state the events imply, with paging and the plan rate limit.
 """
 
 from .config import SimulatorConfig, SimulatorStats

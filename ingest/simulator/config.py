@@ -10,6 +10,10 @@ from dataclasses import dataclass
 
 from .generator import ENVELOPES
 
+REPLAY_MODES: tuple[str, ...] = ("since", "none")
+# The only types a Grantex webhook can subscribe to.
+WEBHOOK_TYPES: tuple[str, ...] = ("grant.created", "grant.revoked", "token.issued")
+
 
 @dataclass(frozen=True)
 class SimulatorConfig:
@@ -24,6 +28,16 @@ class SimulatorConfig:
     ``malformed_every`` slips a malformed frame (cycling through MALFORMED_KINDS) after
     that many good ones. ``emit_ids`` adds ``id:`` fields and honours Last-Event-ID;
     ``emit_retry`` writes ``retry: <ms>`` when a stream opens.
+
+    Live-service behaviours: ``replay`` "none" ignores ``since`` and Last-Event-ID (a
+    stream carries only what is emitted after its request; what is emitted while no
+    client listens is lost); ``hold_headers`` sends the status line and headers only
+    with the first event or keepalive; ``leaked_slots`` stream slots are taken from the
+    start, as after a crash, until the counter expires (``slot_ttl`` seconds without a
+    request or keepalive). ``webhook_url`` receives ``webhook_types`` events signed
+    with ``webhook_secret``, retried on the service's schedule multiplied by
+    ``time_scale``. The read endpoints allow ``rest_rate_limit`` requests a minute
+    (a minute times ``time_scale``), as the service's free plan.
     """
 
     api_key: str
@@ -44,6 +58,15 @@ class SimulatorConfig:
     malformed_every: int | None = None
     emit_ids: bool = False
     emit_retry: int | None = None
+    replay: str = "since"
+    hold_headers: bool = False
+    leaked_slots: int = 0
+    slot_ttl: float = 300.0
+    webhook_url: str | None = None
+    webhook_secret: str | None = None
+    webhook_types: tuple[str, ...] = WEBHOOK_TYPES
+    time_scale: float = 1.0
+    rest_rate_limit: int = 100
 
     def __post_init__(self) -> None:
         if not self.api_key:
@@ -58,6 +81,24 @@ class SimulatorConfig:
                 raise ValueError(f"{name} must be positive")
         if self.max_connections < 1:
             raise ValueError("max_connections must be >= 1")
+        if self.replay not in REPLAY_MODES:
+            raise ValueError(f"replay must be one of {REPLAY_MODES}, got {self.replay!r}")
+        if not 0 <= self.leaked_slots <= self.max_connections:
+            raise ValueError("leaked_slots must be between 0 and max_connections")
+        if self.slot_ttl <= 0 or self.time_scale <= 0 or self.rest_rate_limit < 1:
+            raise ValueError("slot_ttl, time_scale and rest_rate_limit must be > 0")
+        self._check_webhook()
+
+    def _check_webhook(self) -> None:
+        if self.webhook_url is None:
+            return
+        if not self.webhook_url.startswith(("http://", "https://")):
+            raise ValueError("webhook_url must be an http:// or https:// URL")
+        if not self.webhook_secret:
+            raise ValueError("a webhook needs a secret")
+        unknown = sorted(set(self.webhook_types) - set(WEBHOOK_TYPES))
+        if unknown or not self.webhook_types:
+            raise ValueError(f"webhook types must be among {WEBHOOK_TYPES}, got {unknown}")
 
 
 @dataclass
@@ -67,6 +108,8 @@ class SimulatorStats:
     requests: int = 0  # every GET of the stream path, whatever its answer
     connections: int = 0  # streams answered 200
     active: int = 0  # streams open right now
+    refused: int = 0  # stream requests answered 429 TOO_MANY_CONNECTIONS
+    rest_requests: int = 0  # GETs of the read endpoints, whatever their answer
     events_sent: int = 0  # well-formed event frames written in full, all connections
     malformed_sent: int = 0
     dropped: int = 0  # connections cut mid-frame by drop_every

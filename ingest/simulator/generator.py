@@ -102,6 +102,12 @@ class EventFactory:
         log = self._grants.truth = TruthLog()
         return log
 
+    def record_allocations(self) -> list[tuple[str, int, int]]:
+        """Start noting budget allocations (before the first event): no event shows them."""
+        noted: list[tuple[str, int, int]] = []
+        self._grants.allocations = noted
+        return noted
+
     def emit(self, ts: int, room: int) -> int:
         """Queue the next 1 or 2 events (never more than ``room``), stamped ``ts``.
 

@@ -88,6 +88,8 @@ class GrantPool:
         self.agents = agents
         self.principals = principals
         self.truth: TruthLog | None = None
+        # When set: (grant id, ms, initial cents) of every budget allocation, as made.
+        self.allocations: list[tuple[str, int, int]] | None = None
         self.flushed = 0
         # Grants outside the pool that an anomaly can still take (consent-bundle grants).
         self.extra_grants: list[Grant] = []
@@ -176,6 +178,8 @@ class GrantPool:
 
         plans = self._budget_plans if "budget:spend" in scopes else self._plain_plans
         grant.initial_c, plan = plans[int(rand() * len(plans))]
+        if grant.initial_c and self.allocations is not None:
+            self.allocations.append((grant.gid, ts, grant.initial_c))
         steps = list(plan)
         if paired and TOKEN_STEP in steps:
             steps.remove(TOKEN_STEP)  # that token went out with grant.created

@@ -114,6 +114,21 @@ def send_json(
     handler.close_connection = True
 
 
+def stream_head(handler: BaseHTTPRequestHandler) -> bytes:
+    """The response head of an event stream (chunked, never cached or buffered)."""
+    lines = (
+        f"{handler.protocol_version} 200 OK",
+        f"Server: {handler.version_string()}",
+        f"Date: {handler.date_time_string()}",
+        "Content-Type: text/event-stream",
+        "Cache-Control: no-cache",
+        "Transfer-Encoding: chunked",
+        "Connection: close",
+        "X-Accel-Buffering: no",
+    )
+    return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1")
+
+
 def bearer_matches(header: str | None, key: bytes) -> bool:
     """Whether an Authorization header is ``Bearer <key>`` (scheme case-insensitive)."""
     if not header:

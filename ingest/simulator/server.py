@@ -20,11 +20,23 @@ from urllib.parse import urlsplit
 from .config import SimulatorConfig, SimulatorStats
 from .faults import FaultSchedule, fault_code
 from .generator import Batch, EventFactory, spread_batches, spread_truth
-from .handler import STREAM_PATH, Server, bearer_matches, parse_stream_query, send_json
+from .handler import (
+    STREAM_PATH,
+    Server,
+    StreamQuery,
+    bearer_matches,
+    parse_stream_query,
+    send_json,
+    stream_head,
+)
 from .history import History
 from .ids import ms_to_datetime
+from .rest import WINDOW_S, RestApi, send_answer
+from .slots import Slot, SlotCounter
+from .state import ServiceState
 from .streaming import Conn, StreamClosed, Streamer
 from .truth import GroundTruth
+from .webhooks import Deliverer
 
 # Upper bound on one live batch so a generator that fell behind cannot hold the GIL for long.
 _MAX_LIVE_BATCH = 20_000
@@ -57,13 +69,20 @@ class Simulator:
         self._factory = EventFactory(config.seed, config.envelope, config.emit_ids)
         self._history = History(config.emit_ids)
         self._stopping = threading.Event()
-        self._streamer = Streamer(config, self._history, self._stopping, self.stats, self._lock)
+        self._slots = SlotCounter(config.max_connections, config.slot_ttl, config.leaked_slots)
+        self._open: dict[Slot, Conn] = {}
+        self._streamer = Streamer(
+            config, self._history, self._stopping, self.stats, self._lock, self._slots.touch
+        )
         self._faults = FaultSchedule(config.fail_statuses, config.fail_always)
         self._started = False
         self._stopped = False
         self._server: Server | None = None
         self._serve_thread: threading.Thread | None = None
         self._live_thread: threading.Thread | None = None
+        self._deliverer: Deliverer | None = None
+        self._state = ServiceState(self._history, self._factory.record_allocations())
+        self._rest: RestApi | None = None
         self._sockets: set[socket.socket] = set()
         self._start_ms = 0
         self._history_start_ms = 0
@@ -90,6 +109,11 @@ class Simulator:
             daemon=True,
         )
         self._serve_thread.start()
+        if cfg.webhook_url is not None:
+            self._deliverer = Deliverer(cfg, self._history, self._start_ms)
+            self._deliverer.start(self._history.count)
+        window = WINDOW_S * cfg.time_scale
+        self._rest = RestApi(self._state, self._deliverer, cfg.rest_rate_limit, window)
         if cfg.rate > 0 and cfg.total_events != 0:
             self._live_thread = threading.Thread(
                 target=self._live_loop, name="grantex-sim-live", daemon=True
@@ -119,6 +143,8 @@ class Simulator:
         for thread in (self._live_thread, self._serve_thread):
             if thread is not None:
                 thread.join(timeout=5)
+        if self._deliverer is not None:
+            self._deliverer.stop()
         deadline = time.monotonic() + 2
         while self.stats.active and time.monotonic() < deadline:
             time.sleep(0.01)
@@ -180,6 +206,11 @@ class Simulator:
         with history.cond:
             count = history.count
         return [history.envelope(i) for i in range(count)]
+
+    @property
+    def webhook(self) -> Deliverer | None:
+        """The webhook deliverer (its id, its deliveries), when a webhook URL is set."""
+        return self._deliverer
 
     def backlog_truth(self) -> GroundTruth:
         """The ground truth of the backlog (revocations, token kinds), generated afresh."""
@@ -243,6 +274,9 @@ class Simulator:
     def _handle_get(self, handler: BaseHTTPRequestHandler) -> None:
         """Answer one GET: an error response, or a stream until either side ends it."""
         url = urlsplit(handler.path)
+        if self._rest is not None and self._rest.handles(url.path):
+            self._answer_rest(handler, self._rest, url.path, url.query)
+            return
         if url.path != STREAM_PATH:
             send_json(handler, 404, "NOT_FOUND", f"no route for GET {url.path}")
             return
@@ -262,38 +296,74 @@ class Simulator:
         except ValueError as exc:
             send_json(handler, 400, "BAD_REQUEST", f"invalid since: {exc}")
             return
-        if not self._admit():
+        slot = self._admit()
+        if slot is None:
+            # The live service's refusal: no Retry-After, whatever the faults say.
             limit = self.config.max_connections
-            message = f"at most {limit} concurrent stream connections"
-            send_json(handler, 429, "TOO_MANY_CONNECTIONS", message, retry_after)
+            message = f"Max {limit} concurrent SSE connections per developer"
+            send_json(handler, 429, "TOO_MANY_CONNECTIONS", message)
             return
         handler.close_connection = True
+        conn = Conn(handler.connection, stream_head(handler))
+        with self._lock:
+            self._open[slot] = conn
         try:
-            cursor = self._history.start_index(query.since_ms, handler.headers.get("Last-Event-ID"))
-            self._open_stream(handler)
-            self._streamer.run(Conn(handler.connection), cursor, query.allowed)
+            self._stream(handler, conn, query)
         except (StreamClosed, OSError):
             pass
         finally:
             with self._lock:
                 self.stats.active -= 1
+                del self._open[slot]
+            self._slots.release(slot)
 
-    def _admit(self) -> bool:
-        """Take one of the ``max_connections`` stream slots (the live service has five), if free."""
+    def _stream(self, handler: BaseHTTPRequestHandler, conn: Conn, query: StreamQuery) -> None:
+        if self.config.replay == "none":
+            cursor = self._history.start_index(None, None)
+        else:
+            last_id = handler.headers.get("Last-Event-ID")
+            cursor = self._history.start_index(query.since_ms, last_id)
+        if not self.config.hold_headers:
+            conn.send(b"")
+        self._streamer.run(conn, cursor, query.allowed)
+
+    def _answer_rest(
+        self, handler: BaseHTTPRequestHandler, api: RestApi, path: str, query: str
+    ) -> None:
         with self._lock:
-            if self.stats.active >= self.config.max_connections:
-                return False
+            self.stats.rest_requests += 1
+        if not bearer_matches(handler.headers.get("Authorization"), self._key):
+            send_json(handler, 401, "UNAUTHORIZED", "invalid or missing API key")
+            return
+        status, body, headers = api.answer(path, query)
+        send_answer(handler, status, body, headers)
+
+    def _admit(self) -> Slot | None:
+        """Take one of the ``max_connections`` stream slots (the live service has five), if free."""
+        slot = self._slots.acquire()
+        with self._lock:
+            if slot is None:
+                self.stats.refused += 1
+                return None
             self.stats.active += 1
             self.stats.connections += 1
-            return True
+            return slot
 
-    @staticmethod
-    def _open_stream(handler: BaseHTTPRequestHandler) -> None:
-        """Send the response head of an event stream (chunked, never cached or buffered)."""
-        handler.send_response(200)
-        handler.send_header("Content-Type", "text/event-stream")
-        handler.send_header("Cache-Control", "no-cache")
-        handler.send_header("Transfer-Encoding", "chunked")
-        handler.send_header("Connection", "close")
-        handler.send_header("X-Accel-Buffering", "no")
-        handler.end_headers()
+    def crash(self) -> int:
+        """Cut every open stream as a crashing server would: their slots stay counted.
+
+        The simulator keeps serving (as the restarted service); the cut streams' slots
+        are free again only once the counter expires. Returns how many were cut.
+        """
+        with self._lock:
+            cut = list(self._open.items())
+        for slot, conn in cut:
+            self._slots.leak(slot)
+            with contextlib.suppress(OSError):
+                conn.sock.shutdown(socket.SHUT_RDWR)
+        return len(cut)
+
+    @property
+    def slots_taken(self) -> int:
+        """The stream counter now: open streams plus leaked slots not yet expired."""
+        return self._slots.count

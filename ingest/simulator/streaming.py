@@ -12,6 +12,7 @@ import select
 import socket
 import threading
 import time
+from collections.abc import Callable
 
 from .config import SimulatorConfig, SimulatorStats
 from .faults import MalformedFrames, torn_chunk
@@ -31,19 +32,31 @@ class StreamClosed(Exception):
 
 
 class Conn:
-    """Per-connection write state: chunked framing plus fault counters."""
+    """Per-connection write state: the response head, chunked framing, fault counters.
 
-    __slots__ = ("good", "sock", "written")
+    ``head`` (status line and headers) is held back and goes out with the first bytes
+    of the body, as on the live service, which does not flush its headers.
+    """
 
-    def __init__(self, sock: socket.socket) -> None:
+    __slots__ = ("good", "head", "sock", "written")
+
+    def __init__(self, sock: socket.socket, head: bytes = b"") -> None:
         self.sock = sock
+        self.head = head
         self.good = 0  # well-formed events sent on this connection
         self.written = False  # anything written since the idle clock was last reset
 
     def write(self, payload: bytes | bytearray) -> None:
         if payload:
-            self.sock.sendall(b"".join((b"%x\r\n" % len(payload), payload, b"\r\n")))
+            self.send(b"".join((b"%x\r\n" % len(payload), payload, b"\r\n")))
             self.written = True
+
+    def send(self, data: bytes | bytearray) -> None:
+        """Send raw bytes, preceded by the response head if it is still held."""
+        if self.head:
+            data = self.head + data
+            self.head = b""
+        self.sock.sendall(data)
 
 
 def peer_closed(sock: socket.socket) -> bool:
@@ -68,8 +81,9 @@ class Streamer:
 
     def __init__(
         self, config: SimulatorConfig, history: History, stopping: threading.Event,
-        stats: SimulatorStats, lock: threading.Lock,
+        stats: SimulatorStats, lock: threading.Lock, on_keepalive: Callable[[], None],
     ) -> None:  # fmt: skip
+        self._on_keepalive = on_keepalive
         self._config = config
         self._history = history
         self._stopping = stopping
@@ -100,6 +114,7 @@ class Streamer:
                 remaining = last_write + keepalive - time.monotonic()
                 if remaining <= 0:
                     conn.write(_KEEPALIVE_FRAME)
+                    self._on_keepalive()
                     last_write = time.monotonic()
                     continue
                 timeout = min(timeout, remaining)
@@ -178,7 +193,7 @@ class Streamer:
         """Flush what is queued, then cut the connection halfway through ``frame``."""
         conn.write(b"".join(parts))
         parts.clear()
-        conn.sock.sendall(torn_chunk(frame))
+        conn.send(torn_chunk(frame))
         with self._lock:
             self._stats.dropped += 1
         with contextlib.suppress(OSError):
