@@ -160,11 +160,10 @@ class Store(RunRecords):
                             event.payload,
                         )
                     )
-            # The channel is bound once for the statement, not copied per row.
+            # The channel (one of CHANNELS) is part of the statement, not copied per row.
             cursor.execute(
-                f"INSERT INTO events ({columns}, channel) SELECT {columns}, %s "
-                "FROM gxa_incoming ORDER BY n ON CONFLICT (id) DO NOTHING",
-                (channel,),
+                f"INSERT INTO events ({columns}, channel) SELECT {columns}, '{channel}' "
+                "FROM gxa_incoming ORDER BY n ON CONFLICT (id) DO NOTHING"
             )
             inserted = cursor.rowcount
             cursor.execute("TRUNCATE gxa_incoming")
