@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from datetime import datetime, timezone
+from pathlib import Path
 
 import pytest
 import sqlalchemy as sa
@@ -11,7 +12,7 @@ import sqlalchemy as sa
 from ingest import migrate
 from ingest.events import normalise
 from ingest.store import Received, Store
-from tests.conftest import rows
+from tests.conftest import invoke, rows
 
 AT = datetime(2026, 12, 2, 9, 0, tzinfo=timezone.utc)
 
@@ -83,3 +84,53 @@ def test_0005_marks_every_event_archived_before_it_as_streamed(archive_url: str)
         engine.dispose()
     assert "channel" not in names
     assert rows(archive_url, "SELECT count(*) FROM events") == [(3,)]
+
+
+def test_webhook_catches_counts_what_each_channel_delivered_first(
+    archive_url: str, tmp_path: Path
+) -> None:
+    migrate.upgrade(archive_url)
+    store = Store.open(archive_url)
+    try:
+        store.write_batch(
+            "s",
+            None,
+            received(
+                frame("e1"),
+                frame("e2"),
+                frame("e3", kind="token.issued"),
+                frame("e9", kind="budget.threshold"),
+            ),
+        )
+        store.write_batch(
+            "s",
+            None,
+            received(frame("e2"), frame("e4"), frame("e5", kind="token.issued")),
+            channel="webhook",
+        )
+    finally:
+        store.close()
+    result = invoke(
+        ["report", "webhook-catches", "--db", archive_url,
+         "--analytics-dir", str(tmp_path / "copy"), "--format", "json"]
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    found = [
+        {k: v for k, v in row.items() if k != "uncovered"} for row in json.loads(result.stdout)
+    ]
+    assert found == [
+        {
+            "period": "2026-12-02",
+            "type": "grant.created",
+            "by_stream": 2,
+            "by_webhook": 1,
+            "webhook_pct": 33.3,
+        },
+        {
+            "period": "2026-12-02",
+            "type": "token.issued",
+            "by_stream": 1,
+            "by_webhook": 1,
+            "webhook_pct": 50.0,
+        },
+    ]
