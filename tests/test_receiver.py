@@ -301,3 +301,24 @@ def test_an_archive_without_the_schema_exits_4(pg_archive: str, tmp_path: Path) 
     )
     assert result.exit_code == 4
     assert "grantex-archive db upgrade" in result.output
+
+
+def test_an_archive_that_cannot_take_the_event_answers_503(pg_archive: str, tmp_path: Path) -> None:
+    """No 2xx without a commit: the service keeps the delivery and retries it."""
+    import sqlalchemy as sa
+
+    migrate.upgrade(pg_archive)
+    with receiver(pg_archive, tmp_path) as running:
+        engine = sa.create_engine(pg_archive)
+        with engine.begin() as conn:
+            conn.execute(sa.text("ALTER TABLE events RENAME TO events_away"))
+        failed = running.post(event(1))
+        with engine.begin() as conn:
+            conn.execute(sa.text("ALTER TABLE events_away RENAME TO events"))
+        engine.dispose()
+        retried = running.post(event(1))
+        assert running.stop() == 0
+    assert failed.status_code == 503 and failed.json() == {"error": "archive unavailable"}
+    assert retried.status_code == 200 and retried.json()["status"] == "stored"
+    assert "delivery not stored (503)" in running.output()
+    assert stored(pg_archive) == {"evt_0001": "webhook"}
