@@ -26,6 +26,9 @@ _Seq = sa.BigInteger().with_variant(sa.Integer(), "sqlite")
 _Id = sa.String(255)
 _Time = sa.DateTime(timezone=True)
 
+CHANNELS: tuple[str, ...] = ("stream", "webhook")
+"""How an event can reach the archive: the SSE stream (``ingest``) or a webhook (``receive``)."""
+
 events = sa.Table(
     "events",
     metadata,
@@ -45,6 +48,10 @@ events = sa.Table(
     sa.Column("remaining", sa.Float()),
     sa.Column("initial", sa.Float()),
     sa.Column("payload", sa.Text(), nullable=False),
+    # Migration 0005: the channel that delivered the event first (one of
+    # CHANNELS); a later delivery by the other channel is a duplicate. Rows
+    # archived before it came by the stream, hence the default.
+    sa.Column("channel", sa.String(16), nullable=False, server_default="stream"),
     sa.UniqueConstraint("id"),
     sa.Index(None, "source", "occurred_at"),
     sa.Index(None, "type", "occurred_at"),
@@ -123,5 +130,11 @@ rejected_events = sa.Table(
 )
 
 
-EVENT_COLUMNS: tuple[str, ...] = tuple(c.name for c in events.columns if c.name != "seq")
-"""The columns an ingest writes for one event, in table order (``seq`` is allocated)."""
+EVENT_COLUMNS: tuple[str, ...] = tuple(
+    c.name for c in events.columns if c.name not in ("seq", "channel")
+)
+"""The columns written from each event, in table order.
+
+``seq`` is allocated; ``channel`` is one value for a whole statement, written
+by the statement itself rather than bound row by row.
+"""

@@ -36,7 +36,8 @@ from .rows import (
     rows_per_statement,
     sqlite_rows,
 )
-from .schema import EVENT_COLUMNS, events, rejected_events
+from .schema import CHANNELS, EVENT_COLUMNS, events
+from .store_rejections import conflict, record_rejections
 from .store_runs import ConnectionShare, RunRecords
 from .timestamps import utc
 
@@ -76,6 +77,14 @@ class Store(RunRecords):
             raise StoreError(f"unsupported database {dialect!r}: use SQLite or PostgreSQL")
         self._sqlite = dialect == "sqlite"
         self._driver_error: type[Exception] = engine.dialect.loaded_dbapi.Error
+        # Compiled once per channel: the hot path hands rows straight to the
+        # driver's executemany, skipping per-row parameter processing.
+        self._insert_sql = {channel: self._compile_insert(channel) for channel in CHANNELS}
+        self._multi_sql: dict[str, tuple[int, str]] = {}
+        self._rows_per_statement: int | None = None
+
+    def _compile_insert(self, channel: str) -> str:
+        """The one-row insert-or-ignore of an event that ``channel`` delivered."""
         insert: Any = sqlite.insert if self._sqlite else postgresql.insert
         values: dict[str, Any] = {name: sa.bindparam(name) for name in EVENT_COLUMNS}
         if self._sqlite:
@@ -85,28 +94,25 @@ class Store(RunRecords):
             # SQLite stores as NULL. Twice the insert rate on this schema.
             for name in OPTIONAL_TEXT:
                 values[name] = sa.func.nullif(sa.bindparam(name), sa.literal_column("''"))
+        # The channel is part of the statement, not a value bound per row.
+        values["channel"] = sa.literal_column(f"'{channel}'")
         statement = insert(events).values(values).on_conflict_do_nothing(index_elements=["id"])
-        # Compiled once: the hot path hands rows straight to the driver's
-        # executemany, skipping per-row parameter processing.
-        compiled = statement.compile(dialect=engine.dialect)
+        compiled = statement.compile(dialect=self.engine.dialect)
         if compiled.positiontup is not None:
             assert tuple(compiled.positiontup) == EVENT_COLUMNS, compiled.positiontup
-        self._insert_sql = str(compiled)
-        self._multi_sql: tuple[int, str] | None = None
-        self._rows_per_statement: int | None = None
+        return str(compiled)
 
-    def _multi_row_sql(self, count: int) -> str:
+    def _multi_row_sql(self, channel: str, count: int) -> str:
         """The insert with ``count`` VALUES groups (one statement, one GIL round trip)."""
-        if self._multi_sql is None or self._multi_sql[0] != count:
-            head, _, rest = self._insert_sql.partition(" VALUES ")
+        cached = self._multi_sql.get(channel)
+        if cached is None or cached[0] != count:
+            head, _, rest = self._insert_sql[channel].partition(" VALUES ")
             group, _, tail = rest.partition(" ON CONFLICT ")
-            self._multi_sql = (
-                count,
-                f"{head} VALUES {', '.join([group] * count)} ON CONFLICT {tail}",
-            )
-        return self._multi_sql[1]
+            cached = (count, f"{head} VALUES {', '.join([group] * count)} ON CONFLICT {tail}")
+            self._multi_sql[channel] = cached
+        return cached[1]
 
-    def _insert_sqlite(self, conn: Connection, rows: list[tuple[Any, ...]]) -> int:
+    def _insert_sqlite(self, conn: Connection, rows: list[tuple[Any, ...]], channel: str) -> int:
         # Multi-row statements cut the per-row overhead of executemany and
         # release the GIL for a whole chunk at a time.
         driver = conn.connection.driver_connection
@@ -117,7 +123,7 @@ class Store(RunRecords):
         inserted = 0
         full = len(rows) - len(rows) % per
         if full:
-            sql = self._multi_row_sql(per)
+            sql = self._multi_row_sql(channel, per)
             for start in range(0, full, per):
                 chunk = rows[start : start + per]
                 cursor.execute(sql, [value for row in chunk for value in row])
@@ -125,12 +131,14 @@ class Store(RunRecords):
         if full < len(rows):
             # The remainder row by row: a statement per remainder size would
             # fill the driver's statement cache with large prepared programs.
-            cursor.executemany(self._insert_sql, rows[full:])
+            cursor.executemany(self._insert_sql[channel], rows[full:])
             inserted += cursor.rowcount
         cursor.close()
         return inserted
 
-    def _insert_postgres(self, conn: Connection, entries: list[Received], source: str) -> int:
+    def _insert_postgres(
+        self, conn: Connection, entries: list[Received], source: str, channel: str
+    ) -> int:
         # COPY into a per-session temporary table, then one dialect-native
         # INSERT ... SELECT ... ON CONFLICT DO NOTHING, in arrival order.
         raw = conn.connection.driver_connection
@@ -152,9 +160,10 @@ class Store(RunRecords):
                             event.payload,
                         )
                     )
+            # The channel (one of CHANNELS) is part of the statement, not copied per row.
             cursor.execute(
-                f"INSERT INTO events ({columns}) SELECT {columns} FROM gxa_incoming "
-                "ORDER BY n ON CONFLICT (id) DO NOTHING"
+                f"INSERT INTO events ({columns}, channel) SELECT {columns}, '{channel}' "
+                "FROM gxa_incoming ORDER BY n ON CONFLICT (id) DO NOTHING"
             )
             inserted = cursor.rowcount
             cursor.execute("TRUNCATE gxa_incoming")
@@ -205,14 +214,19 @@ class Store(RunRecords):
         run_id: int | None,
         batch: Sequence[Received],
         connections: Sequence[ConnectionShare] = (),
+        channel: str = "stream",
     ) -> BatchResult:
         """Store one batch in one transaction: events insert-or-ignore, rejections appended.
 
         An id seen again with the same payload is a duplicate (a no-op); with a
         different payload the first one stays and the conflict is recorded as a
         rejection. ``connections`` says which connections the batch came over:
-        their rows count its events in the same transaction.
+        their rows count its events in the same transaction. ``channel`` (one
+        of :data:`~ingest.schema.CHANNELS`) is recorded with the events this
+        batch inserts; an event another channel delivered first keeps its own.
         """
+        if channel not in CHANNELS:
+            raise ValueError(f"unknown channel {channel!r}: expected one of {CHANNELS}")
         result = BatchResult()
         fresh: dict[str, Received] = {}
         rejections: list[tuple[Rejection, datetime]] = []
@@ -228,10 +242,10 @@ class Store(RunRecords):
                 continue
             result.duplicates += 1
             if not same_payload(payload_of(seen), item.payload):
-                rejections.append((_conflict(item), entry.received_at))
+                rejections.append((conflict(item), entry.received_at))
                 result.conflicts += 1
         try:
-            self._write(source, run_id, fresh, rejections, result, connections)
+            self._write(source, run_id, fresh, rejections, result, connections, channel)
         except self._driver_error as exc:
             # The hot path talks to the driver directly; its errors are
             # translated so callers see SQLAlchemy's (retryable) classes.
@@ -247,76 +261,15 @@ class Store(RunRecords):
         rejections: list[tuple[Rejection, datetime]],
         result: BatchResult,
         connections: Sequence[ConnectionShare],
+        channel: str,
     ) -> None:
         with self.engine.begin() as conn:
             if fresh:
-                self._insert(conn, source, list(fresh.values()), result, rejections)
+                self._insert(conn, source, list(fresh.values()), result, rejections, channel)
             if rejections:
-                self._record_rejections(conn, source, run_id, rejections)
+                record_rejections(conn, source, run_id, rejections)
             if connections:
                 self.count_connections(conn, connections)
-
-    def _record_rejections(
-        self,
-        conn: Connection,
-        source: str,
-        run_id: int | None,
-        rejections: list[tuple[Rejection, datetime]],
-    ) -> None:
-        """Insert each frame not yet recorded for this source; count the others as repeats.
-
-        The caller holds the source's ingest lock, so no other writer adds the
-        same (source, raw_sha256) meanwhile.
-        """
-        seen: dict[str, tuple[int, datetime]] = {}
-        new: dict[str, tuple[Rejection, datetime]] = {}
-        for rejection, received_at in rejections:
-            key = rejection.raw_sha256
-            if key in new or key in seen:
-                count, latest = seen.get(key, (0, received_at))
-                seen[key] = (count + 1, max(latest, received_at))
-            else:
-                new[key] = (rejection, received_at)
-        self._count_recorded(conn, source, new, seen)
-        if new:
-            conn.execute(
-                rejected_events.insert(),
-                [
-                    {
-                        "source": source,
-                        "received_at": received_at,
-                        "reason": rejection.reason,
-                        "raw": rejection.raw,
-                        "raw_length": rejection.raw_length,
-                        "event_id": rejection.event_id,
-                        "run_id": run_id,
-                        "raw_sha256": rejection.raw_sha256,
-                    }
-                    for rejection, received_at in new.values()
-                ],
-            )
-        for key, (count, latest) in seen.items():
-            _add_repeats(conn, source, key, count, latest)
-
-    @staticmethod
-    def _count_recorded(
-        conn: Connection,
-        source: str,
-        new: dict[str, tuple[Rejection, datetime]],
-        seen: dict[str, tuple[int, datetime]],
-    ) -> None:
-        """Move frames already recorded for ``source`` from ``new`` to the repeats in ``seen``."""
-        hashes = list(new)
-        for start in range(0, len(hashes), 500):
-            query = sa.select(rejected_events.c.raw_sha256, sa.func.min(rejected_events.c.id))
-            query = query.where(
-                rejected_events.c.source == source,
-                rejected_events.c.raw_sha256.in_(hashes[start : start + 500]),
-            ).group_by(rejected_events.c.raw_sha256)
-            for key, _first in conn.execute(query):
-                _rejection, received_at = new.pop(key)
-                count, latest = seen.get(key, (0, received_at))
-                seen[key] = (count + 1, max(latest, received_at))
 
     def _insert(
         self,
@@ -325,12 +278,13 @@ class Store(RunRecords):
         entries: list[Received],
         result: BatchResult,
         rejections: list[tuple[Rejection, datetime]],
+        channel: str,
     ) -> None:
         before = conn.exec_driver_sql("SELECT max(seq) FROM events").scalar() or 0
         if self._sqlite:
-            inserted = self._insert_sqlite(conn, sqlite_rows(entries, source))
+            inserted = self._insert_sqlite(conn, sqlite_rows(entries, source), channel)
         else:
-            inserted = self._insert_postgres(conn, entries, source)
+            inserted = self._insert_postgres(conn, entries, source, channel)
         result.inserted = inserted
         if inserted == len(entries):
             return
@@ -347,45 +301,9 @@ class Store(RunRecords):
                 assert type(item) is Event
                 result.duplicates += 1
                 if not same_payload(payload, item.payload):
-                    rejections.append((_conflict(item), entry.received_at))
+                    rejections.append((conflict(item), entry.received_at))
                     result.conflicts += 1
 
     def lock(self, source: str) -> AbstractContextManager[None]:
         """Hold the one-ingest-per-archive-and-source lock, or raise :class:`LockHeld`."""
         return ingest_lock(self.engine, source)
-
-
-def _add_repeats(conn: Connection, source: str, key: str, count: int, latest: datetime) -> None:
-    """Count ``count`` more arrivals of a recorded frame, the newest at ``latest``."""
-    first = (
-        sa.select(sa.func.min(rejected_events.c.id))
-        .where(rejected_events.c.source == source, rejected_events.c.raw_sha256 == key)
-        .scalar_subquery()
-    )
-    conn.execute(
-        rejected_events.update()
-        .where(rejected_events.c.id == first)
-        .values(
-            repeats=rejected_events.c.repeats + count,
-            last_received_at=sa.case(
-                (
-                    sa.or_(
-                        rejected_events.c.last_received_at.is_(None),
-                        rejected_events.c.last_received_at < latest,
-                    ),
-                    latest,
-                ),
-                else_=rejected_events.c.last_received_at,
-            ),
-        )
-    )
-
-
-def _conflict(event: Event) -> Rejection:
-    from .events import reject
-
-    return reject(
-        f"conflicting duplicate: event {event.id} is already archived with a different payload",
-        event.payload,
-        event.id,
-    )

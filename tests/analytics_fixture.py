@@ -55,6 +55,7 @@ REPORTS = [
     "revocations-by-actor",
     "token-issuance",
     "top-agents",
+    "webhook-catches",
 ]
 
 RECEIVED = datetime(2026, 3, 7, tzinfo=timezone.utc)

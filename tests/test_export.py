@@ -27,7 +27,7 @@ from tests.conftest import cli_command, invoke, rows
 
 COLUMNS = [
     "id", "type", "occurred_at", "source", "grant_id", "agent_id", "principal_id", "revoked_by",
-    "token_id", "method", "percentage", "remaining", "initial", "data",
+    "token_id", "method", "percentage", "remaining", "initial", "channel", "data",
 ]  # fmt: skip
 
 HOSTILE = [
@@ -103,7 +103,7 @@ def expected_rows(archive: str, where: str = "1 = 1", **params: Any) -> list[lis
     for row in rows(
         archive,
         "SELECT id, type, occurred_at, source, grant_id, agent_id, principal_id, revoked_by, "
-        "token_id, method, percentage, remaining, initial, payload FROM events "
+        "token_id, method, percentage, remaining, initial, channel, payload FROM events "
         f"WHERE {where}",
         **params,
     ):
@@ -111,7 +111,8 @@ def expected_rows(archive: str, where: str = "1 = 1", **params: Any) -> list[lis
         when = when if when.tzinfo else when.replace(tzinfo=timezone.utc)
         cells = [row[0], row[1], when, *row[3:10]]
         cells += [None if v is None else repr(float(v)) for v in row[10:13]]
-        cells.append(json.loads(row[13])["data"])
+        cells.append(row[13])
+        cells.append(json.loads(row[14])["data"])
         out.append(cells)
     out.sort(key=lambda r: (r[2], r[0]))
     for r in out:
@@ -459,7 +460,7 @@ def test_report_csv_follows_the_export_rules(archive: str, tmp_path: Path) -> No
     assert export(archive, tmp_path, "-o", str(exported)).exit_code == 0
     query = (
         "SELECT id, type, occurred_at, source, grant_id, agent_id, principal_id, revoked_by, "
-        "token_id, method, percentage, remaining, initial, "
+        "token_id, method, percentage, remaining, initial, channel, "
         "CAST(json_extract(payload, '$.data') AS VARCHAR) AS data "
         "FROM events ORDER BY occurred_at, id"
     )

@@ -322,7 +322,9 @@ def test_rows_the_rescan_rescues_bring_their_facts(sqlite_archive: str, tmp_path
 
     def insert(seq: int, text: str) -> None:
         event = normalise(text)
-        row = dict(event._asdict(), seq=seq, source="default", received_at=RECEIVED)
+        row = dict(
+            event._asdict(), seq=seq, source="default", received_at=RECEIVED, channel="stream"
+        )
         with engine.begin() as conn:
             conn.execute(events.insert(), [{c.name: row.get(c.name) for c in events.columns}])
 
