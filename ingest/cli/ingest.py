@@ -8,7 +8,6 @@ from pathlib import Path
 
 import click
 
-from ..events import MAX_TEXT
 from ..logs import setup_logging
 from ..runner import run_ingest
 from ..settings import (
@@ -20,18 +19,7 @@ from ..settings import (
     parse_types,
 )
 from .errors import EXIT_CODES, CliError, reported
-from .options import check_db_url, db_option, parse_time, positive
-
-
-def _check_source(_ctx: click.Context, _param: click.Parameter, source: str) -> str:
-    if not source.strip():
-        raise click.BadParameter("must not be empty", param_hint="'--source'")
-    if len(source) > MAX_TEXT:
-        raise click.BadParameter(
-            f"must be at most {MAX_TEXT} characters (it is stored beside every event)",
-            param_hint="'--source'",
-        )
-    return source
+from .options import check_db_url, check_source, db_option, parse_time, positive
 
 
 @click.command()
@@ -99,7 +87,7 @@ def _check_source(_ctx: click.Context, _param: click.Parameter, source: str) -> 
     "--source",
     default="default",
     show_default=True,
-    callback=_check_source,
+    callback=check_source,
     help="Label for this account.",
 )
 @click.option(

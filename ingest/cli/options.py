@@ -19,6 +19,7 @@ from queries.render import (
     output_format,
 )
 
+from ..events import MAX_TEXT
 from ..settings import DEFAULT_DB, ENV_DB
 from ..store import DatabaseURLError, check_sqlite_location, create_archive_engine
 from ..timestamps import TIME_OPTION_HELP, TimestampError, parse_time_option
@@ -140,3 +141,15 @@ def output_options(func: F) -> F:
         "a terminal, CSV otherwise].",
     )(wrapped)
     return cast(F, wrapped)
+
+
+def check_source(_ctx: click.Context, _param: click.Parameter, source: str) -> str:
+    """The --source callback: a label that is not blank and fits the archive's column."""
+    if not source.strip():
+        raise click.BadParameter("must not be empty", param_hint="'--source'")
+    if len(source) > MAX_TEXT:
+        raise click.BadParameter(
+            f"must be at most {MAX_TEXT} characters (it is stored beside every event)",
+            param_hint="'--source'",
+        )
+    return source

@@ -18,8 +18,7 @@ from ..receiver import (
 )
 from ..receiver.signature import DEFAULT_TOLERANCE
 from .errors import reported
-from .ingest import _check_source as check_source
-from .options import check_db_url, db_option
+from .options import check_db_url, check_source, db_option
 
 
 @click.command()
@@ -39,7 +38,13 @@ from .options import check_db_url, db_option
     help="File holding the webhook's signing secret; one per line, or repeat the option, "
     "to accept several during a rotation. Never pass a secret itself.",
 )
-@click.option("--source", default="default", show_default=True, help="Label for this account.")
+@click.option(
+    "--source",
+    default="default",
+    show_default=True,
+    callback=check_source,
+    help="Label for this account.",
+)
 @click.option(
     "--path", "url_path", default=DEFAULT_PATH, show_default=True, help="URL path of the webhook."
 )
@@ -103,7 +108,6 @@ def receive(
       grantex-archive receive --listen 127.0.0.1:8080 --secret-file /etc/grantex/webhook-secrets
     """
     check_db_url(db_url, creates=True)
-    check_source(source)
     with reported():
         host, port = parse_listen(listen)
         settings = ReceiverSettings(
