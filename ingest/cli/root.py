@@ -12,6 +12,7 @@ from .demo import demo
 from .export import export_command, verify_export_command
 from .help_format import HelpContext, use_help_format
 from .ingest import ingest
+from .reconcile import reconcile
 from .report import report, sql_command
 from .simulate import simulate
 from .status import refresh_command, status
@@ -67,6 +68,7 @@ def main() -> None:
 for _command in (
     db,
     ingest,
+    reconcile,
     simulate,
     demo,
     report,

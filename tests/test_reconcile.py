@@ -1,0 +1,188 @@
+"""``grantex-archive reconcile``: the service's REST state against the archive.
+
+A loopback server serves the service's endpoints (:mod:`tests.scripted_rest`)
+with the state of :mod:`tests.reconcile_scenario`; the archive is a real
+SQLite file or PostgreSQL schema.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from ingest.clock import ManualClock
+from ingest.reconcile import (
+    ReconcileSettings,
+    ServiceAuthError,
+    ServiceUnavailable,
+    run_reconcile,
+)
+from ingest.reconcile.client import RATE_LIMIT_ATTEMPTS, rate_limit_delay
+from ingest.settings import Secret
+from tests import reconcile_scenario as scenario
+from tests.conftest import API_KEY, invoke, rows
+from tests.scripted_rest import RestServer
+
+EXPORT = "/v1/compliance/export/grants"
+
+
+def _settings(url: str, server: RestServer) -> ReconcileSettings:
+    return ReconcileSettings(db_url=url, base_url=server.url, api_key=Secret(API_KEY))
+
+
+@pytest.fixture
+def reconciled_archive(archive_url: str) -> str:
+    scenario.build_archive(archive_url)
+    return archive_url
+
+
+def test_every_finding_kind_is_recorded_with_its_endpoint(reconciled_archive: str) -> None:
+    clock = ManualClock()
+    with RestServer(scenario.service_routes()) as server:
+        result = run_reconcile(_settings(reconciled_archive, server), clock)
+    assert {(f.kind, f.subject_id) for f in result.findings} == scenario.EXPECTED
+    stored = rows(
+        reconciled_archive,
+        "SELECT kind, subject_id, endpoint, grant_id, service_status, run_id "
+        "FROM reconcile_findings",
+    )
+    assert {(r[0], r[1]) for r in stored} == scenario.EXPECTED
+    by_subject = {r[1]: r for r in stored}
+    assert by_subject["g4"][2] == EXPORT
+    assert by_subject["b1"][2:5] == ("/v1/consent-bundles", "g7", "revoked")
+    assert by_subject["r1"][2:5] == ("/v1/dpdp/consent-records", "g4", "withdrawn")
+    assert by_subject["ba1"][2:5] == ("/v1/budget/allocations", "g1", "spent_50")
+    assert by_subject["evt_9001"][2] == "/v1/webhooks/wh1/deliveries"
+    (run,) = rows(
+        reconciled_archive,
+        "SELECT id, outcome, findings, observed, requests, source FROM reconcile_runs",
+    )
+    assert run[0] == result.run_id and {r[5] for r in stored} == {run[0]}
+    assert run[1:3] == ("completed", len(scenario.EXPECTED))
+    observed = (
+        len(scenario.GRANTS)
+        + len(scenario.BUNDLES)
+        + len(scenario.RECORDS)
+        + len(scenario.ALLOCATIONS)
+        + len(scenario.DELIVERIES)
+    )
+    assert run[3:] == (observed, result.requests, "default")
+    # No events are made up from what the service showed.
+    assert rows(reconciled_archive, "SELECT count(*) FROM events")[0][0] == len(scenario.ARCHIVED)
+
+
+def test_pages_are_followed_by_cursor_and_by_number(reconciled_archive: str) -> None:
+    with RestServer(scenario.service_routes()) as server:
+        run_reconcile(_settings(reconciled_archive, server), ManualClock())
+    bundles = [s.query for s in server.requests if s.path == "/v1/consent-bundles"]
+    assert bundles == [{"limit": "100"}, {"limit": "100", "cursor": bundles[1]["cursor"]}]
+    pages = [s.query for s in server.requests if s.path.endswith("/deliveries")]
+    assert pages == [{"page": "1", "pageSize": "100"}, {"page": "2", "pageSize": "100"}]
+    assert {s.headers["authorization"] for s in server.requests} == {f"Bearer {API_KEY}"}
+
+
+def test_a_429_waits_for_retry_after_on_the_injected_clock(reconciled_archive: str) -> None:
+    clock = ManualClock()
+    with RestServer(scenario.service_routes()) as server:
+        server.refusals[EXPORT] = [
+            (429, {"Retry-After": "7"}, {"code": "RATE_LIMIT_EXCEEDED"}),
+            (503, {}, {"code": "RATE_LIMIT_UNAVAILABLE"}),
+        ]
+        result = run_reconcile(_settings(reconciled_archive, server), clock)
+    assert server.paths()[:3] == [EXPORT] * 3
+    assert clock.sleeps == [7.0, 2.0]  # Retry-After, then the doubling delay after one failure
+    assert {(f.kind, f.subject_id) for f in result.findings} == scenario.EXPECTED
+
+
+@pytest.mark.parametrize(
+    ("status", "retry_after", "failures", "delay"),
+    [
+        (429, "7", 0, 7.0),
+        (429, "Wed, 02 Dec 2026 00:00:30 GMT", 0, 30.0),
+        (429, None, 0, 1.0),
+        (503, None, 3, 8.0),
+        (429, None, 10, None),
+        (429, "5", RATE_LIMIT_ATTEMPTS - 1, None),
+        (500, "5", 0, None),
+        (404, None, 0, None),
+    ],
+)
+def test_rate_limit_delay(
+    status: int, retry_after: str | None, failures: int, delay: float | None
+) -> None:
+    now = 1_796_169_600.0  # 2026-12-02T00:00:00Z
+    assert rate_limit_delay(status, retry_after, failures, now) == delay
+
+
+def test_a_rate_limit_that_never_lifts_fails_the_run(reconciled_archive: str) -> None:
+    clock = ManualClock()
+    with RestServer(scenario.service_routes()) as server:
+        server.refusals[EXPORT] = [(429, {"Retry-After": "1"}, {})] * RATE_LIMIT_ATTEMPTS
+        with pytest.raises(ServiceUnavailable, match="429"):
+            run_reconcile(_settings(reconciled_archive, server), clock)
+    assert len(clock.sleeps) == RATE_LIMIT_ATTEMPTS - 1
+    assert rows(reconciled_archive, "SELECT outcome, findings FROM reconcile_runs") == [
+        ("failed", 0)
+    ]
+    assert rows(reconciled_archive, "SELECT count(*) FROM reconcile_findings")[0][0] == 0
+
+
+def test_a_rejected_key_raises_auth_error(reconciled_archive: str) -> None:
+    with RestServer(scenario.service_routes()) as server:
+        server.refusals[EXPORT] = [(401, {}, {"code": "UNAUTHORIZED"})]
+        with pytest.raises(ServiceAuthError):
+            run_reconcile(_settings(reconciled_archive, server), ManualClock())
+
+
+def test_findings_close_once_the_archive_has_the_events(reconciled_archive: str) -> None:
+    with RestServer(scenario.service_routes()) as server:
+        run_reconcile(_settings(reconciled_archive, server), ManualClock())
+        scenario.add_events(reconciled_archive, scenario.CLOSING)
+        second = run_reconcile(_settings(reconciled_archive, server), ManualClock())
+    assert {(f.kind, f.subject_id) for f in second.findings} == scenario.EXPECTED - {
+        ("revocation_missing", "g4"),
+        ("dpdp_withdrawal_missing", "r1"),
+    }
+
+
+def test_cli_reconcile_prints_counts_and_never_the_key(
+    reconciled_archive: str, key_file: Path
+) -> None:
+    with RestServer(scenario.service_routes()) as server:
+        args = ["reconcile", "--db", reconciled_archive, "--base-url", server.url]
+        result = invoke([*args, "--api-key-file", str(key_file)], env={"GRANTEX_API_KEY": ""})
+    assert result.exit_code == 0, result.output
+    assert "9 findings" in result.output
+    assert "  revocation_missing: 3\n" in result.output
+    assert API_KEY not in result.output
+
+
+@pytest.mark.parametrize(
+    ("refusal", "code", "message"),
+    [
+        ((401, {}, {"code": "UNAUTHORIZED"}), 3, f"GET {EXPORT}: the service answered 401"),
+        ((500, {}, {}), 69, f"GET {EXPORT}: the service answered 500"),
+        ((400, {}, {}), 1, f"GET {EXPORT}: the service answered 400"),
+    ],
+)
+def test_cli_exit_codes(
+    sqlite_archive: str, refusal: tuple[int, dict[str, str], object], code: int, message: str
+) -> None:
+    scenario.build_archive(sqlite_archive)
+    with RestServer(scenario.service_routes()) as server:
+        server.refusals[EXPORT] = [refusal]
+        result = invoke(["reconcile", "--db", sqlite_archive, "--base-url", server.url])
+    assert result.exit_code == code
+    assert result.output.strip().splitlines()[-1] == f"Error: {message}"
+    assert API_KEY not in result.output
+
+
+def test_cli_without_key_or_service(sqlite_archive: str) -> None:
+    scenario.build_archive(sqlite_archive)
+    no_key = invoke(["reconcile", "--db", sqlite_archive], env={"GRANTEX_API_KEY": ""})
+    assert no_key.exit_code == 2
+    assert "no API key" in no_key.output
+    unreachable = invoke(["reconcile", "--db", sqlite_archive, "--base-url", "http://127.0.0.1:9"])
+    assert unreachable.exit_code == 69
+    assert unreachable.output.startswith(f"Error: GET {EXPORT}: ConnectError")
