@@ -7,8 +7,10 @@ SQLite file or PostgreSQL schema.
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
+import pyarrow as pa
 import pytest
 
 from ingest.clock import ManualClock
@@ -20,6 +22,8 @@ from ingest.reconcile import (
 )
 from ingest.reconcile.client import RATE_LIMIT_ATTEMPTS, rate_limit_delay
 from ingest.settings import Secret
+from ingest.timestamps import parse_timestamp
+from queries import api
 from tests import reconcile_scenario as scenario
 from tests.conftest import API_KEY, invoke, rows
 from tests.scripted_rest import RestServer
@@ -186,3 +190,93 @@ def test_cli_without_key_or_service(sqlite_archive: str) -> None:
     unreachable = invoke(["reconcile", "--db", sqlite_archive, "--base-url", "http://127.0.0.1:9"])
     assert unreachable.exit_code == 69
     assert unreachable.output.startswith(f"Error: GET {EXPORT}: ConnectError")
+
+
+def _reconcile_twice(url: str) -> None:
+    """A run on the scenario, then one after the archive got two of the missing events."""
+    with RestServer(scenario.service_routes()) as server:
+        run_reconcile(_settings(url, server), ManualClock())
+        scenario.add_events(url, scenario.CLOSING)
+        run_reconcile(_settings(url, server), ManualClock())
+
+
+def test_grants_view_carries_the_services_status(reconciled_archive: str, tmp_path: Path) -> None:
+    with RestServer(scenario.service_routes()) as server:
+        run_reconcile(_settings(reconciled_archive, server), ManualClock())
+    table = api.query(
+        "SELECT grant_id, status, service_status, revoked_by, revoked_via, revoked_at, agent_id "
+        "FROM grants WHERE grant_id IN ('g1', 'g4', 'g5', 'g6', 'g7') ORDER BY grant_id",
+        reconciled_archive,
+        analytics_dir=tmp_path / "copy",
+    )
+    t1, t2 = parse_timestamp(scenario.T1), parse_timestamp(scenario.T2)
+    assert [tuple(r.values()) for r in table.to_pylist()] == [
+        ("g1", "revoked", None, "developer_or_principal", "direct", t1, "ag1"),
+        ("g4", "revoked", "revoked", "unknown", "reconciled", t2, "ag2"),
+        # Never seen created: a row from what the service listed.
+        ("g5", "active", "active", None, None, None, "ag1"),
+        ("g6", "revoked", "revoked", "unknown", "reconciled", t2, "ag1"),
+        ("g7", "revoked", "revoked", "unknown", "reconciled", t2, "ag1"),
+    ]
+
+
+def test_revocations_by_actor_counts_reconciled_revocations(
+    reconciled_archive: str, tmp_path: Path
+) -> None:
+    copy = tmp_path / "copy"
+    before = api.report("revocations-by-actor", reconciled_archive, by="via", analytics_dir=copy)
+    _reconcile_twice(reconciled_archive)
+    after = api.report("revocations-by-actor", reconciled_archive, by="via", analytics_dir=copy)
+
+    def by_via(table: pa.Table) -> dict[str, int]:
+        return {r["via"]: r["revocations"] for r in table.to_pylist()}
+
+    assert by_via(before) == {"direct": 2, "cascade": 1, "consent_bundle": 1}
+    # g4's revocation arrived before the second run (a direct grant.revoked);
+    # g6 and g7 are known only from the service's state.
+    assert by_via(after) == {"direct": 3, "cascade": 1, "consent_bundle": 1, "reconciled": 2}
+
+
+def test_report_reconciliation_lists_each_run_per_kind(
+    reconciled_archive: str, tmp_path: Path
+) -> None:
+    _reconcile_twice(reconciled_archive)
+    table = api.report("reconciliation", reconciled_archive, analytics_dir=tmp_path / "copy")
+    got = [(r["run_id"], r["kind"], r["findings"], r["still_open"]) for r in table.to_pylist()]
+    assert got == [
+        (2, "budget_events_missing", 1, 1),
+        (2, "bundle_revocation_missing", 1, 1),
+        (2, "grant_not_created", 2, 2),
+        (2, "revocation_missing", 2, 2),
+        (2, "webhook_event_missing", 1, 1),
+        (1, "budget_events_missing", 1, 1),
+        (1, "bundle_revocation_missing", 1, 1),
+        (1, "dpdp_withdrawal_missing", 1, 0),
+        (1, "grant_not_created", 2, 2),
+        (1, "revocation_missing", 3, 2),
+        (1, "webhook_event_missing", 1, 1),
+    ]
+    assert {r["outcome"] for r in table.to_pylist()} == {"completed"}
+
+
+def test_status_shows_the_last_reconcile_and_its_open_findings(
+    reconciled_archive: str, tmp_path: Path
+) -> None:
+    copy = tmp_path / "copy"
+    assert ("last_reconcile", "id", None) in api.status(reconciled_archive, copy).rows
+    _reconcile_twice(reconciled_archive)
+    result = invoke(
+        ["status", "--db", reconciled_archive, "--analytics-dir", str(copy), "--format", "json"]
+    )
+    assert result.exit_code == 0, result.output
+    rows = {(r["section"], r["name"]): r["value"] for r in json.loads(result.output)}
+    assert rows[("last_reconcile", "id")] == 2
+    assert rows[("last_reconcile", "outcome")] == "completed"
+    assert rows[("last_reconcile", "findings")] == 7
+    assert {name: v for (section, name), v in rows.items() if section == "open_findings"} == {
+        "budget_events_missing": 1,
+        "bundle_revocation_missing": 1,
+        "grant_not_created": 2,
+        "revocation_missing": 2,
+        "webhook_event_missing": 1,
+    }
