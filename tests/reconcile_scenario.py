@@ -21,7 +21,7 @@ from .scripted_rest import Answer, Route
 RECEIVED = datetime(2026, 12, 1, 12, 0, tzinfo=timezone.utc)
 
 
-def _event(n: int, kind: str, at: str, **data: Any) -> str:
+def event(n: int, kind: str, at: str, **data: Any) -> str:
     body = {"id": f"evt_{n:04d}", "type": kind, "createdAt": at, "data": data}
     return json.dumps(body)
 
@@ -31,10 +31,10 @@ T1 = "2026-12-01T10:05:00.000Z"
 T2 = "2026-12-01T10:10:00.000Z"
 
 ARCHIVED = [
-    _event(1, "grant.created", T0, grantId="g1", agentId="ag1", principalId="alice"),
-    _event(2, "grant.revoked", T1, grantId="g1", cascade=False),
-    _event(3, "grant.created", T0, grantId="g2", agentId="ag1", principalId="bob"),
-    _event(
+    event(1, "grant.created", T0, grantId="g1", agentId="ag1", principalId="alice"),
+    event(2, "grant.revoked", T1, grantId="g1", cascade=False),
+    event(3, "grant.created", T0, grantId="g2", agentId="ag1", principalId="bob"),
+    event(
         4,
         "grant.created",
         T0,
@@ -44,18 +44,18 @@ ARCHIVED = [
         parentGrantId="g2",
         delegationDepth=1,
     ),
-    _event(5, "grant.revoked", T1, grantId="g2", cascade=True),
-    _event(6, "grant.created", T0, grantId="g4", agentId="ag2", principalId="carol"),
-    _event(
+    event(5, "grant.revoked", T1, grantId="g2", cascade=True),
+    event(6, "grant.created", T0, grantId="g4", agentId="ag2", principalId="carol"),
+    event(
         7, "consent_bundle.created", T0, bundleId="b1", agentId="ag1", grantId="g7", userId="dave"
     ),
-    _event(
+    event(
         8, "consent_bundle.created", T0, bundleId="b2", agentId="ag1", grantId="g8", userId="erin"
     ),
-    _event(9, "consent_bundle.revoked", T1, bundleId="b2", revokeGrant=True),
-    _event(10, "dpdp.consent.created", T0, recordId="r1", grantId="g4", dataPrincipalId="carol"),
-    _event(11, "dpdp.consent.created", T0, recordId="r2", grantId="g1", dataPrincipalId="alice"),
-    _event(
+    event(9, "consent_bundle.revoked", T1, bundleId="b2", revokeGrant=True),
+    event(10, "dpdp.consent.created", T0, recordId="r1", grantId="g4", dataPrincipalId="carol"),
+    event(11, "dpdp.consent.created", T0, recordId="r2", grantId="g1", dataPrincipalId="alice"),
+    event(
         12,
         "dpdp.consent.withdrawn",
         T2,
@@ -64,7 +64,7 @@ ARCHIVED = [
         grantRevoked=False,
         dataDeleted=False,
     ),
-    _event(13, "budget.threshold", T1, grantId="g2", pct=80, remaining="10.0000"),
+    event(13, "budget.threshold", T1, grantId="g2", pct=80, remaining="10.0000"),
 ]
 
 # Every active filler bundle fills the first page of 100, so the revoked ones
@@ -198,13 +198,10 @@ EXPECTED = {
 """(kind, subject) of every finding reconcile must record, and nothing else."""
 
 
-def build_archive(url: str, source: str = "default") -> None:
+def build_archive(url: str, frames: list[str] | None = None) -> None:
+    """A migrated archive holding ``frames`` (default ``ARCHIVED``) in source ``default``."""
     migrate.upgrade(url)
-    store = migrate.open_archive(url)
-    try:
-        store.write_batch(source, None, [Received(normalise(f), RECEIVED) for f in ARCHIVED])
-    finally:
-        store.close()
+    add_events(url, ARCHIVED if frames is None else frames)
 
 
 def _ok(body: Any) -> Answer:
@@ -246,8 +243,8 @@ def service_routes() -> dict[str, Route]:
 
 
 CLOSING = [
-    _event(20, "grant.revoked", T2, grantId="g4", cascade=False),
-    _event(
+    event(20, "grant.revoked", T2, grantId="g4", cascade=False),
+    event(
         21,
         "dpdp.consent.withdrawn",
         T2,

@@ -13,6 +13,7 @@ from pathlib import Path
 import pyarrow as pa
 import pytest
 
+from ingest import migrate
 from ingest.clock import ManualClock
 from ingest.reconcile import (
     ReconcileSettings,
@@ -20,13 +21,16 @@ from ingest.reconcile import (
     ServiceUnavailable,
     run_reconcile,
 )
+from ingest.reconcile.archive import read_knowledge
 from ingest.reconcile.client import RATE_LIMIT_ATTEMPTS, rate_limit_delay
 from ingest.settings import Secret
 from ingest.timestamps import parse_timestamp
 from queries import api
 from tests import reconcile_scenario as scenario
 from tests.conftest import API_KEY, invoke, rows
-from tests.scripted_rest import RestServer
+from tests.reconcile_scenario import T0, T1, T2
+from tests.reconcile_scenario import event as _frame
+from tests.scripted_rest import Answer, RestServer
 
 EXPORT = "/v1/compliance/export/grants"
 
@@ -280,3 +284,66 @@ def test_status_shows_the_last_reconcile_and_its_open_findings(
         "revocation_missing": 2,
         "webhook_event_missing": 1,
     }
+
+
+def test_a_full_dpdp_listing_is_completed_per_data_principal(reconciled_archive: str) -> None:
+    newest = [
+        {"recordId": f"rf{n}", "grantId": f"gf{n}", "status": "active", "withdrawnAt": None}
+        for n in range(100)
+    ]
+
+    def records(query: dict[str, str]) -> Answer:
+        who = query.get("dataPrincipalId")
+        if who is None:
+            return 200, {}, {"records": newest, "totalRecords": 100}
+        owners = {"r1": "carol", "r2": "alice"}  # as the archive's dpdp.consent.created say
+        listed = [r for r in scenario.RECORDS if owners.get(r["recordId"]) == who]
+        return 200, {}, {"records": listed, "totalRecords": len(listed)}
+
+    routes = scenario.service_routes()
+    routes["/v1/dpdp/consent-records"] = records
+    with RestServer(routes) as server:
+        result = run_reconcile(_settings(reconciled_archive, server), ManualClock())
+    asked = [s.query for s in server.requests if s.path == "/v1/dpdp/consent-records"]
+    assert asked == [{}, {"dataPrincipalId": "alice"}, {"dataPrincipalId": "carol"}]
+    assert ("dpdp_withdrawal_missing", "r1") in {(f.kind, f.subject_id) for f in result.findings}
+
+
+def test_the_archive_knows_revocations_by_every_path(archive_url: str) -> None:
+    frames = [
+        _frame(1, "grant.created", T0, grantId="p", agentId="a"),
+        _frame(2, "grant.created", T0, grantId="c1", parentGrantId="p"),
+        _frame(3, "grant.created", T0, grantId="c2", parentGrantId="c1"),
+        _frame(4, "grant.created", T0, grantId="c3", parentGrantId="c2"),
+        # c1 revoked before the cascade from p: the cascade stops there.
+        _frame(5, "grant.revoked", T1, grantId="c1", cascade=False),
+        _frame(6, "grant.revoked", T2, grantId="p", cascade=True),
+        _frame(7, "anomaly.auto_revoked", T1, revokedGrants=["an1", "an2"], anomalyCount=2),
+        _frame(8, "dpdp.consent.created", T0, recordId="r1", grantId="w1", dataPrincipalId="x"),
+        _frame(9, "dpdp.consent.withdrawn", T1, recordId="r1", grantRevoked=True),
+        _frame(10, "dpdp.consent.created", T0, recordId="r2", grantId="w2", dataPrincipalId="y"),
+        _frame(11, "dpdp.consent.withdrawn", T1, recordId="r2", grantRevoked=False),
+        _frame(12, "dpdp.consent.created", T0, recordId="r3", grantId="e1", dataPrincipalId="z"),
+        _frame(13, "dpdp.erasure.completed", T1, requestId="q", dataPrincipalId="z"),
+        _frame(14, "consent_bundle.created", T0, bundleId="b1", grantId="cb1"),
+        _frame(15, "consent_bundle.revoked", T1, bundleId="b1", revokeGrant=False),
+    ]
+    scenario.build_archive(archive_url, frames=frames)
+    store = migrate.open_archive(archive_url)
+    try:
+        with store.engine.connect() as conn:
+            known = read_knowledge(conn, "default")
+    finally:
+        store.close()
+    t1, t2 = parse_timestamp(T1), parse_timestamp(T2)
+    assert known.revoked == {
+        "p": t2,
+        "c1": t1,
+        "an1": t1,
+        "an2": t1,
+        "w1": t1,
+        "e1": t1,
+    }
+    assert known.created == {"p", "c1", "c2", "c3", "cb1"}
+    assert known.records_withdrawn == {"r1", "r2"}
+    assert known.bundles_revoked == {"b1"}

@@ -153,6 +153,16 @@ def _cascade(
         todo.extend(children.get(grant_id, ()))
 
 
+def data_principals(conn: Connection, source: str) -> set[str]:
+    """The data principals of the archived ``dpdp.consent.created`` events of ``source``."""
+    created = sa.select(events.c.principal_id).where(
+        events.c.source == source,
+        events.c.type == "dpdp.consent.created",
+        events.c.principal_id.is_not(None),
+    )
+    return set(conn.scalars(created.distinct()))
+
+
 def missing_event_ids(conn: Connection, ids: Iterable[str]) -> set[str]:
     """Those of ``ids`` that no archived event has (of any source: ids are global)."""
     wanted = sorted(set(ids))

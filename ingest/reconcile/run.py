@@ -21,7 +21,7 @@ from ..database import StoreError, first_line
 from ..migrate import open_archive
 from ..schema import reconcile_findings, reconcile_runs
 from ..settings import Secret
-from .archive import missing_event_ids, read_knowledge
+from .archive import data_principals, missing_event_ids, read_knowledge
 from .client import ReconcileError, ServiceClient
 from .compare import (
     BUDGET_ENDPOINT,
@@ -39,6 +39,8 @@ from .compare import (
 )
 
 _ERROR_LENGTH = 2000
+DPDP_LISTING_LIMIT = 100
+"""How many consent records the DPDP listing holds at most without a ``dataPrincipalId``."""
 
 
 @dataclass(frozen=True)
@@ -130,7 +132,7 @@ def _observe(
     grants_at = clock.now()
     bundles = _records(client.cursor_pages(BUNDLES_ENDPOINT, "bundles"))
     bundles_at = clock.now()
-    records = _records(client.listing(DPDP_ENDPOINT, "records"))
+    records = _consent_records(client, engine, source)
     records_at = clock.now()
     allocations = _records(client.listing(BUDGET_ENDPOINT, "allocations"))
     allocations_at = clock.now()
@@ -153,6 +155,24 @@ def _observe(
 
 def _records(items: Iterable[Any]) -> list[Mapping[str, Any]]:
     return [item for item in items if isinstance(item, dict)]
+
+
+def _consent_records(
+    client: ServiceClient, engine: sa.Engine, source: str
+) -> list[Mapping[str, Any]]:
+    """Every DPDP consent record the service lists, and those of each data principal the
+    archive knows when the listing is full (it holds only the newest records)."""
+    records = _records(client.listing(DPDP_ENDPOINT, "records"))
+    if len(records) < DPDP_LISTING_LIMIT:
+        return records
+    with _database(), engine.connect() as conn:
+        principals = data_principals(conn, source)
+    by_id = {str(r.get("recordId")): r for r in records}
+    for principal in sorted(principals):
+        listing = client.listing(DPDP_ENDPOINT, "records", {"dataPrincipalId": principal})
+        for record in _records(listing):
+            by_id.setdefault(str(record.get("recordId")), record)
+    return list(by_id.values())
 
 
 def _deliveries(client: ServiceClient) -> Iterator[tuple[str, Mapping[str, Any]]]:
