@@ -110,6 +110,7 @@ def test_a_429_waits_for_retry_after_on_the_injected_clock(reconciled_archive: s
         (429, "Wed, 02 Dec 2026 00:00:30 GMT", 0, 30.0),
         (429, None, 0, 1.0),
         (503, None, 3, 8.0),
+        (504, None, 0, 1.0),
         (429, None, 10, None),
         (429, "5", RATE_LIMIT_ATTEMPTS - 1, None),
         (500, "5", 0, None),

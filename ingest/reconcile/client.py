@@ -1,8 +1,9 @@
 """Reading the service's state through its REST API, within its rate limits.
 
 Every request goes through :meth:`ServiceClient.get_json`, which waits out a
-``429`` or ``503`` (the per-plan limiter) for the server's ``Retry-After``,
-else a doubling delay, as :func:`rate_limit_delay` decides; the waiting is
+``429`` or ``503`` (the per-plan limiter; a proxy's ``502`` or ``504`` too)
+for the server's ``Retry-After``, else a doubling delay, as
+:func:`rate_limit_delay` decides; the waiting is
 done on an injected clock. The paging of each endpoint is the service's own:
 a ``nextCursor`` for consent bundles, ``page``/``pageSize``/``total`` for
 webhook deliveries, one response for the others.
@@ -19,9 +20,11 @@ from ..clock import Clock
 from ..retry import Doubling, parse_retry_after
 from ..settings import Secret
 
-RATE_LIMIT_STATUSES = frozenset({429, 503})
+RETRY_STATUSES = frozenset({429, 502, 503, 504})
+"""Answers worth asking again: the per-plan limiter (429, 503) and a proxy
+in front of the service (502, 504)."""
 RATE_LIMIT_DELAYS = Doubling(1.0, 60.0)
-"""The delays after a rate-limited answer without ``Retry-After``."""
+"""The delays after such an answer without ``Retry-After``."""
 RATE_LIMIT_ATTEMPTS = 8
 """Rate-limited answers in a row after which a request gives up."""
 PAGE_SIZE = 100
@@ -48,7 +51,7 @@ def rate_limit_delay(
     ``failures`` is the number of rate-limited answers to this request
     before this one; ``now`` is Unix time (for an HTTP-date ``Retry-After``).
     """
-    if status not in RATE_LIMIT_STATUSES or failures + 1 >= RATE_LIMIT_ATTEMPTS:
+    if status not in RETRY_STATUSES or failures + 1 >= RATE_LIMIT_ATTEMPTS:
         return None
     asked = parse_retry_after(retry_after, now)
     return asked if asked is not None else RATE_LIMIT_DELAYS.delay(failures)
