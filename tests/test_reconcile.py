@@ -187,6 +187,14 @@ def test_cli_exit_codes(
     assert API_KEY not in result.output
 
 
+def test_cli_without_archive_creates_none(sqlite_archive: str, tmp_path: Path) -> None:
+    missing = tmp_path / "archive.db"
+    result = invoke(["reconcile", "--db", sqlite_archive, "--base-url", "http://127.0.0.1:9"])
+    assert result.exit_code == 4
+    assert result.output == f"Error: no archive at {missing}: run `grantex-archive ingest` first\n"
+    assert not missing.exists()
+
+
 def test_cli_without_key_or_service(sqlite_archive: str) -> None:
     scenario.build_archive(sqlite_archive)
     no_key = invoke(["reconcile", "--db", sqlite_archive], env={"GRANTEX_API_KEY": ""})

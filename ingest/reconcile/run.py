@@ -17,7 +17,7 @@ import httpx
 import sqlalchemy as sa
 
 from ..clock import SYSTEM, Clock
-from ..database import StoreError, first_line
+from ..database import NotAnArchive, StoreError, first_line, sqlite_path
 from ..migrate import open_archive
 from ..schema import reconcile_findings, reconcile_runs
 from ..settings import Secret
@@ -82,6 +82,9 @@ def run_reconcile(
     the service's state cannot be read, and a ``StoreError`` when the
     archive cannot be used.
     """
+    path = sqlite_path(settings.db_url)
+    if path is not None and not path.exists():
+        raise NotAnArchive(f"no archive at {path}: run `grantex-archive ingest` first")
     store = open_archive(settings.db_url, create=False)
     client = ServiceClient(
         settings.base_url, settings.api_key, clock, timeout=settings.timeout, transport=transport
