@@ -15,6 +15,7 @@ import pytest
 
 from ingest import migrate
 from ingest.clock import ManualClock
+from ingest.database import create_archive_engine
 from ingest.reconcile import (
     ReconcileSettings,
     ServiceAuthError,
@@ -23,6 +24,8 @@ from ingest.reconcile import (
 )
 from ingest.reconcile.archive import read_knowledge
 from ingest.reconcile.client import RATE_LIMIT_ATTEMPTS, rate_limit_delay
+from ingest.reconcile.lock import reconcile_lock
+from ingest.schema import reconcile_runs
 from ingest.settings import Secret
 from ingest.timestamps import parse_timestamp
 from queries import api
@@ -356,3 +359,27 @@ def test_the_archive_knows_revocations_by_every_path(archive_url: str) -> None:
     assert known.created == {"p", "c1", "c2", "c3", "cb1"}
     assert known.records_withdrawn == {"r1", "r2"}
     assert known.bundles_revoked == {"b1"}
+
+
+def test_one_reconcile_per_source_and_a_killed_run_is_abandoned(reconciled_archive: str) -> None:
+    engine = create_archive_engine(reconciled_archive)
+    try:
+        with engine.begin() as conn:
+            conn.execute(
+                reconcile_runs.insert().values(
+                    source="default", started_at=parse_timestamp(T0), outcome="running"
+                )
+            )
+        with RestServer(scenario.service_routes()) as server:
+            args = ["reconcile", "--db", reconciled_archive, "--base-url", server.url]
+            with reconcile_lock(engine, "default"):
+                held = invoke(args)
+                other = invoke([*args, "--source", "other"])
+            after = invoke(args)
+    finally:
+        engine.dispose()
+    assert held.exit_code == 75
+    assert held.output.startswith("Error: another reconcile is running for ")
+    assert other.exit_code == 0 and after.exit_code == 0, (other.output, after.output)
+    outcomes = rows(reconciled_archive, "SELECT source, outcome FROM reconcile_runs ORDER BY id")
+    assert outcomes == [("default", "abandoned"), ("other", "completed"), ("default", "completed")]

@@ -65,7 +65,8 @@ def reconcile(
     \b
     Exit codes: 0 done (findings or not), 1 the service's answer was unusable,
     2 usage or configuration error, 3 credentials rejected, 4 database
-    unusable, 69 service unreachable or rate limit never lifted.
+    unusable, 69 service unreachable or rate limit never lifted, 75 another
+    reconcile of this archive and source is running.
 
     \b
     Example (cron, after ingest):

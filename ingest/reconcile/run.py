@@ -37,6 +37,7 @@ from .compare import (
     dpdp_findings,
     grant_findings,
 )
+from .lock import reconcile_lock
 
 _ERROR_LENGTH = 2000
 DPDP_LISTING_LIMIT = 100
@@ -90,41 +91,41 @@ def run_reconcile(
         settings.base_url, settings.api_key, clock, timeout=settings.timeout, transport=transport
     )
     try:
-        with _database(), store.engine.begin() as conn:
-            run_id: int = conn.execute(
-                sa.insert(reconcile_runs)
-                .values(
-                    source=settings.source,
-                    started_at=clock.now(),
-                    base_url=settings.base_url,
-                    outcome="running",
-                )
-                .returning(reconcile_runs.c.id)
-            ).scalar_one()
-        try:
-            findings, observed = _observe(client, store.engine, settings.source, clock)
-        except ReconcileError as exc:
-            with _database(), store.engine.begin() as conn:
-                _finish(
-                    conn, run_id, settings.source, clock, client.requests, 0, [], "failed", str(exc)
-                )
-            raise
-        with _database(), store.engine.begin() as conn:
-            _finish(
-                conn,
-                run_id,
-                settings.source,
-                clock,
-                client.requests,
-                observed,
-                findings,
-                "completed",
-                None,
-            )
-        return ReconcileResult(run_id, client.requests, observed, tuple(findings))
+        with reconcile_lock(store.engine, settings.source):
+            return _run(settings, store.engine, client, clock)
     finally:
         client.close()
         store.close()
+
+
+def _run(
+    settings: ReconcileSettings, engine: sa.Engine, client: ServiceClient, clock: Clock
+) -> ReconcileResult:
+    """The run, under the lock: its record, the reading, the findings."""
+    source = settings.source
+    with _database(), engine.begin() as conn:
+        # Under the lock, a run of this source still marked running was killed.
+        conn.execute(
+            sa.update(reconcile_runs)
+            .where(reconcile_runs.c.source == source, reconcile_runs.c.outcome == "running")
+            .values(outcome="abandoned")
+        )
+        run_id: int = conn.execute(
+            sa.insert(reconcile_runs)
+            .values(
+                source=source, started_at=clock.now(), base_url=settings.base_url, outcome="running"
+            )
+            .returning(reconcile_runs.c.id)
+        ).scalar_one()
+    try:
+        findings, observed = _observe(client, engine, source, clock)
+    except ReconcileError as exc:
+        with _database(), engine.begin() as conn:
+            _finish(conn, run_id, source, clock, client.requests, 0, [], "failed", str(exc))
+        raise
+    with _database(), engine.begin() as conn:
+        _finish(conn, run_id, source, clock, client.requests, observed, findings, "completed", None)
+    return ReconcileResult(run_id, client.requests, observed, tuple(findings))
 
 
 def _observe(
