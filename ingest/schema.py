@@ -138,3 +138,48 @@ EVENT_COLUMNS: tuple[str, ...] = tuple(
 ``seq`` is allocated; ``channel`` is one value for a whole statement, written
 by the statement itself rather than bound row by row.
 """
+
+# Migration 0006: reconciliation against the service's REST state. A run
+# reads the service's endpoints and records what the archive lacks as
+# findings: observations with the endpoint and time they came from, never
+# events.
+reconcile_runs = sa.Table(
+    "reconcile_runs",
+    metadata,
+    sa.Column("id", sa.Integer(), sa.Identity(), primary_key=True),
+    sa.Column("source", _Id, nullable=False),
+    sa.Column("started_at", _Time, nullable=False),
+    sa.Column("finished_at", _Time),
+    sa.Column("base_url", sa.Text()),
+    sa.Column("requests", sa.Integer(), nullable=False, server_default="0"),
+    sa.Column("observed", sa.Integer(), nullable=False, server_default="0"),
+    sa.Column("findings", sa.Integer(), nullable=False, server_default="0"),
+    sa.Column("outcome", sa.String(32), nullable=False),
+    sa.Column("error", sa.Text()),
+    sa.Index(None, "source", "started_at"),
+)
+
+reconcile_findings = sa.Table(
+    "reconcile_findings",
+    metadata,
+    sa.Column("id", sa.Integer(), sa.Identity(), primary_key=True),
+    sa.Column(
+        "run_id",
+        sa.Integer(),
+        sa.ForeignKey("reconcile_runs.id", ondelete="CASCADE"),
+        nullable=False,
+    ),
+    sa.Column("source", _Id, nullable=False),
+    sa.Column("kind", sa.String(64), nullable=False),
+    sa.Column("endpoint", sa.Text(), nullable=False),
+    sa.Column("observed_at", _Time, nullable=False),
+    # What the service's record is about: a grant, bundle, consent record,
+    # allocation or event id; grant_id when the record names a grant.
+    sa.Column("subject_id", _Id, nullable=False),
+    sa.Column("grant_id", _Id),
+    sa.Column("service_status", sa.String(64)),
+    sa.Column("service_at", _Time),
+    sa.Column("detail", sa.Text()),
+    sa.Index(None, "run_id"),
+    sa.Index(None, "grant_id"),
+)

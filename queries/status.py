@@ -1,5 +1,5 @@
 """``status``: what the archive holds, how its ingest runs went, how much of the stream it
-missed lately, the analytics copy's state."""
+missed lately, the last reconcile and its open findings, the analytics copy's state."""
 
 from __future__ import annotations
 
@@ -96,12 +96,36 @@ def status(
     if result.age_minutes is not None:
         rows.append(("last_success", "age_minutes", round(result.age_minutes, 1)))
     rows += status_coverage(copy, now if now is not None else now_utc())
+    rows += _reconcile_rows(copy)
     manifest = copy.manifest()
     rows.append(("analytics", "directory", str(copy.directory)))
     rows.append(("analytics", "refreshed_at", manifest.refreshed_at if manifest else None))
     rows.append(("analytics", "events", manifest.events if manifest else 0))
     rows.append(("analytics", "size_bytes", copy.size_bytes()))
     return result
+
+
+_LAST_RECONCILE = (
+    "SELECT id, source, started_at, finished_at, outcome, findings FROM reconcile_runs "
+    "ORDER BY started_at DESC, id DESC LIMIT 1"
+)
+# The open findings: those of the newest completed run of each source.
+_OPEN_FINDINGS = """
+SELECT f.kind, count(*) FROM reconcile_findings f
+JOIN (SELECT source, max(id) AS id FROM reconcile_runs WHERE outcome = 'completed'
+    GROUP BY source) n ON f.run_id = n.id
+GROUP BY f.kind ORDER BY f.kind
+"""
+
+
+def _reconcile_rows(copy: AnalyticsCopy) -> list[tuple[str, str, Any]]:
+    """The newest reconcile run, and the open findings per kind (``reconcile``)."""
+    last = _fetch(copy, _LAST_RECONCILE)
+    if not last:
+        return [("last_reconcile", "id", None)]
+    names = ("id", "source", "started_at", "finished_at", "outcome", "findings")
+    rows = [("last_reconcile", name, value) for name, value in zip(names, last[0], strict=True)]
+    return rows + [("open_findings", kind, int(n)) for kind, n in _fetch(copy, _OPEN_FINDINGS)]
 
 
 def _fetch(copy: AnalyticsCopy, sql: str) -> list[tuple[Any, ...]]:

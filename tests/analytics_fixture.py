@@ -52,6 +52,7 @@ REPORTS = [
     "event-volume",
     "grant-lifetime",
     "ingest-coverage",
+    "reconciliation",
     "revocations-by-actor",
     "token-issuance",
     "top-agents",

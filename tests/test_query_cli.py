@@ -49,7 +49,7 @@ def test_unknown_report_lists_the_valid_ones(archive: str) -> None:
     assert result.exit_code == 2
     error = [line for line in result.output.splitlines() if line.startswith("Error:")]
     assert error == [
-        "Error: no report named 'revocations'; did you mean revocations-by-actor? "
+        "Error: no report named 'revocations'; did you mean revocations-by-actor or reconciliation? "
         "(`grantex-archive report --list` lists them all)"
     ]
 

@@ -13,6 +13,7 @@ from .export import export_command, verify_export_command
 from .help_format import HelpContext, use_help_format
 from .ingest import ingest
 from .receive import receive
+from .reconcile import reconcile
 from .report import report, sql_command
 from .simulate import simulate
 from .status import refresh_command, status
@@ -69,6 +70,7 @@ for _command in (
     db,
     ingest,
     receive,
+    reconcile,
     simulate,
     demo,
     report,

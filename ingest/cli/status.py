@@ -38,9 +38,11 @@ def status(
     Rows are (section, name, value). Section coverage gives the time in the
     last 24 hours and 30 days no connection covered (uncovered_seconds_24h,
     gaps_24h, ..., per source as SOURCE.NAME when there are several; `report
-    ingest-coverage` lists the gaps). With --max-age, exits 1 when no ingest
-    run finished successfully (exit code 0) within that many minutes: a check
-    for a cron-driven worker.
+    ingest-coverage` lists the gaps). Section last_reconcile is the newest
+    `reconcile` run; open_findings counts per kind the findings of each
+    source's newest completed run (`report reconciliation` lists every run).
+    With --max-age, exits 1 when no ingest run finished successfully (exit
+    code 0) within that many minutes: a check for a cron-driven worker.
 
     \b
     Example:

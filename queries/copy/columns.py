@@ -145,7 +145,13 @@ SEGMENT_COLUMNS: Columns = EVENT_COLUMNS + tuple((name, kind) for name, kind, _ 
 # name (ingest_connections for the coverage of the stream).
 TABLE_COLUMNS: dict[str, Columns] = {
     table.name: copy_columns(table)
-    for table in (schema.rejected_events, schema.ingest_runs, schema.ingest_connections)
+    for table in (
+        schema.rejected_events,
+        schema.ingest_runs,
+        schema.ingest_connections,
+        schema.reconcile_runs,
+        schema.reconcile_findings,
+    )
 }
 
 TIME_TYPES = frozenset({"TIMESTAMPTZ"})

@@ -274,3 +274,34 @@ WITH fresh AS ({fresh}),
 old AS (SELECT c.* FROM ({current}) c SEMI JOIN fresh USING (grant_id))
 {combine_sql("SELECT * FROM fresh UNION ALL BY NAME SELECT * FROM old")}
 """
+
+
+RECONCILED_COLUMNS: tuple[tuple[str, str], ...] = (
+    ("service_status", "VARCHAR"),
+    ("reconciled_revoked_at", "TIMESTAMPTZ"),
+    ("service_agent_id", "VARCHAR"),
+    ("service_principal_id", "VARCHAR"),
+)
+"""What reconciliation says of a grant (``revocations.RECONCILED_GRANTS``)."""
+
+
+def with_reconciled_sql(states: str, reconciled: str) -> str:
+    """The state rows with what reconciliation says attached, plus a row per grant
+    the service listed that no archived event names (its counts 0, the rest NULL)."""
+    attached = ", ".join(f"r.{name}" for name, _ in RECONCILED_COLUMNS)
+    only: list[str] = []
+    for name, kind in GRANT_STATE_COLUMNS:
+        if name in ("grant_id", "source"):
+            only.append(f"r.{name}")
+        elif kind == "BIGINT" and name != "delegation_depth":
+            only.append(f"CAST(0 AS BIGINT) AS {name}")
+        else:
+            only.append(f"CAST(NULL AS {kind}) AS {name}")
+    return f"""
+SELECT s.*, {attached}
+FROM ({states}) s LEFT JOIN ({reconciled}) r USING (grant_id)
+UNION ALL
+SELECT {", ".join(only)}, {attached}
+FROM ({reconciled}) r ANTI JOIN ({states}) s USING (grant_id)
+WHERE r.never_created
+"""

@@ -61,6 +61,12 @@ TABLE_MARKERS = {
         "count(first_byte_at), max(first_byte_at), count(last_seen_at), max(last_seen_at), "
         "count(closed_at), max(closed_at), sum(length(close_reason)) FROM ingest_connections"
     ),
+    # A reconcile run's row is finished in place; its findings are only added.
+    "reconcile_runs": (
+        "SELECT count(*), max(id), count(finished_at), sum(findings), sum(observed), "
+        "sum(length(outcome)) FROM reconcile_runs"
+    ),
+    "reconcile_findings": "SELECT count(*), max(id) FROM reconcile_findings",
 }
 
 _SUBDIRECTORIES = ("events", "grants", "tables", "trash")

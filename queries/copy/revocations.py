@@ -241,3 +241,30 @@ SELECT grant_id,
     coalesce(e.depth, d.depth) AS delegation_depth
 FROM firsts x FULL JOIN edges e USING (grant_id) LEFT JOIN derived d USING (grant_id)
 """
+
+
+RECONCILED_VIA = "reconciled"
+"""The ``via`` of a revocation known only from reconciliation (the service's
+state showed the grant revoked and no archived event revoked it)."""
+
+RECONCILED_ACTOR = "unknown"
+"""Its actor: the service's grant listings do not say who revoked a grant."""
+
+# Per grant, what the newest reconcile observation of the service's grants
+# said: its status, its revokedAt when a revocation was missing, and, for a
+# grant the archive never saw created, the agent and principal the service
+# listed. Read from the ``reconcile_findings`` view.
+RECONCILED_GRANTS = """
+SELECT grant_id,
+    arg_max(source, observed_at) AS source,
+    arg_max(service_status, observed_at) AS service_status,
+    max(observed_at) AS service_observed_at,
+    min(coalesce(service_at, observed_at)) FILTER (WHERE kind = 'revocation_missing')
+        AS reconciled_revoked_at,
+    bool_or(kind = 'grant_not_created') AS never_created,
+    arg_max(json_extract_string(detail, '$.agentId'), observed_at) AS service_agent_id,
+    arg_max(json_extract_string(detail, '$.principalId'), observed_at) AS service_principal_id
+FROM reconcile_findings
+WHERE kind IN ('grant_not_created', 'revocation_missing') AND grant_id IS NOT NULL
+GROUP BY grant_id
+"""

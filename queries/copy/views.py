@@ -1,10 +1,12 @@
 """The views a session or ``views.sql`` defines over one manifest's files.
 
 ``events``, ``grants``, ``revocations``, ``tokens``, ``rejected_events``,
-``ingest_runs`` and ``ingest_connections``: the events view is the segments
-with every archive column and the derived ones; the grants view presents the
-grant state with each grant's first revocation (from the state and the
-revocation facts, see ``revocations``) and its status; the revocations view
+``ingest_runs``, ``ingest_connections``, ``reconcile_runs`` and
+``reconcile_findings``: the events view is the segments with every archive
+column and the derived ones; the grants view presents the grant state with
+each grant's first revocation (from the state and the revocation facts, see
+``revocations``, else from reconciliation's findings) and its status, and
+the service's status where reconciliation observed it; the revocations view
 is the revoked grants of it; the tokens view is every ``token.issued`` with
 its kind (``queries.token_kinds``); the others are the archive tables of the
 same names.
@@ -17,21 +19,29 @@ from pathlib import Path
 from queries.token_kinds import kind_sql
 
 from .columns import TABLE_COLUMNS
-from .grant_state import current_state_sql
+from .grant_state import current_state_sql, with_reconciled_sql
 from .manifest import Locate, Manifest
-from .revocations import UNREVOKED_ACTOR, status_sql
+from .revocations import (
+    RECONCILED_ACTOR,
+    RECONCILED_GRANTS,
+    RECONCILED_VIA,
+    UNREVOKED_ACTOR,
+    status_sql,
+)
 from .sql import empty_select, events_from, parquet
 
 # Which candidate is the grant's first revocation: the direct one wins a tie
 # in time; the routed one already is the least of the others when the facts
 # name the grant (``revocations.routed_sql``), else the anomaly one is.
+# A revocation only reconciliation knows of counts when no event revoked the grant.
 _WINNER = """CASE WHEN revoked_event_at = revoked_at THEN 'direct'
             WHEN routed_at = revoked_at THEN 'routed'
-            WHEN auto_revoked_at = revoked_at THEN 'anomaly' END"""
+            WHEN auto_revoked_at = revoked_at THEN 'anomaly'
+            WHEN reconciled_revoked_at = revoked_at THEN 'reconciled' END"""
 
 
 def grants_view_sql(states: str) -> str:
-    """The grants view over the grant state ``states``."""
+    """The grants view over the grant state ``states`` and the ``reconcile_findings`` view."""
     return f"""
 SELECT grant_id,
     source,
@@ -48,15 +58,17 @@ SELECT grant_id,
     agentless_last_at,
     revoked_at,
     CASE winner WHEN 'direct' THEN coalesce(revoked_event_by, '{UNREVOKED_ACTOR}')
-        WHEN 'anomaly' THEN 'system' ELSE routed_actor END AS revoked_by,
+        WHEN 'anomaly' THEN 'system' WHEN 'reconciled' THEN '{RECONCILED_ACTOR}'
+        ELSE routed_actor END AS revoked_by,
     CASE winner WHEN 'direct' THEN 'direct' WHEN 'anomaly' THEN 'anomaly'
-        ELSE routed_via END AS revoked_via,
+        WHEN 'reconciled' THEN '{RECONCILED_VIA}' ELSE routed_via END AS revoked_via,
     CASE winner WHEN 'direct' THEN revoked_event_id WHEN 'anomaly' THEN auto_event_id
-        ELSE routed_event_id END AS revoked_event_id,
+        WHEN 'routed' THEN routed_event_id END AS revoked_event_id,
     parent_grant_id,
     delegation_depth,
     expires_at,
     {status_sql("revoked_at", "expires_at")} AS status,
+    service_status,
     budget_50_at,
     budget_80_at,
     exhausted_at,
@@ -75,11 +87,13 @@ FROM (
                     WHEN created_at IS NOT NULL OR bundle_created_at IS NOT NULL THEN 0
                     END AS delegation_depth,
                 coalesce(created_at, bundle_created_at) AS created_at),
-            coalesce(created_agent_id, bundle_agent_id, any_agent_id, auto_agent_id) AS agent_id,
-            coalesce(created_principal_id, bundle_principal_id, any_principal_id)
-                AS principal_id,
-            least(revoked_event_at, auto_revoked_at, routed_at) AS revoked_at
-        FROM ({states}) s
+            coalesce(created_agent_id, bundle_agent_id, any_agent_id, auto_agent_id,
+                service_agent_id) AS agent_id,
+            coalesce(created_principal_id, bundle_principal_id, any_principal_id,
+                service_principal_id) AS principal_id,
+            coalesce(least(revoked_event_at, auto_revoked_at, routed_at), reconciled_revoked_at)
+                AS revoked_at
+        FROM ({with_reconciled_sql(states, RECONCILED_GRANTS)}) s
     ) state
 ) g
 """
@@ -125,19 +139,21 @@ def view_statements(
         manifest = Manifest()
     files = [locate(s.file) for s in manifest.segments]
     states = current_state_sql(locate, manifest)
-    statements = [
-        "CREATE OR REPLACE VIEW events AS " + EVENTS_VIEW.format(events=events_from(files)).strip(),
-        "CREATE OR REPLACE VIEW grants AS " + grants_view_sql(states).strip(),
-        "CREATE OR REPLACE VIEW revocations AS " + REVOCATIONS_VIEW.strip(),
-        "CREATE OR REPLACE VIEW tokens AS " + TOKENS_VIEW.strip(),
-    ]
+    # The archive tables first: the grants view reads reconcile_findings.
+    statements = []
     for table, columns in TABLE_COLUMNS.items():
         known = manifest.tables.get(table)
         source = (
             f"SELECT * FROM {parquet(locate(known['file']))}" if known else empty_select(columns)
         )
         statements.append(f"CREATE OR REPLACE VIEW {table} AS {source}")
-    return statements
+    return [
+        "CREATE OR REPLACE VIEW events AS " + EVENTS_VIEW.format(events=events_from(files)).strip(),
+        *statements,
+        "CREATE OR REPLACE VIEW grants AS " + grants_view_sql(states).strip(),
+        "CREATE OR REPLACE VIEW revocations AS " + REVOCATIONS_VIEW.strip(),
+        "CREATE OR REPLACE VIEW tokens AS " + TOKENS_VIEW.strip(),
+    ]
 
 
 def views_sql(directory: Path, manifest: Manifest) -> str:

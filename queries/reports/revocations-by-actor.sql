@@ -20,6 +20,9 @@
 --   grant of that record's dpdp.consent.created; principal.
 -- - erasure: dpdp.erasure.completed, the grant of every dpdp.consent.created
 --   of that dataPrincipalId at or before it; principal.
+-- - reconciled: no event; a revocation_missing finding of `reconcile` (the
+--   service listed the grant revoked, no archived event revoked it), at the
+--   service's revokedAt; unknown. Only while no event revokes the grant.
 --
 -- developer_or_principal: the live service sends the same grant.revoked
 -- (without revokedBy) whether the developer revoked the grant or the
