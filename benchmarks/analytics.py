@@ -10,9 +10,11 @@ Run with ``make bench-analytics`` (10,000,000 events) or
   ``ingest_runs`` is what a cron worker every five minutes leaves: one run per
   five-minute window of ``occurred_at`` (one window in 500 is missed, so the
   next run covers two and a gap shows), and one ``rejected_events`` row in
-  every fifth run. The file is cached in ``benchmarks/.work/`` by size and
-  seed; rows this script appends are deleted again at the start and end of
-  each run.
+  every fifth run; each run's ``ingest_connections`` are one 200 stream over
+  the run, some runs first refused (503, or no answer) and some reconnecting
+  half-way (see ``run_connections``). The file is cached in
+  ``benchmarks/.work/`` by size and seed; rows this script appends are
+  deleted again at the start and end of each run.
 - **Full refresh.** A child process builds a fresh analytics copy
   (``AnalyticsCopy.refresh(full=True)``); its own ``VmHWM`` is its peak RSS.
 - **Appended events.** Later than the archive's newest, in time order: half
@@ -37,7 +39,8 @@ Run with ``make bench-analytics`` (10,000,000 events) or
 - **Direct SQLite.** The same report written by hand for SQLite (the per-grant
   state computed inside the query, json1 for ``revokedGrants``), run against the
   archive with a per-query timeout; speedup = SQLite seconds / DuckDB warm median.
-  Results are compared row by row with DuckDB's.
+  Results are compared row by row with DuckDB's (both at the same ``now``);
+  a difference in a MUST_MATCH report fails a run of up to 1,000,000 events.
 - **Concurrency.** A child process loops: append 20,000 events (the same
   mix), refresh the copy. Meanwhile the real CLI (``python -m ingest.cli
   report NAME --format csv``) runs each report several times, with and without
@@ -78,11 +81,12 @@ from ingest.rows import plain_row
 from ingest.schema import EVENT_COLUMNS
 from ingest.simulator import generate_events
 from ingest.timestamps import format_timestamp
+from queries.token_kinds import CROCKFORD, INITIAL_WINDOW_MS
 
 ROOT = Path(__file__).resolve().parent.parent
 WORK = ROOT / "benchmarks" / ".work"
 CHILD = "_child"
-BUILD_VERSION = 2  # bump when the archive's contents change, to invalidate the cache
+BUILD_VERSION = 3  # bump when the archive's contents change, to invalidate the cache
 
 START = datetime(2026, 1, 1, tzinfo=timezone.utc)
 SPAN_DAYS = 90
@@ -169,8 +173,13 @@ _INSERT_EVENT = (
 _INSERT_RUN = (
     "INSERT INTO ingest_runs (source, started_at, finished_at, since_requested, types, base_url, "
     "received, inserted, duplicates, rejected, reconnects, first_occurred_at, last_occurred_at, "
-    "outcome, exit_code) VALUES (?, ?, ?, NULL, NULL, 'http://127.0.0.1/', ?, ?, 0, ?, 0, ?, ?, "
+    "outcome, exit_code) VALUES (?, ?, ?, NULL, NULL, 'http://127.0.0.1/', ?, ?, 0, ?, ?, ?, ?, "
     "'idle', 0)"
+)
+_INSERT_CONNECTION = (
+    "INSERT INTO ingest_connections (run_id, requested_at, first_byte_at, last_seen_at, "
+    "closed_at, since_requested, status_code, events, close_reason) "
+    "VALUES (?, ?, ?, ?, ?, NULL, ?, ?, ?)"
 )
 _INSERT_REJECTED = (
     "INSERT INTO rejected_events (source, received_at, reason, raw, raw_length, event_id, run_id) "
@@ -183,6 +192,47 @@ _INSERT_REJECTED = (
 CRON_SECONDS = 300
 MISSED_EVERY = 500
 REJECT_EVERY = 5
+# Its ``ingest_connections``: each run streams (200) from just after it starts
+# to its end. Every REFUSED_EVERY-th run is first answered 503 and every
+# NO_ANSWER_EVERY-th cannot connect once, both before its stream (so the gap
+# before it counts failed attempts); every RECONNECT_EVERY-th run's stream
+# ends half-way and it reconnects (a gap within one run).
+REFUSED_EVERY = 7
+NO_ANSWER_EVERY = 11
+RECONNECT_EVERY = 13
+_MS = timedelta(milliseconds=1)
+
+
+def run_connections(run: int, started: datetime, finished: datetime, events: int) -> list[Row]:
+    """The connection rows of the ``run``-th run, as ``ingest.run_record`` writes them.
+
+    Each row: requested_at, first_byte_at, last_seen_at, closed_at, status_code,
+    events, close_reason (times as archive text; a run lasts at least 3 s).
+    """
+    at = started + 100 * _MS
+    rows: list[tuple[Any, ...]] = []
+    if run % REFUSED_EVERY == 0:
+        answered = at + 30 * _MS
+        rows.append((at, answered, None, answered, 503, 0, "HTTP 503: service unavailable"))
+        at += 500 * _MS
+    if run % NO_ANSWER_EVERY == 0:
+        reason = "cannot connect: ConnectError: [Errno 111] Connection refused"
+        rows.append((at, None, None, at + 2 * _MS, None, 0, reason))
+        at += 500 * _MS
+    streams = [(at, finished, events, "stopped")]
+    if run % RECONNECT_EVERY == 0:
+        middle = at + (finished - at) / 2
+        half = events // 2
+        streams = [
+            (at, middle, half, "end of stream"),
+            (middle + 200 * _MS, finished, events - half, "stopped"),
+        ]
+    for opened, closed, count, reason in streams:
+        rows.append((opened, opened + 20 * _MS, closed, closed, 200, count, reason))
+    return [
+        tuple(x.strftime(TIME_FORMAT) if isinstance(x, datetime) else x for x in row)
+        for row in rows
+    ]
 
 
 class CronRuns:
@@ -215,17 +265,21 @@ class CronRuns:
         window = self.window if window is None else window
         assert window is not None
         start = datetime.fromtimestamp((window + 1) * CRON_SECONDS, timezone.utc)
-        started = (start + timedelta(seconds=1)).strftime(TIME_FORMAT)
-        finished = (start + timedelta(seconds=4 + self.count / 200)).strftime(TIME_FORMAT)
+        started = start + timedelta(seconds=1)
+        finished = start + timedelta(seconds=4 + self.count / 200)
         self.runs += 1
         rejected = 1 if self.runs % REJECT_EVERY == 0 else 0
+        connections = run_connections(self.runs, started, finished, self.count)
+        reconnects = sum(1 for row in connections if row[4] == 200) - 1
         cursor = conn.execute(
             _INSERT_RUN,
-            (SOURCE, started, finished, self.count + rejected, self.count, rejected,
-             self.first, self.last),
+            (SOURCE, started.strftime(TIME_FORMAT), finished.strftime(TIME_FORMAT),
+             self.count + rejected, self.count, rejected, reconnects, self.first, self.last),
         )  # fmt: skip
+        run_id = cursor.lastrowid
+        conn.executemany(_INSERT_CONNECTION, [(run_id, *row) for row in connections])
         if rejected:
-            conn.execute(_INSERT_REJECTED, (SOURCE, finished, cursor.lastrowid))
+            conn.execute(_INSERT_REJECTED, (SOURCE, finished.strftime(TIME_FORMAT), run_id))
         self.count = 0
 
 
@@ -297,6 +351,7 @@ def reset_archive(archive: Archive) -> None:
         with conn:
             conn.execute("DELETE FROM events WHERE seq > ?", (archive.max_seq,))
             conn.execute("DELETE FROM rejected_events WHERE id > ?", (archive.rejected,))
+            conn.execute("DELETE FROM ingest_connections WHERE run_id > ?", (archive.runs,))
             conn.execute("DELETE FROM ingest_runs WHERE id > ?", (archive.runs,))
             conn.execute(
                 "UPDATE sqlite_sequence SET seq = ? WHERE name = 'events'", (archive.max_seq,)
@@ -334,7 +389,6 @@ FOLLOW_UP_SHARE = 0.5
 SAMPLE_WINDOW = 64
 BUDGETS = (5, 10, 20, 25, 50, 100, 250, 500)
 ANOMALY_REASONS = ("velocity_spike", "scope_escalation", "geo_anomaly", "budget_burn_rate")
-CROCKFORD = "0123456789ABCDEFGHJKMNPQRSTVWXYZ"
 EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
 
 
@@ -901,6 +955,186 @@ grants AS (
 # Seconds between two archive timestamps (text), like DuckDB's epoch(a) - epoch(b).
 _SECONDS = "(julianday({a}) - julianday({b})) * 86400.0"
 
+# The same to the microsecond (julianday() keeps milliseconds), for archive
+# text with six fractional digits: whole seconds, then the microseconds.
+_EXACT_SECONDS = (
+    "(CAST(strftime('%s', {a}) AS INTEGER) - CAST(strftime('%s', {b}) AS INTEGER) "
+    "+ (CAST(substr({a}, 21) AS INTEGER) - CAST(substr({b}, 21) AS INTEGER)) / 1e6)"
+)
+
+# An id ending in "_" and a ULID: 26 Crockford symbols (either case), the first 0-7.
+_ULID_GLOB = "_[0-7]" + "[0-9A-HJKMNP-TV-Za-hjkmnp-tv-z]" * 25
+
+
+def sqlite_ulid_ms(column: str) -> str:
+    """The millisecond time of the ULID ending ``column`` in SQLite, else NULL.
+
+    The ten time symbols are the 26th to 17th from the end; each is its place
+    in the Crockford alphabet (upper-cased) times its power of 32.
+    """
+    digits = " + ".join(
+        f"(instr('{CROCKFORD}', upper(substr({column}, {i - 26}, 1))) - 1) * {32 ** (9 - i)}"
+        for i in range(10)
+    )
+    return f"(CASE WHEN substr({column}, -27) GLOB '{_ULID_GLOB}' THEN {digits} END)"
+
+
+def _sqlite_asof(intervals: str, points: str, at: str, column: str, until: str) -> str:
+    """Each row of ``points`` in the latest of ``intervals`` of its source that starts
+    at or before its ``at``, when ``at`` is ``until`` (< or <=) that interval's end_at:
+    DuckDB's ASOF JOIN, as a running max over both sorted together.
+
+    Columns: source, start_at (the interval's), ``column`` (the point's).
+    """
+    return f"""
+    SELECT p.source, p.owner AS start_at, p.{column} FROM (
+        SELECT *, max(interval_start) OVER (
+            PARTITION BY source ORDER BY at, point ROWS UNBOUNDED PRECEDING) AS owner
+        FROM (
+            SELECT source, start_at AS at, 0 AS point, start_at AS interval_start,
+                NULL AS {column}
+            FROM {intervals}
+            UNION ALL SELECT source, {at}, 1, NULL, {column} FROM {points}
+        )
+    ) p JOIN {intervals} i ON i.source = p.source AND i.start_at = p.owner
+    WHERE p.point = 1 AND p.at {until} i.end_at"""
+
+
+# Refused attempts in a gap or a span, and rejected frames in a span (up to its end).
+_GAP_ATTEMPTS = _sqlite_asof("gaps", "refused", "at", "status", "<")
+_SPAN_ATTEMPTS = _sqlite_asof("spans", "refused", "at", "status", "<")
+_SPAN_FRAMES = _sqlite_asof("spans", "rejected_events", "received_at", "id", "<=")
+
+# What queries/reports/ingest-coverage.sql says, with default options (every
+# source, no window) at :now: each 2xx connection (or a running run's request
+# still waiting) covers from its request to its close, capped at now, or up to
+# its last sign of life when its run is not running; a connection opens a new
+# span unless an earlier one of the source reached its request; gaps lie
+# between spans and after the last up to now. Lists (runs) are JSON arrays
+# aggregated from rows sorted first (SQLite 3.40 has no ORDER BY inside an
+# aggregate); DuckDB's concat_ws is spelt out.
+SQLITE_COVERAGE = f"""
+WITH tried AS (
+    SELECT c.id, c.run_id, r.source, r.outcome, c.requested_at AS at, c.status_code AS status,
+        c.events, c.close_reason,
+        CASE WHEN c.status_code BETWEEN 200 AND 299 THEN 1
+            WHEN c.status_code IS NULL AND c.closed_at IS NULL AND r.outcome = 'running' THEN 1
+            ELSE 0 END AS covering,
+        -- min() of a NULL closed_at is NULL: then now for a running run, else the last sign
+        max(c.requested_at, coalesce(min(c.closed_at, :now),
+            CASE WHEN r.outcome = 'running' THEN :now END,
+            c.last_seen_at, c.first_byte_at, c.requested_at)) AS until
+    FROM ingest_connections c JOIN ingest_runs r ON r.id = c.run_id
+    WHERE c.requested_at <= :now
+),
+flagged AS (
+    SELECT *, CASE WHEN at <= max(until) OVER (PARTITION BY source ORDER BY at, id
+        ROWS BETWEEN UNBOUNDED PRECEDING AND 1 PRECEDING) THEN 0 ELSE 1 END AS opens
+    FROM tried WHERE covering
+),
+numbered AS (
+    SELECT *, sum(opens) OVER (PARTITION BY source ORDER BY at, id ROWS UNBOUNDED PRECEDING)
+        AS span_no
+    FROM flagged
+),
+placed AS (
+    SELECT *,
+        row_number() OVER (PARTITION BY source, span_no ORDER BY at, id) AS nth,
+        row_number() OVER (PARTITION BY source, span_no ORDER BY until DESC, id DESC) AS nth_last
+    FROM numbered
+),
+spans AS (
+    SELECT source, span_no, min(at) AS start_at, max(until) AS end_at,
+        max(CASE WHEN nth = 1 THEN id END) AS first_id,
+        max(CASE WHEN nth_last = 1 THEN id END) AS last_id,
+        json_group_array(DISTINCT run_id) AS runs, count(*) AS connections, sum(events) AS events
+    FROM (SELECT * FROM placed ORDER BY source, span_no, run_id)
+    GROUP BY source, span_no
+),
+gaps AS (
+    SELECT source, end_at AS start_at, coalesce(next_start, :now) AS end_at,
+        last_id AS ended_by, next_first AS resumed_by
+    FROM (
+        SELECT s.*, lead(s.start_at) OVER w AS next_start, lead(s.first_id) OVER w AS next_first
+        FROM spans s WINDOW w AS (PARTITION BY s.source ORDER BY s.start_at)
+    )
+    WHERE coalesce(next_start, :now) > end_at
+),
+refused AS (SELECT source, at, status FROM tried WHERE NOT covering),
+gap_failures AS (
+    SELECT source, start_at, sum(n) AS attempts, group_concat(code, ', ') AS codes
+    FROM (
+        SELECT source, start_at, coalesce(CAST(status AS TEXT), 'no response') AS code,
+            count(*) AS n
+        FROM ({_GAP_ATTEMPTS}
+        ) GROUP BY source, start_at, code ORDER BY source, start_at, code
+    ) GROUP BY source, start_at
+),
+span_failures AS (
+    SELECT source, start_at, count(*) AS attempts FROM ({_SPAN_ATTEMPTS}
+    ) GROUP BY source, start_at
+),
+span_frames AS (
+    SELECT source, start_at, count(*) AS frames FROM ({_SPAN_FRAMES}
+    ) GROUP BY source, start_at
+),
+run_state AS (
+    SELECT r.source, max(CASE WHEN r.outcome = 'running' THEN r.id END) AS running_run,
+        (SELECT l.id || CASE l.outcome WHEN 'abandoned' THEN ' was abandoned'
+                ELSE ' finished (' || l.outcome || ')' END
+            FROM ingest_runs l WHERE l.source = r.source AND l.started_at <= :now
+            ORDER BY l.started_at DESC LIMIT 1) AS last_run
+    FROM ingest_runs r GROUP BY r.source
+),
+explained AS (
+    SELECT g.source, g.start_at, g.end_at, e.run_id AS ended, e.outcome AS how,
+        coalesce(e.close_reason, 'no reason recorded') AS why, n.run_id AS resumed,
+        -- the running run a gap waits on, when no connection resumed it
+        CASE WHEN n.run_id IS NULL THEN o.running_run END AS waiting, o.last_run,
+        coalesce(f.attempts, 0) AS failed, f.codes
+    FROM gaps g
+    JOIN tried e ON e.id = g.ended_by
+    LEFT JOIN tried n ON n.id = g.resumed_by
+    JOIN run_state o ON o.source = g.source
+    LEFT JOIN gap_failures f ON f.source = g.source AND f.start_at = g.start_at
+),
+worded AS (
+    SELECT *, coalesce(resumed, waiting) AS after,
+        CASE WHEN coalesce(resumed, waiting) IS NULL
+            THEN 'no ingest running since run ' || last_run
+            ELSE 'run ' || ended || CASE
+                WHEN resumed IS NULL AND waiting = ended THEN ' reconnecting after: ' || why
+                WHEN resumed = ended THEN ' reconnect after: ' || why
+                WHEN how = 'abandoned' THEN ' abandoned'
+                WHEN how = 'running' THEN ' connection ended: ' || why
+                ELSE ' ended (' || how || ')' END
+            END AS ending,
+        CASE WHEN resumed <> ended THEN 'next run ' || resumed || ' started'
+            WHEN waiting <> ended THEN 'run ' || waiting || ' running, not connected'
+            END AS resuming,
+        CASE WHEN failed = 1 THEN '1 failed attempt (' || codes || ')'
+            WHEN failed > 1 THEN failed || ' failed attempts (' || codes || ')' END AS failing
+    FROM explained
+)
+SELECT s.source, 'covered' AS kind, s.start_at, s.end_at,
+    {_EXACT_SECONDS.format(a="s.end_at", b="s.start_at")} AS seconds,
+    s.runs, s.connections, coalesce(f.attempts, 0) AS failed_attempts, s.events,
+    coalesce(j.frames, 0) AS rejected, NULL AS cause
+FROM spans s
+LEFT JOIN span_failures f ON f.source = s.source AND f.start_at = s.start_at
+LEFT JOIN span_frames j ON j.source = s.source AND j.start_at = s.start_at
+WHERE s.end_at > s.start_at
+UNION ALL
+SELECT source, 'gap', start_at, end_at, {_EXACT_SECONDS.format(a="end_at", b="start_at")},
+    CASE WHEN after IS NULL OR after = ended THEN json_array(ended)
+        ELSE json_array(min(ended, after), max(ended, after)) END,
+    NULL, failed, NULL, NULL,
+    substr(coalesce('; ' || ending, '') || coalesce('; ' || resuming, '')
+        || coalesce('; ' || failing, ''), 3)
+FROM worded
+ORDER BY 1, 3, 2"""
+
+
 # Each report with default options (no window, no filters, the default --by).
 SQLITE_REPORTS: dict[str, str] = {
     "revocations-by-actor": f"""
@@ -981,41 +1215,41 @@ SELECT c.actor, c.via, c.grants,
     c.without_created
 FROM counts c LEFT JOIN q ON q.all_row = c.all_row AND q.actor = c.actor AND q.via = c.via
 ORDER BY c.all_row DESC, c.grants DESC, c.actor, c.via""",
-    "ingest-coverage": f"""
-WITH runs AS (
-    SELECT r.*, lag(coalesce(r.finished_at, r.started_at))
-        OVER (PARTITION BY r.source ORDER BY r.started_at, r.id) AS previous_end
-    FROM ingest_runs r
-),
-rejected AS (SELECT run_id, count(*) AS frames FROM rejected_events GROUP BY run_id)
-SELECT runs.source, runs.id AS run_id, started_at, finished_at, outcome,
-    first_occurred_at, last_occurred_at, received, inserted, duplicates,
-    coalesce(rejected.frames, 0) AS rejected,
-    CASE WHEN julianday(started_at) > julianday(previous_end)
-        THEN {_SECONDS.format(a="started_at", b="previous_end")} END AS gap_seconds
-FROM runs LEFT JOIN rejected ON rejected.run_id = runs.id
-ORDER BY runs.source, started_at, run_id""",
+    "ingest-coverage": SQLITE_COVERAGE,
     "token-issuance": f"""
 WITH RECURSIVE {SQLITE_GRANTS},
+issued AS (
+    SELECT agent_id, grant_id, method,
+        {sqlite_ulid_ms("token_id")} - {sqlite_ulid_ms("grant_id")} AS lag
+    FROM events WHERE type = 'token.issued'
+),
 t AS (
-    SELECT agent_id, method FROM events
-    WHERE type = 'token.issued' AND agent_id IS NOT NULL
+    SELECT i.agent_id, i.method, i.lag, i.grant_id FROM issued i WHERE i.agent_id IS NOT NULL
     UNION ALL
-    SELECT g.agent_id, e.method
-    FROM events e LEFT JOIN grants g ON g.grant_id = e.grant_id
-    WHERE e.type = 'token.issued' AND e.agent_id IS NULL
+    SELECT g.agent_id, i.method, i.lag, i.grant_id
+    FROM issued i LEFT JOIN grants g ON g.grant_id = i.grant_id
+    WHERE i.agent_id IS NULL
+),
+k AS (
+    SELECT t.agent_id,
+        CASE WHEN t.method IN ('exchange', 'delegation', 'refresh') THEN t.method
+            WHEN t.lag IS NULL OR t.lag < -{INITIAL_WINDOW_MS} THEN 'unknown'
+            WHEN t.lag <= {INITIAL_WINDOW_MS} THEN CASE WHEN p.grant_id IS NOT NULL
+                THEN 'delegation' ELSE 'exchange' END
+            ELSE 'refresh' END AS kind
+    FROM t LEFT JOIN edges p ON p.grant_id = t.grant_id
 )
 SELECT agent_id,
     count(*) AS tokens,
-    count(CASE WHEN method = 'exchange' THEN 1 END) AS exchange,
-    count(CASE WHEN method = 'refresh' THEN 1 END) AS refresh,
-    count(CASE WHEN method IS NULL OR method NOT IN ('exchange', 'refresh') THEN 1 END)
-        AS method_unknown,
-    CASE WHEN count(CASE WHEN method IN ('exchange', 'refresh') THEN 1 END) > 0
-        THEN count(CASE WHEN method = 'refresh' THEN 1 END) * 1.0
-            / count(CASE WHEN method IN ('exchange', 'refresh') THEN 1 END)
+    count(CASE WHEN kind = 'exchange' THEN 1 END) AS exchange,
+    count(CASE WHEN kind = 'delegation' THEN 1 END) AS delegation,
+    count(CASE WHEN kind = 'refresh' THEN 1 END) AS refresh,
+    count(CASE WHEN kind = 'unknown' THEN 1 END) AS unknown,
+    CASE WHEN count(CASE WHEN kind <> 'unknown' THEN 1 END) > 0
+        THEN count(CASE WHEN kind = 'refresh' THEN 1 END) * 1.0
+            / count(CASE WHEN kind <> 'unknown' THEN 1 END)
     END AS refresh_ratio
-FROM t
+FROM k
 GROUP BY agent_id
 ORDER BY tokens DESC, agent_id NULLS LAST""",
     "top-agents": f"""
@@ -1034,20 +1268,22 @@ ORDER BY grants DESC, revocation_rate DESC, agent_id NULLS LAST""",
 }
 
 # Reports whose SQLite result must equal DuckDB's (the run fails otherwise).
-MUST_MATCH = ("event-volume", "revocations-by-actor")
+MUST_MATCH = ("event-volume", "revocations-by-actor", "token-issuance", "ingest-coverage")
 
 
 class SqliteTimeout(Exception):
     pass
 
 
-def sqlite_query(conn: sqlite3.Connection, sql: str, timeout: float) -> tuple[float, list[Row]]:
+def sqlite_query(
+    conn: sqlite3.Connection, sql: str, timeout: float, params: dict[str, Any]
+) -> tuple[float, list[Row]]:
     """Seconds and rows for ``sql``; SqliteTimeout once ``timeout`` seconds have passed."""
     started = time.perf_counter()
     deadline = started + timeout
     conn.set_progress_handler(lambda: int(time.perf_counter() > deadline), 100_000)
     try:
-        rows = conn.execute(sql).fetchall()
+        rows = conn.execute(sql, params).fetchall()
     except sqlite3.OperationalError as exc:
         if "interrupt" in str(exc):
             raise SqliteTimeout from None
@@ -1058,7 +1294,10 @@ def sqlite_query(conn: sqlite3.Connection, sql: str, timeout: float) -> tuple[fl
 
 
 def normal_value(value: Any) -> Any:
-    """A value as both engines can show it: timestamps as archive text, dates as ISO."""
+    """A value as both engines can show it: timestamps as archive text, dates as ISO,
+    lists as compact JSON (SQLite's json_array)."""
+    if isinstance(value, list):
+        return json.dumps([normal_value(x) for x in value], separators=(",", ":"))
     if isinstance(value, datetime):
         return value.astimezone(timezone.utc).strftime(TIME_FORMAT)
     if isinstance(value, date):
@@ -1090,8 +1329,8 @@ class SqliteResult:
     timeout: float = 0.0
 
 
-def duckdb_rows(db_url: str, directory: Path) -> dict[str, list[Row]]:
-    """Each report's default result from DuckDB, to compare with SQLite's."""
+def duckdb_rows(db_url: str, directory: Path, now: datetime) -> dict[str, list[Row]]:
+    """Each report's default result from DuckDB at ``now``, to compare with SQLite's."""
     from queries.api import prepare_report
     from queries.copy import AnalyticsCopy
     from queries.reports import load_reports
@@ -1100,13 +1339,16 @@ def duckdb_rows(db_url: str, directory: Path) -> dict[str, list[Row]]:
     session = Session(AnalyticsCopy(db_url, directory))
     out = {}
     for name in load_reports():
-        out[name] = session.conn.execute(*prepare_report(name)).fetchall()
+        out[name] = session.conn.execute(*prepare_report(name, now=now)).fetchall()
     session.close()
     return out
 
 
 def run_sqlite(archive: Archive, directory: Path, runs: int, timeout: float) -> list[SqliteResult]:
-    expected = duckdb_rows(archive.url, directory)
+    # One "now" for both engines (ingest-coverage's last gap runs up to it).
+    now = datetime.now(timezone.utc)
+    expected = duckdb_rows(archive.url, directory, now)
+    params = {"now": now.strftime(TIME_FORMAT)}
     conn = sqlite3.connect(f"file:{archive.path}?mode=ro", uri=True)
     results = []
     for name, sql in SQLITE_REPORTS.items():
@@ -1114,7 +1356,7 @@ def run_sqlite(archive: Archive, directory: Path, runs: int, timeout: float) -> 
         rows: list[Row] = []
         try:
             for _ in range(runs):
-                seconds, rows = sqlite_query(conn, sql, timeout)
+                seconds, rows = sqlite_query(conn, sql, timeout, params)
                 times.append(seconds)
         except SqliteTimeout:
             print(f"  {name}: SQLite > {timeout:.0f} s (timed out)", flush=True)
@@ -1509,31 +1751,38 @@ Method, all in one run on the same machine: an archive of N simulator events
 (mixed envelope, spread over 90 days) is built once with plain `sqlite3`
 inserts and cached in `benchmarks/.work/`; its `ingest_runs` are those of a
 cron worker every five minutes (one run per five-minute window, one window in
-500 missed, one rejected frame in every fifth run). A child process builds a fresh
-analytics copy (full refresh); 100,000 later events are appended and another
-child refreshes incrementally, and a third refreshes with nothing new. Half of
-the appended events come from a new simulator seed (new grants only); the
-other half are follow-ups for existing grants sampled across the archive's
-whole seq range (skipping grants already revoked), in each grant's own
-envelope: `token.issued` (live with `agentId`; documented without it, method
-exchange or refresh), `budget.threshold` (50/80) and `budget.exhausted` for
-budget grants, `grant.revoked` (live without `revokedBy`, documented with
-`revokedBy` developer/principal) and `anomaly.auto_revoked` listing 1-3 of an
-agent's live grants, so the merged grants overlap the whole grants table. A
-child process opens one `Session` and runs each named report once cold, then
-five times warm (median reported), with default options and with `--by agent`
-/ `--by month` where the report takes them; a run ends with the whole result
-fetched as an Arrow table (SQLite's: all rows fetched as tuples). Each report is also written by
-hand as one SQLite query over the archive (per-grant state computed inside the
-query) and timed against the archive file; its rows are compared with
-DuckDB's. Finally a child process loops appending 20,000 events (same mix) and
-refreshing, while the real CLI (`report NAME --format csv`, with and without
-`--no-refresh`) runs every report; a non-zero exit, empty output or
-`lock`/`Error` on stderr is a failure. Peak RSS is each process's own `VmHWM`."""
+500 missed, one rejected frame in every fifth run), and its
+`ingest_connections` one 200 stream per run, from just after its start to its
+end, with one failed attempt before it in every seventh run (503) and every
+eleventh (no answer), and a reconnect half-way in every thirteenth. A child
+process builds a fresh analytics copy (full refresh); 100,000 later events are
+appended (with their runs) and another child refreshes incrementally, and a
+third refreshes with nothing new. Half of the appended events come from a new
+simulator seed (new grants only); the other half are follow-ups for existing
+grants sampled across the archive's whole seq range (skipping grants already
+revoked), in each grant's own envelope: `token.issued` (live with `agentId`
+and a token id made at the event's time, so a refresh by its ULID; documented
+without it, method exchange or refresh), `budget.threshold` (50/80) and
+`budget.exhausted` for budget grants, `grant.revoked` (live without
+`revokedBy`, documented with `revokedBy` developer/principal) and
+`anomaly.auto_revoked` listing 1-3 of an agent's live grants, so the merged
+grants overlap the whole grants table. A child process opens one `Session` and
+runs each named report once cold, then five times warm (median reported), with
+default options and with `--by agent` / `--by month` where the report takes
+them; a run ends with the whole result fetched as an Arrow table (SQLite's:
+all rows fetched as tuples). Each report is also written by hand as one SQLite
+query over the archive (per-grant state computed inside the query; token kinds
+read from the ULIDs with `substr`/`instr`; coverage spans merged with window
+functions) and timed against the archive file; its rows are compared with
+DuckDB's, both taken at the same "now". Finally a child process loops
+appending 20,000 events (same mix) and refreshing, while the real CLI (`report
+NAME --format csv`, with and without `--no-refresh`) runs every report; a
+non-zero exit, empty output or `lock`/`Error` on stderr is a failure. Peak RSS
+is each process's own `VmHWM`."""
 
 
 def check_matches(timings: list[Timing]) -> None:
-    """The two reports that must agree with SQLite; raise after printing what differs."""
+    """The reports that must agree with SQLite; raise after printing what differs."""
     for t in timings:
         if t.name in MUST_MATCH and t.sqlite is not None and t.sqlite.mismatch is not None:
             print(f"MISMATCH in {t.name}: {t.sqlite.mismatch}", flush=True)
