@@ -11,31 +11,26 @@ import click
 from ..logs import setup_logging
 from ..runner import run_ingest
 from ..settings import (
-    DEFAULT_BASE_URL,
-    ENV_BASE_URL,
     IngestSettings,
     check_base_url,
     load_api_key,
     parse_types,
 )
 from .errors import EXIT_CODES, CliError, reported
-from .options import check_db_url, check_source, db_option, parse_time, positive
+from .options import (
+    check_db_url,
+    db_option,
+    log_options,
+    parse_time,
+    positive,
+    service_options,
+    source_option,
+)
 
 
 @click.command()
 @db_option
-@click.option(
-    "--api-key-file",
-    type=click.Path(dir_okay=False, path_type=Path),
-    help="File holding the API key (default: env GRANTEX_API_KEY). Never pass the key itself.",
-)
-@click.option(
-    "--base-url",
-    envvar=ENV_BASE_URL,
-    default=DEFAULT_BASE_URL,
-    show_default=True,
-    help=f"Grantex API base URL (env {ENV_BASE_URL}).",
-)
+@service_options
 @click.option("--types", "types_", metavar="T1,T2", help="Only these event types (default: all).")
 @click.option("--since", metavar="ISO8601", help="Start here instead of the resume point.")
 @click.option(
@@ -83,13 +78,7 @@ from .options import check_db_url, check_source, db_option, parse_time, positive
     callback=positive,
     help="Seconds before a partial batch is committed.",
 )
-@click.option(
-    "--source",
-    default="default",
-    show_default=True,
-    callback=check_source,
-    help="Label for this account.",
-)
+@source_option
 @click.option(
     "--read-timeout",
     type=float,
@@ -105,14 +94,7 @@ from .options import check_db_url, check_source, db_option, parse_time, positive
     show_default=True,
     help="Seconds to keep retrying an unusable database before exiting 4.",
 )
-@click.option(
-    "--log-format",
-    type=click.Choice(["text", "json"]),
-    default="text",
-    show_default=True,
-    help="Log line format on stderr.",
-)
-@click.option("-q", "--quiet", is_flag=True, help="Only warnings and errors.")
+@log_options
 def ingest(
     db_url: str,
     api_key_file: Path | None,

@@ -20,7 +20,7 @@ from queries.render import (
 )
 
 from ..events import MAX_TEXT
-from ..settings import DEFAULT_DB, ENV_DB
+from ..settings import DEFAULT_BASE_URL, DEFAULT_DB, ENV_BASE_URL, ENV_DB
 from ..store import DatabaseURLError, check_sqlite_location, create_archive_engine
 from ..timestamps import TIME_OPTION_HELP, TimestampError, parse_time_option
 from .errors import EXIT_USAGE, CliError
@@ -153,3 +153,42 @@ def check_source(_ctx: click.Context, _param: click.Parameter, source: str) -> s
             param_hint="'--source'",
         )
     return source
+
+
+def service_options(func: F) -> F:
+    """``--api-key-file`` and ``--base-url``: which Grantex account, and where it is served."""
+    func = click.option(
+        "--base-url",
+        envvar=ENV_BASE_URL,
+        default=DEFAULT_BASE_URL,
+        show_default=True,
+        help=f"Grantex API base URL (env {ENV_BASE_URL}).",
+    )(func)
+    return click.option(
+        "--api-key-file",
+        type=click.Path(dir_okay=False, path_type=Path),
+        help="File holding the API key (default: env GRANTEX_API_KEY). Never pass the key itself.",
+    )(func)
+
+
+def source_option(func: F) -> F:
+    """``--source``: the account's label, checked by :func:`check_source`."""
+    return click.option(
+        "--source",
+        default="default",
+        show_default=True,
+        callback=check_source,
+        help="Label for this account.",
+    )(func)
+
+
+def log_options(func: F) -> F:
+    """``--log-format`` and ``-q/--quiet``: how a long-running command logs on stderr."""
+    func = click.option("-q", "--quiet", is_flag=True, help="Only warnings and errors.")(func)
+    return click.option(
+        "--log-format",
+        type=click.Choice(["text", "json"]),
+        default="text",
+        show_default=True,
+        help="Log line format on stderr.",
+    )(func)

@@ -18,7 +18,7 @@ from ..receiver import (
 )
 from ..receiver.signature import DEFAULT_TOLERANCE
 from .errors import reported
-from .options import check_db_url, check_source, db_option
+from .options import check_db_url, db_option, log_options, source_option
 
 
 @click.command()
@@ -38,13 +38,7 @@ from .options import check_db_url, check_source, db_option
     help="File holding the webhook's signing secret; one per line, or repeat the option, "
     "to accept several during a rotation. Never pass a secret itself.",
 )
-@click.option(
-    "--source",
-    default="default",
-    show_default=True,
-    callback=check_source,
-    help="Label for this account.",
-)
+@source_option
 @click.option(
     "--path", "url_path", default=DEFAULT_PATH, show_default=True, help="URL path of the webhook."
 )
@@ -62,14 +56,7 @@ from .options import check_db_url, check_source, db_option
     help="Also accept a delivery signed only with the legacy body-only X-Grantex-Signature "
     "(no replay bound).",
 )
-@click.option(
-    "--log-format",
-    type=click.Choice(["text", "json"]),
-    default="text",
-    show_default=True,
-    help="Log line format on stderr.",
-)
-@click.option("-q", "--quiet", is_flag=True, help="Only warnings and errors.")
+@log_options
 def receive(
     db_url: str,
     listen: str,

@@ -15,9 +15,9 @@ from ..reconcile import (
     ServiceUnavailable,
     run_reconcile,
 )
-from ..settings import DEFAULT_BASE_URL, ENV_BASE_URL, check_base_url, load_api_key
+from ..settings import check_base_url, load_api_key
 from .errors import EXIT_AUTH, EXIT_FAILED, EXIT_UNAVAILABLE, CliError, reported
-from .options import check_db_url, db_option
+from .options import check_db_url, db_option, service_options, source_option
 
 _SERVICE_EXITS: tuple[tuple[type[ReconcileError], int], ...] = (
     (ServiceAuthError, EXIT_AUTH),
@@ -28,19 +28,8 @@ _SERVICE_EXITS: tuple[tuple[type[ReconcileError], int], ...] = (
 
 @click.command()
 @db_option
-@click.option(
-    "--api-key-file",
-    type=click.Path(dir_okay=False, path_type=Path),
-    help="File holding the API key (default: env GRANTEX_API_KEY). Never pass the key itself.",
-)
-@click.option(
-    "--base-url",
-    envvar=ENV_BASE_URL,
-    default=DEFAULT_BASE_URL,
-    show_default=True,
-    help=f"Grantex API base URL (env {ENV_BASE_URL}).",
-)
-@click.option("--source", default="default", show_default=True, help="Label for this account.")
+@service_options
+@source_option
 @click.option(
     "--timeout",
     type=click.FloatRange(min=0, min_open=True),
@@ -73,8 +62,6 @@ def reconcile(
       grantex-archive ingest --until-idle 60 && grantex-archive reconcile
     """
     check_db_url(db_url)
-    if not source.strip():
-        raise click.BadParameter("must not be empty", param_hint="'--source'")
     with reported():
         api_key = load_api_key(api_key_file)
         settings = ReconcileSettings(
