@@ -139,7 +139,9 @@ class IngestSettings:
     progress_interval: float = 10.0
     db_retry_timeout: float = 60.0
     backoff_initial: float = 0.5
-    backoff_max: float = 60.0
+    backoff_max: float = 5.0
+    """Longest reconnect delay without Retry-After (``--max-backoff``): short, since the
+    live service keeps no history and every second without a stream is lost."""
     wait_lock: float | None = None
     """Seconds to wait for a lock another ingest holds (``--wait-lock``); None: exit 75 at once."""
     hold_events: int = 100_000

@@ -112,7 +112,7 @@ class StreamOptions:
     read_timeout: float = 90.0
     connect_timeout: float = 10.0
     backoff_initial: float = 0.5
-    backoff_max: float = 60.0
+    backoff_max: float = 5.0
 
 
 def parse_retry_after(value: str | None, now: float | None = None) -> float | None:

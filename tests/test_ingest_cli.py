@@ -373,6 +373,7 @@ def test_brand_new_sqlite_archive_is_created(tmp_path: Path) -> None:
         (["--db", "nonsense://"], {}, "database"),
         (["--api-key", "sk_1"], {}, "No such option"),
         (["--until-idle", "-1"], {}, "--until-idle"),
+        (["--max-backoff", "0.1"], {}, "--max-backoff"),
     ],
 )
 def test_configuration_errors_exit_2(

@@ -94,6 +94,32 @@ def test_events_emitted_while_nobody_listens_are_lost(client: httpx.Client) -> N
         assert len(missed) >= 39 and not missed & set(before + after)
 
 
+def test_a_stream_misses_what_is_emitted_while_it_subscribes(client: httpx.Client) -> None:
+    with make(replay="none", rate=200.0, keepalive=5, subscribe_delay=0.5) as sim:
+        requested = sim.event_count
+        with stream(client, sim) as response:
+            first = event_ids(response, 1)[0]
+        ids = [e["id"] for e in sim.events()]
+        # 0.5 s at 200 events/s: about 100 events went out before the stream subscribed.
+        assert ids.index(first) >= requested + 50
+
+
+def test_the_ledger_marks_exactly_the_events_a_stream_was_sent(client: httpx.Client) -> None:
+    with make(replay="none", rate=200.0, keepalive=5, drop_every=30) as sim:
+        with stream(client, sim) as response:
+            received = event_ids(response, 30)
+        emitted = sim.event_count
+        deadline = time.monotonic() + 5
+        while sim.event_count < emitted + 40:
+            assert time.monotonic() < deadline
+            time.sleep(0.01)
+        ledger = sim.ledger()
+    streamed = [event_id for event_id, _, _, sent in ledger if sent]
+    assert streamed == received  # the frame torn by the drop was not sent in full
+    assert [row[0] for row in ledger] == [e["id"] for e in sim.events()]
+    assert all(row[2] > 0 and row[1] for row in ledger)
+
+
 # --------------------------------------------------------------------------- held headers
 
 
@@ -235,6 +261,8 @@ def test_config_rejects_bad_live_settings() -> None:
         SimulatorConfig(api_key=KEY, replay="all")
     with pytest.raises(ValueError, match="leaked_slots"):
         SimulatorConfig(api_key=KEY, leaked_slots=6)
+    with pytest.raises(ValueError, match="subscribe_delay"):
+        SimulatorConfig(api_key=KEY, subscribe_delay=-1)
 
 
 def test_simulate_command_serves_the_live_behaviours(client: httpx.Client) -> None:

@@ -88,6 +88,15 @@ from .options import (
     help="Seconds without data (keepalives included) before reconnecting.",
 )
 @click.option(
+    "--max-backoff",
+    type=click.FloatRange(min=0.5),
+    default=5.0,
+    show_default=True,
+    metavar="SECONDS",
+    help="Longest wait between reconnect attempts (a Retry-After may ask for "
+    "longer); the live service loses what is emitted while no stream is connected.",
+)
+@click.option(
     "--db-retry-timeout",
     type=click.FloatRange(min=0),
     default=60.0,
@@ -110,6 +119,7 @@ def ingest(
     flush_interval: float,
     source: str,
     read_timeout: float,
+    max_backoff: float,
     db_retry_timeout: float,
     log_format: str,
     quiet: bool,
@@ -149,6 +159,7 @@ def ingest(
             batch_size=batch_size,
             flush_interval=flush_interval,
             read_timeout=read_timeout,
+            backoff_max=max_backoff,
             db_retry_timeout=db_retry_timeout,
         )
     secrets = (settings.api_key.reveal(),)

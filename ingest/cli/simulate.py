@@ -89,6 +89,15 @@ from .errors import EXIT_USAGE, CliError
     help="Send status and headers only with the first event or keepalive (as the live service).",
 )
 @click.option(
+    "--subscribe-delay",
+    type=click.FloatRange(min=0),
+    default=0.0,
+    show_default=True,
+    metavar="SECONDS",
+    help="With --replay none: a stream is subscribed this long after its request, and "
+    "misses what is emitted meanwhile (as the live service).",
+)
+@click.option(
     "--leaked-slots",
     type=click.IntRange(0, 5),
     default=0,

@@ -32,7 +32,10 @@ class SimulatorConfig:
     Live-service behaviours: ``replay`` "none" ignores ``since`` and Last-Event-ID (a
     stream carries only what is emitted after its request; what is emitted while no
     client listens is lost); ``hold_headers`` sends the status line and headers only
-    with the first event or keepalive; ``leaked_slots`` stream slots are taken from the
+    with the first event or keepalive; ``subscribe_delay`` is how long after its request
+    a stream is subscribed (with ``replay`` "none", what is emitted before then is not
+    sent to it, as the service loses events published while a client subscribes);
+    ``leaked_slots`` stream slots are taken from the
     start, as after a crash, until the counter expires (``slot_ttl`` seconds without a
     request or keepalive). ``webhook_url`` receives ``webhook_types`` events signed
     with ``webhook_secret``, retried on the service's schedule multiplied by
@@ -60,6 +63,7 @@ class SimulatorConfig:
     emit_retry: int | None = None
     replay: str = "since"
     hold_headers: bool = False
+    subscribe_delay: float = 0.0
     leaked_slots: int = 0
     slot_ttl: float = 300.0
     webhook_url: str | None = None
@@ -73,8 +77,10 @@ class SimulatorConfig:
             raise ValueError("api_key must not be empty")
         if self.envelope not in ENVELOPES:
             raise ValueError(f"envelope must be one of {ENVELOPES}, got {self.envelope!r}")
-        if self.backlog < 0 or self.rate < 0 or self.backlog_span < 0 or self.keepalive < 0:
+        if min(self.backlog, self.rate, self.backlog_span, self.keepalive) < 0:
             raise ValueError("backlog, backlog_span, rate and keepalive must be >= 0")
+        if self.subscribe_delay < 0:
+            raise ValueError("subscribe_delay must be >= 0")
         for name in ("drop_every", "malformed_every", "total_events"):
             value = getattr(self, name)
             if value is not None and value < (0 if name == "total_events" else 1):

@@ -28,6 +28,8 @@ class History:
         self.offsets: array[int] = array("q", [0])
         self.ts: array[int] = array("q")
         self.types: array[int] = array("B")
+        # 1 where a stream connection was sent the event in full: the delivery ledger.
+        self.streamed = bytearray()
         self.count = 0
         self.last_ts = 0
         self.emit_ids = emit_ids
@@ -54,10 +56,15 @@ class History:
                     offsets.append(offsets[-1] + len(data))
             self.ts.extend(batch.ts)
             self.types.extend(batch.codes)
+            self.streamed.extend(bytes(len(frames)))
             self.last_ts = batch.ts[-1]
             # Publish the new length last: readers only look at indices below `count`.
             self.count += len(frames)
             self.cond.notify_all()
+
+    def mark_streamed(self, lo: int, hi: int) -> None:
+        """Record that the events ``lo`` to ``hi - 1`` were sent in full over a stream."""
+        self.streamed[lo:hi] = b"\x01" * (hi - lo)
 
     def envelope(self, index: int) -> dict[str, Any]:
         start = self.offsets[index] + self.json_skip

@@ -207,6 +207,23 @@ class Simulator:
             count = history.count
         return [history.envelope(i) for i in range(count)]
 
+    def ledger(self) -> list[tuple[str, str, int, bool]]:
+        """Every well-formed event so far as (id, type, emitted at in Unix ms, streamed).
+
+        ``streamed`` is whether any stream connection was sent the event in full: an
+        event never streamed was lost to every stream client (no client connected, a
+        client still subscribing, a connection cut first).
+        """
+        history = self._history
+        with history.cond:
+            count = history.count
+        rows = []
+        for i in range(count):
+            env = history.envelope(i)
+            streamed = bool(history.streamed[i])
+            rows.append((str(env["id"]), str(env["type"]), history.ts[i], streamed))
+        return rows
+
     @property
     def webhook(self) -> Deliverer | None:
         """The webhook deliverer (its id, its deliveries), when a webhook URL is set."""
@@ -319,6 +336,9 @@ class Simulator:
 
     def _stream(self, handler: BaseHTTPRequestHandler, conn: Conn, query: StreamQuery) -> None:
         if self.config.replay == "none":
+            if self.config.subscribe_delay > 0:
+                # Not subscribed yet: what is emitted meanwhile never reaches this stream.
+                self._stopping.wait(self.config.subscribe_delay)
             cursor = self._history.start_index(None, None)
         else:
             last_id = handler.headers.get("Last-Event-ID")

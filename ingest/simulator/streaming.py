@@ -143,6 +143,7 @@ class Streamer:
             nxt = min(end, pos + _WRITE_CHUNK)
             conn.write(buf[pos:nxt])
             pos = nxt
+        history.mark_streamed(lo, hi)
         conn.good += hi - lo
         with self._lock:
             self._stats.events_sent += hi - lo
@@ -158,6 +159,7 @@ class Streamer:
         drop_every = cfg.drop_every
         malformed_every = cfg.malformed_every
         parts: list[bytes | bytearray] = []
+        pending: list[int] = []  # indices of the events in parts, for the ledger
         size = 0
         sent = 0
         malformed = 0
@@ -167,9 +169,10 @@ class Streamer:
                     continue
                 frame = buf[offsets[i] : offsets[i + 1]]
                 if drop_every is not None and conn.good >= drop_every:
-                    self._drop(conn, parts, frame)
+                    self._drop(conn, parts, pending, frame)
                 good = conn.good = conn.good + 1
                 parts.append(frame)
+                pending.append(i)
                 size += len(frame)
                 sent += 1
                 if malformed_every is not None and good % malformed_every == 0:
@@ -180,19 +183,28 @@ class Streamer:
                 if size >= _WRITE_CHUNK:
                     if stopping.is_set():
                         raise StreamClosed
-                    conn.write(b"".join(parts))
-                    parts = []
+                    self._flush(conn, parts, pending)
                     size = 0
-            conn.write(b"".join(parts))
+            self._flush(conn, parts, pending)
         finally:
             with self._lock:
                 self._stats.events_sent += sent
                 self._stats.malformed_sent += malformed
 
-    def _drop(self, conn: Conn, parts: list[bytes | bytearray], frame: bytearray) -> None:
-        """Flush what is queued, then cut the connection halfway through ``frame``."""
+    def _flush(self, conn: Conn, parts: list[bytes | bytearray], pending: list[int]) -> None:
+        """Write the queued frames, then enter their events in the delivery ledger."""
         conn.write(b"".join(parts))
+        streamed = self._history.streamed
+        for i in pending:
+            streamed[i] = 1
         parts.clear()
+        pending.clear()
+
+    def _drop(
+        self, conn: Conn, parts: list[bytes | bytearray], pending: list[int], frame: bytearray
+    ) -> None:
+        """Flush what is queued, then cut the connection halfway through ``frame``."""
+        self._flush(conn, parts, pending)
         conn.send(torn_chunk(frame))
         with self._lock:
             self._stats.dropped += 1
