@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import re
 import subprocess
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
@@ -295,7 +296,7 @@ def test_the_real_cli_process(archive: str) -> None:
 
 def test_demo_runs_ingest_and_the_headline_reports(tmp_path: Path) -> None:
     archive = f"sqlite:///{tmp_path / 'demo.db'}"
-    result = invoke(["demo", "--db", archive, "--events", "3000"])
+    result = invoke(["demo", "--db", archive, "--events", "3000", "--no-gap"])
     assert result.exit_code == 0, result.output
     assert "Archived 3000 events" in result.output
     for name in ("event-volume", "revocations-by-actor", "budget-exhaustion-rate", "top-agents"):
@@ -304,3 +305,30 @@ def test_demo_runs_ingest_and_the_headline_reports(tmp_path: Path) -> None:
     for actor in ("developer", "principal", "system", "developer_or_principal"):
         assert f"\n{actor}," in result.output
     assert rows(archive, "SELECT count(*) FROM events") == [(3000,)]
+
+
+@pytest.mark.timeout(180)
+def test_demo_shows_a_gap_being_closed(tmp_path: Path) -> None:
+    archive = f"sqlite:///{tmp_path / 'demo.db'}"
+    result = invoke(["demo", "--db", archive, "--events", "500"])
+    assert result.exit_code == 0, result.output
+    for name in ("ingest-coverage", "webhook-catches", "reconciliation"):
+        assert f"== grantex-archive report {name} --source live" in result.output
+    # The killed worker left a gap in the live source's coverage...
+    coverage = result.stdout.split("report ingest-coverage --source live")[1]
+    assert "\nlive,gap," in coverage.split("\n==")[0]
+    # ...which the receiver and reconcile closed in part.
+    summary = re.search(
+        r"Of the (\d+) events .*: (\d+) came by the stream, (\d+) by the receiver first .*, "
+        r"(\d+) by the receiver alone .*, (\d+) are known from reconcile only, and (\d+) are lost",
+        result.stdout,
+    )
+    assert summary, result.stdout
+    total, stream, first, alone, reconciled, lost = map(int, summary.groups())
+    assert total == stream + first + alone + reconciled + lost
+    assert stream > 0 and alone > 0 and total > 150
+    assert rows(archive, "SELECT count(*) FROM reconcile_runs WHERE outcome = 'completed'") == [
+        (1,)
+    ]
+    runs = rows(archive, "SELECT outcome FROM ingest_runs WHERE source = 'live' ORDER BY id")
+    assert runs == [("abandoned",), ("interrupted",)]

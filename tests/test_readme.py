@@ -40,10 +40,10 @@ def section(heading: str) -> str:
 # -- cron ----------------------------------------------------------------------
 
 
-def parse_cron_file(text: str) -> tuple[dict[str, str], list[str]]:
-    """A cron.d file's variable lines and the command of each job line."""
+def parse_cron_file(text: str) -> tuple[dict[str, str], list[tuple[str, str]]]:
+    """A cron.d file's variable lines, and the schedule and command of each job line."""
     env: dict[str, str] = {}
-    commands: list[str] = []
+    commands: list[tuple[str, str]] = []
     for line in text.splitlines():
         line = line.strip()
         if not line or line.startswith("#"):
@@ -52,11 +52,12 @@ def parse_cron_file(text: str) -> tuple[dict[str, str], list[str]]:
         if assignment:
             env[assignment[1]] = assignment[2]
             continue
-        # minute hour day month weekday user command
-        fields = line.split(None, 6)
-        assert len(fields) == 7, f"not a cron.d job line: {line}"
-        assert re.fullmatch(r"[a-z_][a-z0-9_-]*", fields[5]), f"no user field: {line}"
-        commands.append(fields[6])
+        # minute hour day month weekday user command, or @reboot user command
+        times = 1 if line.startswith("@") else 5
+        fields = line.split(None, times + 1)
+        assert len(fields) == times + 2, f"not a cron.d job line: {line}"
+        assert re.fullmatch(r"[a-z_][a-z0-9_-]*", fields[times]), f"no user field: {line}"
+        commands.append((" ".join(fields[:times]), fields[times + 1]))
     return env, commands
 
 
@@ -88,9 +89,12 @@ def test_cron_entry_runs_under_crons_environment(
     base_url, history_start = simulator_process
     (name, text), *others = blocks("cron").items()
     assert not others and name == "/etc/cron.d/grantex-archive"
-    env, commands = parse_cron_file(text)
-    assert len(commands) == 1, commands
-    command = commands[0]
+    env, jobs = parse_cron_file(text)
+    schedules = dict(jobs)
+    assert set(schedules) == {"*/5 * * * *", "@reboot"}, jobs
+    # The run at boot is the same run as every five minutes.
+    assert len(set(schedules.values())) == 1, jobs
+    command = schedules["@reboot"]
     assert command.count(README_EXE) == 2, "both commands by the absolute path"
 
     # The README's system paths, moved under tmp_path.

@@ -18,6 +18,7 @@ from ..runner import run_ingest
 from ..settings import IngestSettings, Secret
 from ..store import safe_url, sqlite_path
 from .copies import emit, refresh_copy
+from .demo_gap import run_gap_demo
 from .errors import EXIT_CODES, CliError, reported
 from .options import check_db_url
 
@@ -52,11 +53,21 @@ HEADLINES: tuple[tuple[str, int | None], ...] = (
 @click.option(
     "--seed", type=int, default=7, show_default=True, help="Random seed of the simulated history."
 )
-def demo(db_url: str, backlog: int, seed: int) -> None:
+@click.option(
+    "--gap/--no-gap",
+    default=True,
+    show_default=True,
+    help="Then show a gap in a live stream being closed by the receiver and reconcile.",
+)
+def demo(db_url: str, backlog: int, seed: int, gap: bool) -> None:
     """Run everything locally: a simulator, ingest until idle, then the headline reports.
 
     A fresh demo archive is filled from a local simulator with a realistic mix
     of events (thousands of grants), then the reports show what it holds.
+    Then (unless --no-gap) a simulator that behaves as the live service (no
+    replay) streams to an ingest worker that is killed and restarted, sends
+    its webhooks to `receive`, and is read back by `reconcile`: the reports
+    show the gap and what closed it (about 30 s).
 
     \b
     Example:
@@ -101,6 +112,8 @@ def demo(db_url: str, backlog: int, seed: int) -> None:
         sql, params = prepare_report(name, limit=limit)
         click.echo(f"\n== grantex-archive report {name}: {get_report(name).summary}")
         emit(copy, sql, params, fmt, None)
+    if gap:
+        run_gap_demo(db_url, seed, fmt)
     click.echo(
         f"\nThe demo archive is {safe_url(db_url)}; try:\n"
         f"  grantex-archive report --list --db {db_url}\n"

@@ -139,7 +139,7 @@ def ingest(
     Examples:
       # cron without gaps: each run reads until the next one takes over
       grantex-archive ingest --max-runtime 600 --wait-lock 120
-      # a service: follow forever
+      # a service: follow forever (see the README for both setups)
       grantex-archive ingest --api-key-file /etc/grantex/key --source prod
     """
     check_db_url(db_url, creates=True)
@@ -162,13 +162,14 @@ def ingest(
             backoff_max=max_backoff,
             db_retry_timeout=db_retry_timeout,
         )
-    secrets = (settings.api_key.reveal(),)
-    setup_logging(log_format, logging.WARNING if quiet else logging.INFO, secrets=secrets)
-    _run(settings, json_logs=log_format == "json")
+    _run(settings, log_format, quiet)
 
 
-def _run(settings: IngestSettings, json_logs: bool) -> None:
+def _run(settings: IngestSettings, log_format: str, quiet: bool) -> None:
     """Run the ingest; a failure ends the command with its exit code and one message."""
+    level = logging.WARNING if quiet else logging.INFO
+    setup_logging(log_format, level, secrets=(settings.api_key.reveal(),))
+    json_logs = log_format == "json"
     try:
         with reported():
             result = run_ingest(settings, EXIT_CODES)

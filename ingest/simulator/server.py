@@ -87,6 +87,8 @@ class Simulator:
         self._start_ms = 0
         self._history_start_ms = 0
         self._key = config.api_key.encode("utf-8")
+        self.subscriptions: list[tuple[float, float]] = []
+        """Each stream's (arrival, subscribed) in Unix seconds: what it could not see."""
 
     # -- lifecycle
 
@@ -336,10 +338,13 @@ class Simulator:
 
     def _stream(self, handler: BaseHTTPRequestHandler, conn: Conn, query: StreamQuery) -> None:
         if self.config.replay == "none":
+            arrived = time.time()
             if self.config.subscribe_delay > 0:
                 # Not subscribed yet: what is emitted meanwhile never reaches this stream.
                 self._stopping.wait(self.config.subscribe_delay)
             cursor = self._history.start_index(None, None)
+            with self._lock:
+                self.subscriptions.append((arrived, time.time()))
         else:
             last_id = handler.headers.get("Last-Event-ID")
             cursor = self._history.start_index(query.since_ms, last_id)
