@@ -21,13 +21,14 @@ from typing import Any
 from urllib.parse import parse_qs
 
 from .handler import retry_after_text
-from .ids import format_ms
+from .ids import format_ms, parse_since_ms
 from .state import GrantRow, ServiceState, cents_text
 from .webhooks import Deliverer
 
 WINDOW_S = 60.0
 _GRANT = re.compile(r"^/v1/grants/([^/]+)$")
 _DELIVERIES = re.compile(r"^/v1/webhooks/([^/]+)/deliveries$")
+_BOUNDS = ("since", "until")
 
 Answer = tuple[int, dict[str, Any]]
 
@@ -133,7 +134,7 @@ class RestApi:
                 return error(404, "NOT_FOUND", "Grant not found")
             return 200, grant_json(grant, False)
         if route == "export":
-            return 200, self._export(params)
+            return self._export(params)
         if route == "bundles":
             return self._bundles(params)
         if route == "records":
@@ -162,15 +163,23 @@ class RestApi:
             return 200, {"webhooks": hooks}
         return self._deliveries(path, params)
 
-    def _export(self, params: dict[str, str]) -> dict[str, Any]:
-        since, until, status = params.get("since"), params.get("until"), params.get("status")
+    def _export(self, params: dict[str, str]) -> Answer:
+        """The compliance export, newest issue first; ``since``/``until`` compared as instants."""
+        try:
+            since, until = (parse_since_ms(params[k]) if k in params else None for k in _BOUNDS)
+        except ValueError:
+            # The service casts them with ``::timestamptz``; a bad one fails the query.
+            return error(500, "INTERNAL_ERROR", "An unexpected error occurred")
+        status = params.get("status")
         grants = [
             grant_json(g, True) for g in self._state.grants.values()
-            if (since is None or g.issued_at >= since) and (until is None or g.issued_at <= until)
-            and (status is None or g.status == status)
+            if (status is None or g.status == status)
+            and (since is None or parse_since_ms(g.issued_at) >= since)
+            and (until is None or parse_since_ms(g.issued_at) <= until)
         ]  # fmt: skip
         generated = format_ms(time.time_ns() // 1_000_000)
-        return {"generatedAt": generated, "total": len(grants), "grants": grants}
+        body = {"generatedAt": generated, "total": len(grants)}
+        return 200, {**body, "grants": newest_first(grants, "issuedAt")}
 
     def _bundles(self, params: dict[str, str]) -> Answer:
         try:
