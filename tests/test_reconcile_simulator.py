@@ -332,3 +332,39 @@ def test_a_rate_limited_service_is_waited_for(
     assert requests >= 7 and waited >= 1.2
     found = recorded_findings(archive_url, run_id)
     assert {k: v for k, v in found.items() if v} == {k: v for k, v in expected.items() if v}
+
+
+def test_a_full_dpdp_listing_is_completed_for_the_principals_the_archive_knows(
+    archive_url: str,
+) -> None:
+    """More than 100 consent records: the listing holds the newest 100, and reconcile asks
+    for the records of each data principal the archive has a consent record of. A
+    withdrawal of an older record of a principal the archive never saw stays unseen."""
+    config = SimulatorConfig(api_key=API_KEY, seed=SEED, backlog=30_000, rate=0)
+    migrate.upgrade(archive_url)
+    with Simulator(config) as sim:
+        every = sim.events()
+        created = {e["data"]["recordId"]: e for e in every if e["type"] == "dpdp.consent.created"}
+        newest = sorted(created, key=lambda r: created[r]["createdAt"], reverse=True)[:100]
+        status = fold(every).record_status
+        older = sorted(r for r in created if r not in newest and status[r] == "withdrawn")
+        hidden = {created[r]["data"]["dataPrincipalId"] for r in older[::2]}
+        archived = [
+            e
+            for e in every
+            if e["type"] != "dpdp.consent.withdrawn"
+            and not (e["type"] == "dpdp.consent.created" and e["data"]["dataPrincipalId"] in hidden)
+        ]
+        add_events(archive_url, [json.dumps(e) for e in archived])
+        reconcile(archive_url, sim)
+    assert len(created) > 100 and hidden
+    expected = expected_findings(every, archived, set())
+    known = {e["data"]["dataPrincipalId"] for e in archived if e["type"] == "dpdp.consent.created"}
+    withdrawn = expected["dpdp_withdrawal_missing"]
+    listed = {r for r in withdrawn if r in newest or created[r]["data"]["dataPrincipalId"] in known}
+    assert listed - set(newest) and withdrawn.keys() - listed
+    expected["dpdp_withdrawal_missing"] = dict.fromkeys(listed)
+    ((run_id,),) = rows(archive_url, "SELECT id FROM reconcile_runs")
+    found = recorded_findings(archive_url, run_id)
+    for kind, subjects in expected.items():
+        assert found[kind] == subjects, kind
