@@ -330,6 +330,7 @@ def test_a_rate_limited_service_is_waited_for(
     # so the third and the fifth request are refused at least once and wait for the
     # window to reset, the fifth for one whole window.
     assert requests >= 7 and waited >= 1.2
+    assert f" in {requests} requests ({requests - 5} rate-limited, " in output.splitlines()[0]
     found = recorded_findings(archive_url, run_id)
     assert {k: v for k, v in found.items() if v} == {k: v for k, v in expected.items() if v}
 
