@@ -369,3 +369,45 @@ def test_a_full_dpdp_listing_is_completed_for_the_principals_the_archive_knows(
     found = recorded_findings(archive_url, run_id)
     for kind, subjects in expected.items():
         assert found[kind] == subjects, kind
+
+
+def test_events_lost_while_no_client_listened_are_found(archive_url: str) -> None:
+    """A service without history: the events emitted between two ingests are lost to the
+    stream, and reconcile finds what they changed (and the webhook's copies of them)."""
+    config = SimulatorConfig(
+        api_key=API_KEY,
+        seed=SEED + 1,
+        rate=500.0,
+        total_events=3000,
+        replay="none",
+        keepalive=0.5,
+        webhook_url=f"http://127.0.0.1:{closed_port()}/hook",
+        webhook_secret="0" * 48,
+        time_scale=0.01,
+        rest_rate_limit=10_000,
+    )
+    migrate.upgrade(archive_url)
+    with Simulator(config) as sim:
+        ingest(archive_url, sim, "--max-events", "600")
+        # The second ingest connects only after more events were emitted without a client.
+        resumed_at = sim.event_count + 200
+        wait_until(lambda: sim.event_count >= resumed_at, "events while no client listens")
+        ingest(archive_url, sim, "--max-events", "600")
+        wait_until(lambda: sim.event_count == 3000, "the live events")
+        deliverer = sim.webhook
+        assert deliverer is not None
+        sent = {e["id"] for e in sim.events() if e["type"] in WEBHOOK_TYPES}
+        wait_until(lambda: len(deliverer.deliveries()) == len(sent), "the webhook deliveries")
+        output = reconcile(archive_url, sim)
+        every = sim.events()
+    held = set(archived_ids(archive_url))
+    archived = [e for e in every if e["id"] in held]
+    # Each ingest stops after 600 events; the second may stop short when generation ends.
+    assert len(archived) == len(held) and 600 < len(held) <= 1200
+    expected = expected_findings(every, archived, sent)
+    assert printed_counts(output) == {k: len(v) for k, v in expected.items()}
+    ((run_id,),) = rows(archive_url, "SELECT id FROM reconcile_runs")
+    found = recorded_findings(archive_url, run_id)
+    for kind, subjects in expected.items():
+        assert found[kind] == subjects, kind
+    assert expected["grant_not_created"] and expected["webhook_event_missing"]
