@@ -111,6 +111,10 @@ def test_consent_bundles_page_by_cursor(sim: Simulator) -> None:
         params["cursor"] = page["nextCursor"]
     bundles = {e["data"]["bundleId"] for e in sim.events() if e["type"] == "consent_bundle.created"}
     assert len(seen) == len(set(seen)) and set(seen) == bundles and len(bundles) > 7
+    offset = params["cursor"].replace("Z", "+00:00")  # the same instant
+    assert get(sim, "/v1/consent-bundles", limit=7, cursor=offset) == page
+    bad = httpx.get(sim.base_url + "/v1/consent-bundles", headers=AUTH, params={"cursor": "x"})
+    assert bad.status_code == 400 and bad.json()["code"] == "BAD_REQUEST"
     revoked = get(sim, "/v1/consent-bundles", status="revoked", limit=500)["bundles"]
     assert revoked and all(b["revokedAt"] and b["status"] == "revoked" for b in revoked)
     assert len(get(sim, "/v1/consent-bundles", limit=500)["bundles"]) <= 100
@@ -163,3 +167,13 @@ def test_rate_window_on_a_manual_clock() -> None:
     assert window.check() == (False, 0, 50.0)
     clock.now += 50
     assert window.check() == (True, 1, 60.0)
+
+
+def test_delivery_pages_are_bounded_as_the_service_bounds_them() -> None:
+    with make(webhook_url="http://127.0.0.1:9/hook", webhook_secret="0" * 48) as sim:
+        assert sim.webhook is not None
+        path = f"{sim.base_url}/v1/webhooks/{sim.webhook.webhook_id}/deliveries"
+        last = httpx.get(path, headers=AUTH, params={"page": 1_000_000})
+        past = httpx.get(path, headers=AUTH, params={"page": 1_000_001})
+    assert last.status_code == 200 and last.json()["deliveries"] == []
+    assert past.status_code == 400 and past.json()["code"] == "BAD_REQUEST"

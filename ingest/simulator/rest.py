@@ -186,11 +186,14 @@ class RestApi:
             limit = min(max(int(params.get("limit", "50")), 1), 100)
         except ValueError:
             limit = 50
-        cursor = params.get("cursor")
+        try:
+            cursor = parse_since_ms(params["cursor"]) if params.get("cursor") else None
+        except ValueError:
+            return error(400, "BAD_REQUEST", "cursor must be a valid date-time")
         rows = [
             b for b in self._state.bundles.values()
             if all(params.get(k) in (None, "", b[k]) for k in ("status", "agentId"))
-            and (not cursor or b["createdAt"] < cursor)
+            and (cursor is None or parse_since_ms(b["createdAt"]) < cursor)
         ]  # fmt: skip
         page = newest_first(rows, "createdAt")[:limit]
         body: dict[str, Any] = {"bundles": page}
@@ -210,7 +213,7 @@ class RestApi:
             page, size = int(params.get("page", "1")), int(params.get("pageSize", "20"))
         except ValueError:
             page = size = 0
-        if page < 1 or size < 1:
+        if not 1 <= page <= 1_000_000 or size < 1:
             return error(400, "BAD_REQUEST", "page and pageSize must be positive integers")
         size = min(size, 100)
         rows = [d for d in reversed(hook.deliveries()) if status in (None, d.status)]
