@@ -4,7 +4,9 @@ paging and rate limit, and state that agrees with the generator's ground truth."
 from __future__ import annotations
 
 import time
+from collections import Counter
 from collections.abc import Iterator
+from datetime import timedelta
 from typing import Any
 
 import httpx
@@ -12,7 +14,7 @@ import pytest
 
 from ingest.simulator import Simulator
 from ingest.simulator.rest import RateWindow
-from tests.test_simulator import AUTH, make
+from tests.test_simulator import AUTH, make, parse_stamp
 from tests.test_simulator_live import ManualClock
 
 pytestmark = pytest.mark.timeout(60)
@@ -62,6 +64,42 @@ def test_the_compliance_export_carries_depth_and_filters_on_issue_time(sim: Simu
     )
 
 
+def test_the_export_is_newest_first_and_compares_instants(sim: Simulator) -> None:
+    grants = get(sim, "/v1/compliance/export/grants")["grants"]
+    issued = [g["issuedAt"] for g in grants]
+    assert issued == sorted(issued, reverse=True)
+    middle = issued[len(issued) // 2]
+    # The same instant written with an offset: compared as text it sorts before "Z".
+    instant = middle.replace("Z", "+00:00")
+    same = get(sim, "/v1/compliance/export/grants", since=instant, until=instant)["grants"]
+    assert same and {g["issuedAt"] for g in same} == {middle}
+    bad = httpx.get(
+        sim.base_url + "/v1/compliance/export/grants", headers=AUTH, params={"since": "soon"}
+    )
+    assert bad.status_code == 500 and bad.json()["code"] == "INTERNAL_ERROR"
+
+
+def test_consent_bundle_grants_have_the_bundles_scopes_and_expiry(sim: Simulator) -> None:
+    bundles = get(sim, "/v1/consent-bundles", limit=100)["bundles"]
+    grants = {g["grantId"]: g for g in get(sim, "/v1/compliance/export/grants")["grants"]}
+    accepted: Counter[str] = Counter()
+    synced: dict[str, str] = {}
+    for event in sim.events():
+        if event["type"] == "consent_bundle.synced":
+            accepted[event["data"]["bundleId"]] += event["data"]["accepted"]
+            synced[event["data"]["bundleId"]] = event["createdAt"]
+    assert bundles and any(b["id"] in synced for b in bundles)
+    for bundle in bundles:
+        grant = grants[bundle["grantId"]]
+        assert bundle["scopes"] and grant["scopes"] == bundle["scopes"]
+        assert grant["expiresAt"] == bundle["offlineExpiresAt"]
+        lifetime = parse_stamp(bundle["offlineExpiresAt"]) - parse_stamp(bundle["createdAt"])
+        assert timedelta(hours=24) - timedelta(seconds=1) < lifetime <= timedelta(hours=24)
+        assert bundle["offlineTTL"] == "24h" and bundle["checkpointAt"] <= bundle["createdAt"]
+        assert bundle["auditEntryCount"] == accepted[bundle["id"]]
+        assert bundle["lastSyncAt"] == synced.get(bundle["id"])
+
+
 def test_consent_bundles_page_by_cursor(sim: Simulator) -> None:
     seen: list[str] = []
     params: dict[str, Any] = {"limit": 7}
@@ -73,6 +111,10 @@ def test_consent_bundles_page_by_cursor(sim: Simulator) -> None:
         params["cursor"] = page["nextCursor"]
     bundles = {e["data"]["bundleId"] for e in sim.events() if e["type"] == "consent_bundle.created"}
     assert len(seen) == len(set(seen)) and set(seen) == bundles and len(bundles) > 7
+    offset = params["cursor"].replace("Z", "+00:00")  # the same instant
+    assert get(sim, "/v1/consent-bundles", limit=7, cursor=offset) == page
+    bad = httpx.get(sim.base_url + "/v1/consent-bundles", headers=AUTH, params={"cursor": "x"})
+    assert bad.status_code == 400 and bad.json()["code"] == "BAD_REQUEST"
     revoked = get(sim, "/v1/consent-bundles", status="revoked", limit=500)["bundles"]
     assert revoked and all(b["revokedAt"] and b["status"] == "revoked" for b in revoked)
     assert len(get(sim, "/v1/consent-bundles", limit=500)["bundles"]) <= 100
@@ -125,3 +167,13 @@ def test_rate_window_on_a_manual_clock() -> None:
     assert window.check() == (False, 0, 50.0)
     clock.now += 50
     assert window.check() == (True, 1, 60.0)
+
+
+def test_delivery_pages_are_bounded_as_the_service_bounds_them() -> None:
+    with make(webhook_url="http://127.0.0.1:9/hook", webhook_secret="0" * 48) as sim:
+        assert sim.webhook is not None
+        path = f"{sim.base_url}/v1/webhooks/{sim.webhook.webhook_id}/deliveries"
+        last = httpx.get(path, headers=AUTH, params={"page": 1_000_000})
+        past = httpx.get(path, headers=AUTH, params={"page": 1_000_001})
+    assert last.status_code == 200 and last.json()["deliveries"] == []
+    assert past.status_code == 400 and past.json()["code"] == "BAD_REQUEST"

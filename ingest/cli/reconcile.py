@@ -78,9 +78,14 @@ def reconcile(
     except ReconcileError as exc:
         code = next(code for kind, code in _SERVICE_EXITS if isinstance(exc, kind))
         raise CliError(str(exc), code) from None
+    limited = (
+        f" ({result.rate_limited} rate-limited, {result.waited:.1f} s waited)"
+        if result.rate_limited
+        else ""
+    )
     click.echo(
         f"reconcile run {result.run_id}: {result.observed} service records read "
-        f"in {result.requests} requests, {len(result.findings)} findings"
+        f"in {result.requests} requests{limited}, {len(result.findings)} findings"
     )
     for kind, count in result.counts().items():
         click.echo(f"  {kind}: {count}")

@@ -80,6 +80,8 @@ class ServiceClient:
         )
         self._clock = clock
         self.requests = 0
+        self.rate_limited = 0  # answers waited out (429, 503, 502, 504)
+        self.waited = 0.0  # seconds spent waiting them out
 
     def close(self) -> None:
         self._http.close()
@@ -110,6 +112,8 @@ class ServiceClient:
                 kind = ServiceUnavailable if response.status_code >= 429 else ReconcileError
                 raise kind(f"GET {path}: the service answered {response.status_code}")
             failures += 1
+            self.rate_limited += 1
+            self.waited += delay
             self._clock.sleep(delay)
 
     def listing(

@@ -57,12 +57,15 @@ class ReconcileSettings:
 
 @dataclass(frozen=True)
 class ReconcileResult:
-    """What a finished run found: its id, requests made, service records read, findings."""
+    """What a finished run found: its id, requests made, service records read, findings,
+    and the rate-limited answers among the requests with the seconds spent waiting."""
 
     run_id: int
     requests: int
     observed: int
     findings: tuple[Finding, ...]
+    rate_limited: int = 0
+    waited: float = 0.0
 
     def counts(self) -> dict[str, int]:
         """Findings per kind, every kind listed."""
@@ -125,7 +128,9 @@ def _run(
         raise
     with _database(), engine.begin() as conn:
         _finish(conn, run_id, source, clock, client.requests, observed, findings, "completed", None)
-    return ReconcileResult(run_id, client.requests, observed, tuple(findings))
+    return ReconcileResult(
+        run_id, client.requests, observed, tuple(findings), client.rate_limited, client.waited
+    )
 
 
 def _observe(

@@ -25,7 +25,7 @@ from .grants import Grant, GrantPool, Pending
 from .ids import UlidSource, second_text
 
 _MAX_OPEN = 256
-_BUNDLE_TTL_MS = 24 * 3_600_000
+BUNDLE_TTL_MS = 24 * 3_600_000
 _WITHDRAWAL_REASONS = ("no_longer_needed", "purpose_fulfilled", "user_request", "test")
 
 
@@ -66,7 +66,7 @@ class ConsentLedger:
         gid_ms = ts - int(rand() * 12)
         grant = Grant("grnt_" + self._uid(gid_ms), gid_ms, agent, user, (), False, 0)
         grant.alive = False  # no steps of its own: the bundle's events follow from here
-        grant.expires_ms = gid_ms + _BUNDLE_TTL_MS
+        grant.expires_ms = gid_ms + BUNDLE_TTL_MS
         bid = "bundle_" + self._uid(ts)
         if len(self._bundles) >= _MAX_OPEN:
             self._bundles.pop(0)

@@ -21,13 +21,14 @@ from typing import Any
 from urllib.parse import parse_qs
 
 from .handler import retry_after_text
-from .ids import format_ms
+from .ids import format_ms, parse_since_ms
 from .state import GrantRow, ServiceState, cents_text
 from .webhooks import Deliverer
 
 WINDOW_S = 60.0
 _GRANT = re.compile(r"^/v1/grants/([^/]+)$")
 _DELIVERIES = re.compile(r"^/v1/webhooks/([^/]+)/deliveries$")
+_BOUNDS = ("since", "until")
 
 Answer = tuple[int, dict[str, Any]]
 
@@ -133,7 +134,7 @@ class RestApi:
                 return error(404, "NOT_FOUND", "Grant not found")
             return 200, grant_json(grant, False)
         if route == "export":
-            return 200, self._export(params)
+            return self._export(params)
         if route == "bundles":
             return self._bundles(params)
         if route == "records":
@@ -162,26 +163,37 @@ class RestApi:
             return 200, {"webhooks": hooks}
         return self._deliveries(path, params)
 
-    def _export(self, params: dict[str, str]) -> dict[str, Any]:
-        since, until, status = params.get("since"), params.get("until"), params.get("status")
+    def _export(self, params: dict[str, str]) -> Answer:
+        """The compliance export, newest issue first; ``since``/``until`` compared as instants."""
+        try:
+            since, until = (parse_since_ms(params[k]) if k in params else None for k in _BOUNDS)
+        except ValueError:
+            # The service casts them with ``::timestamptz``; a bad one fails the query.
+            return error(500, "INTERNAL_ERROR", "An unexpected error occurred")
+        status = params.get("status")
         grants = [
             grant_json(g, True) for g in self._state.grants.values()
-            if (since is None or g.issued_at >= since) and (until is None or g.issued_at <= until)
-            and (status is None or g.status == status)
+            if (status is None or g.status == status)
+            and (since is None or parse_since_ms(g.issued_at) >= since)
+            and (until is None or parse_since_ms(g.issued_at) <= until)
         ]  # fmt: skip
         generated = format_ms(time.time_ns() // 1_000_000)
-        return {"generatedAt": generated, "total": len(grants), "grants": grants}
+        body = {"generatedAt": generated, "total": len(grants)}
+        return 200, {**body, "grants": newest_first(grants, "issuedAt")}
 
     def _bundles(self, params: dict[str, str]) -> Answer:
         try:
             limit = min(max(int(params.get("limit", "50")), 1), 100)
         except ValueError:
             limit = 50
-        cursor = params.get("cursor")
+        try:
+            cursor = parse_since_ms(params["cursor"]) if params.get("cursor") else None
+        except ValueError:
+            return error(400, "BAD_REQUEST", "cursor must be a valid date-time")
         rows = [
             b for b in self._state.bundles.values()
             if all(params.get(k) in (None, "", b[k]) for k in ("status", "agentId"))
-            and (not cursor or b["createdAt"] < cursor)
+            and (cursor is None or parse_since_ms(b["createdAt"]) < cursor)
         ]  # fmt: skip
         page = newest_first(rows, "createdAt")[:limit]
         body: dict[str, Any] = {"bundles": page}
@@ -201,7 +213,7 @@ class RestApi:
             page, size = int(params.get("page", "1")), int(params.get("pageSize", "20"))
         except ValueError:
             page = size = 0
-        if page < 1 or size < 1:
+        if not 1 <= page <= 1_000_000 or size < 1:
             return error(400, "BAD_REQUEST", "page and pageSize must be positive integers")
         size = min(size, 100)
         rows = [d for d in reversed(hook.deliveries()) if status in (None, d.status)]

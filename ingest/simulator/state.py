@@ -7,23 +7,32 @@ the not-yet-revoked descendants, an anomaly exactly its list, and a consent-bund
 revocation, DPDP withdrawal or erasure overwrites the grant's revoked time as the
 service's ``UPDATE grants`` does. Budget allocations have no event; the generator notes
 them (:attr:`~.grants.GrantPool.allocations`) and the debits' events update them.
+
+A consent bundle's grant has no grant.created: the service creates it with the bundle,
+with the bundle's scopes and its offline expiry. Neither is in consent_bundle.created,
+so the state gives it one of the generator's scope sets, chosen by its id (the same on
+every run), and the generator's bundle lifetime from the grant id's time.
 """
 
 from __future__ import annotations
 
 import threading
+import zlib
 from dataclasses import dataclass, field
 from typing import Any
 
+from .consents import BUNDLE_TTL_MS
 from .generator import TYPE_CODES
 from .history import History
-from .ids import format_ms
+from .ids import format_ms, parse_since_ms, ulid_ms
+from .plans import SCOPE_SETS
 
 _FOLDED = frozenset(
     TYPE_CODES[name]
     for name in (
         "grant.created", "grant.revoked", "anomaly.auto_revoked", "budget.threshold",
-        "budget.exhausted", "consent_bundle.created", "consent_bundle.revoked",
+        "budget.exhausted", "consent_bundle.created", "consent_bundle.synced",
+        "consent_bundle.revoked",
         "dpdp.consent.created", "dpdp.consent.withdrawn", "dpdp.erasure.completed",
     )
 )  # fmt: skip
@@ -126,6 +135,11 @@ class ServiceState:
                 allocation.updated_at = stamp
         elif kind == "consent_bundle.created":
             self._bundle(data, stamp)
+        elif kind == "consent_bundle.synced":
+            bundle = self.bundles.get(data["bundleId"])
+            if bundle is not None:
+                bundle["auditEntryCount"] += int(data.get("accepted", 0))
+                bundle["lastSyncAt"] = stamp
         elif kind == "consent_bundle.revoked":
             bundle = self.bundles.get(data["bundleId"])
             if bundle is not None and bundle["status"] == "active":
@@ -133,9 +147,11 @@ class ServiceState:
                 if data.get("revokeGrant"):
                     self._revoke_id(bundle["grantId"], stamp)
         elif kind == "dpdp.consent.created":
+            grant = self.grants.get(data["grantId"])
             self.records[data["recordId"]] = {
                 "recordId": data["recordId"], "grantId": data["grantId"],
-                "dataPrincipalId": data["dataPrincipalId"], "status": "active",
+                "dataPrincipalId": data["dataPrincipalId"],
+                "scopes": [] if grant is None else list(grant.scopes), "status": "active",
                 "consentGivenAt": stamp, "withdrawnAt": None, "createdAt": stamp,
             }  # fmt: skip
         elif kind == "dpdp.consent.withdrawn":
@@ -163,14 +179,20 @@ class ServiceState:
 
     def _bundle(self, data: dict[str, Any], stamp: str) -> None:
         grant_id = data["grantId"]
+        scopes = list(SCOPE_SETS[zlib.crc32(grant_id.encode("utf-8")) % len(SCOPE_SETS)])
+        made_ms = ulid_ms(grant_id.removeprefix("grnt_")) or parse_since_ms(stamp)
+        expires = format_ms(made_ms + BUNDLE_TTL_MS)
         self.bundles[data["bundleId"]] = {
             "id": data["bundleId"], "agentId": data["agentId"], "grantId": grant_id,
-            "userId": data["userId"], "status": "active", "createdAt": stamp, "revokedAt": None,
+            "userId": data["userId"], "scopes": scopes, "status": "active", "deviceId": None,
+            "devicePlatform": None, "offlineTTL": f"{BUNDLE_TTL_MS // 3_600_000}h",
+            "offlineExpiresAt": expires, "checkpointAt": format_ms(made_ms),
+            "auditEntryCount": 0, "lastSyncAt": None, "createdAt": stamp, "revokedAt": None,
         }  # fmt: skip
         if grant_id not in self.grants:
             # The bundle's grant is created with it, without a grant.created.
             self.grants[grant_id] = GrantRow(
-                grant_id, data["agentId"], data["userId"], [], stamp, None
+                grant_id, data["agentId"], data["userId"], scopes, stamp, expires
             )
 
     def _revoke_id(self, grant_id: str, stamp: str) -> None:
