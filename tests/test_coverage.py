@@ -261,6 +261,26 @@ def test_each_row_counts_the_events_the_webhook_receiver_delivered_first(
     )
     assert listed.exit_code == 0, listed.output
     assert [r["webhook_events"] for r in json.loads(listed.stdout)] == [0, 3, 1]
+    # Every other report's warning counts those in its window only: 187.5 and 255.
+    found = queries.coverage(
+        archive_url, since=since, until=until, now=NOW, analytics_dir=tmp_path / "copy"
+    )
+    assert [(g.seconds, g.webhook_events) for g in found.gaps] == [(8.0, 1), (10.0, 1)]
+    window = ["--since", since.isoformat(), "--until", until.isoformat()]
+    volume = invoke(
+        [
+            *["report", "event-volume", "--db", archive_url, *window],
+            *["--analytics-dir", str(tmp_path / "copy"), "--format", "json"],
+        ]
+    )
+    assert volume.exit_code == 0, volume.output
+    assert volume.stderr == (
+        "warning: 2 gaps totalling 18 s in this window (the webhook receiver caught "
+        "2 events in them); see report ingest-coverage\n"
+    )
+    assert {json.dumps(r["uncovered"]) for r in json.loads(volume.stdout)} == {
+        json.dumps({"gaps": 2, "seconds": 18.0})
+    }
 
 
 def test_an_event_where_a_span_of_no_length_divides_a_gap_counts_once(
@@ -582,3 +602,15 @@ def test_status_rows_per_source_only_when_several() -> None:
         ("coverage", "b.gaps_30d", 1),
     ]
     assert Coverage().warning is None and Coverage().seconds == 0
+
+
+def test_the_warning_names_webhook_catches_only_when_there_are_some() -> None:
+    t = T0
+    caught = Coverage((Gap("a", t, t, 5.0, "x", 1), Gap("b", t, t, 1.0, "y")))
+    assert caught.webhook_events == 1
+    assert caught.warning == (
+        "2 gaps totalling 6.0 s in this window (the webhook receiver caught 1 event in them); "
+        "see report ingest-coverage"
+    )
+    none = Coverage((Gap("a", t, t, 5.0, "x"),))
+    assert none.warning == "1 gap totalling 5.0 s in this window; see report ingest-coverage"
