@@ -1004,13 +1004,16 @@ def _sqlite_asof(intervals: str, points: str, at: str, column: str, until: str) 
 _GAP_ATTEMPTS = _sqlite_asof("gaps", "refused", "at", "status", "<")
 _SPAN_ATTEMPTS = _sqlite_asof("spans", "refused", "at", "status", "<")
 _SPAN_FRAMES = _sqlite_asof("spans", "rejected_events", "received_at", "id", "<=")
+# Webhook-first events in the span or gap (of some length) holding their occurred_at.
+_ROW_WEBHOOKS = _sqlite_asof("held", "webhooks", "occurred_at", "id", "<")
 
 # What queries/reports/ingest-coverage.sql says, with default options (every
 # source, no window) at :now: each 2xx connection (or a running run's request
 # still waiting) covers from its request to its close, capped at now, or up to
 # its last sign of life when its run is not running; a connection opens a new
 # span unless an earlier one of the source reached its request; gaps lie
-# between spans and after the last up to now. Lists (runs) are JSON arrays
+# between spans and after the last up to now; events archived by webhook count
+# in the span or gap holding their occurred_at. Lists (runs) are JSON arrays
 # aggregated from rows sorted first (SQLite 3.40 has no ORDER BY inside an
 # aggregate); DuckDB's concat_ws is spelt out.
 SQLITE_COVERAGE = f"""
@@ -1078,6 +1081,15 @@ span_frames AS (
     SELECT source, start_at, count(*) AS frames FROM ({_SPAN_FRAMES}
     ) GROUP BY source, start_at
 ),
+held AS (
+    SELECT source, start_at, end_at FROM spans WHERE end_at > start_at
+    UNION ALL SELECT source, start_at, end_at FROM gaps
+),
+webhooks AS (SELECT source, occurred_at, id FROM events WHERE channel = 'webhook'),
+row_webhooks AS (
+    SELECT source, start_at, count(*) AS caught FROM ({_ROW_WEBHOOKS}
+    ) GROUP BY source, start_at
+),
 run_state AS (
     SELECT r.source, max(CASE WHEN r.outcome = 'running' THEN r.id END) AS running_run,
         (SELECT l.id || CASE l.outcome WHEN 'abandoned' THEN ' was abandoned'
@@ -1091,12 +1103,13 @@ explained AS (
         coalesce(e.close_reason, 'no reason recorded') AS why, n.run_id AS resumed,
         -- the running run a gap waits on, when no connection resumed it
         CASE WHEN n.run_id IS NULL THEN o.running_run END AS waiting, o.last_run,
-        coalesce(f.attempts, 0) AS failed, f.codes
+        coalesce(f.attempts, 0) AS failed, f.codes, coalesce(w.caught, 0) AS caught
     FROM gaps g
     JOIN tried e ON e.id = g.ended_by
     LEFT JOIN tried n ON n.id = g.resumed_by
     JOIN run_state o ON o.source = g.source
     LEFT JOIN gap_failures f ON f.source = g.source AND f.start_at = g.start_at
+    LEFT JOIN row_webhooks w ON w.source = g.source AND w.start_at = g.start_at
 ),
 worded AS (
     SELECT *, coalesce(resumed, waiting) AS after,
@@ -1119,16 +1132,17 @@ worded AS (
 SELECT s.source, 'covered' AS kind, s.start_at, s.end_at,
     {_EXACT_SECONDS.format(a="s.end_at", b="s.start_at")} AS seconds,
     s.runs, s.connections, coalesce(f.attempts, 0) AS failed_attempts, s.events,
-    coalesce(j.frames, 0) AS rejected, NULL AS cause
+    coalesce(j.frames, 0) AS rejected, coalesce(w.caught, 0) AS webhook_events, NULL AS cause
 FROM spans s
 LEFT JOIN span_failures f ON f.source = s.source AND f.start_at = s.start_at
 LEFT JOIN span_frames j ON j.source = s.source AND j.start_at = s.start_at
+LEFT JOIN row_webhooks w ON w.source = s.source AND w.start_at = s.start_at
 WHERE s.end_at > s.start_at
 UNION ALL
 SELECT source, 'gap', start_at, end_at, {_EXACT_SECONDS.format(a="end_at", b="start_at")},
     CASE WHEN after IS NULL OR after = ended THEN json_array(ended)
         ELSE json_array(min(ended, after), max(ended, after)) END,
-    NULL, failed, NULL, NULL,
+    NULL, failed, NULL, NULL, caught,
     substr(coalesce('; ' || ending, '') || coalesce('; ' || resuming, '')
         || coalesce('; ' || failing, ''), 3)
 FROM worded

@@ -42,6 +42,8 @@ class Gap:
     end: datetime
     seconds: float
     cause: str
+    webhook_events: int = 0
+    """Events of the source the webhook receiver delivered first, occurred in [start, end)."""
 
 
 @dataclass(frozen=True)
@@ -56,12 +58,24 @@ class Coverage:
         return sum(gap.seconds for gap in self.gaps)
 
     @property
+    def webhook_events(self) -> int:
+        """Events in the gaps that the webhook receiver caught, summed over the gaps."""
+        return sum(gap.webhook_events for gap in self.gaps)
+
+    @property
     def warning(self) -> str | None:
-        """One line saying how much of the window is uncovered; None when none is."""
+        """One line saying how much of the window is uncovered (and what the webhook
+        receiver caught in it, when anything); None when none is."""
         if not self.gaps:
             return None
+        caught = self.webhook_events
+        receiver = (
+            f" (the webhook receiver caught {caught} event{'s' if caught != 1 else ''} in them)"
+            if caught
+            else ""
+        )
         return (
-            f"{uncovered_text(len(self.gaps), self.seconds)} in this window; "
+            f"{uncovered_text(len(self.gaps), self.seconds)} in this window{receiver}; "
             f"see report {COVERAGE_REPORT}"
         )
 
@@ -82,11 +96,18 @@ def uncovered_text(gaps: int, seconds: float) -> str:
 
 
 def gaps_sql() -> str:
-    """The report's gap rows: source, start, end, seconds, cause, in time order per source."""
+    """The report's gap rows: source, start, end, seconds, cause and webhook events,
+    in time order per source.
+
+    The report counts a gap's webhook events over the whole gap; here they are
+    counted over the gap as the window cuts it, so the warning speaks of the window.
+    """
     body = get_report(COVERAGE_REPORT).sql.rstrip().rstrip(";")
     return (
-        "SELECT source, start_at, end_at, seconds, cause "
-        f"FROM ({body}\n) timeline WHERE kind = 'gap' ORDER BY source, start_at"
+        "SELECT t.source, t.start_at, t.end_at, t.seconds, t.cause, ("
+        "SELECT count(*) FROM events e WHERE e.channel = 'webhook' AND e.source = t.source "
+        "AND e.occurred_at >= t.start_at AND e.occurred_at < t.end_at) AS webhook_events "
+        f"FROM ({body}\n) t WHERE t.kind = 'gap' ORDER BY t.source, t.start_at"
     )
 
 
@@ -100,8 +121,8 @@ def gaps_from_rows(rows: Sequence[Sequence[Any]]) -> Coverage:
     """The gap rows of :func:`gaps_sql` as a :class:`Coverage`."""
     return Coverage(
         tuple(
-            Gap(str(source), start, end, float(seconds), str(cause))
-            for source, start, end, seconds, cause in rows
+            Gap(str(source), start, end, float(seconds), str(cause), int(caught))
+            for source, start, end, seconds, cause, caught in rows
         )
     )
 

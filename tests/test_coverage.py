@@ -162,6 +162,7 @@ def timeline(url: str, tmp: Any, **window: Any) -> list[tuple[Any, ...]]:
             r["events"],
             r["rejected"],
             r["cause"],
+            r["webhook_events"],
         )
         for r in table.to_pylist()
     ]
@@ -175,18 +176,135 @@ def test_the_report_merges_connections_into_spans_and_names_each_gap_s_cause(
     archive_url: str, tmp_path: Any
 ) -> None:
     build(archive_url)
+    # No event came by webhook: webhook_events is 0 for spans and gaps alike,
+    # though the stream event at 160 lies in the first gap.
     assert timeline(archive_url, tmp_path) == [
-        ("acct-a", "covered", 0, 150, 150, [1, 2], 2, 0, 5, 0, None),
-        ("acct-a", "gap", 150, 188, 38, [2, 3], None, 0, None, None, "run 2 abandoned; next run 3 started"),
-        ("acct-a", "covered", 188, 250, 62, [3], 1, 0, 10, 1, None),
-        ("acct-a", "gap", 250, 272, 22, [3], None, 2, None, None, RECONNECT),
-        ("acct-a", "covered", 272, 400, 128, [3], 1, 0, 4, 0, None),
-        ("acct-a", "gap", 400, 1000, 600, [3], None, 1, None, None, STOPPED),
-        ("acct-b", "covered", 300, 1000, 700, [5], 1, 0, 0, 0, None),
+        ("acct-a", "covered", 0, 150, 150, [1, 2], 2, 0, 5, 0, None, 0),
+        ("acct-a", "gap", 150, 188, 38, [2, 3], None, 0, None, None, "run 2 abandoned; next run 3 started", 0),
+        ("acct-a", "covered", 188, 250, 62, [3], 1, 0, 10, 1, None, 0),
+        ("acct-a", "gap", 250, 272, 22, [3], None, 2, None, None, RECONNECT, 0),
+        ("acct-a", "covered", 272, 400, 128, [3], 1, 0, 4, 0, None, 0),
+        ("acct-a", "gap", 400, 1000, 600, [3], None, 1, None, None, STOPPED, 0),
+        ("acct-b", "covered", 300, 1000, 700, [5], 1, 0, 0, 0, None, 0),
     ]  # fmt: skip
     # One source; and a later "now" only lengthens the gap and the open span.
     later = timeline(archive_url, tmp_path, source="acct-b", now=NOW + timedelta(seconds=50))
     assert [(r[1], r[2], r[3]) for r in later] == [("covered", 300, 1050)]
+
+
+def catch(url: str, source: str, *seconds: float, t0: datetime = T0) -> None:
+    """Events that occurred ``seconds`` after ``t0``, delivered by webhook 5 s later,
+    written as ``receive`` writes them (the id follows from the time)."""
+    store = migrate.open_archive(url)
+    try:
+        entries = [
+            Received(normalise(event(100_000 + round(s * 1000), at_(t0, s))), at_(t0, s + 5))
+            for s in seconds
+        ]
+        store.write_batch(source, None, entries, channel="webhook")
+    finally:
+        store.close()
+
+
+def test_each_row_counts_the_events_the_webhook_receiver_delivered_first(
+    archive_url: str, tmp_path: Any
+) -> None:
+    build(archive_url)
+    # acct-a. Gap [150, 188): at its start (the span before holds only up to
+    # its end), inside it, just before its end. Span [188, 250): at its start
+    # (the new connection's first moment). Gap [250, 272): one; gap [400, now):
+    # two. Before the first span, at now (the last gap's end) and after: no row
+    # holds them.
+    catch(archive_url, "acct-a", 150, 170, 187.5, 188, 255, 450, 999, -10, 1000, 1001)
+    # The stream delivered evt_200 first: the webhook's copy is a duplicate.
+    store = migrate.open_archive(archive_url)
+    try:
+        again = Received(normalise(event(200, at_(T0, 200))), at_(T0, 205))
+        assert store.write_batch("acct-a", None, [again], channel="webhook").inserted == 0
+    finally:
+        store.close()
+    catch(archive_url, "acct-b", 500)
+    rows = timeline(archive_url, tmp_path)
+    assert [(r[0], r[1], r[2], r[11]) for r in rows] == [
+        ("acct-a", "covered", 0, 0),
+        ("acct-a", "gap", 150, 3),
+        ("acct-a", "covered", 188, 1),
+        ("acct-a", "gap", 250, 1),
+        ("acct-a", "covered", 272, 0),
+        ("acct-a", "gap", 400, 2),
+        ("acct-b", "covered", 300, 1),
+    ]
+    # The other columns are as without the receiver.
+    others = [r[:11] for r in rows]
+    assert others[1] == (
+        "acct-a", "gap", 150, 188, 38, [2, 3], None, 0, None, None,
+        "run 2 abandoned; next run 3 started",
+    )  # fmt: skip
+    assert others[2][8:10] == (10, 1)
+    # Like events and rejected, the count is the whole row's when the window cuts it.
+    since, until = T0 + timedelta(seconds=180), T0 + timedelta(seconds=260)
+    cut = timeline(archive_url, tmp_path, since=since, until=until)
+    assert [(r[1], r[2], r[3], r[11]) for r in cut] == [
+        ("gap", 180, 188, 3),
+        ("covered", 188, 250, 1),
+        ("gap", 250, 260, 1),
+    ]
+    only_b = timeline(archive_url, tmp_path, source="acct-b")
+    assert [(r[0], r[11]) for r in only_b] == [("acct-b", 1)]
+    # The command line shows the column.
+    listed = invoke(
+        [
+            *["report", "ingest-coverage", "--db", archive_url, "--source", "acct-a"],
+            *["--analytics-dir", str(tmp_path / "copy"), "--format", "json"],
+            *["--until", (T0 + timedelta(seconds=200)).isoformat()],
+        ]
+    )
+    assert listed.exit_code == 0, listed.output
+    assert [r["webhook_events"] for r in json.loads(listed.stdout)] == [0, 3, 1]
+    # Every other report's warning counts those in its window only: 187.5 and 255.
+    found = queries.coverage(
+        archive_url, since=since, until=until, now=NOW, analytics_dir=tmp_path / "copy"
+    )
+    assert [(g.seconds, g.webhook_events) for g in found.gaps] == [(8.0, 1), (10.0, 1)]
+    window = ["--since", since.isoformat(), "--until", until.isoformat()]
+    volume = invoke(
+        [
+            *["report", "event-volume", "--db", archive_url, *window],
+            *["--analytics-dir", str(tmp_path / "copy"), "--format", "json"],
+        ]
+    )
+    assert volume.exit_code == 0, volume.output
+    assert volume.stderr == (
+        "warning: 2 gaps totalling 18 s in this window (the webhook receiver caught "
+        "2 events in them); see report ingest-coverage\n"
+    )
+    assert {json.dumps(r["uncovered"]) for r in json.loads(volume.stdout)} == {
+        json.dumps({"gaps": 2, "seconds": 18.0})
+    }
+
+
+def test_an_event_where_a_span_of_no_length_divides_a_gap_counts_once(
+    archive_url: str, tmp_path: Any
+) -> None:
+    """Run 1 covers [0, 40]; a 200 connection at 60 closes as it opens (a span of
+    no length, no row); run 2 covers [80, 100]. A webhook event at 60 is in the
+    gap that starts there, not also in the missing span."""
+    migrate.upgrade(archive_url)
+    runs = [(1, "s", 0, 40, "idle"), (2, "s", 60, 100, "idle")]
+    connections = [
+        (1, 1, 0, 0, None, 40, 200, 1, "run ended: idle"),
+        (2, 2, 60, 60, None, 60, 200, 0, "server closed the stream"),
+        (3, 2, 80, 80, None, 100, 200, 1, "run ended: idle"),
+    ]
+    insert(archive_url, T0, runs, connections)
+    catch(archive_url, "s", 50, 60, 90)
+    rows = timeline(archive_url, tmp_path, now=T0 + timedelta(seconds=100))
+    assert [(r[1], r[2], r[3], r[11]) for r in rows] == [
+        ("covered", 0, 40, 0),
+        ("gap", 40, 60, 1),
+        ("gap", 60, 80, 1),
+        ("covered", 80, 100, 1),
+    ]
 
 
 def test_the_window_cuts_rows_and_they_add_up_to_it(archive_url: str, tmp_path: Any) -> None:
@@ -484,3 +602,15 @@ def test_status_rows_per_source_only_when_several() -> None:
         ("coverage", "b.gaps_30d", 1),
     ]
     assert Coverage().warning is None and Coverage().seconds == 0
+
+
+def test_the_warning_names_webhook_catches_only_when_there_are_some() -> None:
+    t = T0
+    caught = Coverage((Gap("a", t, t, 5.0, "x", 1), Gap("b", t, t, 1.0, "y")))
+    assert caught.webhook_events == 1
+    assert caught.warning == (
+        "2 gaps totalling 6.0 s in this window (the webhook receiver caught 1 event in them); "
+        "see report ingest-coverage"
+    )
+    none = Coverage((Gap("a", t, t, 5.0, "x"),))
+    assert none.warning == "1 gap totalling 5.0 s in this window; see report ingest-coverage"

@@ -4,7 +4,10 @@
 --
 -- A timeline per source, from ingest_connections: rows of kind 'covered' (the
 -- stream was connected) and 'gap' (it was not: the live service keeps no
--- history, so events it emitted then are lost), ordered by time.
+-- history, so events it emitted then are lost, except those the webhook
+-- receiver caught; Grantex delivers only grant.created, grant.revoked and
+-- token.issued by webhook, so events of every other type in a gap stay lost),
+-- ordered by time.
 --
 -- What a connection covers. The service subscribes a client shortly after its
 -- request arrives and sends the response head only with the first event or
@@ -38,11 +41,20 @@
 -- their status codes in cause); events: events received over a span's
 -- connections, and rejected: frames kept in rejected_events for the source
 -- received during the span, both for the whole span even when the window cuts
--- it (NULL for a gap); cause, for a gap: what ended the coverage and what
--- resumed it, for example 'run 3 abandoned; next run 4 started', 'run 5
--- reconnect after: stream ended; 2 failed attempts (503)', 'no ingest running
--- since run 7 finished (idle)'. Per-run counts (received, inserted, duplicates,
--- rejected) are in the ingest_runs view (`grantex-archive sql`).
+-- it (NULL for a gap); webhook_events: the source's events archived with
+-- channel 'webhook' (`receive` delivered them first) whose occurred_at is in
+-- the row's time, also for the whole row, 0 when none: for a gap, what the
+-- receiver caught while the stream was not connected; for a span, events the
+-- receiver delivered before the connected stream did (a new connection's
+-- first moments, before the service has subscribed it). A row holds its start
+-- but not its end, so an event on the boundary of a span and a gap counts
+-- once; occurred_at is the service's clock and the rows the archive's, so
+-- clock skew can move an event across a boundary. cause, for a gap: what
+-- ended the coverage and what resumed it, for example 'run 3 abandoned; next
+-- run 4 started', 'run 5 reconnect after: stream ended; 2 failed attempts
+-- (503)', 'no ingest running since run 7 finished (idle)'. Per-run counts
+-- (received, inserted, duplicates, rejected) are in the ingest_runs view
+-- (`grantex-archive sql`).
 --
 -- Every other report prints a warning on stderr when its window holds a gap of
 -- the source(s) it covers (see docs/analytics.md).
@@ -114,6 +126,19 @@ span_failures AS (
     WHERE a.requested_at < s.end_at
     GROUP BY s.source, s.start_at
 ),
+-- Webhook-first events: each belongs to the span or gap (of some length) that
+-- starts at or before its occurred_at, if it is before that row's end.
+rows_held AS (
+    SELECT source, start_at, end_at FROM spans WHERE end_at > start_at
+    UNION ALL SELECT source, start_at, end_at FROM gaps
+),
+row_webhooks AS (
+    SELECT r.source, r.start_at, count(*) AS events
+    FROM (SELECT source, occurred_at FROM events WHERE channel = 'webhook') e
+    ASOF JOIN rows_held r ON e.source = r.source AND e.occurred_at >= r.start_at
+    WHERE e.occurred_at < r.end_at
+    GROUP BY r.source, r.start_at
+),
 span_rejected AS (
     SELECT s.source, s.start_at, count(*) AS frames
     FROM rejected_events j ASOF JOIN spans s ON j.source = s.source AND j.received_at >= s.start_at
@@ -135,18 +160,20 @@ causes AS (
         s.run_id AS resumed_run,
         CASE WHEN s.run_id IS NULL THEN o.running_run END AS running_run,
         o.last_run,
-        coalesce(f.attempts, 0) AS failed_attempts, f.codes
+        coalesce(f.attempts, 0) AS failed_attempts, f.codes,
+        coalesce(w.events, 0) AS webhook_events
     FROM gaps g
     JOIN attempts e ON e.id = g.ended_by
     JOIN sources o ON o.source = g.source
     LEFT JOIN attempts s ON s.id = g.resumed_by
     LEFT JOIN gap_failures f ON f.source = g.source AND f.start_at = g.start_at
+    LEFT JOIN row_webhooks w ON w.source = g.source AND w.start_at = g.start_at
 ),
 gap_rows AS (
     SELECT source, 'gap' AS kind, start_at, end_at,
         list_sort(list_distinct(list_value(ended_run, coalesce(resumed_run, running_run)))) AS runs,
         NULL::BIGINT AS connections, failed_attempts, NULL::BIGINT AS events,
-        NULL::BIGINT AS rejected,
+        NULL::BIGINT AS rejected, webhook_events,
         concat_ws('; ',
             CASE
                 WHEN resumed_run IS NULL AND running_run IS NULL
@@ -172,10 +199,12 @@ gap_rows AS (
 span_rows AS (
     SELECT s.source, 'covered' AS kind, s.start_at, s.end_at, s.runs, s.connections,
         coalesce(f.attempts, 0) AS failed_attempts, s.events,
-        coalesce(j.frames, 0) AS rejected, NULL AS cause
+        coalesce(j.frames, 0) AS rejected, coalesce(w.events, 0) AS webhook_events,
+        NULL AS cause
     FROM spans s
     LEFT JOIN span_failures f ON f.source = s.source AND f.start_at = s.start_at
     LEFT JOIN span_rejected j ON j.source = s.source AND j.start_at = s.start_at
+    LEFT JOIN row_webhooks w ON w.source = s.source AND w.start_at = s.start_at
 ),
 timeline AS (
     SELECT * FROM span_rows UNION ALL SELECT * FROM gap_rows
@@ -184,11 +213,11 @@ cut AS (
     SELECT source, kind,
         greatest(start_at, coalesce($since, start_at)) AS start_at,
         least(end_at, coalesce($until, end_at)) AS end_at,
-        runs, connections, failed_attempts, events, rejected, cause
+        runs, connections, failed_attempts, events, rejected, webhook_events, cause
     FROM timeline
 )
 SELECT source, kind, start_at, end_at, (epoch_us(end_at) - epoch_us(start_at)) / 1e6 AS seconds,
-    runs, connections, failed_attempts, events, rejected, cause
+    runs, connections, failed_attempts, events, rejected, webhook_events, cause
 FROM cut
 WHERE end_at > start_at
 ORDER BY source, start_at, kind
