@@ -64,13 +64,11 @@ def netstring(value: str | bytes) -> bytes:
     return b"%d:%s," % (len(data), data)
 
 
-def timestamp(value: datetime | str | None) -> str:
+def timestamp(value: datetime | str) -> str:
     """A stored time in the canonical form ``YYYY-MM-DDTHH:MM:SS.ffffffZ`` (UTC).
 
-    A naive time (as SQLite returns it) is UTC. ``None`` is the empty string.
+    A naive time (as SQLite returns it) is UTC.
     """
-    if value is None:
-        return ""
     if isinstance(value, str):
         value = datetime.fromisoformat(value)
     if value.tzinfo is None:
@@ -79,12 +77,15 @@ def timestamp(value: datetime | str | None) -> str:
 
 
 def text(value: object) -> str:
-    """A value's canonical text: ``None`` is empty, integers are decimal, text is itself."""
-    if value is None:
-        return ""
+    """A value's canonical text: integers in decimal, text as itself."""
     if isinstance(value, bool) or not isinstance(value, (int, str)):
         raise TypeError(f"no canonical form for {type(value).__name__}")
     return str(value)
+
+
+NULL = b"~"
+"""A NULL field: one ``~``, never the start of a netstring (which starts with a digit), so
+NULL and the empty string differ."""
 
 
 def row_digest(kind: str, fields: Sequence[object]) -> bytes:
@@ -92,6 +93,9 @@ def row_digest(kind: str, fields: Sequence[object]) -> bytes:
     times = _TIME_POSITIONS[kind]
     parts = [netstring(ROW_TAGS[kind])]
     for i, value in enumerate(fields):
+        if value is None:
+            parts.append(NULL)
+            continue
         form = timestamp(value) if i in times else text(value)  # type: ignore[arg-type]
         parts.append(netstring(form))
     return hashlib.sha256(b"".join(parts)).digest()
