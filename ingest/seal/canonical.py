@@ -70,10 +70,16 @@ def timestamp(value: datetime | str) -> str:
     A naive time (as SQLite returns it) is UTC.
     """
     if isinstance(value, str):
+        if len(value) == 26 and value[10] == " " and value[19] == ".":
+            # SQLite's own text form, 'YYYY-MM-DD HH:MM:SS.ffffff' (UTC): rearranged as is.
+            return f"{value[:10]}T{value[11:]}Z"
         value = datetime.fromisoformat(value)
     if value.tzinfo is None:
         value = value.replace(tzinfo=timezone.utc)
-    return value.astimezone(timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    elif value.utcoffset():
+        value = value.astimezone(timezone.utc)
+    # isoformat (C code) then the zone as Z: the same text as a strftime, in a tenth of the time.
+    return value.replace(tzinfo=None).isoformat(timespec="microseconds") + "Z"
 
 
 def text(value: object) -> str:
@@ -112,20 +118,24 @@ def event_digest(
     payload: str,
 ) -> bytes:
     """The digest of one ``events`` row (the hot path: no generic field handling)."""
-    form = b"".join(
-        (
-            b"5:event,",
-            netstring(str(seq)),
-            netstring(event_id),
-            netstring(source),
-            netstring(type_),
-            netstring(timestamp(occurred_at)),
-            netstring(timestamp(received_at)),
-            netstring(channel),
-            netstring(payload),
-        )
-    )
+    ident = event_id.encode()
+    src = source.encode()
+    kind = type_.encode()
+    body = payload.encode()
+    occurred = timestamp(occurred_at)
+    received = timestamp(received_at)
+    number = str(seq)
+    form = _EVENT_FORM % (
+        len(number), number.encode(), len(ident), ident, len(src), src, len(kind), kind,
+        len(occurred), occurred.encode(), len(received), received.encode(),
+        len(channel), channel.encode(), len(body), body,
+    )  # fmt: skip
     return hashlib.sha256(form).digest()
+
+
+_EVENT_FORM = b"5:event," + b"%d:%b," * 8
+"""The netstrings of an event's form in one formatting operation (times and channel are
+ASCII, so their text length is their byte length)."""
 
 
 # -- keys ----------------------------------------------------------------------

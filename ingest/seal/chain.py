@@ -80,8 +80,17 @@ class Sealer:
 
     def rows_above(self, kind: str, after: int) -> None:
         """Seal the rows of ``kind`` whose key is above ``after`` (this transaction's)."""
-        rows = self.conn.exec_driver_sql(select_rows(kind, f"{TABLES[kind][1]} > {int(after)}"))
+        rows = self._fetch(select_rows(kind, f"{TABLES[kind][1]} > {int(after)}"))
         self.append(kind, *digests_of(kind, rows))
+
+    def _fetch(self, statement: str) -> list[Any]:
+        """Rows as the driver's plain tuples: the hot path skips SQLAlchemy's row objects."""
+        cursor = self.conn.connection.driver_connection.cursor()  # type: ignore[union-attr]
+        try:
+            cursor.execute(statement)
+            return list(cursor.fetchall())
+        finally:
+            cursor.close()
 
     def rows_with_keys(self, kind: str, keys: Sequence[int]) -> None:
         """Seal the rows of ``kind`` with these keys (e.g. runs that became final)."""
