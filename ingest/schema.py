@@ -213,3 +213,10 @@ chain_head = sa.Table(
     sa.Column("unsealed_rejected", sa.BigInteger(), nullable=False, server_default="0"),
     sa.Column("unsealed_runs", sa.BigInteger(), nullable=False, server_default="0"),
 )
+
+
+@sa.event.listens_for(chain_head, "after_create")
+def _genesis(target: sa.Table, connection: sa.Connection, **_: object) -> None:
+    """A chain head created with the tables (``metadata.create_all``) starts at genesis, as
+    migration 0007 makes it."""
+    connection.execute(target.insert().values(id=1, n=0, hash="0" * 64))
