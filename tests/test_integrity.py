@@ -8,6 +8,7 @@ import threading
 import time
 from collections.abc import Iterator
 from datetime import datetime, timezone
+from pathlib import Path
 
 import pytest
 import sqlalchemy as sa
@@ -316,3 +317,13 @@ def test_a_late_committing_transaction_is_sealed_in_commit_order(archive_url: st
     links = rows(archive_url, "SELECT n, keys, count FROM chain_links ORDER BY n")
     assert links == [(1, "1-5", 5), (2, "6-12", 7)]
     assert verify(archive_url)[0] == 0
+
+
+def test_status_shows_the_chains_newest_link(sealed: str, tmp_path: Path) -> None:
+    result = invoke(
+        ["status", "--db", sealed, "--analytics-dir", str(tmp_path / "copy"), "--format", "csv"]
+    )
+    assert result.exit_code == 0, result.output
+    ((n, head),) = rows(sealed, "SELECT n, hash FROM chain_head")
+    assert f"chain,links,{n}" in result.stdout and f"chain,head,{head}" in result.stdout
+    assert "chain,unsealed_before_chain,0" in result.stdout
