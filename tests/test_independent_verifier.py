@@ -13,6 +13,7 @@ import re
 import shutil
 import sqlite3
 import subprocess
+import sys
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
@@ -304,7 +305,7 @@ def test_the_worked_example() -> None:
     assert EXAMPLE_DIGEST in doc and EXAMPLE_LINK_HASH in doc
     for field in EXAMPLE_ROW[1:]:
         assert str(field).replace('"', "") in doc.replace('"', "").replace("\\", "")
-    theirs = canonical.event_digest(*EXAMPLE_ROW)  # type: ignore[arg-type]
+    theirs = canonical.event_digest(*EXAMPLE_ROW)
     assert theirs == canonical.row_digest("events", EXAMPLE_ROW)
     assert theirs.hex() == iv.row_digest("events", EXAMPLE_ROW).hex() == EXAMPLE_DIGEST
     assert _escaped(iv.row_form("events", EXAMPLE_ROW)) in doc
@@ -316,6 +317,14 @@ def test_the_worked_example() -> None:
     assert link.canonical() == form
     assert _escaped(form) in doc
     assert link.hash() == hashlib.sha256(form).hexdigest() == EXAMPLE_LINK_HASH
+
+
+def test_the_documented_snippet_prints_the_worked_example() -> None:
+    (snippet,) = re.findall(r"```python\n(.*?)```", DOC.read_text(encoding="utf-8"), re.DOTALL)
+    printed = subprocess.run(
+        [sys.executable, "-I", "-c", snippet], check=True, capture_output=True, text=True
+    ).stdout
+    assert printed.split() == [EXAMPLE_DIGEST, EXAMPLE_LINK_HASH]
 
 
 def _escaped(data: bytes) -> str:
