@@ -93,12 +93,16 @@ def execute(path: Path, *statements: str) -> None:
         db.close()
 
 
-def value(path: Path, sql: str) -> object:
+def fetch(path: Path, sql: str, *params: object) -> list[tuple[object, ...]]:
     db = sqlite3.connect(path)
     try:
-        return db.execute(sql).fetchone()[0]
+        return db.execute(sql, params).fetchall()
     finally:
         db.close()
+
+
+def value(path: Path, sql: str) -> object:
+    return fetch(path, sql)[0][0]
 
 
 def agree(path: Path) -> list[str]:
@@ -125,13 +129,9 @@ def agree(path: Path) -> list[str]:
 
 def link_of(path: Path, kind: str, key: int) -> int:
     """The number of the link that seals a row (the demo's batches vary in size)."""
-    db = sqlite3.connect(path)
-    try:
-        links = db.execute("SELECT n, keys FROM chain_links WHERE kind = ?", (kind,)).fetchall()
-    finally:
-        db.close()
-    (n,) = [n for n, keys in links if key in iv.decode_keys(keys)]
-    return int(n)
+    links = fetch(path, "SELECT n, keys FROM chain_links WHERE kind = ?", kind)
+    (n,) = [n for n, keys in links if key in iv.decode_keys(str(keys))]
+    return int(str(n))
 
 
 def event_name(path: Path, seq: int) -> str:
@@ -376,3 +376,33 @@ def test_key_ranges(keys: list[int]) -> None:
     encoded = canonical.encode_keys(keys)
     assert encoded == iv.encode_keys(keys)
     assert iv.decode_keys(encoded) == list(canonical.decode_keys(encoded)) == keys
+
+
+def test_an_archive_sealed_after_the_fact(archive: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """An archive from before revision 0007: its rows are in no link until `seal`, which
+    links them top down, a chunk per link; both verifiers then accept it, and still catch
+    an edit."""
+    url = f"sqlite:///{archive}"
+    assert invoke(["db", "downgrade", "0006", "--yes", "--db", url]).exit_code == 0
+    assert invoke(["db", "upgrade", "--db", url]).exit_code == 0
+    before = agree(archive)
+    assert len(before) == 2000 + 3 + 1
+    assert all(" is in no link: " in problem for problem in before)
+    monkeypatch.setattr("ingest.seal.archive.SEAL_CHUNK", 300)
+    result = invoke(["seal", "--db", url])
+    assert result.exit_code == 0, result.output
+    assert "sealed 2,000 events, 3 rejected frames, 1 run records" in result.stdout
+    assert agree(archive) == []
+    firsts = [
+        iv.decode_keys(str(keys))[0]
+        for (keys,) in fetch(
+            archive, "SELECT keys FROM chain_links WHERE kind = 'events' ORDER BY n"
+        )
+    ]
+    assert firsts == sorted(firsts, reverse=True) and len(firsts) == 7
+    n = link_of(archive, "events", 1234)
+    name = event_name(archive, 1234)
+    execute(
+        archive, "UPDATE events SET received_at = '2027-01-01 00:00:00.000000' WHERE seq = 1234"
+    )
+    assert agree(archive) == [f"event {name} was changed after link {n} sealed it"]
