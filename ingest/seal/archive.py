@@ -127,7 +127,8 @@ def verify_archive(engine: Engine, progress: Progress = _no_progress, keep: int 
                 verdict.more += 1
 
     with engine.connect() as conn:
-        note(check_links(_counted(verdict, _all_links(conn))))
+        head = conn.execute(sa.select(chain_head.c.n, chain_head.c.hash)).one()
+        note(check_links(_counted(verdict, _all_links(conn)), (int(head.n), str(head.hash))))
         for kind in TABLES:
             links = _links_by_first_key(conn, kind)
             rows = _rows(conn, kind, verdict, progress)

@@ -12,6 +12,7 @@ fields hold (newlines, commas, colons).
 from __future__ import annotations
 
 import hashlib
+import struct
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -31,8 +32,11 @@ ROW_TAGS = {"events": "event", "rejected": "rejected", "runs": "run"}
 as a row of another."""
 
 FIELDS = {
+    # The row as stored, and the columns derived from its payload (reports read them).
     "events": (
         "seq", "id", "source", "type", "occurred_at", "received_at", "channel", "payload",
+        "grant_id", "agent_id", "principal_id", "revoked_by", "token_id", "method",
+        "percentage", "remaining", "initial",
     ),
     # All but the counters a repeat of the frame updates (repeats, last_received_at).
     "rejected": (
@@ -83,7 +87,10 @@ def timestamp(value: datetime | str) -> str:
 
 
 def text(value: object) -> str:
-    """A value's canonical text: integers in decimal, text as itself."""
+    """A value's canonical text: integers in decimal, text as itself, a float as the 16
+    lowercase hex digits of its IEEE 754 binary64 bits, big-endian."""
+    if isinstance(value, float):
+        return struct.pack(">d", value).hex()
     if isinstance(value, bool) or not isinstance(value, (int, str)):
         raise TypeError(f"no canonical form for {type(value).__name__}")
     return str(value)
@@ -116,8 +123,10 @@ def event_digest(
     received_at: datetime | str,
     channel: str,
     payload: str,
+    *derived: str | float | None,
 ) -> bytes:
-    """The digest of one ``events`` row (the hot path: no generic field handling)."""
+    """The digest of one ``events`` row (the hot path: no generic handling of the first
+    eight fields, which are never NULL)."""
     ident = event_id.encode()
     src = source.encode()
     kind = type_.encode()
@@ -130,12 +139,13 @@ def event_digest(
         len(occurred), occurred.encode(), len(received), received.encode(),
         len(channel), channel.encode(), len(body), body,
     )  # fmt: skip
-    return hashlib.sha256(form).digest()
+    rest = [NULL if value is None else netstring(text(value)) for value in derived]
+    return hashlib.sha256(form + b"".join(rest)).digest()
 
 
 _EVENT_FORM = b"5:event," + b"%d:%b," * 8
-"""The netstrings of an event's form in one formatting operation (times and channel are
-ASCII, so their text length is their byte length)."""
+"""The netstrings of an event's first eight fields in one formatting operation (times and
+channel are ASCII, so their text length is their byte length)."""
 
 
 # -- keys ----------------------------------------------------------------------

@@ -38,11 +38,15 @@ class Row:
     name: str
 
 
-def check_links(links: Iterable[tuple[Link, str]]) -> Iterator[Problem]:
+def check_links(
+    links: Iterable[tuple[Link, str]], head: tuple[int, str] | None = None
+) -> Iterator[Problem]:
     """The links ``(link, stored hash)`` in order of ``n``: numbered 1, 2, ... without a
-    hole, each naming its predecessor's hash, each hashing to what it stores."""
+    hole, each naming its predecessor's hash, each hashing to what it stores; and the
+    chain head ``(n, hash)``, when given, naming the newest of them."""
     expected_n = 1
     prev_hash = GENESIS
+    prev_n = 0
     for link, stored in links:
         if link.n != expected_n:
             yield Problem("link", f"link {expected_n} is missing (the next stored is {link.n})")
@@ -50,10 +54,11 @@ def check_links(links: Iterable[tuple[Link, str]]) -> Iterator[Problem]:
         if link.kind not in KINDS:
             yield Problem("link", f"link {link.n} has an unknown kind {link.kind!r}")
         if link.prev != prev_hash:
+            before = f"link {prev_n}" if prev_n else "the chain's start (genesis)"
             yield Problem(
                 "link",
-                f"link {link.n} names {link.prev[:16]}... as its predecessor, "
-                f"but link {link.n - 1} hashes to {prev_hash[:16]}...",
+                f"link {link.n} names {link.prev[:16]}... as its predecessor, but the one "
+                f"stored before it, {before}, hashes to {prev_hash[:16]}...",
             )
         if len(link.digests) != 32 * link.count:
             yield Problem("link", f"link {link.n} holds {len(link.digests) // 32} digests "
@@ -63,7 +68,14 @@ def check_links(links: Iterable[tuple[Link, str]]) -> Iterator[Problem]:
             yield Problem("link", f"link {link.n} was altered: it hashes to {actual[:16]}..., "
                           f"not the {stored[:16]}... stored with it")  # fmt: skip
         prev_hash = stored
+        prev_n = link.n
         expected_n += 1
+    if head is not None and head != (prev_n, prev_hash):
+        yield Problem(
+            "link",
+            f"the chain head names link {head[0]} ({head[1][:16]}...), but the newest "
+            f"stored link is {prev_n} ({prev_hash[:16]}...)",
+        )
 
 
 def check_rows(kind: str, links: Iterable[Link], rows: Iterable[Row]) -> Iterator[Problem]:
