@@ -129,6 +129,18 @@ FORGED = (
             id="rows-swapped",
         ),
         pytest.param(
+            ["UPDATE events SET revoked_by = 'agent', grant_id = 'grnt_forged' WHERE seq = 17"],
+            "event seq 17 (id {id17}) was changed after link 1 sealed it",
+            id="derived-columns",
+        ),
+        pytest.param(
+            # The newest link and its rows removed, the head left naming it.
+            ["DELETE FROM events WHERE seq > 500",
+             "DELETE FROM chain_links WHERE n = (SELECT max(n) FROM chain_links)"],
+            "the chain head names link",
+            id="newest-link-and-rows-deleted",
+        ),
+        pytest.param(
             ["DELETE FROM rejected_events WHERE id = 2"],
             "rejected frame 2 is missing",
             id="rejected-deleted",
@@ -154,7 +166,7 @@ FORGED = (
     ],
 )
 def test_tampering_is_caught_and_named(sealed: str, statements: list[str], message: str) -> None:
-    ids = {f"id{seq}": event_id(sealed, seq) for seq in (11, 12, 15, 16, 250)}
+    ids = {f"id{seq}": event_id(sealed, seq) for seq in (11, 12, 15, 16, 17, 250)}
     execute(sealed, *(statement.format(**ids) for statement in statements))
     code, output = verify(sealed)
     assert code == 1, output
