@@ -44,6 +44,11 @@ OVERLAP = 2.0
 HANDOVER_WITHIN = 10.0
 """The holder ends within this long of its successor's first byte."""
 
+FIRST_BYTE_WAIT = 30.0
+"""The longest the live service takes to a quiet stream's first byte (its keepalive
+interval): a ``--wait-lock`` shorter than about twice this can run out before the
+successor's stream is live, so that no hand-over can happen."""
+
 
 @dataclass(frozen=True, slots=True)
 class HoldLimits:
@@ -76,8 +81,11 @@ class Succession:
         self._next_try = now + CHECK_INTERVAL
         return True
 
-    def give_up(self, now: float) -> Stop | None:
-        """Why the successor must give up at ``now`` (outcome ``locked``), if it must."""
+    def give_up(self, now: float, connected: bool = True) -> Stop | None:
+        """Why the successor must give up at ``now`` (outcome ``locked``), if it must.
+
+        ``connected``: whether its own stream has delivered its first byte (the holder
+        hands over only then)."""
         limits = self.limits
         if self.events > limits.events or self.bytes > limits.bytes:
             return Stop(
@@ -85,6 +93,15 @@ class Succession:
                 f"gave up waiting for the lock: kept {self.events} events ({self.bytes} bytes) "
                 f"while another ingest held it, over the limit of {limits.events} events or "
                 f"{limits.bytes} bytes",
+            )
+        if now >= self.deadline and not connected:
+            return Stop(
+                "locked",
+                f"gave up after --wait-lock {limits.wait:g}s: this run's stream delivered no "
+                "byte in that time, so the ingest holding the lock could not hand over (the "
+                f"live service sends the first byte with its first event or its "
+                f"{FIRST_BYTE_WAIT:g} s keepalive: use a --wait-lock of "
+                f"{2 * FIRST_BYTE_WAIT:g} s or more)",
             )
         if now >= self.deadline:
             return Stop(
@@ -212,7 +229,7 @@ class Handover:
                     succession.events,
                 )
                 return None
-            return succession.give_up(now)
+            return succession.give_up(now, self._connected)
         watch = self._watch
         if watch.check_due(now) and _safely(link.successor_ready):
             watch.successor_seen(now)

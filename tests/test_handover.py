@@ -67,6 +67,11 @@ def test_a_successor_tries_the_lock_every_check_interval_until_its_wait_runs_out
     stop = succession.give_up(2.0)
     assert stop is not None and stop.outcome == "locked"
     assert stop.error == "another ingest still held the lock after --wait-lock 2s"
+    # A successor whose own stream never became live could not have been handed over to.
+    quiet = succession.give_up(2.0, connected=False)
+    assert quiet is not None and quiet.outcome == "locked"
+    assert quiet.error is not None and "this run's stream delivered no byte" in quiet.error
+    assert "use a --wait-lock of 60 s or more" in quiet.error
 
 
 @pytest.mark.parametrize(
@@ -322,6 +327,7 @@ def test_the_cli_exits_75_when_the_lock_is_not_freed_in_time(url: str) -> None:
             took = time.monotonic() - started
         assert out.exit_code == 75, out.output
         assert "another ingest still held the lock after --wait-lock 1s" in out.output
+        assert "--wait-lock 1s is short" in out.output  # warned at the start
         assert 1.0 <= took < 8
         # Without --wait-lock a held lock still ends the run at once.
         with store.lock("default"):

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import click
 
+from ..handover import FIRST_BYTE_WAIT
 from ..logs import setup_logging
 from ..runner import run_ingest
 from ..settings import (
@@ -138,7 +139,7 @@ def ingest(
     \b
     Examples:
       # cron without gaps: each run reads until the next one takes over
-      grantex-archive ingest --max-runtime 600 --wait-lock 120
+      grantex-archive ingest --max-runtime 660 --wait-lock 120
       # a service: follow forever (see the README for both setups)
       grantex-archive ingest --api-key-file /etc/grantex/key --source prod
     """
@@ -170,6 +171,15 @@ def _run(settings: IngestSettings, log_format: str, quiet: bool) -> None:
     level = logging.WARNING if quiet else logging.INFO
     setup_logging(log_format, level, secrets=(settings.api_key.reveal(),))
     json_logs = log_format == "json"
+    if settings.wait_lock is not None and settings.wait_lock < 2 * FIRST_BYTE_WAIT:
+        logging.getLogger("grantex_archive.ingest").warning(
+            "--wait-lock %gs is short: a quiet live stream delivers its first byte only with "
+            "its %g s keepalive, and the run holding the lock hands over only then (use %g s "
+            "or more)",
+            settings.wait_lock,
+            FIRST_BYTE_WAIT,
+            2 * FIRST_BYTE_WAIT,
+        )
     try:
         with reported():
             result = run_ingest(settings, EXIT_CODES)
