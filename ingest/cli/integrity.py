@@ -3,14 +3,16 @@
 from __future__ import annotations
 
 import sys
+from pathlib import Path
 
 import click
 
 from .. import migrate
 from ..seal.archive import Progress, seal_existing, verify_archive
+from ..seal.digests import DigestError, load_public_key
 from ..store import safe_url
-from .errors import CliError, reported
-from .options import check_db_url, db_option
+from .errors import EXIT_USAGE, CliError, reported
+from .options import check_db_url, db_option, digest_options, digests_written
 
 LABELS = {"events": "events", "rejected": "rejected frames", "runs": "run records"}
 
@@ -28,7 +30,8 @@ def _progress_line(verb: str) -> Progress:
 
 @click.command("seal")
 @db_option
-def seal_command(db_url: str) -> None:
+@digest_options
+def seal_command(db_url: str, digest_dir: Path | None, signing_key: Path | None) -> None:
     """Seal the rows an archive held before it had a hash chain (once).
 
     Rows written from schema revision 0007 on are sealed as they are
@@ -44,7 +47,7 @@ def seal_command(db_url: str) -> None:
     with reported():
         store = migrate.open_archive(db_url, create=False)
     try:
-        with reported():
+        with reported(), digests_written(db_url, digest_dir, signing_key):
             sealed = seal_existing(store.engine, _progress_line("sealing"))
     finally:
         store.close()
@@ -56,28 +59,50 @@ def seal_command(db_url: str) -> None:
 
 @click.command("verify-archive")
 @db_option
-def verify_archive_command(db_url: str) -> None:
+@click.option(
+    "--digest-dir",
+    type=click.Path(file_okay=False, exists=True, path_type=Path),
+    help="Also check the digest files here: chained, unaltered, naming the archive's links.",
+)
+@click.option(
+    "--public-key",
+    type=click.Path(dir_okay=False, exists=True, path_type=Path),
+    help="Ed25519 public key (PEM): every digest file must carry its valid signature.",
+)
+def verify_archive_command(db_url: str, digest_dir: Path | None, public_key: Path | None) -> None:
     """Recompute the archive's hash chain and every sealed row.
 
     Exits 0 when every link and row agrees; 1 otherwise, naming the first
     difference: the row (seq and id) whose content changed, a row missing
     from its link, a row present in no link, a link whose predecessor or
-    hash does not match. Reads the archive once, in bounded memory.
+    hash does not match. With --digest-dir, also a digest file missing,
+    altered, naming a link hash the archive no longer has (the chain was
+    rewritten), or (with --public-key) unsigned or signed by another key.
+    Reads the archive once, in bounded memory.
 
     \b
     Exit codes: 0 verified, 1 a difference found, 2 usage error, 4 database
     unusable.
 
     \b
-    Example:
+    Examples:
       grantex-archive verify-archive --db sqlite:////var/lib/grantex/archive.db
+      grantex-archive verify-archive --digest-dir /mnt/worm/digests --public-key digest.pub
     """
     check_db_url(db_url)
+    if public_key is not None and digest_dir is None:
+        raise CliError("--public-key needs --digest-dir", EXIT_USAGE)
+    try:
+        key = load_public_key(public_key) if public_key is not None else None
+    except DigestError as exc:
+        raise CliError(str(exc), EXIT_USAGE) from None
     with reported():
         store = migrate.open_archive(db_url, create=False)
     try:
         with reported():
-            verdict = verify_archive(store.engine, _progress_line("verifying"))
+            verdict = verify_archive(
+                store.engine, _progress_line("verifying"), digest_dir=digest_dir, public_key=key
+            )
     finally:
         store.close()
     if sys.stderr.isatty():

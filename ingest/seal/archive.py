@@ -9,16 +9,20 @@ every sealed table through the checks of :mod:`ingest.seal.verify`.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
 
 from ..schema import chain_head, chain_links, ingest_runs
-from .canonical import FIELDS, Link, decode_keys, event_digest, row_digest
+from .canonical import FIELDS, Link, decode_keys, event_digest, row_digest, timestamp
 from .chain import TABLES, Sealer, digests_of, select_rows
+from .digests import INTERVAL, check_digest_files, read_digest_files
 from .verify import Problem, Row, check_links, check_mapped, check_rows
 
 SEAL_CHUNK = 10_000
@@ -115,8 +119,17 @@ class Verdict:
         return not self.problems
 
 
-def verify_archive(engine: Engine, progress: Progress = _no_progress, keep: int = 100) -> Verdict:
-    """Recompute the chain and every sealed row; at most ``keep`` problems are listed."""
+def verify_archive(
+    engine: Engine,
+    progress: Progress = _no_progress,
+    keep: int = 100,
+    digest_dir: Path | None = None,
+    public_key: Any = None,
+) -> Verdict:
+    """Recompute the chain and every sealed row; at most ``keep`` problems are listed.
+
+    With ``digest_dir``, the digest files there are checked too (against each other, the
+    archive's links and, with ``public_key``, their signatures)."""
     verdict = Verdict()
 
     def note(problems: Iterator[Problem]) -> None:
@@ -134,7 +147,46 @@ def verify_archive(engine: Engine, progress: Progress = _no_progress, keep: int 
             rows = _rows(conn, kind, verdict, progress)
             check = check_mapped if kind == "runs" else check_rows
             note(check(kind, links, rows))
+        if digest_dir is not None:
+            note(_check_digests(conn, digest_dir, public_key))
     return verdict
+
+
+def _check_digests(conn: Connection, directory: Path, public_key: Any) -> Iterator[Problem]:
+    files = read_digest_files(directory)
+    if not files:
+        yield Problem("digest", f"no digest file in {directory}")
+        return
+
+    def link_hash(n: int) -> str | None:
+        found = conn.execute(sa.select(chain_links.c.hash).where(chain_links.c.n == n)).scalar()
+        return None if found is None else str(found)
+
+    yield from check_digest_files(files, link_hash, public_key)
+    # The newest files may have been removed: links long after the newest file say so.
+    try:
+        newest = json.loads(files[-1][1])
+        covered = int(newest["head"]["n"])
+        filed = datetime.fromisoformat(str(newest["created_at"]).replace("Z", "+00:00"))
+    except (ValueError, KeyError, TypeError):
+        return  # named as not a digest file above
+    after = conn.execute(
+        sa.select(sa.func.max(chain_links.c.n), sa.func.max(chain_links.c.created_at)).where(
+            chain_links.c.n > covered
+        )
+    ).one()
+    if after[0] is None:
+        return
+    last = timestamp(after[1])
+    if datetime.fromisoformat(last.replace("Z", "+00:00")) - filed > timedelta(
+        seconds=2 * INTERVAL
+    ):
+        yield Problem(
+            "digest",
+            f"links {covered + 1} to {after[0]} (up to {last}) are in no digest file; the "
+            f"newest, {files[-1][0]}, is from {newest['created_at']}: digest files are "
+            "missing, or commands ran without --digest-dir",
+        )
 
 
 def _counted(verdict: Verdict, links: Iterator[tuple[Link, str]]) -> Iterator[tuple[Link, str]]:
