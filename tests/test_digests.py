@@ -22,7 +22,7 @@ from ingest.seal.chain import digests_of, select_rows
 from ingest.seal.digests import digest_files
 from ingest.simulator import Simulator, SimulatorConfig
 from ingest.timestamps import format_timestamp
-from tests.conftest import API_KEY, invoke
+from tests.conftest import API_KEY, invoke, rows
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -172,3 +172,25 @@ def test_bad_digest_options_are_usage_errors(sqlite_archive: str, tmp_path: Path
     )  # fmt: skip
     assert result.exit_code == 2 and "cannot read the signing key" in result.output
     assert "not a key" not in result.output.replace(str(not_a_key), "")
+
+
+def test_an_export_records_the_chain_head_and_verify_export_checks_the_archive(
+    signed: tuple[str, Path, Path, Path],
+) -> None:
+    url, _digests, _public, tmp_path = signed
+    out = tmp_path / "events.csv"
+    result = invoke(
+        ["export", "-o", str(out), "--db", url, "--analytics-dir", str(tmp_path / "copy")]
+    )
+    assert result.exit_code == 0, result.output
+    record = json.loads(Path(f"{out}.manifest.json").read_text())
+    ((n, head),) = rows(url, "SELECT n, hash FROM chain_head")
+    assert record["chain"] == {"n": n, "hash": head}
+    checked = invoke(["verify-export", str(out), "--archive", url])
+    assert checked.exit_code == 0, checked.output
+    assert f"the archive verifies and still holds link {n}" in checked.output
+    # The chain rewritten consistently after the export: the recorded head no longer matches.
+    rewrite_from(url, 30)
+    checked = invoke(["verify-export", str(out), "--archive", url])
+    assert checked.exit_code == 1
+    assert "the archive's chain was rewritten after the export" in checked.output
