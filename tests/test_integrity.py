@@ -135,8 +135,10 @@ FORGED = (
         ),
         pytest.param(
             # The newest link and its rows removed, the head left naming it.
-            ["DELETE FROM events WHERE seq > 500",
-             "DELETE FROM chain_links WHERE n = (SELECT max(n) FROM chain_links)"],
+            [
+                "DELETE FROM events WHERE seq > 500",
+                "DELETE FROM chain_links WHERE n = (SELECT max(n) FROM chain_links)",
+            ],
             "the chain head names link",
             id="newest-link-and-rows-deleted",
         ),
