@@ -48,6 +48,7 @@ from .stream import (
     Closed,
     Failed,
     Opened,
+    Requested,
     StreamError,
     StreamItem,
     stream_events,
@@ -229,7 +230,9 @@ class Worker:
 
     def _on_event(self, item: QueueItem, timers: RunTimers) -> None:
         """What the reader reports besides chunks and its end."""
-        if isinstance(item, Opened):
+        if isinstance(item, Requested):
+            self._record.requested(item)
+        elif isinstance(item, Opened):
             self._record.opened(item, reconnect=timers.ever_connected)
             self._handover.connected()
             timers.connected(self.clock.monotonic())
