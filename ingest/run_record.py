@@ -2,8 +2,9 @@
 
 :class:`RunRecord` keeps ``ingest_runs`` and ``ingest_connections`` up to
 date as the run goes (start, each request as it goes out and what answered
-it, progress, the end) and writes the matching log lines. A run whose end the database
-refuses keeps its final record in the journal for the next run to apply.
+it, progress, the end) and writes the matching log lines. A run whose end
+the database refuses keeps its final record in the journal for the next run
+to apply.
 """
 
 from __future__ import annotations
@@ -88,7 +89,11 @@ class RunRecord:
         self.connection_id: int | None = None
         """The row of the connection open now; the frames arriving come over it."""
         self.request_id: int | None = None
-        """The row of the request waiting for its response head, if one is."""
+        """The row of the request waiting for its response head, if one is.
+
+        Kept until its answer is written: a run that ends on a database error
+        meanwhile still closes the row.
+        """
         self._last_progress = (0, 0.0)
 
     def start(self, started_at: datetime, since: datetime | None) -> None:
@@ -133,7 +138,7 @@ class RunRecord:
         """A connection opened; ``reconnect`` if it is not the run's first."""
         if reconnect:
             self._counts.reconnects += 1
-        run_id, request_id = self._run_id(), self._answered()
+        run_id, request_id = self._run_id(), self.request_id
         self.connection_id = self._retrying(
             lambda: self._store.open_connection(
                 run_id,
@@ -144,6 +149,7 @@ class RunRecord:
                 request_id,
             )
         )
+        self.request_id = None
         since = format_timestamp(item.since) if item.since else "live"
         log.info("connected: since=%s", since, extra={"fields": {"since": since}})
 
@@ -163,7 +169,7 @@ class RunRecord:
 
     def failed(self, item: Failed) -> None:
         """An attempt that did not become a stream; the last one when ``retry_in`` is None."""
-        run_id, request_id = self._run_id(), self._answered()
+        run_id, request_id = self._run_id(), self.request_id
         reason = self._redact(item.reason)
         self._retrying(
             lambda: self._store.record_attempt(
@@ -177,6 +183,7 @@ class RunRecord:
                 request_id,
             )
         )
+        self.request_id = None
         if item.retry_in is None:
             return  # the run ends with this error as its outcome, logged then
         self._counts.reconnects += 1
@@ -319,11 +326,6 @@ class RunRecord:
             log.error("could not keep the run's record in %s either: %s", path, exc)
             return
         log.warning("kept the run's record in %s; the next run writes it to the archive", path)
-
-    def _answered(self) -> int | None:
-        """The row of the request that was just answered (None if none was recorded)."""
-        request_id, self.request_id = self.request_id, None
-        return request_id
 
     def _run_id(self) -> int:
         assert self.run_id is not None, "the run's start is recorded first"
