@@ -9,12 +9,14 @@ stream's and the worker's in tests/test_stream.py and tests/test_worker.py.
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import json
 import signal
 import socket
 import subprocess
 import time
+from collections.abc import Iterator
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -125,16 +127,13 @@ def test_a_killed_runs_connection_is_closed_at_its_last_commit(archive_url: str)
             ["ingest", "--db", archive_url, "--base-url", server.base_url,
              "--since", "2026-03-01", "--flush-interval", "0.1"]
         )  # fmt: skip
-        try:
+        with _reaped(proc):
             deadline = time.monotonic() + 30
             while _committed_over_connections(archive_url) < 5:
                 assert time.monotonic() < deadline, "the events were not committed"
                 time.sleep(0.05)
             proc.send_signal(signal.SIGKILL)
             proc.wait(timeout=15)
-        finally:
-            proc.kill()
-            proc.communicate()
     [killed] = connection_rows(archive_url)
     assert killed.closed_at is None, "the killed run could not close its connection"
     with ScriptedServer([Reply(hold=5)]) as server:
@@ -149,6 +148,16 @@ def test_a_killed_runs_connection_is_closed_at_its_last_commit(archive_url: str)
     [(_, first_outcome, first_finished), second] = run_rows(archive_url)
     assert (first_outcome, first_finished) == ("abandoned", closed)
     assert second[1] == "idle"
+
+
+@contextlib.contextmanager
+def _reaped(proc: subprocess.Popen[str]) -> Iterator[None]:
+    """Whatever happens in the block, the process is gone after it."""
+    try:
+        yield
+    finally:
+        proc.kill()
+        proc.communicate()
 
 
 def _committed_over_connections(url: str) -> int:
@@ -203,7 +212,7 @@ def test_a_request_waiting_for_its_head_is_recorded_and_closed_when_the_run_stop
         first = ingest(archive_url, server, "--since", "2026-03-01")
         assert first.exit_code == 0, first.output
         proc = _waiting(archive_url, server, after=1)
-        try:
+        with _reaped(proc):
             _streamed, waiting = connection_rows(archive_url)
             assert (waiting.first_byte_at, waiting.status_code, waiting.closed_at) == (
                 None,
@@ -219,9 +228,6 @@ def test_a_request_waiting_for_its_head_is_recorded_and_closed_when_the_run_stop
             ]
             proc.send_signal(signal.SIGTERM)
             proc.wait(timeout=15)
-        finally:
-            proc.kill()
-            proc.communicate()
         assert len(server.requests) == 2
     assert proc.returncode == 0, "a stop is a normal end"
     [_, (_, outcome, finished)] = run_rows(archive_url)
@@ -249,12 +255,9 @@ def test_a_killed_run_s_waiting_request_is_closed_by_the_next_run_covering_nothi
 ) -> None:
     with ScriptedServer([HELD_HEAD]) as server:
         proc = _waiting(archive_url, server)
-        try:
+        with _reaped(proc):
             proc.send_signal(signal.SIGKILL)
             proc.wait(timeout=15)
-        finally:
-            proc.kill()
-            proc.communicate()
     [killed] = connection_rows(archive_url)
     assert killed.closed_at is None
     with ScriptedServer([Reply(status=503)], default=Reply(status=503)) as server:
