@@ -56,14 +56,7 @@ from .stream import (
 from .timers import RunLimits, RunTimers, Stop
 from .timestamps import format_timestamp
 
-__all__ = [
-    "OUTCOMES",
-    "STOP_GRACE",
-    "RunCounts",
-    "RunResult",
-    "Worker",
-    "handle_signals",
-]
+__all__ = ["OUTCOMES", "STOP_GRACE", "RunCounts", "RunResult", "Worker", "handle_signals"]
 
 log = logging.getLogger("grantex_archive.ingest")
 
