@@ -1003,6 +1003,8 @@ def _sqlite_asof(intervals: str, points: str, at: str, column: str, until: str) 
 # Refused attempts in a gap or a span, and rejected frames in a span (up to its end).
 _GAP_ATTEMPTS = _sqlite_asof("gaps", "refused", "at", "status", "<")
 _SPAN_ATTEMPTS = _sqlite_asof("spans", "refused", "at", "status", "<")
+# Requests whose run ended while they waited for their head, in the gap holding their close.
+_GAP_WAITS = _sqlite_asof("gaps", "waits", "closed", "run_id", "<")
 _SPAN_FRAMES = _sqlite_asof("spans", "rejected_events", "received_at", "id", "<=")
 # Webhook-first events in the span or gap (of some length) holding their occurred_at.
 _ROW_WEBHOOKS = _sqlite_asof("held", "webhooks", "occurred_at", "id", "<")
@@ -1010,7 +1012,9 @@ _ROW_WEBHOOKS = _sqlite_asof("held", "webhooks", "occurred_at", "id", "<")
 # What queries/reports/ingest-coverage.sql says, with default options (every
 # source, no window) at :now: each 2xx connection (or a running run's request
 # still waiting) covers from its request to its close, capped at now, or up to
-# its last sign of life when its run is not running; a connection opens a new
+# its last sign of life when its run is not running (a request whose run ended
+# while it waited for its head covers nothing, is no failed attempt, and is
+# named in the gap its close falls in); a connection opens a new
 # span unless an earlier one of the source reached its request; gaps lie
 # between spans and after the last up to now; events archived by webhook count
 # in the span or gap holding their occurred_at. Lists (runs) are JSON arrays
@@ -1019,7 +1023,10 @@ _ROW_WEBHOOKS = _sqlite_asof("held", "webhooks", "occurred_at", "id", "<")
 SQLITE_COVERAGE = f"""
 WITH tried AS (
     SELECT c.id, c.run_id, r.source, r.outcome, c.requested_at AS at, c.status_code AS status,
-        c.events, c.close_reason,
+        c.events, c.close_reason, c.closed_at AS closed,
+        coalesce(c.status_code IS NULL AND c.first_byte_at IS NULL AND c.close_reason IN (
+            'run ended before the response head',
+            'run abandoned: closed at its last recorded activity'), 0) AS waited,
         CASE WHEN c.status_code BETWEEN 200 AND 299 THEN 1
             WHEN c.status_code IS NULL AND c.closed_at IS NULL AND r.outcome = 'running' THEN 1
             ELSE 0 END AS covering,
@@ -1063,7 +1070,17 @@ gaps AS (
     )
     WHERE coalesce(next_start, :now) > end_at
 ),
-refused AS (SELECT source, at, status FROM tried WHERE NOT covering),
+refused AS (SELECT source, at, status FROM tried WHERE NOT covering AND NOT waited),
+waits AS (SELECT source, closed, run_id FROM tried WHERE waited),
+gap_waits AS (
+    SELECT source, start_at, group_concat(said, '; ') AS said
+    FROM (
+        SELECT DISTINCT source, start_at,
+            'run ' || run_id || ' ended while its request waited for the response head' AS said
+        FROM ({_GAP_WAITS}
+        ) ORDER BY source, start_at, said
+    ) GROUP BY source, start_at
+),
 gap_failures AS (
     SELECT source, start_at, sum(n) AS attempts, group_concat(code, ', ') AS codes
     FROM (
@@ -1103,12 +1120,14 @@ explained AS (
         coalesce(e.close_reason, 'no reason recorded') AS why, n.run_id AS resumed,
         -- the running run a gap waits on, when no connection resumed it
         CASE WHEN n.run_id IS NULL THEN o.running_run END AS waiting, o.last_run,
-        coalesce(f.attempts, 0) AS failed, f.codes, coalesce(w.caught, 0) AS caught
+        coalesce(f.attempts, 0) AS failed, f.codes, q.said AS ended_waiting,
+        coalesce(w.caught, 0) AS caught
     FROM gaps g
     JOIN tried e ON e.id = g.ended_by
     LEFT JOIN tried n ON n.id = g.resumed_by
     JOIN run_state o ON o.source = g.source
     LEFT JOIN gap_failures f ON f.source = g.source AND f.start_at = g.start_at
+    LEFT JOIN gap_waits q ON q.source = g.source AND q.start_at = g.start_at
     LEFT JOIN row_webhooks w ON w.source = g.source AND w.start_at = g.start_at
 ),
 worded AS (
@@ -1144,7 +1163,7 @@ SELECT source, 'gap', start_at, end_at, {_EXACT_SECONDS.format(a="end_at", b="st
         ELSE json_array(min(ended, after), max(ended, after)) END,
     NULL, failed, NULL, NULL, caught,
     substr(coalesce('; ' || ending, '') || coalesce('; ' || resuming, '')
-        || coalesce('; ' || failing, ''), 3)
+        || coalesce('; ' || ended_waiting, '') || coalesce('; ' || failing, ''), 3)
 FROM worded
 ORDER BY 1, 3, 2"""
 

@@ -22,7 +22,16 @@ import httpx
 from .events import MAX_FRAME_BYTES, Event, Rejection, normalise, peek_id, reject
 from .settings import IngestSettings
 from .sse import Frame
-from .stream import Chunk, Closed, Failed, Opened, StreamItem, StreamOptions, make_client
+from .stream import (
+    Chunk,
+    Closed,
+    Failed,
+    Opened,
+    Requested,
+    StreamItem,
+    StreamOptions,
+    make_client,
+)
 
 QUEUE_CHUNKS = 64
 """Chunks the reader may be ahead of the main thread."""
@@ -54,7 +63,7 @@ class ReaderDone:
     error: BaseException | None = None
 
 
-QueueItem = Normalised | Opened | Closed | Failed | NeedSince | ReaderDone
+QueueItem = Normalised | Requested | Opened | Closed | Failed | NeedSince | ReaderDone
 
 StreamFunction = Callable[..., Iterator[StreamItem]]
 

@@ -1,9 +1,10 @@
 """What an ingest run records about itself: its row, its connections, its log lines.
 
 :class:`RunRecord` keeps ``ingest_runs`` and ``ingest_connections`` up to
-date as the run goes (start, each connection and failed attempt, progress,
-the end) and writes the matching log lines. A run whose end the database
-refuses keeps its final record in the journal for the next run to apply.
+date as the run goes (start, each request as it goes out and what answered
+it, progress, the end) and writes the matching log lines. A run whose end
+the database refuses keeps its final record in the journal for the next run
+to apply.
 """
 
 from __future__ import annotations
@@ -19,7 +20,8 @@ from .clock import Clock
 from .journal import PendingRun, journal_path, read_pending, write_pending
 from .settings import IngestSettings
 from .store import Store, StoreError, safe_url
-from .stream import Closed, Failed, Opened
+from .store_runs import WAITING_REASON
+from .stream import Closed, Failed, Opened, Requested
 from .timestamps import format_timestamp
 
 log = logging.getLogger("grantex_archive.ingest")
@@ -86,6 +88,12 @@ class RunRecord:
         self.run_id: int | None = None
         self.connection_id: int | None = None
         """The row of the connection open now; the frames arriving come over it."""
+        self.request_id: int | None = None
+        """The row of the request waiting for its response head, if one is.
+
+        Kept until its answer is written: a run that ends on a database error
+        meanwhile still closes the row.
+        """
         self._last_progress = (0, 0.0)
 
     def start(self, started_at: datetime, since: datetime | None) -> None:
@@ -119,16 +127,29 @@ class RunRecord:
             extra={"fields": fields},
         )
 
+    def requested(self, item: Requested) -> None:
+        """A request went out: its row exists before any answer, which may take 30 s."""
+        run_id = self._run_id()
+        self.request_id = self._retrying(
+            lambda: self._store.request_connection(run_id, item.requested_at, item.since)
+        )
+
     def opened(self, item: Opened, reconnect: bool) -> None:
         """A connection opened; ``reconnect`` if it is not the run's first."""
         if reconnect:
             self._counts.reconnects += 1
-        run_id = self._run_id()
+        run_id, request_id = self._run_id(), self.request_id
         self.connection_id = self._retrying(
             lambda: self._store.open_connection(
-                run_id, item.requested_at, item.first_byte_at, item.since, item.status_code
+                run_id,
+                item.requested_at,
+                item.first_byte_at,
+                item.since,
+                item.status_code,
+                request_id,
             )
         )
+        self.request_id = None
         since = format_timestamp(item.since) if item.since else "live"
         log.info("connected: since=%s", since, extra={"fields": {"since": since}})
 
@@ -148,7 +169,7 @@ class RunRecord:
 
     def failed(self, item: Failed) -> None:
         """An attempt that did not become a stream; the last one when ``retry_in`` is None."""
-        run_id = self._run_id()
+        run_id, request_id = self._run_id(), self.request_id
         reason = self._redact(item.reason)
         self._retrying(
             lambda: self._store.record_attempt(
@@ -159,8 +180,10 @@ class RunRecord:
                 item.since,
                 item.status_code,
                 reason,
+                request_id,
             )
         )
+        self.request_id = None
         if item.retry_in is None:
             return  # the run ends with this error as its outcome, logged then
         self._counts.reconnects += 1
@@ -236,11 +259,20 @@ class RunRecord:
         self._log_finished(result.outcome)
 
     def _close_connection(self, now: datetime, reason: str) -> tuple[int, dict[str, Any]] | None:
-        """Close the open connection's row; what could not be written, for the journal."""
-        if self.connection_id is None:
+        """Close the row of the open connection, or of the request waiting for its head.
+
+        Returns what could not be written, for the journal. At most one of
+        the two is open: a request goes out only after the last connection
+        closed.
+        """
+        if self.connection_id is not None:
+            conn_id = self.connection_id
+            self.connection_id = None
+        elif self.request_id is not None:
+            conn_id, reason = self.request_id, WAITING_REASON
+            self.request_id = None
+        else:
             return None
-        conn_id = self.connection_id
-        self.connection_id = None
         try:
             self._retrying(lambda: self._store.close_connection(conn_id, now, reason), attempts=3)
             return None

@@ -1,13 +1,16 @@
 """The run records: one row per ingest run in ``ingest_runs``, one per connection attempt in
 ``ingest_connections``.
 
-A connection's row is written when its attempt is answered (or refused),
-and then kept current: each committed batch adds the connection's events
-and moves its ``last_seen_at`` in the same transaction
+A connection's row is written when its request goes out (no status, no
+first byte: the service may hold its head back for 30 s) and completed when
+the head arrives or the attempt fails; the same row is then kept current:
+each committed batch adds the connection's events and moves its
+``last_seen_at`` in the same transaction
 (:meth:`RunRecords.count_connections`), and so does each progress record.
 A run killed before it could close its connection leaves the row open; the
 next run of the source closes it at that last recorded activity
-(:func:`abandoned_run_end`).
+(:func:`abandoned_run_end`); a request still waiting for its head then
+closes at its ``requested_at`` and covers nothing.
 """
 
 from __future__ import annotations
@@ -27,6 +30,9 @@ from .timestamps import utc
 
 ABANDONED_REASON = "run abandoned: closed at its last recorded activity"
 """The ``close_reason`` of a connection left open by a killed run."""
+
+WAITING_REASON = "run ended before the response head"
+"""The ``close_reason`` of a request whose run ended while it waited for its head."""
 
 _REASON_LENGTH = 2000
 
@@ -154,6 +160,27 @@ class RunRecords:
             if connection_id is not None:
                 self.count_connections(conn, [ConnectionShare(connection_id, 0, seen_at)])
 
+    def request_connection(
+        self, run_id: int, requested_at: datetime, since: datetime | None
+    ) -> int:
+        """Record a request that went out and waits for its response head.
+
+        :meth:`open_connection` or :meth:`record_attempt` completes the row
+        (``request_id``); a run that ends first closes it with
+        :data:`WAITING_REASON`.
+        """
+        with self.engine.begin() as conn:
+            conn_id = conn.execute(
+                ingest_connections.insert().returning(_c.id),
+                {
+                    "run_id": run_id,
+                    "requested_at": requested_at,
+                    "since_requested": since,
+                    "events": 0,
+                },
+            ).scalar_one()
+        return int(conn_id)
+
     def open_connection(
         self,
         run_id: int,
@@ -161,18 +188,26 @@ class RunRecords:
         first_byte_at: datetime,
         since: datetime | None,
         status_code: int,
+        request_id: int | None = None,
     ) -> int:
-        """Record a connection that became a stream; its events are counted as they commit."""
+        """Record a connection that became a stream; its events are counted as they commit.
+
+        With ``request_id`` (the row :meth:`request_connection` wrote), that
+        row is completed; its id is returned either way.
+        """
+        values = {
+            "run_id": run_id,
+            "requested_at": requested_at,
+            "first_byte_at": first_byte_at,
+            "since_requested": since,
+            "status_code": status_code,
+        }
         with self.engine.begin() as conn:
+            if request_id is not None:
+                _complete(conn, request_id, values)
+                return request_id
             conn_id = conn.execute(
-                ingest_connections.insert().returning(_c.id),
-                {
-                    "run_id": run_id,
-                    "requested_at": requested_at,
-                    "first_byte_at": first_byte_at,
-                    "since_requested": since,
-                    "status_code": status_code,
-                },
+                ingest_connections.insert().returning(_c.id), values
             ).scalar_one()
         return int(conn_id)
 
@@ -204,25 +239,29 @@ class RunRecords:
         since: datetime | None,
         status_code: int | None,
         reason: str,
+        request_id: int | None = None,
     ) -> None:
         """A connection attempt that never became a stream (refused, 401, 429, 5xx...).
 
         ``first_byte_at`` and ``status_code`` are None when no answer came.
+        With ``request_id`` (the row :meth:`request_connection` wrote), that
+        row is completed.
         """
+        values = {
+            "run_id": run_id,
+            "requested_at": requested_at,
+            "first_byte_at": first_byte_at,
+            "closed_at": closed_at,
+            "since_requested": since,
+            "status_code": status_code,
+            "events": 0,
+            "close_reason": reason[:_REASON_LENGTH],
+        }
         with self.engine.begin() as conn:
-            conn.execute(
-                ingest_connections.insert(),
-                {
-                    "run_id": run_id,
-                    "requested_at": requested_at,
-                    "first_byte_at": first_byte_at,
-                    "closed_at": closed_at,
-                    "since_requested": since,
-                    "status_code": status_code,
-                    "events": 0,
-                    "close_reason": reason[:_REASON_LENGTH],
-                },
-            )
+            if request_id is not None:
+                _complete(conn, request_id, values)
+            else:
+                conn.execute(ingest_connections.insert(), values)
 
     @staticmethod
     def count_connections(conn: Connection, shares: Sequence[ConnectionShare]) -> None:
@@ -242,6 +281,11 @@ class RunRecords:
                     "seen": share.last_received_at,
                 },
             )
+
+
+def _complete(conn: Connection, request_id: int, values: dict[str, Any]) -> None:
+    """Write what the answer to a recorded request says into its row."""
+    conn.execute(ingest_connections.update().where(_c.id == request_id).values(**values))
 
 
 def _apply_pending(conn: Connection, source: str, pending: PendingRun) -> list[int]:

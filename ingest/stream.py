@@ -58,6 +58,19 @@ class Chunk:
 
 
 @dataclass(frozen=True, slots=True)
+class Requested:
+    """A connection attempt's request went out; its :class:`Opened` or :class:`Failed` follows.
+
+    The live service may hold the response head back for up to 30 s, while
+    it has subscribed the request already: the attempt is recorded from
+    here, so that a run ending while it waits leaves a trace.
+    """
+
+    since: datetime | None
+    requested_at: datetime
+
+
+@dataclass(frozen=True, slots=True)
 class Opened:
     """A stream connection was established (HTTP 200, event stream).
 
@@ -101,7 +114,7 @@ class Failed:
     retry_in: float | None
 
 
-StreamItem = Chunk | Opened | Closed | Failed
+StreamItem = Chunk | Requested | Opened | Closed | Failed
 
 
 @dataclass(frozen=True)
@@ -205,8 +218,9 @@ def stream_events(
 
     ``since_for_connect`` is called before every connection attempt and
     returns the ``since`` to ask for (the caller reads it back from what it
-    has committed). Every attempt yields one :class:`Opened` or
-    :class:`Failed`. A response that retrying cannot fix yields its
+    has committed). Every attempt yields :class:`Requested` as its request
+    goes out, then one :class:`Opened` or :class:`Failed` (unless ``stop``
+    ends the run while it waits). A response that retrying cannot fix yields its
     :class:`Failed` (``retry_in`` None), then raises
     :class:`AuthenticationError` or :class:`EndpointError`.
     """
@@ -246,6 +260,7 @@ def _attempt(
     url = options.base_url + STREAM_PATH
     requested_at = clock.now()
     first_byte_at: datetime | None = None
+    yield Requested(since, requested_at)
     try:
         with http.stream(
             "GET", url, params=_params(options, since), headers=_headers(options, link)
@@ -347,6 +362,7 @@ __all__ = [
     "EndpointError",
     "Failed",
     "Opened",
+    "Requested",
     "StreamError",
     "StreamItem",
     "StreamOptions",

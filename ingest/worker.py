@@ -48,6 +48,7 @@ from .stream import (
     Closed,
     Failed,
     Opened,
+    Requested,
     StreamError,
     StreamItem,
     stream_events,
@@ -55,14 +56,7 @@ from .stream import (
 from .timers import RunLimits, RunTimers, Stop
 from .timestamps import format_timestamp
 
-__all__ = [
-    "OUTCOMES",
-    "STOP_GRACE",
-    "RunCounts",
-    "RunResult",
-    "Worker",
-    "handle_signals",
-]
+__all__ = ["OUTCOMES", "STOP_GRACE", "RunCounts", "RunResult", "Worker", "handle_signals"]
 
 log = logging.getLogger("grantex_archive.ingest")
 
@@ -229,7 +223,9 @@ class Worker:
 
     def _on_event(self, item: QueueItem, timers: RunTimers) -> None:
         """What the reader reports besides chunks and its end."""
-        if isinstance(item, Opened):
+        if isinstance(item, Requested):
+            self._record.requested(item)
+        elif isinstance(item, Opened):
             self._record.opened(item, reconnect=timers.ever_connected)
             self._handover.connected()
             timers.connected(self.clock.monotonic())

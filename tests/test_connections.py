@@ -1,24 +1,30 @@
 """Connection records through the real CLI, a real loopback server and both databases.
 
-Every attempt is a row in ``ingest_connections``: when it was requested,
-when its first byte came (NULL when none did), its status, its reason, the
-events committed over it and, for a run killed mid-stream, where the next
-run closed it. The store's side of each rule is in tests/test_store.py, the
+Every attempt is a row in ``ingest_connections`` from the moment its
+request goes out: when it was requested, when its first byte came (NULL when
+none did), its status, its reason, the events committed over it and, for a
+run killed mid-stream, where the next run closed it. The store's side of each rule is in tests/test_store.py, the
 stream's and the worker's in tests/test_stream.py and tests/test_worker.py.
 """
 
 from __future__ import annotations
 
+import contextlib
 import itertools
+import json
 import signal
 import socket
+import subprocess
 import time
+from collections.abc import Iterator
 from datetime import timedelta
+from pathlib import Path
+from typing import Any
 
 import pytest
 
 from ingest import migrate
-from ingest.store_runs import ABANDONED_REASON
+from ingest.store_runs import ABANDONED_REASON, WAITING_REASON
 from tests.conftest import API_KEY, event_count, invoke, rows, spawn
 from tests.scripted_server import Reply, ScriptedServer, frame
 from tests.test_ingest_cli import ev, ingest
@@ -121,16 +127,13 @@ def test_a_killed_runs_connection_is_closed_at_its_last_commit(archive_url: str)
             ["ingest", "--db", archive_url, "--base-url", server.base_url,
              "--since", "2026-03-01", "--flush-interval", "0.1"]
         )  # fmt: skip
-        try:
+        with _reaped(proc):
             deadline = time.monotonic() + 30
             while _committed_over_connections(archive_url) < 5:
                 assert time.monotonic() < deadline, "the events were not committed"
                 time.sleep(0.05)
             proc.send_signal(signal.SIGKILL)
             proc.wait(timeout=15)
-        finally:
-            proc.kill()
-            proc.communicate()
     [killed] = connection_rows(archive_url)
     assert killed.closed_at is None, "the killed run could not close its connection"
     with ScriptedServer([Reply(hold=5)]) as server:
@@ -147,8 +150,125 @@ def test_a_killed_runs_connection_is_closed_at_its_last_commit(archive_url: str)
     assert second[1] == "idle"
 
 
+@contextlib.contextmanager
+def _reaped(proc: subprocess.Popen[str]) -> Iterator[None]:
+    """Whatever happens in the block, the process is gone after it."""
+    try:
+        yield
+    finally:
+        proc.kill()
+        proc.communicate()
+
+
 def _committed_over_connections(url: str) -> int:
     try:
         return int(rows(url, "SELECT coalesce(sum(events), 0) FROM ingest_connections")[0][0])
     except Exception:  # no file or no table yet
         return 0
+
+
+# The live service holds its response head until the first event or its 30 s
+# keepalive; here nothing comes for a minute.
+HELD_HEAD = Reply(head_delay=60, hold=60, keepalive=60)
+
+
+def _waiting(url: str, server: ScriptedServer, after: int = 0) -> subprocess.Popen[str]:
+    """An ingest whose request has gone out and waits for its head, its row written
+    (after ``after`` rows of earlier runs)."""
+    proc = spawn(["ingest", "--db", url, "--base-url", server.base_url, "--max-runtime", "90"])
+    deadline = time.monotonic() + 30
+    while _connection_count(url) <= after:
+        assert proc.poll() is None, proc.communicate()
+        assert time.monotonic() < deadline, "the request was not recorded"
+        time.sleep(0.05)
+    return proc
+
+
+def _connection_count(url: str) -> int:
+    try:
+        return int(rows(url, "SELECT count(*) FROM ingest_connections")[0][0])
+    except Exception:  # no file or no table yet
+        return 0
+
+
+def _coverage(url: str, analytics: Path) -> list[dict[str, Any]]:
+    result = invoke(
+        [
+            *["report", "ingest-coverage", "--db", url],
+            *["--analytics-dir", str(analytics), "--format", "json"],
+        ]
+    )
+    assert result.exit_code == 0, result.output
+    found: list[dict[str, Any]] = json.loads(result.stdout)
+    return found
+
+
+def test_a_request_waiting_for_its_head_is_recorded_and_closed_when_the_run_stops(
+    archive_url: str, tmp_path: Path
+) -> None:
+    """Run 1 streams an event and ends; run 2's request waits for its head. It covers
+    up to now while run 2 runs; SIGTERM closes its row, and the gap after names run 2."""
+    with ScriptedServer([Reply(chunks=[frame(ev(1))], hold=5), HELD_HEAD]) as server:
+        first = ingest(archive_url, server, "--since", "2026-03-01")
+        assert first.exit_code == 0, first.output
+        proc = _waiting(archive_url, server, after=1)
+        with _reaped(proc):
+            _streamed, waiting = connection_rows(archive_url)
+            assert (waiting.first_byte_at, waiting.status_code, waiting.closed_at) == (
+                None,
+                None,
+                None,
+            )
+            # The service has subscribed the request: covered up to now while run 2 runs.
+            during = _coverage(archive_url, tmp_path / "during")
+            assert [(r["kind"], r["runs"], r["cause"]) for r in during] == [
+                ("covered", [1], None),
+                ("gap", [1, 2], "run 1 ended (idle); next run 2 started"),
+                ("covered", [2], None),
+            ]
+            proc.send_signal(signal.SIGTERM)
+            proc.wait(timeout=15)
+        assert len(server.requests) == 2
+    assert proc.returncode == 0, "a stop is a normal end"
+    [_, (_, outcome, finished)] = run_rows(archive_url)
+    assert outcome == "interrupted"
+    _streamed, stopped = connection_rows(archive_url)
+    assert (stopped.first_byte_at, stopped.status_code, stopped.events) == (None, None, 0)
+    assert stopped.requested_at == waiting.requested_at
+    assert (stopped.closed_at, stopped.close_reason) == (finished, WAITING_REASON)
+    # Once run 2 has ended its request covers nothing: one gap since run 1's stream.
+    after = _coverage(archive_url, tmp_path / "after")
+    assert [(r["kind"], r["runs"], r["failed_attempts"], r["cause"]) for r in after] == [
+        ("covered", [1], 0, None),
+        (
+            "gap",
+            [1],
+            0,
+            "no ingest running since run 2 finished (interrupted); "
+            "run 2 ended while its request waited for the response head",
+        ),
+    ]
+
+
+def test_a_killed_run_s_waiting_request_is_closed_by_the_next_run_covering_nothing(
+    archive_url: str, tmp_path: Path
+) -> None:
+    with ScriptedServer([HELD_HEAD]) as server:
+        proc = _waiting(archive_url, server)
+        with _reaped(proc):
+            proc.send_signal(signal.SIGKILL)
+            proc.wait(timeout=15)
+    [killed] = connection_rows(archive_url)
+    assert killed.closed_at is None
+    with ScriptedServer([Reply(status=503)], default=Reply(status=503)) as server:
+        result = ingest(archive_url, server, "--max-runtime", "0.5")
+    assert result.exit_code == 69, result.output
+    settled, *refused = connection_rows(archive_url)
+    assert refused and all(r.status_code == 503 for r in refused)
+    assert (settled.first_byte_at, settled.last_seen_at, settled.status_code) == (None, None, None)
+    assert (settled.closed_at, settled.close_reason) == (killed.requested_at, ABANDONED_REASON)
+    [(_, first_outcome, first_finished), (_, second_outcome, _)] = run_rows(archive_url)
+    assert (first_outcome, first_finished) == ("abandoned", killed.requested_at)
+    assert second_outcome == "unreachable"
+    # Neither run covered any time: no span, so no gap either (the archive starts at a span).
+    assert _coverage(archive_url, tmp_path / "c") == []

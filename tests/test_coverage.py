@@ -27,6 +27,7 @@ acct-b
 from __future__ import annotations
 
 import json
+import sqlite3
 import time
 from collections.abc import Iterator
 from datetime import datetime, timedelta, timezone
@@ -36,10 +37,12 @@ import pytest
 import sqlalchemy as sa
 
 import queries
+from benchmarks import analytics
 from ingest import migrate
 from ingest.events import normalise
 from ingest.schema import ingest_connections, ingest_runs
 from ingest.store import Received
+from ingest.store_runs import ABANDONED_REASON, WAITING_REASON
 from queries.coverage import Coverage, Gap, status_rows, uncovered_text
 from tests.conftest import PG_URL, _pg_available, invoke
 from tests.scripted_server import Reply, ScriptedServer, frame
@@ -437,6 +440,53 @@ def test_a_running_run_between_attempts_a_request_awaiting_its_head_and_touching
         ]
     )
     assert listed.stdout == "n\n5\n"
+
+
+def test_requests_whose_runs_ended_waiting_for_their_head_cover_nothing_and_are_named(
+    archive_url: str, tmp_path: Any
+) -> None:
+    """Run 1's connection [0, 50]; run 2 was stopped at 80 while its request of 61
+    waited for its head; run 3, killed, was answered 503 at 92 and left a request of
+    95 waiting (the next run closed it there); run 4 is running, its request of 121
+    still waiting: it covers up to now. Neither ended request covers anything or
+    counts as a failed attempt: the gap names their runs."""
+    migrate.upgrade(archive_url)
+    runs = [
+        (1, "s", 0, 50, "idle"),
+        (2, "s", 60, 80, "interrupted"),
+        (3, "s", 90, 95, "abandoned"),
+        (4, "s", 120, None, "running"),
+    ]
+    connections = [
+        (1, 1, 0, 0, 50, 50, 200, 3, "run ended: idle"),
+        (2, 2, 61, None, None, 80, None, 0, WAITING_REASON),
+        (3, 3, 92, 92, None, 92, 503, 0, "HTTP 503"),
+        (4, 3, 95, None, None, 95, None, 0, ABANDONED_REASON),
+        (5, 4, 121, None, None, None, None, 0, None),
+    ]
+    insert(archive_url, T0, runs, connections)
+    now = T0 + timedelta(seconds=200)
+    rows = timeline(archive_url, tmp_path, now=now)
+    assert [(r[1], r[2], r[3], r[5], r[7], r[10]) for r in rows] == [
+        ("covered", 0, 50, [1], 0, None),
+        ("gap", 50, 121, [1, 4], 1,
+         "run 1 ended (idle); next run 4 started; "
+         "run 2 ended while its request waited for the response head; "
+         "run 3 ended while its request waited for the response head; 1 failed attempt (503)"),
+        ("covered", 121, 200, [4], 0, None),
+    ]  # fmt: skip
+    if archive_url.startswith("sqlite"):
+        # The benchmark's SQLite equivalent of the report says the same.
+        path = archive_url.removeprefix("sqlite:///")
+        expected = analytics.duckdb_rows(archive_url, tmp_path / "copy", now)["ingest-coverage"]
+        conn = sqlite3.connect(path)
+        try:
+            params = {"now": now.strftime(analytics.TIME_FORMAT)}
+            _, found = analytics.sqlite_query(conn, analytics.SQLITE_COVERAGE, 60, params)
+        finally:
+            conn.close()
+        assert analytics.first_mismatch(expected, found) is None
+        assert len(found) == 3
 
 
 # --------------------------------------------------------------------------- the command line

@@ -24,6 +24,7 @@ from ingest.stream import (
     EndpointError,
     Failed,
     Opened,
+    Requested,
     StreamItem,
     StreamOptions,
     parse_retry_after,
@@ -68,7 +69,9 @@ def run(
     since: Callable[[], datetime | None] = lambda: None,
     types: tuple[str, ...] = (),
     clock: ManualClock | None = None,
+    with_requests: bool = False,
 ) -> list[StreamItem]:
+    """The items the stream yields; without each attempt's :class:`Requested` unless asked."""
     options = StreamOptions(base_url="http://grantex.test", api_key=Secret(KEY), types=types)
     client = httpx.Client(transport=httpx.MockTransport(script))
     items: Iterator[StreamItem] = stream_events(
@@ -79,12 +82,14 @@ def run(
         rng=random.Random(1),
         clock=clock or ManualClock(),
     )
-    return list(items)
+    return [i for i in items if with_requests or not isinstance(i, Requested)]
 
 
 def test_request_shape_headers_and_query() -> None:
     script = Script(ok(sse('data: {"a":1}\n\n')))
-    items = run(script, since=lambda: SINCE, types=("grant.created", "grant.revoked"))
+    items = run(
+        script, since=lambda: SINCE, types=("grant.created", "grant.revoked"), with_requests=True
+    )
     [request] = script.requests
     assert request.url.path == "/v1/events/stream"
     assert request.url.params["types"] == "grant.created,grant.revoked"
@@ -93,7 +98,27 @@ def test_request_shape_headers_and_query() -> None:
     assert request.headers["accept"] == "text/event-stream"
     assert "last-event-id" not in request.headers
     kinds = [type(i) for i in items]
-    assert kinds == [Opened, Chunk, Closed]
+    assert kinds == [Requested, Opened, Chunk, Closed]
+
+
+def test_each_attempt_yields_its_request_before_it_goes_out() -> None:
+    """A run that ends while the head is held back still knows the request was made."""
+    clock = ManualClock()
+    script = Script(status(503), ok(b""))
+    options = StreamOptions(base_url="http://grantex.test", api_key=Secret(KEY))
+    client = httpx.Client(transport=httpx.MockTransport(script))
+    items = stream_events(options, lambda: SINCE, script.stop, client=client, clock=clock)
+    first = next(items)
+    assert first == Requested(SINCE, EPOCH)
+    assert script.requests == []
+    rest = list(items)
+    assert [type(i) for i in rest] == [Failed, Requested, Opened, Closed]
+    failed, again, opened = rest[0], rest[1], rest[2]
+    assert isinstance(failed, Failed) and isinstance(again, Requested)
+    assert isinstance(opened, Opened)
+    # The answer carries the same request time as the request it answers.
+    assert failed.requested_at == first.requested_at
+    assert opened.requested_at == again.requested_at > failed.closed_at
 
 
 def test_no_since_means_live() -> None:
@@ -140,7 +165,8 @@ def test_a_fatal_answer_is_yielded_as_an_attempt_before_the_error(
 
     items, raised = run_until_raised(Script(slow_refusal), clock)
     assert isinstance(raised, error)
-    [attempt] = items
+    [request, attempt] = items
+    assert request == Requested(SINCE, EPOCH)
     assert isinstance(attempt, Failed)
     assert (attempt.status_code, attempt.retry_in, attempt.since) == (code, None, SINCE)
     assert attempt.reason == f'HTTP {code}: {{"message":"no","code":"X"}}'
@@ -175,8 +201,9 @@ def test_an_opened_stream_carries_when_it_was_requested_and_first_answered() -> 
 @pytest.mark.parametrize("code", [429, 500, 502, 503, 504])
 def test_retryable_statuses_then_success(code: int) -> None:
     script = Script(status(code), ok(sse("data: x\n\n")))
-    items = run(script)
-    assert [type(i) for i in items] == [Failed, Opened, Chunk, Closed]
+    items = run(script, with_requests=True)
+    assert [type(i) for i in items] == [Requested, Failed, Requested, Opened, Chunk, Closed]
+    items = [i for i in items if not isinstance(i, Requested)]
     assert isinstance(items[0], Failed) and items[0].status_code == code
 
 

@@ -9,6 +9,7 @@ wait on the same clock.
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import os
@@ -38,7 +39,8 @@ from ingest.retry import STOP_GRACE
 from ingest.runner import open_with_retry
 from ingest.settings import IngestSettings, Secret
 from ingest.store import BatchResult, ConnectionShare, Received, SchemaBehind, Store, StoreError
-from ingest.stream import AuthenticationError, Closed, Failed, Opened, StreamItem
+from ingest.store_runs import WAITING_REASON
+from ingest.stream import AuthenticationError, Closed, Failed, Opened, Requested, StreamItem
 from ingest.timers import POLL, RunLimits, RunTimers
 from ingest.worker import RunResult, Worker, handle_signals
 
@@ -73,7 +75,9 @@ class Timeline(queue.Queue[QueueItem]):
             at, entry = self.script.popleft()
             if at > now:
                 self.clock.advance(at - now)
-            if isinstance(entry, (Normalised, Opened, Closed, Failed, NeedSince, ReaderDone)):
+            if isinstance(
+                entry, (Normalised, Requested, Opened, Closed, Failed, NeedSince, ReaderDone)
+            ):
                 return entry
             entry()
             raise queue.Empty
@@ -91,6 +95,7 @@ class RecordingStore:
         self.newest: datetime | None = None
         self.fail_writes: BaseException | None = None
         self.shares: list[ConnectionShare] = []
+        self.rows = 0  # connection rows written
 
     def note(self, name: str, value: Any = None) -> None:
         self.calls.append((self.clock.monotonic(), name, value))
@@ -113,15 +118,27 @@ class RecordingStore:
     ) -> None:
         self.note("record_progress", (conn_id, seen_at))
 
+    def request_connection(self, run_id: int, requested_at: datetime, since: Any) -> int:
+        self.rows += 1
+        self.note("request_connection", self.rows)
+        return self.rows
+
     def open_connection(self, *args: Any) -> int:
         self.note("open_connection", args[1:3])
-        return len(self.times("open_connection"))
+        request_id: int | None = args[5] if len(args) > 5 else None
+        if request_id is not None:
+            self.note("completed", request_id)
+            return request_id
+        self.rows += 1
+        return self.rows
 
     def close_connection(self, conn_id: int, at: datetime, reason: str) -> None:
         self.note("close_connection", (conn_id, reason))
 
     def record_attempt(self, *args: Any) -> None:
         self.note("record_attempt", args[5])
+        if len(args) > 7 and args[7] is not None:
+            self.note("completed", args[7])
 
     def write_batch(
         self,
@@ -385,6 +402,52 @@ def test_each_connection_is_credited_with_the_events_that_came_over_it(tmp_path:
         ConnectionShare(1, 2, T0),
         ConnectionShare(2, 1, T0 + timedelta(seconds=10)),
     ]
+
+
+def requested() -> Requested:
+    return Requested(None, T0)
+
+
+def test_each_answer_completes_the_row_of_its_request(tmp_path: Path) -> None:
+    script: list[tuple[float, QueueItem | Action]] = [
+        (0.0, requested()),
+        (0.5, failed()),
+        (1.5, requested()),
+        (2.0, opened()),
+        (2.1, chunk(1, 2)),
+    ]
+    result, store, _ = simulate(tmp_path, script, flush_interval=0.5, max_runtime=3.0)
+    assert result.outcome == "max_runtime"
+    names = [(name, value) for _, name, value in store.calls if name != "flush"]
+    assert names[1:5] == [
+        ("request_connection", 1),
+        ("record_attempt", 503),
+        ("completed", 1),
+        ("request_connection", 2),
+    ]
+    assert store.times("completed") == [0.5, 2.0]
+    # The events are credited to the row the request wrote; the end closes it as run ended.
+    assert [(s.connection_id, s.events) for s in store.shares] == [(2, 2)]
+    assert ("close_connection", (2, "run ended: max_runtime")) in names
+
+
+def test_a_request_still_waiting_when_the_run_ends_is_closed_with_its_reason(
+    tmp_path: Path,
+) -> None:
+    """The head may take 30 s; progress does not mark the request alive meanwhile."""
+    worker, store, clock = make_worker(tmp_path, progress_interval=1.0, max_runtime=60.0)
+    stop = functools.partial(worker.on_signal, signal.SIGTERM, None)
+    worker._reader.queue = Timeline(clock, [(0.0, requested()), (2.5, stop)])
+    result = worker.run()
+    assert (result.outcome, result.error) == ("interrupted", "stopped by SIGTERM")
+    assert [v for _, name, v in store.calls if name == "record_progress"] == [
+        (None, T0 + timedelta(hours=1, seconds=1)),
+        (None, T0 + timedelta(hours=1, seconds=2)),
+    ]
+    assert [(at, v) for at, name, v in store.calls if name == "close_connection"] == [
+        (2.5, (1, WAITING_REASON))
+    ]
+    assert store.times("open_connection") == store.times("record_attempt") == []
 
 
 def test_a_batch_keeps_one_share_per_stretch_of_one_connection() -> None:

@@ -18,7 +18,10 @@
 -- running (as does a request of a running run still waiting for its response
 -- head), and up to the last moment it was recorded alive
 -- (last_seen_at, else first_byte_at, else requested_at) when its run is not:
--- a killed run never covers up to now.
+-- a killed run never covers up to now. A request whose run ended while it
+-- waited for its response head (closed 'run ended before the response head',
+-- or abandoned with no status and no first byte) covers nothing: the gap it
+-- ends in names the run in its cause, and it is not a failed attempt.
 --
 -- Spans. Covered time is merged per source across overlapping or touching
 -- connections and across runs; each 'covered' row is one merged span. Gaps
@@ -37,8 +40,9 @@
 -- whose connections make up a span, or for a gap the run whose connection
 -- ended before it and the one that connected after it; connections: the 2xx
 -- connections merged into a span (NULL for a gap); failed_attempts: attempts
--- that covered nothing, requested during the row's time (for a gap, with
--- their status codes in cause); events: events received over a span's
+-- that covered nothing (other than requests ended waiting for their head),
+-- requested during the row's time (for a gap, with their status codes in
+-- cause); events: events received over a span's
 -- connections, and rejected: frames kept in rejected_events for the source
 -- received during the span, both for the whole span even when the window cuts
 -- it (NULL for a gap); webhook_events: the source's events archived with
@@ -52,15 +56,20 @@
 -- clock skew can move an event across a boundary. cause, for a gap: what
 -- ended the coverage and what resumed it, for example 'run 3 abandoned; next
 -- run 4 started', 'run 5 reconnect after: stream ended; 2 failed attempts
--- (503)', 'no ingest running since run 7 finished (idle)'. Per-run counts
+-- (503)', 'no ingest running since run 7 finished (idle)', 'no ingest running
+-- since run 8 finished (interrupted); run 8 ended while its request waited for
+-- the response head' (each run that did so while the gap lasted). Per-run counts
 -- (received, inserted, duplicates, rejected) are in the ingest_runs view
 -- (`grantex-archive sql`).
 --
 -- Every other report prints a warning on stderr when its window holds a gap of
 -- the source(s) it covers (see docs/analytics.md).
 WITH attempts AS (
-    SELECT c.id, c.run_id, r.source, r.outcome AS run_outcome, c.requested_at,
+    SELECT c.id, c.run_id, r.source, r.outcome AS run_outcome, c.requested_at, c.closed_at,
         c.status_code, c.events, c.close_reason,
+        coalesce(c.status_code IS NULL AND c.first_byte_at IS NULL AND c.close_reason IN (
+            'run ended before the response head',
+            'run abandoned: closed at its last recorded activity'), false) AS waited,
         -- coalesce: a refused connection (no status, closed) is false, not NULL.
         coalesce(c.status_code BETWEEN 200 AND 299
             OR (c.status_code IS NULL AND c.closed_at IS NULL AND r.outcome = 'running'),
@@ -108,7 +117,7 @@ gaps AS (
     ) WHERE end_at > start_at AND {overlaps(start_at, end_at)}
 ),
 refused AS (
-    SELECT * FROM attempts WHERE NOT covers
+    SELECT * FROM attempts WHERE NOT covers AND NOT waited
 ),
 -- Spans and gaps do not overlap: each attempt or frame belongs to the latest
 -- one that starts before it, if it ends after it.
@@ -118,6 +127,17 @@ gap_failures AS (
             ORDER BY coalesce(CAST(a.status_code AS VARCHAR), 'no response')) AS codes
     FROM refused a ASOF JOIN gaps g ON a.source = g.source AND a.requested_at >= g.start_at
     WHERE a.requested_at < g.end_at
+    GROUP BY g.source, g.start_at
+),
+-- A request ended waiting belongs to the gap its close falls in.
+gap_waits AS (
+    SELECT g.source, g.start_at, string_agg(DISTINCT
+        'run ' || a.run_id || ' ended while its request waited for the response head', '; '
+        ORDER BY 'run ' || a.run_id || ' ended while its request waited for the response head')
+        AS runs
+    FROM (SELECT * FROM attempts WHERE waited) a
+    ASOF JOIN gaps g ON a.source = g.source AND a.closed_at >= g.start_at
+    WHERE a.closed_at < g.end_at
     GROUP BY g.source, g.start_at
 ),
 span_failures AS (
@@ -160,13 +180,14 @@ causes AS (
         s.run_id AS resumed_run,
         CASE WHEN s.run_id IS NULL THEN o.running_run END AS running_run,
         o.last_run,
-        coalesce(f.attempts, 0) AS failed_attempts, f.codes,
+        coalesce(f.attempts, 0) AS failed_attempts, f.codes, q.runs AS waited,
         coalesce(w.events, 0) AS webhook_events
     FROM gaps g
     JOIN attempts e ON e.id = g.ended_by
     JOIN sources o ON o.source = g.source
     LEFT JOIN attempts s ON s.id = g.resumed_by
     LEFT JOIN gap_failures f ON f.source = g.source AND f.start_at = g.start_at
+    LEFT JOIN gap_waits q ON q.source = g.source AND q.start_at = g.start_at
     LEFT JOIN row_webhooks w ON w.source = g.source AND w.start_at = g.start_at
 ),
 gap_rows AS (
@@ -191,6 +212,7 @@ gap_rows AS (
                     THEN 'next run ' || resumed_run || ' started'
                 WHEN running_run IS NOT NULL AND running_run <> ended_run
                     THEN 'run ' || running_run || ' running, not connected' END,
+            waited,
             CASE WHEN failed_attempts > 0 THEN failed_attempts || ' failed attempt'
                 || CASE WHEN failed_attempts > 1 THEN 's' ELSE '' END
                 || ' (' || codes || ')' END) AS cause
