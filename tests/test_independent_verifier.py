@@ -314,8 +314,7 @@ def delete_newest_links(path: Path, count: int) -> tuple[int, str]:
     links = fetch(path, "SELECT n, kind, keys FROM chain_links ORDER BY n DESC LIMIT ?", count)
     statements = [f"DELETE FROM chain_links WHERE n >= {min(int(str(n)) for n, _, _ in links)}"]
     for _, kind, keys in links:
-        table, key = {"events": ("events", "seq"), "rejected": ("rejected_events", "id"),
-                      "runs": ("ingest_runs", "id")}[str(kind)]  # fmt: skip
+        table, key = iv.TABLES[str(kind)], iv.FIELDS[str(kind)][0]
         listed = ", ".join(map(str, iv.decode_keys(str(keys))))
         statements.append(f"DELETE FROM {table} WHERE {key} IN ({listed})")
     execute(path, *statements)
