@@ -1,6 +1,6 @@
 """A second verifier of a SQLite archive's hash chain, written from docs/integrity.md alone.
 
-It uses only the standard library (``sqlite3``, ``hashlib``, ``datetime``) and
+It uses only the standard library (``sqlite3``, ``hashlib``, ``struct``, ``datetime``) and
 none of the product's code, so that the tests can show the document is enough
 to re-implement verification: wherever this module and ``grantex-archive
 verify-archive`` disagree, either the product or the document is wrong.
@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import hashlib
 import sqlite3
+import struct
 import sys
 from collections.abc import Sequence
 from datetime import datetime, timezone
@@ -21,6 +22,7 @@ from pathlib import Path
 
 LINK_FORMAT = "grantex-archive/link/v1"
 GENESIS = "0" * 64
+NULL = b"~"  # a NULL field: no netstring, since a netstring starts with a digit
 
 # Per kind: the table, the row's tag, the sealed columns in order (the first is the key),
 # which rows are sealed, and how a row is named in a message.
@@ -29,7 +31,8 @@ TAGS = {"events": "event", "rejected": "rejected", "runs": "run"}
 LABELS = {"events": "event", "rejected": "rejected frame", "runs": "run record"}
 FIELDS = {
     "events": ("seq", "id", "source", "type", "occurred_at", "received_at", "channel",
-               "payload"),
+               "payload", "grant_id", "agent_id", "principal_id", "revoked_by", "token_id",
+               "method", "percentage", "remaining", "initial"),
     "rejected": ("id", "source", "received_at", "reason", "raw", "raw_length", "event_id",
                  "run_id", "raw_sha256"),
     "runs": ("id", "source", "started_at", "finished_at", "since_requested", "types",
@@ -48,10 +51,8 @@ def netstring(data: bytes) -> bytes:
     return str(len(data)).encode("ascii") + b":" + data + b","
 
 
-def canonical_time(value: str | None) -> str:
+def canonical_time(value: str) -> str:
     """A stored time as ``YYYY-MM-DDTHH:MM:SS.ffffffZ`` in UTC (no offset stored means UTC)."""
-    if value is None:
-        return ""
     moment = datetime.fromisoformat(value)
     if moment.tzinfo is None:
         moment = moment.replace(tzinfo=timezone.utc)
@@ -59,21 +60,27 @@ def canonical_time(value: str | None) -> str:
 
 
 def canonical_text(value: object) -> str:
-    """NULL is the empty string, an integer is its decimal digits, text is itself."""
-    if value is None:
-        return ""
+    """An integer is its decimal digits, text is itself, a float the 16 lowercase hex digits
+    of its IEEE 754 binary64 bits, big-endian."""
+    if isinstance(value, float):
+        return struct.pack(">d", value).hex()
     if isinstance(value, bool) or not isinstance(value, int | str):
         raise TypeError(f"no canonical form for {value!r}")
     return str(value)
 
 
+def field_form(name: str, value: object) -> bytes:
+    """One field's bytes in a row's canonical form: ``~`` for NULL, else a netstring."""
+    if value is None:
+        return NULL
+    form = canonical_time(value) if name in TIMES else canonical_text(value)  # type: ignore[arg-type]
+    return netstring(form.encode("utf-8"))
+
+
 def row_form(kind: str, values: Sequence[object]) -> bytes:
-    """A row's canonical bytes: its tag, then each sealed column, as netstrings."""
-    parts = [netstring(TAGS[kind].encode())]
-    for name, value in zip(FIELDS[kind], values, strict=True):
-        form = canonical_time(value) if name in TIMES else canonical_text(value)  # type: ignore[arg-type]
-        parts.append(netstring(form.encode("utf-8")))
-    return b"".join(parts)
+    """A row's canonical bytes: its tag's netstring, then each sealed column's form."""
+    fields = zip(FIELDS[kind], values, strict=True)
+    return netstring(TAGS[kind].encode()) + b"".join(field_form(n, v) for n, v in fields)
 
 
 def row_digest(kind: str, values: Sequence[object]) -> bytes:
@@ -131,7 +138,8 @@ def verify(path: str | Path) -> list[str]:
             "SELECT n, kind, prev, keys, count, digests, created_at, hash FROM chain_links "
             "ORDER BY n"
         ).fetchall()
-        problems += _check_links(links)
+        head = db.execute("SELECT n, hash FROM chain_head").fetchone()
+        problems += _check_links(links, head)
         for kind in TABLES:
             problems += _check_rows(db, kind, [link for link in links if link[1] == kind])
     finally:
@@ -139,9 +147,9 @@ def verify(path: str | Path) -> list[str]:
     return problems
 
 
-def _check_links(links: list[tuple[object, ...]]) -> list[str]:
+def _check_links(links: list[tuple[object, ...]], head: tuple[int, str]) -> list[str]:
     problems: list[str] = []
-    expected, prev_hash = 1, GENESIS
+    expected, prev_n, prev_hash = 1, 0, GENESIS
     for n, kind, prev, keys, count, digests, created_at, stored in links:
         assert isinstance(n, int) and isinstance(count, int)
         assert isinstance(kind, str) and isinstance(prev, str) and isinstance(keys, str)
@@ -153,9 +161,10 @@ def _check_links(links: list[tuple[object, ...]]) -> list[str]:
         if kind not in TABLES:
             problems.append(f"link {n} has an unknown kind {kind!r}")
         if prev != prev_hash:
+            before = f"link {prev_n}" if prev_n else "the chain's start (genesis)"
             problems.append(
-                f"link {n} names {prev[:16]}... as its predecessor, "
-                f"but link {n - 1} hashes to {prev_hash[:16]}..."
+                f"link {n} names {prev[:16]}... as its predecessor, but the one stored "
+                f"before it, {before}, hashes to {prev_hash[:16]}..."
             )
         if len(digests) != 32 * count:
             problems.append(f"link {n} holds {len(digests) // 32} digests for {count} rows")
@@ -165,8 +174,14 @@ def _check_links(links: list[tuple[object, ...]]) -> list[str]:
                 f"link {n} was altered: it hashes to {actual[:16]}..., "
                 f"not the {stored[:16]}... stored with it"
             )
-        prev_hash = stored
+        prev_n, prev_hash = n, stored
         expected += 1
+    head_n, head_hash = head
+    if (head_n, head_hash) != (prev_n, prev_hash):
+        problems.append(
+            f"the chain head names link {head_n} ({head_hash[:16]}...), but the newest "
+            f"stored link is {prev_n} ({prev_hash[:16]}...)"
+        )
     return problems
 
 

@@ -32,21 +32,28 @@ DOC = ROOT / "docs" / "integrity.md"
 # The worked example of docs/integrity.md: the row as SQLite stores it, and the values the
 # document prints for it (the test checks the document holds them, and both verifiers
 # compute them).
+EXAMPLE_PAYLOAD = (
+    '{"id":"evt_01JNQ3V8Z5K4Y2C7M9D1XW6T0B","type":"budget.threshold",'
+    '"timestamp":"2026-03-01T09:30:00.250Z","data":{"grantId":"grnt_01JNQ3R2AB7CDEFGHJKMNPQRST",'
+    '"pct":80,"remaining":"20.0000"}}'
+)
 EXAMPLE_ROW = (
     42,
     "evt_01JNQ3V8Z5K4Y2C7M9D1XW6T0B",
     "default",
-    "grant.revoked",
+    "budget.threshold",
     "2026-03-01 09:30:00.250000",
     "2026-03-01 09:30:01.004512",
     "stream",
-    '{"id":"evt_01JNQ3V8Z5K4Y2C7M9D1XW6T0B","type":"grant.revoked",'
-    '"timestamp":"2026-03-01T09:30:00.250Z","data":{"grantId":"grnt_01JNQ3R2AB7CDEFGHJKMNPQRST",'
-    '"revokedBy":"principal"}}',
-)
-EXAMPLE_DIGEST = "b0257f121500dd69a65c38f0ba980ec51574c0d28478691ccb73874f3816aaf5"
+    EXAMPLE_PAYLOAD,
+    # grant_id, agent_id, principal_id, revoked_by, token_id, method,
+    "grnt_01JNQ3R2AB7CDEFGHJKMNPQRST", None, None, None, None, None,
+    # percentage, remaining, initial
+    80.0, 20.0, None,
+)  # fmt: skip
+EXAMPLE_DIGEST = "655100acfeb18c1cd248bc4faeb08036372c31ad85588ac037af00e18c83c90e"
 EXAMPLE_LINK_CREATED = "2026-03-01 09:30:01.010000"
-EXAMPLE_LINK_HASH = "1fb444f0e17d6ecea71071de202f279408e809a028629c532a94112f452399b3"
+EXAMPLE_LINK_HASH = "d65aecbd99c722f378e4e1aaabf41ab1cc4c23d2ea4131ce1d161c6f099c74e6"
 
 
 @pytest.fixture(scope="module")
@@ -203,6 +210,35 @@ def test_two_rows_swapped(archive: Path) -> None:
     ]
 
 
+@pytest.mark.parametrize(
+    ("event_type", "assignment"),
+    [
+        ("grant.revoked", "revoked_by = 'agent'"),
+        ("token.issued", "grant_id = 'grnt_forged'"),
+        ("budget.threshold", "percentage = 99"),
+        ("budget.threshold", "remaining = NULL"),
+    ],
+)
+def test_a_changed_derived_column(archive: Path, event_type: str, assignment: str) -> None:
+    """The columns the reports read instead of the payload are sealed with it: an edit of
+    one of them alone (the payload untouched) is caught."""
+    seq = int(str(value(archive, f"SELECT min(seq) FROM events WHERE type = '{event_type}'")))
+    column = assignment.split()[0]
+    before = fetch(archive, f"SELECT {column}, payload FROM events WHERE seq = {seq}")
+    name, n = event_name(archive, seq), link_of(archive, "events", seq)
+    execute(archive, f"UPDATE events SET {assignment} WHERE seq = {seq}")
+    after = fetch(archive, f"SELECT {column}, payload FROM events WHERE seq = {seq}")
+    assert after[0][0] != before[0][0] and after[0][1] == before[0][1]
+    assert agree(archive) == [f"event {name} was changed after link {n} sealed it"]
+
+
+def test_a_null_derived_column_set_to_the_empty_string(archive: Path) -> None:
+    seq = int(str(value(archive, "SELECT min(seq) FROM events WHERE method IS NULL")))
+    name, n = event_name(archive, seq), link_of(archive, "events", seq)
+    execute(archive, f"UPDATE events SET method = '' WHERE seq = {seq}")
+    assert agree(archive) == [f"event {name} was changed after link {n} sealed it"]
+
+
 def test_a_changed_run_record(archive: Path) -> None:
     n = link_of(archive, "runs", 1)
     execute(archive, "UPDATE ingest_runs SET inserted = inserted - 1 WHERE id = 1")
@@ -244,7 +280,12 @@ def test_a_deleted_link(archive: Path) -> None:
     found = agree(archive)
     assert found[0] == f"link {n} is missing (the next stored is {n + 1})"
     # The next link names the deleted one's hash, which no stored link has.
+    before = str(value(archive, f"SELECT hash FROM chain_links WHERE n = {n - 1}"))
     assert found[1].startswith(f"link {n + 1} names ")
+    assert found[1].endswith(
+        f" as its predecessor, but the one stored before it, link {n - 1}, hashes to "
+        f"{before[:16]}..."
+    )
     assert found[2:] == [
         "run record 1 is in no link: it was written outside ingest (or the archive predates "
         "the chain: run `grantex-archive seal`)"
@@ -261,9 +302,56 @@ def test_a_deleted_link_of_many_rows(archive: Path) -> None:
     prev = str(value(archive, "SELECT prev FROM chain_links WHERE n = 2"))
     assert found[:2] == [
         "link 1 is missing (the next stored is 2)",
-        f"link 2 names {prev[:16]}... as its predecessor, but link 1 hashes to 0000000000000000...",
+        f"link 2 names {prev[:16]}... as its predecessor, but the one stored before it, "
+        "the chain's start (genesis), hashes to 0000000000000000...",
     ]
     assert len(found) == 2 + count
+
+
+def delete_newest_links(path: Path, count: int) -> tuple[int, str]:
+    """Delete the newest ``count`` links and every row they seal, leaving the chain head
+    alone; the number and hash of the link now newest."""
+    links = fetch(path, "SELECT n, kind, keys FROM chain_links ORDER BY n DESC LIMIT ?", count)
+    statements = [f"DELETE FROM chain_links WHERE n >= {min(int(str(n)) for n, _, _ in links)}"]
+    for _, kind, keys in links:
+        table, key = iv.TABLES[str(kind)], iv.FIELDS[str(kind)][0]
+        listed = ", ".join(map(str, iv.decode_keys(str(keys))))
+        statements.append(f"DELETE FROM {table} WHERE {key} IN ({listed})")
+    execute(path, *statements)
+    n, digest = fetch(path, "SELECT n, hash FROM chain_links ORDER BY n DESC LIMIT 1")[0]
+    return int(str(n)), str(digest)
+
+
+def test_the_newest_links_deleted_with_their_rows(archive: Path) -> None:
+    """Links that agree among themselves, but the head still names the newest one deleted."""
+    head_n, head_hash = fetch(archive, "SELECT n, hash FROM chain_head")[0]
+    assert fetch(archive, "SELECT kind FROM chain_links ORDER BY n DESC LIMIT 2") == [
+        ("rejected",),
+        ("runs",),
+    ]
+    n, digest = delete_newest_links(archive, 2)
+    assert n == int(str(head_n)) - 2
+    assert agree(archive) == [
+        f"the chain head names link {head_n} ({str(head_hash)[:16]}...), but the newest "
+        f"stored link is {n} ({digest[:16]}...)"
+    ]
+
+
+def test_the_newest_links_deleted_and_the_head_set_back(archive: Path) -> None:
+    """The limit docs/integrity.md states: whoever deletes the newest links with their rows
+    and sets the head back to the link now newest goes unnoticed by both verifiers."""
+    n, digest = delete_newest_links(archive, 2)
+    execute(archive, f"UPDATE chain_head SET n = {n}, hash = '{digest}'")
+    assert agree(archive) == []
+
+
+def test_a_changed_head(archive: Path) -> None:
+    n, digest = fetch(archive, "SELECT n, hash FROM chain_head")[0]
+    execute(archive, "UPDATE chain_head SET n = n + 1")
+    assert agree(archive) == [
+        f"the chain head names link {int(str(n)) + 1} ({str(digest)[:16]}...), but the newest "
+        f"stored link is {n} ({str(digest)[:16]}...)"
+    ]
 
 
 def test_a_consistent_rewrite_is_not_caught_by_the_chain_alone(archive: Path) -> None:
@@ -304,11 +392,13 @@ def test_the_worked_example() -> None:
     doc = DOC.read_text(encoding="utf-8")
     assert EXAMPLE_DIGEST in doc and EXAMPLE_LINK_HASH in doc
     for field in EXAMPLE_ROW[1:]:
-        assert str(field).replace('"', "") in doc.replace('"', "").replace("\\", "")
+        if field is not None:
+            assert str(field).replace('"', "") in doc.replace('"', "").replace("\\", "")
     theirs = canonical.event_digest(*EXAMPLE_ROW)
     assert theirs == canonical.row_digest("events", EXAMPLE_ROW)
     assert theirs.hex() == iv.row_digest("events", EXAMPLE_ROW).hex() == EXAMPLE_DIGEST
-    assert _escaped(iv.row_form("events", EXAMPLE_ROW)) in doc
+    form = iv.row_form("events", EXAMPLE_ROW)
+    assert _escaped(form) in doc and f"Its canonical form, {len(form)} bytes" in doc
     link = canonical.Link(
         n=1, kind="events", prev=canonical.GENESIS, keys="42", count=1,
         digests=theirs, created_at=EXAMPLE_LINK_CREATED,
@@ -338,12 +428,46 @@ def test_netstrings_count_utf8_bytes(text: str) -> None:
     assert iv.netstring(text.encode("utf-8")).startswith(f"{len(text.encode())}:".encode())
 
 
-def test_null_is_the_empty_string() -> None:
+def test_null_and_the_empty_string_differ() -> None:
     row = (7, "default", "2026-03-01 09:30:00.000000", "not JSON", "data: x", 7, None, None, None)
+    empty = (*row[:-1], "")
     assert canonical.row_digest("rejected", row) == iv.row_digest("rejected", row)
-    assert b"0:,0:,0:," in iv.row_form("rejected", row)
-    # The documented consequence: NULL and the empty string hash alike.
-    assert canonical.row_digest("rejected", (*row[:-1], "")) == iv.row_digest("rejected", row)
+    assert canonical.row_digest("rejected", empty) == iv.row_digest("rejected", empty)
+    assert iv.row_form("rejected", row).endswith(b"1:7,~~~")
+    assert iv.row_form("rejected", empty).endswith(b"1:7,~~0:,")
+    assert canonical.row_digest("rejected", empty) != canonical.row_digest("rejected", row)
+    # The same for an event's derived columns, through the product's fast path.
+    event = (*EXAMPLE_ROW[:13], "", *EXAMPLE_ROW[14:])
+    assert canonical.event_digest(*event) == iv.row_digest("events", event)
+    assert canonical.event_digest(*event) != canonical.event_digest(*EXAMPLE_ROW)
+
+
+@pytest.mark.parametrize(
+    ("number", "bits"),
+    [
+        (80.0, "4054000000000000"),
+        (20.0, "4034000000000000"),
+        (0.5, "3fe0000000000000"),
+        (0.0, "0000000000000000"),
+        (-0.0, "8000000000000000"),
+        (0.1, "3fb999999999999a"),
+    ],
+)
+def test_floats_are_their_binary64_bits(number: float, bits: str) -> None:
+    event = (*EXAMPLE_ROW[:14], number, *EXAMPLE_ROW[15:])
+    assert iv.field_form("percentage", number) == f"16:{bits},".encode()
+    assert f"16:{bits},".encode() in iv.row_form("events", event)
+    assert canonical.event_digest(*event) == iv.row_digest("events", event)
+    assert canonical.row_digest("events", event) == iv.row_digest("events", event)
+
+
+def test_the_documented_float_forms() -> None:
+    """Each float docs/integrity.md writes out (`80.0` is `4054...`, `-0.0` (`8000...`))."""
+    doc = DOC.read_text(encoding="utf-8")
+    pairs = re.findall(r"`(-?[0-9.]+)`\s+(?:is\s+|\()`([0-9a-f]{16})`", doc)
+    assert len(pairs) >= 5
+    for number, bits in pairs:
+        assert canonical.text(float(number)) == iv.canonical_text(float(number)) == bits
 
 
 def test_naive_and_aware_times_are_equal() -> None:
