@@ -116,8 +116,9 @@ def verify_archive_command(db_url: str, digest_dir: Path | None, public_key: Pat
     if verdict.more:
         click.echo(f"  ... and {verdict.more:,} more", err=True)
     total = len(verdict.problems) + verdict.more
+    plural = "s" if total != 1 else ""
     raise CliError(
-        f"the archive does not match its chain ({total:,} differences); first: "
+        f"the archive does not match its chain ({total:,} difference{plural}); first: "
         f"{verdict.problems[0]}",
         1,
     )
