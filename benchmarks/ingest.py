@@ -47,6 +47,8 @@ from ingest.schema import EVENT_COLUMNS, events
 from ingest.simulator import generate_events
 
 CLI = [sys.executable, "-m", "ingest.cli"]
+UNSEALED_CLI = [sys.executable, "-m", "benchmarks.unsealed"]
+"""The same CLI with sealing stubbed out: the other side of the sealing-cost ratio."""
 PG_URL = os.environ.get("GRANTEX_TEST_PG_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
 KEY = "bench_" + uuid.uuid4().hex
 
@@ -166,10 +168,10 @@ def run_measured(
     return ChildResult(proc.returncode, out or "", err, seconds, peak.mb)
 
 
-def run_ingest(db_url: str, sim: SimulatorProcess, count: int) -> Measure:
+def run_ingest(db_url: str, sim: SimulatorProcess, count: int, sealed: bool = True) -> Measure:
     env = dict(os.environ, GRANTEX_API_KEY=KEY)
     args = [
-        *CLI,
+        *(CLI if sealed else UNSEALED_CLI),
         "ingest",
         "--db",
         db_url,
@@ -291,6 +293,10 @@ def main() -> None:
             m.label = "end-to-end, SQLite"
             results.append(m)
             print(f"  {m.label}: {m.rate:,.0f} events/s, peak RSS {m.rss_mb:.0f} MB", flush=True)
+            m = run_ingest(f"sqlite:///{workdir / 'unsealed.db'}", sim, args.events, sealed=False)
+            m.label = "end-to-end, SQLite, without sealing"
+            results.append(m)
+            print(f"  {m.label}: {m.rate:,.0f} events/s, peak RSS {m.rss_mb:.0f} MB", flush=True)
             if not args.no_postgres:
                 url, schema = fresh_pg_schema()
                 try:
@@ -349,6 +355,12 @@ def render(results: list[Measure], args: argparse.Namespace) -> str:
     ceil = by_label.get("ceiling: sqlite3 executemany, batches of 1000")
     if e2e and ceil:
         lines += ["", f"SQLite end-to-end / ceiling: **{e2e.rate / ceil.rate:.2f}x**"]
+    unsealed = by_label.get("end-to-end, SQLite, without sealing")
+    if e2e and unsealed:
+        lines.append(
+            f"Sealing's cost (SQLite end-to-end with / without): "
+            f"**{(1 - e2e.rate / unsealed.rate) * 100:.0f}%** of the throughput"
+        )
     flat = [m for m in results if "backlog" in m.label]
     if e2e and flat and e2e.rss_mb and flat[0].rss_mb:
         lines.append(

@@ -183,3 +183,40 @@ reconcile_findings = sa.Table(
     sa.Index(None, "run_id"),
     sa.Index(None, "grant_id"),
 )
+
+# Migration 0007: the hash chain (ingest/seal/, docs/integrity.md). Each link
+# covers the rows one transaction sealed: which (keys, ranges of seq or id),
+# how many, a SHA-256 digest per row (32 bytes each, in key order), the hash
+# of the link before and its own. chain_head is one row: the newest link,
+# updated in every sealing transaction (its lock orders the writers), and
+# how far the rows written before the chain existed go (sealed by `seal`).
+chain_links = sa.Table(
+    "chain_links",
+    metadata,
+    sa.Column("n", sa.BigInteger(), primary_key=True, autoincrement=False),
+    sa.Column("kind", sa.String(16), nullable=False),
+    sa.Column("prev", sa.String(64), nullable=False),
+    sa.Column("keys", sa.Text(), nullable=False),
+    sa.Column("count", sa.Integer(), nullable=False),
+    sa.Column("digests", sa.LargeBinary(), nullable=False),
+    sa.Column("created_at", _Time, nullable=False),
+    sa.Column("hash", sa.String(64), nullable=False),
+)
+
+chain_head = sa.Table(
+    "chain_head",
+    metadata,
+    sa.Column("id", sa.Integer(), primary_key=True, autoincrement=False),
+    sa.Column("n", sa.BigInteger(), nullable=False),
+    sa.Column("hash", sa.String(64), nullable=False),
+    sa.Column("unsealed_events", sa.BigInteger(), nullable=False, server_default="0"),
+    sa.Column("unsealed_rejected", sa.BigInteger(), nullable=False, server_default="0"),
+    sa.Column("unsealed_runs", sa.BigInteger(), nullable=False, server_default="0"),
+)
+
+
+@sa.event.listens_for(chain_head, "after_create")
+def _genesis(target: sa.Table, connection: sa.Connection, **_: object) -> None:
+    """A chain head created with the tables (``metadata.create_all``) starts at genesis, as
+    migration 0007 makes it."""
+    connection.execute(target.insert().values(id=1, n=0, hash="0" * 64))

@@ -37,6 +37,7 @@ from .rows import (
     sqlite_rows,
 )
 from .schema import CHANNELS, EVENT_COLUMNS, events
+from .seal.chain import Sealer, max_key
 from .store_rejections import conflict, record_rejections
 from .store_runs import ConnectionShare, RunRecords
 from .timestamps import utc
@@ -264,12 +265,22 @@ class Store(RunRecords):
         channel: str,
     ) -> None:
         with self.engine.begin() as conn:
+            # The chain head first: it orders this transaction after every other
+            # sealing one, so the rows above the keys read now are this one's.
+            sealer = Sealer(conn)
             if fresh:
-                self._insert(conn, source, list(fresh.values()), result, rejections, channel)
+                before = max_key(conn, "events")
+                self._insert(
+                    conn, source, list(fresh.values()), result, rejections, channel, before
+                )
+                sealer.rows_above("events", before)
             if rejections:
+                before = max_key(conn, "rejected")
                 record_rejections(conn, source, run_id, rejections)
+                sealer.rows_above("rejected", before)
             if connections:
                 self.count_connections(conn, connections)
+            sealer.close()
 
     def _insert(
         self,
@@ -279,8 +290,8 @@ class Store(RunRecords):
         result: BatchResult,
         rejections: list[tuple[Rejection, datetime]],
         channel: str,
+        before: int,
     ) -> None:
-        before = conn.exec_driver_sql("SELECT max(seq) FROM events").scalar() or 0
         if self._sqlite:
             inserted = self._insert_sqlite(conn, sqlite_rows(entries, source), channel)
         else:

@@ -25,6 +25,7 @@ from sqlalchemy.engine import Connection, Engine
 
 from .journal import PendingRun
 from .schema import ingest_connections, ingest_runs
+from .seal.chain import Sealer
 from .timestamps import utc
 
 ABANDONED_REASON = "run abandoned: closed at its last recorded activity"
@@ -113,11 +114,16 @@ class RunRecords:
         finishes at the latest of its connections' ends.
         """
         with self.engine.begin() as conn:
+            sealer = Sealer(conn)
+            final: list[int] = []
             if pending is not None:
-                _apply_pending(conn, source, pending)
+                final += _apply_pending(conn, source, pending)
             # The caller holds this source's lock, so an earlier run still
             # marked running was killed before it could record its end.
-            _settle_abandoned(conn, source)
+            final += _settle_abandoned(conn, source)
+            # A run's record is sealed once, when it is final.
+            sealer.rows_with_keys("runs", final)
+            sealer.close()
             run_id = conn.execute(
                 ingest_runs.insert().returning(ingest_runs.c.id),
                 {
@@ -132,8 +138,14 @@ class RunRecords:
         return int(run_id)
 
     def update_run(self, run_id: int, **values: Any) -> None:
+        """Update a run's record; one given a final ``outcome`` is sealed with it."""
         with self.engine.begin() as conn:
+            final = values.get("outcome", "running") != "running"
+            sealer = Sealer(conn) if final else None
             conn.execute(ingest_runs.update().where(ingest_runs.c.id == run_id).values(**values))
+            if sealer is not None:
+                sealer.rows_with_keys("runs", [run_id])
+                sealer.close()
 
     def record_progress(
         self,
@@ -276,8 +288,9 @@ def _complete(conn: Connection, request_id: int, values: dict[str, Any]) -> None
     conn.execute(ingest_connections.update().where(_c.id == request_id).values(**values))
 
 
-def _apply_pending(conn: Connection, source: str, pending: PendingRun) -> None:
-    conn.execute(
+def _apply_pending(conn: Connection, source: str, pending: PendingRun) -> list[int]:
+    """Apply a run's final record kept in the journal; the run, if it was still running."""
+    applied = conn.execute(
         ingest_runs.update()
         .where(
             ingest_runs.c.id == pending.run_id,
@@ -296,10 +309,14 @@ def _apply_pending(conn: Connection, source: str, pending: PendingRun) -> None:
             )
             .values(**pending.connection_values)
         )
+    final = applied.rowcount == 1 and pending.values.get("outcome", "running") != "running"
+    return [pending.run_id] if final else []
 
 
-def _settle_abandoned(conn: Connection, source: str) -> None:
-    """Mark this source's runs still ``running`` abandoned, closing what they left open."""
+def _settle_abandoned(conn: Connection, source: str) -> list[int]:
+    """Mark this source's runs still ``running`` abandoned, closing what they left open.
+
+    Returns the runs it marked."""
     killed = conn.execute(
         sa.select(ingest_runs.c.id, ingest_runs.c.started_at).where(
             ingest_runs.c.source == source, ingest_runs.c.outcome == "running"
@@ -329,6 +346,7 @@ def _settle_abandoned(conn: Connection, source: str) -> None:
             .where(ingest_runs.c.id == run_id)
             .values(outcome="abandoned", finished_at=finished_at)
         )
+    return [run_id for run_id, _ in killed]
 
 
 def _aware(value: datetime) -> datetime:

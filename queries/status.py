@@ -1,5 +1,6 @@
 """``status``: what the archive holds, how its ingest runs went, how much of the stream it
-missed lately, the last reconcile and its open findings, the analytics copy's state."""
+missed lately, the last reconcile and its open findings, the hash chain's head, the
+analytics copy's state."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ from typing import Any
 import sqlalchemy as sa
 
 from ingest.database import first_line
-from ingest.schema import ingest_runs
+from ingest.schema import chain_head, chain_links, ingest_runs
 from ingest.store import safe_url, sqlite_path
 from ingest.timestamps import now_utc, utc
 
@@ -64,6 +65,7 @@ def status(
     if path is not None and not path.exists():
         raise ArchiveMissing(path)
     last_run, last_success = _runs(db_url)
+    chain = _chain(db_url)
     opened = open_copy(db_url, analytics_dir, refresh, progress=progress)
     copy = opened.copy
     counts = _fetch(
@@ -97,6 +99,7 @@ def status(
         rows.append(("last_success", "age_minutes", round(result.age_minutes, 1)))
     rows += status_coverage(copy, now if now is not None else now_utc())
     rows += _reconcile_rows(copy)
+    rows += chain
     manifest = copy.manifest()
     rows.append(("analytics", "directory", str(copy.directory)))
     rows.append(("analytics", "refreshed_at", manifest.refreshed_at if manifest else None))
@@ -163,6 +166,31 @@ def _runs(db_url: str) -> tuple[dict[str, Any] | None, datetime | None]:
     finally:
         engine.dispose()
     return (dict(last._mapping) if last is not None else None), utc(success)
+
+
+def _chain(db_url: str) -> list[tuple[str, str, Any]]:
+    """The hash chain's newest link, and what the archive held before the chain (``seal``)."""
+    engine = archive_read_engine(db_url)
+    try:
+        with engine.connect() as conn:
+            head = conn.execute(sa.select(chain_head)).first()
+            newest = conn.execute(
+                sa.select(chain_links.c.created_at).order_by(chain_links.c.n.desc()).limit(1)
+            ).scalar()
+    except sa.exc.SQLAlchemyError:
+        return [("chain", "links", None)]
+    finally:
+        engine.dispose()
+    if head is None:
+        return [("chain", "links", None)]
+    values = head._mapping
+    waiting = int(values["unsealed_events"]) + int(values["unsealed_rejected"])
+    return [
+        ("chain", "links", int(values["n"])),
+        ("chain", "head", values["hash"]),
+        ("chain", "newest_link_at", utc(newest)),
+        ("chain", "unsealed_before_chain", waiting),
+    ]
 
 
 def _has_no_runs_table(engine: sa.Engine) -> bool:

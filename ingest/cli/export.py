@@ -26,11 +26,12 @@ from queries.export import (
     format_for,
     verify_export,
 )
+from queries.export.verify import verify_against_archive
 from queries.session import QueryError
 
 from .copies import open_copy
-from .errors import EXIT_INTERRUPTED, CliError
-from .options import check_window, copy_options, parse_time
+from .errors import EXIT_INTERRUPTED, CliError, reported
+from .options import check_db_url, check_window, copy_options, parse_time
 from .progress import progress_for
 from .unix import silence_stdout
 
@@ -209,21 +210,35 @@ def _export(
 
 @click.command("verify-export")
 @click.argument("path", type=click.Path(path_type=Path))
-def verify_export_command(path: Path) -> None:
+@click.option(
+    "--archive",
+    "archive_url",
+    metavar="URL",
+    help="Also check the archive it came from: its hash chain verifies and still holds the "
+    "chain head the manifest recorded.",
+)
+def verify_export_command(path: Path, archive_url: str | None) -> None:
     """Check an export against its manifest: every file's SHA-256 and row count.
 
-    The manifest must be well formed and list exactly the files at PATH. Exits 0
-    when everything matches, 1 with the first difference otherwise.
+    The manifest must be well formed and list exactly the files at PATH. With
+    --archive, the archive's hash chain must verify and still hold the head
+    recorded in the manifest (it covers every exported row). Exits 0 when
+    everything matches, 1 with the first difference otherwise.
 
     \b
     Example:
-      grantex-archive verify-export revocations-q1.csv
+      grantex-archive verify-export revocations-q1.csv --archive sqlite:///archive.db
     """
+    if archive_url is not None:
+        check_db_url(archive_url)
     try:
         record = verify_export(path)
+        with reported():
+            link = verify_against_archive(record, archive_url) if archive_url else None
     except VerifyError as exc:
         raise CliError(f"verification failed: {exc}") from None
+    chained = "" if link is None else f"; the archive verifies and still holds link {link}"
     click.echo(
         f"OK: {path} holds {record['rows']} rows in {len(record['files'])} "
-        f"file{'s' if len(record['files']) != 1 else ''}, as its manifest says"
+        f"file{'s' if len(record['files']) != 1 else ''}, as its manifest says{chained}"
     )

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import sys
 from pathlib import Path
+from typing import Any
 
 import click
 
@@ -21,6 +22,8 @@ from .errors import EXIT_CODES, CliError, reported
 from .options import (
     check_db_url,
     db_option,
+    digest_options,
+    digests_written,
     log_options,
     parse_time,
     positive,
@@ -104,6 +107,7 @@ from .options import (
     show_default=True,
     help="Seconds to keep retrying an unusable database before exiting 4.",
 )
+@digest_options
 @log_options
 def ingest(
     db_url: str,
@@ -111,19 +115,13 @@ def ingest(
     base_url: str,
     types_: str | None,
     since: str | None,
-    overlap: float,
-    until_idle: float | None,
-    max_runtime: float | None,
-    max_events: int | None,
-    wait_lock: float | None,
-    batch_size: int,
-    flush_interval: float,
     source: str,
-    read_timeout: float,
     max_backoff: float,
-    db_retry_timeout: float,
+    digest_dir: Path | None,
+    signing_key: Path | None,
     log_format: str,
     quiet: bool,
+    **limits: Any,
 ) -> None:
     """Stream Grantex events into the archive.
 
@@ -152,18 +150,14 @@ def ingest(
             source=source,
             types=parse_types(types_),
             since=parse_time(since, "--since"),
-            overlap=overlap,
-            until_idle=until_idle,
-            max_runtime=max_runtime,
-            max_events=max_events,
-            wait_lock=wait_lock,
-            batch_size=batch_size,
-            flush_interval=flush_interval,
-            read_timeout=read_timeout,
             backoff_max=max_backoff,
-            db_retry_timeout=db_retry_timeout,
+            # The options named as the settings they set: --overlap, --until-idle,
+            # --max-runtime, --max-events, --wait-lock, --batch-size, --flush-interval,
+            # --read-timeout and --db-retry-timeout.
+            **limits,
         )
-    _run(settings, log_format, quiet)
+    with digests_written(db_url, digest_dir, signing_key):
+        _run(settings, log_format, quiet)
 
 
 def _run(settings: IngestSettings, log_format: str, quiet: bool) -> None:

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import functools
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from datetime import datetime
 from pathlib import Path
 from typing import Any, TypeVar, cast
@@ -192,3 +193,47 @@ def log_options(func: F) -> F:
         show_default=True,
         help="Log line format on stderr.",
     )(func)
+
+
+def digest_options(func: F) -> F:
+    """``--digest-dir`` and ``--signing-key``: where a command that writes links leaves
+    digest files of the chain head, and the Ed25519 key that signs them."""
+    func = click.option(
+        "--signing-key",
+        type=click.Path(dir_okay=False, path_type=Path),
+        help="Ed25519 private key (PEM) that signs the digest files; needs --digest-dir.",
+    )(func)
+    return click.option(
+        "--digest-dir",
+        type=click.Path(file_okay=False, path_type=Path),
+        help="Write digest files of the hash chain's head here (at the end and hourly); "
+        "keep it apart from the database (another host, WORM storage).",
+    )(func)
+
+
+@contextlib.contextmanager
+def digests_written(
+    db_url: str, digest_dir: Path | None, signing_key: Path | None
+) -> Iterator[None]:
+    """Write digest files while the block runs and when it ends (when --digest-dir is set).
+
+    The directory and key are checked before anything runs: a bad one is a usage error.
+    """
+    if digest_dir is None:
+        if signing_key is not None:
+            raise CliError("--signing-key needs --digest-dir", EXIT_USAGE)
+        yield
+        return
+    from ..seal.digests import DigestError, DigestWriter, check_directory, load_private_key
+
+    try:
+        check_directory(digest_dir)
+        key = load_private_key(signing_key) if signing_key is not None else None
+    except DigestError as exc:
+        raise CliError(str(exc), EXIT_USAGE) from None
+    engine = create_archive_engine(db_url)
+    try:
+        with DigestWriter(engine, digest_dir, key):
+            yield
+    finally:
+        engine.dispose()

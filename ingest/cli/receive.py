@@ -18,7 +18,14 @@ from ..receiver import (
 )
 from ..receiver.signature import DEFAULT_TOLERANCE
 from .errors import reported
-from .options import check_db_url, db_option, log_options, source_option
+from .options import (
+    check_db_url,
+    db_option,
+    digest_options,
+    digests_written,
+    log_options,
+    source_option,
+)
 
 
 @click.command()
@@ -56,6 +63,7 @@ from .options import check_db_url, db_option, log_options, source_option
     help="Also accept a delivery signed only with the legacy body-only X-Grantex-Signature "
     "(no replay bound).",
 )
+@digest_options
 @log_options
 def receive(
     db_url: str,
@@ -65,6 +73,8 @@ def receive(
     url_path: str,
     tolerance: float,
     allow_legacy_signature: bool,
+    digest_dir: Path | None,
+    signing_key: Path | None,
     log_format: str,
     quiet: bool,
 ) -> None:
@@ -109,5 +119,5 @@ def receive(
         )
     secrets = tuple(secret.reveal() for secret in settings.secrets)
     setup_logging(log_format, logging.WARNING if quiet else logging.INFO, secrets=secrets)
-    with reported():
+    with reported(), digests_written(db_url, digest_dir, signing_key):
         run_receiver(settings)

@@ -12,6 +12,7 @@ from .demo import demo
 from .export import export_command, verify_export_command
 from .help_format import HelpContext, use_help_format
 from .ingest import ingest
+from .integrity import seal_command, verify_archive_command
 from .receive import receive
 from .reconcile import reconcile
 from .report import report, sql_command
@@ -78,6 +79,8 @@ for _command in (
     status,
     refresh_command,
     export_command,
+    seal_command,
+    verify_archive_command,
     verify_export_command,
 ):
     main.add_command(_command)

@@ -41,6 +41,8 @@ def status(
     ingest-coverage` lists the gaps). Section last_reconcile is the newest
     `reconcile` run; open_findings counts per kind the findings of each
     source's newest completed run (`report reconciliation` lists every run).
+    Section chain is the hash chain's newest link (`verify-archive` checks
+    it) and the rows written before the chain that await `seal`.
     With --max-age, exits 1 when no ingest run finished successfully (exit
     code 0) within that many minutes: a check for a cron-driven worker.
 

@@ -47,10 +47,19 @@ def sha256_file(path: Path) -> str:
 
 
 def manifest_record(
-    spec: ExportSpec, filters: Filters, plan: Plan, watermark: int, files: list[dict[str, Any]]
+    spec: ExportSpec,
+    filters: Filters,
+    plan: Plan,
+    watermark: int,
+    files: list[dict[str, Any]],
+    chain: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """The manifest of an export of ``files`` (their entries) to ``spec.output``."""
-    return {
+    """The manifest of an export of ``files`` (their entries) to ``spec.output``.
+
+    ``chain`` is the archive's hash chain head (``{"n", "hash"}``) read after the rows: it
+    covers every exported row (docs/integrity.md).
+    """
+    record = {
         "format": MANIFEST_FORMAT,
         "tool": "grantex-archive",
         "tool_version": tool_version(),
@@ -75,6 +84,9 @@ def manifest_record(
         },
         "files": files,
     }
+    if chain is not None:
+        record["chain"] = chain
+    return record
 
 
 def write_manifest(manifest: Path, record: dict[str, Any]) -> None:
@@ -153,6 +165,17 @@ def _check_file(entry: Any, where: str, seen: set[str]) -> None:
         )
 
 
+def _check_chain(chain: Any) -> None:
+    if not isinstance(chain, dict):
+        raise VerifyError(f"the manifest's 'chain' must be an object, not {_type_name(chain)}")
+    _count(_field(chain, "n", "chain."), "chain.n")
+    digest = _field(chain, "hash", "chain.")
+    if not isinstance(digest, str) or not _SHA256.fullmatch(digest):
+        raise VerifyError(
+            f"the manifest's 'chain.hash' must be 64 lowercase hex digits, not {digest!r}"
+        )
+
+
 def check_manifest(record: Any) -> dict[str, Any]:
     """``record`` if it has the structure of a manifest; VerifyError naming the first fault."""
     if not isinstance(record, dict):
@@ -163,6 +186,8 @@ def check_manifest(record: Any) -> dict[str, Any]:
             f"manifest format {version!r} is not one this version reads ({MANIFEST_FORMAT})"
         )
     _check_export(_field(record, "export"))
+    if "chain" in record:
+        _check_chain(record["chain"])
     rows = _count(_field(record, "rows"), "rows")
     files = _field(record, "files")
     if not isinstance(files, list):

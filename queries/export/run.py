@@ -50,8 +50,11 @@ def run_export(
     watermark: int,
     progress: ProgressFn | None = None,
     stop: threading.Event | None = None,
+    chain: dict[str, Any] | None = None,
 ) -> ExportResult:
     """Write the export ``spec`` asks for from the views on ``conn``.
+
+    ``chain`` is the archive's chain head when the rows were read, for the manifest.
 
     Raises TargetError when PATH may not be written, ExportInterrupted on
     Ctrl-C or once ``stop`` is set (after removing what it had written),
@@ -59,7 +62,7 @@ def run_export(
     writing failed.
     """
     try:
-        return _run_export(conn, spec, filters, watermark, progress, stop)
+        return _run_export(conn, spec, filters, watermark, progress, stop, chain)
     except (KeyboardInterrupt, duckdb.InterruptException):
         raise ExportInterrupted(_interrupted_message(spec)) from None
     except RuntimeError as exc:
@@ -112,6 +115,7 @@ def _run_export(
     watermark: int,
     progress: ProgressFn | None,
     stop: threading.Event | None,
+    chain: dict[str, Any] | None = None,
 ) -> ExportResult:
     where, params = filters.where()
     share = PARQUET_SLICE_SHARE if spec.fmt == "parquet" else 1.0
@@ -128,7 +132,8 @@ def _run_export(
     written = _write_in_place(conn, spec, where, params, plan, progress, stop)
     manifest = manifest_path(final)
     try:
-        write_manifest(manifest, manifest_record(spec, filters, plan, watermark, written))
+        record = manifest_record(spec, filters, plan, watermark, written, chain)
+        write_manifest(manifest, record)
     except OSError as exc:
         raise ExportError(f"writing {manifest} failed: {exc.strerror or exc}") from None
     return ExportResult(plan.rows, written, manifest)

@@ -1,0 +1,135 @@
+"""Writing the hash chain: links appended in the transaction that writes their rows.
+
+Every transaction that writes events, rejected frames or a final run record
+first takes the chain head (:func:`take_head`: an UPDATE of the one row of
+``chain_head``, which holds SQLite's write lock or PostgreSQL's row lock
+until the commit), so sealing writers run one after another: the rows a
+transaction inserts are exactly those above the keys it read after taking
+the head, and the chain's order is the order links commit. Each link is
+appended (:meth:`Sealer.append`) before the commit, so a committed row
+outside every link is a forgery.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.engine import Connection
+
+from ..schema import chain_head, chain_links
+from .canonical import FIELDS, Link, encode_keys, event_digest, row_digest
+
+TABLES = {"events": ("events", "seq"), "rejected": ("rejected_events", "id"),
+          "runs": ("ingest_runs", "id")}  # fmt: skip
+"""Per kind of link: the table and its key column."""
+
+
+@dataclass(frozen=True, slots=True)
+class Head:
+    """The newest link: its number (0 before the first) and hash."""
+
+    n: int
+    hash: str
+
+
+def take_head(conn: Connection) -> Head:
+    """Lock the chain head for this transaction and read it."""
+    conn.execute(sa.update(chain_head).where(chain_head.c.id == 1).values(n=chain_head.c.n))
+    row = conn.execute(sa.select(chain_head.c.n, chain_head.c.hash)).one()
+    return Head(int(row.n), str(row.hash))
+
+
+def max_key(conn: Connection, kind: str) -> int:
+    """The highest key of a kind's table (0 when empty), read under the head lock."""
+    table, key = TABLES[kind]
+    return int(conn.exec_driver_sql(f"SELECT max({key}) FROM {table}").scalar() or 0)
+
+
+def digests_of(kind: str, rows: Iterable[Sequence[Any]]) -> tuple[list[int], bytes]:
+    """The keys and concatenated digests of rows read as ``TABLES[kind]`` lists them."""
+    keys: list[int] = []
+    parts: list[bytes] = []
+    if kind == "events":
+        for row in rows:
+            keys.append(int(row[0]))
+            parts.append(event_digest(*row))
+    else:
+        for row in rows:
+            keys.append(int(row[0]))
+            parts.append(row_digest(kind, row))
+    return keys, b"".join(parts)
+
+
+def select_rows(kind: str, where: str) -> str:
+    """The statement reading a kind's sealed columns for the rows ``where`` picks, by key."""
+    table, key = TABLES[kind]
+    return f"SELECT {', '.join(FIELDS[kind])} FROM {table} WHERE {where} ORDER BY {key}"
+
+
+class Sealer:
+    """Appends links within one transaction, from the head it took."""
+
+    def __init__(self, conn: Connection) -> None:
+        self.conn = conn
+        self.head = take_head(conn)
+        self._moved = False
+
+    def rows_above(self, kind: str, after: int) -> None:
+        """Seal the rows of ``kind`` whose key is above ``after`` (this transaction's)."""
+        rows = self._fetch(select_rows(kind, f"{TABLES[kind][1]} > {int(after)}"))
+        self.append(kind, *digests_of(kind, rows))
+
+    def _fetch(self, statement: str) -> list[Any]:
+        """Rows as the driver's plain tuples: the hot path skips SQLAlchemy's row objects."""
+        cursor = self.conn.connection.driver_connection.cursor()  # type: ignore[union-attr]
+        try:
+            cursor.execute(statement)
+            return list(cursor.fetchall())
+        finally:
+            cursor.close()
+
+    def rows_with_keys(self, kind: str, keys: Sequence[int]) -> None:
+        """Seal the rows of ``kind`` with these keys (e.g. runs that became final)."""
+        if not keys:
+            return
+        listed = ", ".join(str(int(k)) for k in sorted(keys))
+        rows = self.conn.exec_driver_sql(select_rows(kind, f"{TABLES[kind][1]} IN ({listed})"))
+        self.append(kind, *digests_of(kind, rows))
+
+    def append(self, kind: str, keys: list[int], digests: bytes) -> Link | None:
+        """Append one link over ``keys`` (ascending) and their ``digests``; none for no rows."""
+        if not keys:
+            return None
+        link = Link(
+            n=self.head.n + 1,
+            kind=kind,
+            prev=self.head.hash,
+            keys=encode_keys(keys),
+            count=len(keys),
+            digests=digests,
+            created_at=datetime.now(timezone.utc),
+        )
+        digest = link.hash()
+        self.conn.execute(
+            sa.insert(chain_links).values(
+                n=link.n, kind=kind, prev=link.prev, keys=link.keys, count=link.count,
+                digests=digests, created_at=link.created_at, hash=digest,
+            )
+        )  # fmt: skip
+        self.head = Head(link.n, digest)
+        self._moved = True
+        return link
+
+    def close(self) -> None:
+        """Store the new head (in the same transaction, before its commit)."""
+        if self._moved:
+            self.conn.execute(
+                sa.update(chain_head)
+                .where(chain_head.c.id == 1)
+                .values(n=self.head.n, hash=self.head.hash)
+            )
+            self._moved = False
