@@ -338,8 +338,8 @@ def _lost_cause(ts: float, host: Host, crash_at: float) -> str:
 
 def tally(host: Host, key: str, crash_at: float) -> Tally:
     sim = host.sim
-    events = sim.events()
     ledger = sim.ledger()
+    events = sim.events()[: len(ledger)]
     channels, findings = _archived(host.db_url)
     keys = finding_keys(findings)
     counts: Counter[str] = Counter()

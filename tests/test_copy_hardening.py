@@ -170,7 +170,8 @@ def test_report_sql_and_status_never_fail_while_ingest_writes(tmp_path: Path) ->
         )
         try:
             wait_for_events(url, 2000)
-            while runs < 40:
+            # Each command four times over (more only adds time on a loaded CI machine).
+            while runs < 20:
                 assert worker.poll() is None, "ingest ended early"
                 args = commands[runs % len(commands)]
                 result = invoke([*args, "--db", url])
@@ -182,7 +183,7 @@ def test_report_sql_and_status_never_fail_while_ingest_writes(tmp_path: Path) ->
             worker.terminate()
             worker.communicate(timeout=30)
     assert failures == []
-    assert runs == 40
+    assert runs == 20
 
 
 @pytest.mark.parametrize(
