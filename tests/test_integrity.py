@@ -341,3 +341,23 @@ def test_status_shows_the_chains_newest_link(sealed: str, tmp_path: Path) -> Non
     ((n, head),) = rows(sealed, "SELECT n, hash FROM chain_head")
     assert f"chain,links,{n}" in result.stdout and f"chain,head,{head}" in result.stdout
     assert "chain,unsealed_before_chain,0" in result.stdout
+
+
+def test_verify_archive_sees_one_snapshot_while_ingest_writes(archive_url: str) -> None:
+    migrate.upgrade(archive_url)
+    config = SimulatorConfig(api_key=API_KEY, seed=9, rate=2000.0, replay="none")
+    with Simulator(config) as sim:
+        args = ["ingest", "--db", archive_url, "--base-url", sim.base_url, "--batch-size", "50",
+                "--flush-interval", "0.05"]  # fmt: skip
+        proc = spawn(args)
+        try:
+            deadline = time.monotonic() + 60
+            while rows(archive_url, "SELECT count(*) FROM events")[0][0] < 200:
+                assert time.monotonic() < deadline and proc.poll() is None
+                time.sleep(0.05)
+            for _ in range(3):  # links and rows are committed throughout each pass
+                code, output = verify(archive_url)
+                assert code == 0, output
+        finally:
+            proc.send_signal(signal.SIGTERM)
+            proc.communicate(timeout=30)

@@ -140,6 +140,12 @@ def verify_archive(
                 verdict.more += 1
 
     with engine.connect() as conn:
+        # One snapshot for the whole pass: rows and links a writer commits meanwhile are
+        # neither half seen (rows without their link) nor beyond the head read first.
+        if conn.dialect.name == "postgresql":
+            conn = conn.execution_options(isolation_level="REPEATABLE READ")
+        else:
+            conn.exec_driver_sql("BEGIN")
         head = conn.execute(sa.select(chain_head.c.n, chain_head.c.hash)).one()
         note(check_links(_counted(verdict, _all_links(conn)), (int(head.n), str(head.hash))))
         for kind in TABLES:
