@@ -10,6 +10,7 @@ from __future__ import annotations
 import gzip
 import json
 import os
+import shutil
 import signal
 import subprocess
 import time
@@ -433,13 +434,13 @@ def test_verify_refuses_a_manifest_that_is_not_an_object(
 
 
 def _start(url: str, target: Path, *args: str, nice: bool = False) -> subprocess.Popen[bytes]:
-    """The export as a child process; ``nice`` gives it the lowest CPU priority, so that
+    """The export as a child process; ``nice`` gives it a low CPU priority, so that
     the test, polling for its progress, acts on what it sees before the export moves on."""
     return subprocess.Popen(
         [*cli_command(), "export", "-o", str(target), "--db", url, "--no-refresh", *args],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
-        preexec_fn=(lambda: os.nice(19)) if nice else None,
+        preexec_fn=(lambda: os.nice(10)) if nice else None,
     )
 
 
@@ -502,17 +503,35 @@ def test_a_running_export_s_temp_file_is_left_alone(big: str, tmp_path: Path) ->
     assert verified.exit_code == 0 and f"holds {BIG_EVENTS} rows" in verified.output
 
 
+def _caught_writing(proc: subprocess.Popen[bytes], directory: Path, name: str) -> bool:
+    """Whether the export's temporary file was seen before the export ended."""
+    deadline = time.monotonic() + 200
+    while not list(directory.glob(f".{name}.*.tmp")):
+        if proc.poll() is not None:
+            return False
+        assert time.monotonic() < deadline, "no temporary file after 200 s"
+        time.sleep(0.002)
+    return True
+
+
 @pytest.mark.slow
+@pytest.mark.timeout(600)
 @pytest.mark.parametrize("args", [[], ["--partition-by", "day"]])
 def test_ctrl_c_ends_an_export_with_130_and_leaves_nothing(
     big: str, tmp_path: Path, args: list[str]
 ) -> None:
     name = "out.parquet" if args else "out.csv"
-    proc = _start(big, tmp_path / name, *args, nice=True)
-    deadline = time.monotonic() + 60
-    while not list(tmp_path.glob(f".{name}.*.tmp")):
-        assert proc.poll() is None and time.monotonic() < deadline, "the export ended first"
-        time.sleep(0.002)
+    for _ in range(3):
+        # Lowered priority lets the test's polling act before the export moves on; on a
+        # machine busy enough for the export to finish unseen, it simply runs again.
+        proc = _start(big, tmp_path / name, *args, nice=True)
+        if _caught_writing(proc, tmp_path, name):
+            break
+        proc.communicate(timeout=60)
+        for path in tmp_path.iterdir():
+            shutil.rmtree(path) if path.is_dir() else path.unlink()
+    else:
+        pytest.fail("the export ended before its temporary file was seen, three times")
     # Frozen while it writes, the export meets the interrupt as soon as it runs again,
     # however busy the machine is (other test workers) when the file appears.
     proc.send_signal(signal.SIGSTOP)
