@@ -4,6 +4,8 @@ chain alone cannot (a chain rewritten consistently). SQLite and PostgreSQL."""
 from __future__ import annotations
 
 import json
+import time
+from datetime import datetime, timezone
 from pathlib import Path
 
 import pytest
@@ -17,10 +19,13 @@ from cryptography.hazmat.primitives.serialization import (
 )
 
 from ingest import migrate
+from ingest.events import normalise
+from ingest.rows import Received
 from ingest.seal.canonical import Link, encode_keys
 from ingest.seal.chain import digests_of, select_rows
-from ingest.seal.digests import digest_files
+from ingest.seal.digests import DigestWriter, digest_files
 from ingest.simulator import Simulator, SimulatorConfig
+from ingest.store import Store
 from ingest.timestamps import format_timestamp
 from tests.conftest import API_KEY, invoke, rows
 
@@ -194,3 +199,40 @@ def test_an_export_records_the_chain_head_and_verify_export_checks_the_archive(
     checked = invoke(["verify-export", str(out), "--archive", url])
     assert checked.exit_code == 1
     assert "the archive's chain was rewritten after the export" in checked.output
+
+
+def test_a_running_command_writes_a_digest_file_every_interval(
+    sqlite_archive: str, tmp_path: Path
+) -> None:
+    """The hourly file, with the hour shortened: files while events are written, chained,
+    each naming the head of its moment, and one more at the end."""
+    migrate.upgrade(sqlite_archive)
+    digests = tmp_path / "digests"
+    digests.mkdir()
+    store = Store.open(sqlite_archive)
+    now = datetime.now(timezone.utc)
+    try:
+        with DigestWriter(store.engine, digests, interval=0.05):
+            for batch in range(5):
+                events = [
+                    normalise(json.dumps({
+                        "id": f"evt_{batch}_{i}", "type": "grant.created",
+                        "timestamp": "2026-03-01T09:30:00Z", "data": {"grantId": f"g{i}"},
+                    }))
+                    for i in range(20)
+                ]  # fmt: skip
+                store.write_batch("default", None, [Received(e, now) for e in events])
+                before = len(digest_files(digests))
+                deadline = time.monotonic() + 30
+                while len(digest_files(digests)) == before:
+                    assert time.monotonic() < deadline, "no digest file within 30 s"
+                    time.sleep(0.01)
+    finally:
+        store.close()
+    documents = [json.loads(path.read_bytes()) for path in digest_files(digests)]
+    assert len(documents) >= 6
+    heads = [document["head"]["n"] for document in documents]
+    assert heads == sorted(heads) and heads[-1] == 5
+    assert sum(document["counts"]["events"] for document in documents) == 100
+    code, output = verify(sqlite_archive, digests)
+    assert code == 0, output
