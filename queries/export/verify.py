@@ -109,16 +109,35 @@ def verify_export(path: Path) -> dict[str, Any]:
 
 
 def verify_against_archive(record: dict[str, Any], db_url: str) -> int:
-    """Check the archive an export was made from: its chain still holds the head the manifest
-    recorded (which covers every exported row), and every row and link of it verifies.
-    Returns the link number; raises VerifyError on any difference."""
+    """Check an export against the archive it was made from; the chain link it was made at.
+
+    The archive's chain must still hold the head the manifest recorded and
+    verify, row by row; then the export is re-derived from the archive's rows
+    (``queries.export.rederive``) and every file's SHA-256 and row count must
+    equal the manifest's (which ``verify_export`` checked against the files).
+    Raises VerifyError naming the first difference of the chain, or every
+    file that differs.
+    """
+    from .rederive import check_rederived, spec_of
+
+    chain = record.get("chain")
+    if chain is None:
+        raise VerifyError(
+            "the manifest records no chain head: the export predates the hash chain, and its "
+            "rows cannot be re-derived from the archive"
+        )
+    spec_of(record, record["export"]["path"])  # NotRederivable before the long checks
+    n = _check_chain(chain, db_url)
+    check_rederived(record, db_url)
+    return n
+
+
+def _check_chain(chain: dict[str, Any], db_url: str) -> int:
+    """The archive still holds link ``chain["n"]`` with the recorded hash, and verifies."""
     from ingest.database import create_archive_engine
     from ingest.schema import chain_links
     from ingest.seal.archive import verify_archive
 
-    chain = record.get("chain")
-    if chain is None:
-        raise VerifyError("the manifest records no chain head: the export predates the hash chain")
     n, recorded = int(chain["n"]), str(chain["hash"])
     engine = create_archive_engine(db_url)
     try:
