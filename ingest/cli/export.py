@@ -26,7 +26,7 @@ from queries.export import (
     format_for,
     verify_export,
 )
-from queries.export.verify import verify_against_archive
+from queries.export.rederive import verify_against_archive
 from queries.session import QueryError
 
 from .copies import open_copy
@@ -110,8 +110,10 @@ def export_command(
 
     Rows are ordered by occurred_at, then id; timestamps are ISO 8601 UTC with
     Z (typed UTC timestamps in Parquet). Beside PATH, PATH.manifest.json holds
-    the filters, the row count, each file's SHA-256 and the archive's watermark;
-    `grantex-archive verify-export PATH` checks them. The file appears under
+    the filters, the row count, each file's SHA-256, the archive's watermark
+    and chain head, and which archive rows were read; `grantex-archive
+    verify-export PATH` checks the files, and with --archive URL re-derives
+    them from the archive. The file appears under
     PATH only once complete; Ctrl-C (exit 130) leaves nothing.
 
     \b

@@ -1,6 +1,7 @@
-"""Re-deriving an export from its archive, for ``verify-export PATH --archive URL``.
+"""Checking an export against its archive: ``verify-export PATH --archive URL``.
 
-The manifest says how the export was made (format, columns, filters,
+First the archive's chain must still hold the head the manifest recorded, and
+verify. Then the export is re-derived. The manifest says how the export was made (format, columns, filters,
 partitioning, gzip) and, with its chain head and row bound
 (``queries.export.bound``), exactly which archive rows it read. The same
 export is written again, by the same machinery, into a private temporary
@@ -20,6 +21,7 @@ from pathlib import Path, PurePosixPath
 from typing import Any
 
 import duckdb
+import sqlalchemy as sa
 
 from ingest.timestamps import TimestampError, parse_timestamp
 
@@ -196,3 +198,55 @@ def check_rederived(record: dict[str, Any], db_url: str) -> Rederived:
         shown = "; ".join(found[:SHOWN]) + (f"; and {more} more" if more > 0 else "")
         raise VerifyError(f"the export differs from the rows the archive holds: {shown}")
     return again
+
+
+def verify_against_archive(record: dict[str, Any], db_url: str) -> int:
+    """Check an export against the archive it was made from; the chain link it was made at.
+
+    The archive's chain must still hold the head the manifest recorded and
+    verify, row by row; then the export is re-derived from the archive's rows
+    (``queries.export.rederive``) and every file's SHA-256 and row count must
+    equal the manifest's (which ``verify_export`` checked against the files).
+    Raises VerifyError naming the first difference of the chain, or every
+    file that differs.
+    """
+    chain = record.get("chain")
+    if chain is None:
+        raise VerifyError(
+            "the manifest records no chain head: the export predates the hash chain, and its "
+            "rows cannot be re-derived from the archive"
+        )
+    spec_of(record, record["export"]["path"])  # NotRederivable before the long checks
+    n = _check_chain(chain, db_url)
+    check_rederived(record, db_url)
+    return n
+
+
+def _check_chain(chain: dict[str, Any], db_url: str) -> int:
+    """The archive still holds link ``chain["n"]`` with the recorded hash, and verifies."""
+    from ingest.database import create_archive_engine
+    from ingest.schema import chain_links
+    from ingest.seal.archive import verify_archive
+
+    n, recorded = int(chain["n"]), str(chain["hash"])
+    engine = create_archive_engine(db_url)
+    try:
+        with engine.connect() as conn:
+            stored = conn.execute(
+                sa.select(chain_links.c.hash).where(chain_links.c.n == n)
+            ).scalar()
+        if stored is None and n > 0:
+            raise VerifyError(
+                f"the archive has no link {n}, the chain head this export was made at"
+            )
+        if stored is not None and stored != recorded:
+            raise VerifyError(
+                f"the archive's link {n} hashes to {str(stored)[:16]}..., the manifest recorded "
+                f"{recorded[:16]}...: the archive's chain was rewritten after the export"
+            )
+        verdict = verify_archive(engine)
+    finally:
+        engine.dispose()
+    if not verdict.ok:
+        raise VerifyError(f"the archive does not match its chain: {verdict.problems[0]}")
+    return n
