@@ -313,3 +313,16 @@ def test_a_manifest_without_a_row_bound_cannot_be_re_derived(
     assert code == 1
     assert "the manifest records no bound or export.columns_given (it was written by " in output
     assert "its rows cannot be re-derived from the archive" in output
+
+
+def test_an_archive_whose_schema_is_behind_is_a_database_error(
+    sqlite_archive: str, tmp_path: Path
+) -> None:
+    migrate.upgrade(sqlite_archive)
+    write(sqlite_archive, 0, 10)
+    out = tmp_path / "all.csv"
+    export(sqlite_archive, out)
+    execute(sqlite_archive, "UPDATE alembic_version SET version_num = '0006'")
+    result = invoke(["verify-export", str(out), "--archive", sqlite_archive])
+    assert result.exit_code == 4, result.output
+    assert "the archive's schema is at 0006" in result.output

@@ -1,15 +1,15 @@
 """Checking an export against its archive: ``verify-export PATH --archive URL``.
 
 First the archive's chain must still hold the head the manifest recorded, and
-verify. Then the export is re-derived. The manifest says how the export was made (format, columns, filters,
-partitioning, gzip) and, with its chain head and row bound
-(``queries.export.bound``), exactly which archive rows it read. The same
-export is written again, by the same machinery, into a private temporary
-directory, from a fresh analytics copy of the archive narrowed to those rows;
-each file's SHA-256 and row count must equal the manifest's. The export is
-deterministic (rows ordered by occurred_at and the unique event id, gzip
-without a time stamp, the same slices for the same rows), so equal rows give
-equal bytes.
+verify. Then the export is re-derived. The manifest says how the export was
+made (format, columns, filters, partitioning, gzip) and, with its chain head
+and row bound (``queries.export.bound``), exactly which archive rows it read.
+The same export is written again, by the same machinery, into a private
+temporary directory, from a fresh analytics copy of the archive narrowed to
+those rows; each file's SHA-256 and row count must equal the manifest's. The
+export is deterministic (rows ordered by occurred_at and the unique event id,
+gzip without a time stamp, the same slices for the same rows), so equal rows
+give equal bytes.
 """
 
 from __future__ import annotations
@@ -25,7 +25,13 @@ import sqlalchemy as sa
 
 from ingest.timestamps import TimestampError, parse_timestamp
 
-from ..copy import AnalyticsError, archive_read_engine, open_copy
+from ..copy import (
+    AnalyticsError,
+    ArchiveSchemaError,
+    ArchiveUnavailable,
+    archive_read_engine,
+    open_copy,
+)
 from ..session import QueryError, Session
 from .bound import row_bound
 from .run import EXPORT_MEMORY_LIMIT, run_export
@@ -128,6 +134,8 @@ def rederive(record: dict[str, Any], db_url: str) -> Rederived:
         (work / "export").mkdir()
         spec, filters = spec_of(record, str(work / "export" / record["export"]["path"]))
         result = _export_again(record, db_url, work / "copy", spec, filters)
+    except (ArchiveUnavailable, ArchiveSchemaError):
+        raise  # the database, not the export: the command line's exit 4
     except (AnalyticsError, QueryError, ExportError) as exc:
         raise VerifyError(f"re-deriving the rows from the archive failed: {exc}") from None
     finally:
