@@ -31,10 +31,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import duckdb
-import sqlalchemy as sa
 
 from ingest import files
-from ingest.schema import chain_head
 from ingest.timestamps import now_utc
 
 from .copy import (
@@ -43,7 +41,6 @@ from .copy import (
     NoCopyYet,
     Opened,
     ProgressFn,
-    archive_read_engine,
     open_copy,
 )
 from .coverage import COVERAGE_REPORT, JSON_FIELD, Coverage, Gap, window_gaps
@@ -52,6 +49,7 @@ from .export import (
     ExportResult,
     ExportSpec,
     Filters,
+    bound_of,
     ctrl_c_stops,
     run_export,
     write_query_csv,
@@ -251,19 +249,6 @@ def _publish(written: Path, final: Path) -> None:
 # --------------------------------------------------------------------------- export
 
 
-def chain_head_of(db_url: str) -> dict[str, Any] | None:
-    """The archive's hash chain head as an export's manifest records it (None: no chain)."""
-    engine = archive_read_engine(db_url)
-    try:
-        with engine.connect() as conn:
-            row = conn.execute(sa.select(chain_head.c.n, chain_head.c.hash)).first()
-    except sa.exc.SQLAlchemyError:
-        return None
-    finally:
-        engine.dispose()
-    return None if row is None else {"n": int(row[0]), "hash": str(row[1])}
-
-
 def export_archive(
     spec: ExportSpec,
     filters: Filters,
@@ -281,15 +266,17 @@ def export_archive(
     if copy is None:
         copy = open_copy(db_url, analytics_dir, refresh).copy
     manifest = copy.manifest()
-    # Read after the copy: every row it holds was sealed at or before this head.
-    chain = chain_head_of(db_url)
     session = Session(copy, memory_limit=EXPORT_MEMORY_LIMIT)
     try:
         with ctrl_c_stops(session.conn) as stop:
             watermark = manifest.watermark if manifest else 0
-            return session.run(
-                lambda conn: run_export(conn, spec, filters, watermark, progress, stop, chain)
-            )
+
+            def work(conn: duckdb.DuckDBPyConnection) -> ExportResult:
+                # Read once the session holds its copy: the head covers every row in it.
+                chain, bound = bound_of(conn, db_url)
+                return run_export(conn, spec, filters, watermark, progress, stop, chain, bound)
+
+            return session.run(work)
     finally:
         session.close()
 

@@ -26,7 +26,7 @@ from queries.export import (
     format_for,
     verify_export,
 )
-from queries.export.verify import verify_against_archive
+from queries.export.rederive import verify_against_archive
 from queries.session import QueryError
 
 from .copies import open_copy
@@ -110,8 +110,10 @@ def export_command(
 
     Rows are ordered by occurred_at, then id; timestamps are ISO 8601 UTC with
     Z (typed UTC timestamps in Parquet). Beside PATH, PATH.manifest.json holds
-    the filters, the row count, each file's SHA-256 and the archive's watermark;
-    `grantex-archive verify-export PATH` checks them. The file appears under
+    the filters, the row count, each file's SHA-256, the archive's watermark
+    and chain head, and which archive rows were read; `grantex-archive
+    verify-export PATH` checks the files, and with --archive URL re-derives
+    them from the archive. The file appears under
     PATH only once complete; Ctrl-C (exit 130) leaves nothing.
 
     \b
@@ -214,16 +216,23 @@ def _export(
     "--archive",
     "archive_url",
     metavar="URL",
-    help="Also check the archive it came from: its hash chain verifies and still holds the "
-    "chain head the manifest recorded.",
+    help="Also re-derive the export from the archive it came from: the archive's hash chain "
+    "must verify and still hold the manifest's chain head, and the same export made again "
+    "from exactly the rows the export read must give the same files.",
 )
 def verify_export_command(path: Path, archive_url: str | None) -> None:
-    """Check an export against its manifest: every file's SHA-256 and row count.
+    """Check an export against its manifest, and with --archive against the archive.
 
-    The manifest must be well formed and list exactly the files at PATH. With
-    --archive, the archive's hash chain must verify and still hold the head
-    recorded in the manifest (it covers every exported row). Exits 0 when
-    everything matches, 1 with the first difference otherwise.
+    The manifest must be well formed and list exactly the files at PATH, and
+    every file's SHA-256 and row count must match it. With --archive, the
+    archive's hash chain must verify and still hold the head recorded in the
+    manifest, and the export is re-derived: made again, in a private temporary
+    directory, from the archive's rows that the export read (those sealed up
+    to that head, not rows committed later), with the manifest's format,
+    columns and filters; each file must come out with the same SHA-256 and
+    row count. A manifest written before exports recorded their row bound
+    cannot be re-derived: --archive then fails saying so. Exits 0 when everything
+    matches, 1 naming what differs otherwise.
 
     \b
     Example:
@@ -237,8 +246,20 @@ def verify_export_command(path: Path, archive_url: str | None) -> None:
             link = verify_against_archive(record, archive_url) if archive_url else None
     except VerifyError as exc:
         raise CliError(f"verification failed: {exc}") from None
-    chained = "" if link is None else f"; the archive verifies and still holds link {link}"
-    click.echo(
-        f"OK: {path} holds {record['rows']} rows in {len(record['files'])} "
-        f"file{'s' if len(record['files']) != 1 else ''}, as its manifest says{chained}"
+    files = len(record["files"])
+    derived = (
+        ""
+        if link is None
+        else f"; the archive verifies and still holds link {link}, and the rows re-derived "
+        "from it match"
     )
+    click.echo(
+        f"OK: {path} holds {record['rows']} rows in {files} file{'s' if files != 1 else ''}, "
+        f"as its manifest says{derived}"
+    )
+    if link is None and "bound" not in record:
+        click.echo(
+            "Note: its manifest records no row bound, so its rows cannot be re-derived "
+            "from the archive (--archive)",
+            err=True,
+        )

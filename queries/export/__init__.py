@@ -23,12 +23,15 @@ The modules, in the order an export uses them:
 - ``text`` and ``parquet``: writing CSV / JSON Lines, and Parquet.
 - ``target``: what PATH may be and what ``--force`` may replace.
 - ``manifest`` and ``verify``: the manifest, and checking files against it.
+- ``bound``: which archive rows an export read; ``rederive``: the export made
+  again from the archive, for ``verify-export --archive``.
 - ``run``: an export from start to end; ``api``: ``export()`` for Python.
 """
 
 from __future__ import annotations
 
 from .api import check_combination, export
+from .bound import RowBound, bound_of
 from .columns import ALL_COLUMNS, COLUMNS, DEFAULT_COLUMNS, EXTRA_COLUMNS, TEXT_COLUMNS
 from .csvfile import CSV_OPTIONS, copy_csv, csv_options, write_query_csv, write_rows_csv
 from .manifest import (
@@ -100,10 +103,12 @@ __all__ = [
     "OutputClosed",
     "Plan",
     "ProgressFn",
+    "RowBound",
     "Slice",
     "SuffixError",
     "TargetError",
     "VerifyError",
+    "bound_of",
     "check_columns",
     "check_combination",
     "check_manifest",

@@ -1,7 +1,8 @@
 """The manifest beside an export (``PATH.manifest.json``): what it records, and its structure.
 
 It records the filters, the row count, each file's SHA-256 and size, the
-archive's watermark, the tool version and the time. ``check_manifest``
+archive's watermark, the chain head and the row bound (which archive rows the
+export read: ``queries.export.bound``), the tool version and the time. ``check_manifest``
 refuses anything that does not have a manifest's structure, naming the
 first fault, before ``verify_export`` or ``--force`` trusts it.
 """
@@ -25,6 +26,8 @@ MANIFEST_SUFFIX = ".manifest.json"
 MANIFEST_FORMAT = 1
 
 _SHA256 = re.compile(r"[0-9a-f]{64}")
+# Ascending seq ranges as ingest.seal.canonical.encode_keys writes them; empty for none.
+_KEYS = re.compile(r"(\d+(-\d+)?(,\d+(-\d+)?)*)?")
 
 
 def tool_version() -> str:
@@ -53,11 +56,13 @@ def manifest_record(
     watermark: int,
     files: list[dict[str, Any]],
     chain: dict[str, Any] | None = None,
+    bound: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """The manifest of an export of ``files`` (their entries) to ``spec.output``.
 
     ``chain`` is the archive's hash chain head (``{"n", "hash"}``) read after the rows: it
-    covers every exported row (docs/integrity.md).
+    covers every exported row (docs/integrity.md). ``bound`` (``{"max_seq", "absent"}``,
+    ``queries.export.bound``) says with it exactly which archive rows the export read.
     """
     record = {
         "format": MANIFEST_FORMAT,
@@ -70,6 +75,8 @@ def manifest_record(
             "gzip": spec.gzip,
             "partition_by": spec.partition_by,
             "columns": list(spec.chosen_columns()),
+            # None: the format's default columns (for jsonl the envelope as archived).
+            "columns_given": list(spec.columns) if spec.columns else None,
             "safe_formulas": spec.safe_formulas,
             "order": ["occurred_at", "id"],
         },
@@ -86,6 +93,8 @@ def manifest_record(
     }
     if chain is not None:
         record["chain"] = chain
+    if bound is not None:
+        record["bound"] = bound
     return record
 
 
@@ -165,15 +174,16 @@ def _check_file(entry: Any, where: str, seen: set[str]) -> None:
         )
 
 
-def _check_chain(chain: Any) -> None:
-    if not isinstance(chain, dict):
-        raise VerifyError(f"the manifest's 'chain' must be an object, not {_type_name(chain)}")
-    _count(_field(chain, "n", "chain."), "chain.n")
-    digest = _field(chain, "hash", "chain.")
-    if not isinstance(digest, str) or not _SHA256.fullmatch(digest):
-        raise VerifyError(
-            f"the manifest's 'chain.hash' must be 64 lowercase hex digits, not {digest!r}"
-        )
+def _check_pair(
+    value: Any, name: str, count: str, text: str, pattern: re.Pattern[str], wanted: str
+) -> None:
+    """The object ``name``: a whole number ``count`` and a text ``text`` matching ``pattern``."""
+    if not isinstance(value, dict):
+        raise VerifyError(f"the manifest's '{name}' must be an object, not {_type_name(value)}")
+    _count(_field(value, count, f"{name}."), f"{name}.{count}")
+    found = _field(value, text, f"{name}.")
+    if not isinstance(found, str) or not pattern.fullmatch(found):
+        raise VerifyError(f"the manifest's '{name}.{text}' must be {wanted}, not {found!r}")
 
 
 def check_manifest(record: Any) -> dict[str, Any]:
@@ -187,7 +197,9 @@ def check_manifest(record: Any) -> dict[str, Any]:
         )
     _check_export(_field(record, "export"))
     if "chain" in record:
-        _check_chain(record["chain"])
+        _check_pair(record["chain"], "chain", "n", "hash", _SHA256, "64 lowercase hex digits")
+    if "bound" in record:
+        _check_pair(record["bound"], "bound", "max_seq", "absent", _KEYS, "seq ranges like '3-5,9'")
     rows = _count(_field(record, "rows"), "rows")
     files = _field(record, "files")
     if not isinstance(files, list):

@@ -23,6 +23,7 @@ import duckdb
 
 from ingest import files
 
+from .bound import RowBound
 from .manifest import manifest_path, manifest_record, sha256_file, write_manifest
 from .parquet import write_parquet
 from .plan import PARQUET_SLICE_SHARE, Plan, ProgressFn, check_stop, plan_export
@@ -51,10 +52,14 @@ def run_export(
     progress: ProgressFn | None = None,
     stop: threading.Event | None = None,
     chain: dict[str, Any] | None = None,
+    bound: dict[str, Any] | None = None,
+    rows: RowBound | None = None,
 ) -> ExportResult:
     """Write the export ``spec`` asks for from the views on ``conn``.
 
-    ``chain`` is the archive's chain head when the rows were read, for the manifest.
+    ``chain`` is the archive's chain head when the rows were read and ``bound`` which rows
+    they were (``queries.export.bound``), for the manifest. ``rows`` narrows the export to
+    those rows (re-deriving an export from its archive).
 
     Raises TargetError when PATH may not be written, ExportInterrupted on
     Ctrl-C or once ``stop`` is set (after removing what it had written),
@@ -62,7 +67,7 @@ def run_export(
     writing failed.
     """
     try:
-        return _run_export(conn, spec, filters, watermark, progress, stop, chain)
+        return _run_export(conn, spec, filters, watermark, progress, stop, chain, bound, rows)
     except (KeyboardInterrupt, duckdb.InterruptException):
         raise ExportInterrupted(_interrupted_message(spec)) from None
     except RuntimeError as exc:
@@ -116,8 +121,13 @@ def _run_export(
     progress: ProgressFn | None,
     stop: threading.Event | None,
     chain: dict[str, Any] | None = None,
+    bound: dict[str, Any] | None = None,
+    rows: RowBound | None = None,
 ) -> ExportResult:
     where, params = filters.where()
+    if rows is not None:
+        narrowed, extra = rows.where()
+        where, params = f"({where}) AND {narrowed}", {**params, **extra}
     share = PARQUET_SLICE_SHARE if spec.fmt == "parquet" else 1.0
     plan = plan_export(conn, where, params, share=share)
     if spec.output == "-":
@@ -132,7 +142,7 @@ def _run_export(
     written = _write_in_place(conn, spec, where, params, plan, progress, stop)
     manifest = manifest_path(final)
     try:
-        record = manifest_record(spec, filters, plan, watermark, written, chain)
+        record = manifest_record(spec, filters, plan, watermark, written, chain, bound)
         write_manifest(manifest, record)
     except OSError as exc:
         raise ExportError(f"writing {manifest} failed: {exc.strerror or exc}") from None

@@ -16,7 +16,6 @@ from pathlib import Path
 from typing import Any
 
 import duckdb
-import sqlalchemy as sa
 
 from .csvfile import sql_text
 from .manifest import manifest_path, read_manifest, sha256_file
@@ -106,38 +105,3 @@ def verify_export(path: Path) -> dict[str, Any]:
     if total != record["rows"]:
         raise VerifyError(f"{path}: {total} rows in all, the manifest says {record['rows']}")
     return dict(record)
-
-
-def verify_against_archive(record: dict[str, Any], db_url: str) -> int:
-    """Check the archive an export was made from: its chain still holds the head the manifest
-    recorded (which covers every exported row), and every row and link of it verifies.
-    Returns the link number; raises VerifyError on any difference."""
-    from ingest.database import create_archive_engine
-    from ingest.schema import chain_links
-    from ingest.seal.archive import verify_archive
-
-    chain = record.get("chain")
-    if chain is None:
-        raise VerifyError("the manifest records no chain head: the export predates the hash chain")
-    n, recorded = int(chain["n"]), str(chain["hash"])
-    engine = create_archive_engine(db_url)
-    try:
-        with engine.connect() as conn:
-            stored = conn.execute(
-                sa.select(chain_links.c.hash).where(chain_links.c.n == n)
-            ).scalar()
-        if stored is None and n > 0:
-            raise VerifyError(
-                f"the archive has no link {n}, the chain head this export was made at"
-            )
-        if stored is not None and stored != recorded:
-            raise VerifyError(
-                f"the archive's link {n} hashes to {str(stored)[:16]}..., the manifest recorded "
-                f"{recorded[:16]}...: the archive's chain was rewritten after the export"
-            )
-        verdict = verify_archive(engine)
-    finally:
-        engine.dispose()
-    if not verdict.ok:
-        raise VerifyError(f"the archive does not match its chain: {verdict.problems[0]}")
-    return n
