@@ -241,13 +241,15 @@ def check_digest_files(
     files: list[tuple[str, bytes]],
     link_hash: Any,
     public_key: Any = None,
+    before: tuple[str, bytes] | None = None,
 ) -> Iterator[Problem]:
     """The digest files ``(name, bytes)`` oldest first against each other and the archive.
 
     ``link_hash(n)`` is the stored hash of link ``n`` (None when there is no such link).
-    With ``public_key``, every file must carry a valid signature by that key.
+    With ``public_key``, every file must carry a valid signature by that key. ``before``
+    is the file just before the first given (a window's), which the first must name.
     """
-    previous: tuple[str, bytes] | None = None
+    previous = before
     for name, data in files:
         try:
             document = json.loads(data)
