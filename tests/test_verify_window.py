@@ -169,9 +169,7 @@ def test_digest_files_of_the_window(chained: tuple[str, list[str]], tmp_path: Pa
     url, times = chained
     engine = sa.create_engine(url)
     start = datetime.fromisoformat(times[0].replace("Z", "+00:00"))
-    files = [
-        write_digest(engine, tmp_path, now=start + timedelta(minutes=m)) for m in (-60, 0, 60)
-    ]
+    files = [write_digest(engine, tmp_path, now=start + timedelta(minutes=m)) for m in (-60, 0, 60)]
     engine.dispose()
     since = format_timestamp(start - timedelta(minutes=30))
     until = format_timestamp(start + timedelta(minutes=30))
