@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
+from typing import Any
 
 import click
 
@@ -124,12 +125,7 @@ def verify_archive_command(
     start = parse_time(since, "--since")
     end = parse_time(until, "--until")
     check_window(start, end)
-    if public_key is not None and digest_dir is None:
-        raise CliError("--public-key needs --digest-dir", EXIT_USAGE)
-    try:
-        key = load_public_key(public_key) if public_key is not None else None
-    except DigestError as exc:
-        raise CliError(str(exc), EXIT_USAGE) from None
+    key = _public_key(public_key, digest_dir)
     with reported():
         store = migrate.open_archive(db_url, create=False)
     try:
@@ -146,6 +142,21 @@ def verify_archive_command(
         store.close()
     if sys.stderr.isatty():
         click.echo("", err=True)
+    _conclude(db_url, verdict)
+
+
+def _public_key(path: Path | None, digest_dir: Path | None) -> Any:
+    """The Ed25519 key of --public-key (None without it); a bad one is a usage error."""
+    if path is not None and digest_dir is None:
+        raise CliError("--public-key needs --digest-dir", EXIT_USAGE)
+    try:
+        return load_public_key(path) if path is not None else None
+    except DigestError as exc:
+        raise CliError(str(exc), EXIT_USAGE) from None
+
+
+def _conclude(db_url: str, verdict: Verdict) -> None:
+    """Print what was verified, or list the differences and fail (exit 1) on the first."""
     if verdict.ok:
         click.echo(f"{safe_url(db_url)}: {_verified(verdict)}")
         return

@@ -238,7 +238,7 @@ def _rows_between(
 # -- digest files ----------------------------------------------------------------
 
 
-def file_time(data: bytes) -> datetime | None:
+def _document_time(data: bytes) -> datetime | None:
     """When a digest file says it was written (None: not a digest file)."""
     try:
         at = str(json.loads(data)["created_at"])
@@ -257,7 +257,7 @@ def _check_digests(
     chosen: list[tuple[str, bytes]] = []
     before: tuple[str, bytes] | None = None
     for name, data in files:
-        at = file_time(data)
+        at = _document_time(data)
         if since is not None and at is not None and at < since:
             before = (name, data)
         elif until is None or at is None or at < until:
@@ -284,7 +284,7 @@ def _uncovered(
         covered = max(int(json.loads(data)["head"]["n"]) for _, data in files)
     except (ValueError, KeyError, TypeError):
         return []  # named as not a digest file
-    newest = file_time(files[-1][1])
+    newest = _document_time(files[-1][1])
     query = sa.select(sa.func.max(chain_links.c.created_at)).where(
         chain_links.c.n > covered, chain_links.c.n <= verdict.last
     )

@@ -67,6 +67,8 @@ TABLE_MARKERS = {
         "sum(length(outcome)) FROM reconcile_runs"
     ),
     "reconcile_findings": "SELECT count(*), max(id) FROM reconcile_findings",
+    # Links are only appended (verify-archive, not the copy, looks for edits).
+    "chain_links": "SELECT count(*), max(n) FROM chain_links",
 }
 
 _SUBDIRECTORIES = ("events", "grants", "tables", "trash")
