@@ -16,7 +16,7 @@ from ingest.schema import chain_links
 from ingest.seal.chain import Sealer
 from ingest.seal.digests import write_digest
 from tests.conftest import invoke
-from tests.test_verify_window import write_batch
+from tests.test_verify_window import execute, write_batch
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -97,6 +97,11 @@ def test_new_links_reach_the_copy_without_their_digests(
     assert len(rows) == 4 and rows[-1]["first_link"] == 6 and rows[-1]["events"] == 1
     columns = run_json("sql", "SELECT * FROM chain_links ORDER BY n", *archive)[0]
     assert list(columns) == ["n", "kind", "count", "created_at"]
+    # The copy appends new links; links gone from the archive make it copy them all again.
+    execute(archive_url, "DELETE FROM chain_links WHERE n = 1")
+    write_batch(archive_url, [61])
+    copied = run_json("sql", "SELECT n FROM chain_links ORDER BY n", *archive)
+    assert [row["n"] for row in copied] == [2, 3, 4, 5, 6, 7]
 
 
 def _status(archive: list[str], *extra: str) -> dict[tuple[str, str], Any]:
