@@ -1,9 +1,10 @@
 """Verifying a window of the chain: the links written in [since, until), and their rows.
 
 The model is CloudTrail's ``validate-logs --start-time --end-time``: check the part
-of the chain written in a window, in time and memory that grow with the window, not
-with the archive. What a windowed pass checks (docs/integrity.md, "Verifying a
-window"):
+of the chain written in a window, reading the rows and digests of the window only
+(every link's number, time and key list are still read to find the window and the
+links around it). What a windowed pass checks
+(docs/integrity.md, "Verifying a window"):
 
 - the links between the last link written before ``since`` and the first written
   at or after ``until``: numbered one after another, each hashing to what it
