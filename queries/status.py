@@ -5,7 +5,7 @@ analytics copy's state."""
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
 
@@ -13,6 +13,7 @@ import sqlalchemy as sa
 
 from ingest.database import first_line
 from ingest.schema import chain_head, chain_links, ingest_runs
+from ingest.seal.digests import summarise
 from ingest.store import safe_url, sqlite_path
 from ingest.timestamps import now_utc, utc
 
@@ -57,10 +58,12 @@ def status(
     refresh: bool = True,
     progress: ProgressFn | None = None,
     now: datetime | None = None,
+    digest_dir: Path | None = None,
 ) -> Status:
     """The archive's contents, its newest run and newest success, the stream's uncovered
-    time in the 24 hours and 30 days before ``now`` (default: the current time), and the
-    copy's freshness."""
+    time in the 24 hours and 30 days before ``now`` (default: the current time), the
+    chain's head and, with ``digest_dir``, its newest digest file, and the copy's
+    freshness."""
     path = sqlite_path(db_url)
     if path is not None and not path.exists():
         raise ArchiveMissing(path)
@@ -100,6 +103,7 @@ def status(
     rows += status_coverage(copy, now if now is not None else now_utc())
     rows += _reconcile_rows(copy)
     rows += chain
+    rows += _digest_rows(digest_dir, chain, now if now is not None else now_utc())
     manifest = copy.manifest()
     rows.append(("analytics", "directory", str(copy.directory)))
     rows.append(("analytics", "refreshed_at", manifest.refreshed_at if manifest else None))
@@ -191,6 +195,38 @@ def _chain(db_url: str) -> list[tuple[str, str, Any]]:
         ("chain", "newest_link_at", utc(newest)),
         ("chain", "unsealed_before_chain", waiting),
     ]
+
+
+DIGEST_DAYS = 7
+"""Days of digest-file counts ``status --digest-dir`` shows (hourly files: 24 a day)."""
+
+
+def _digest_rows(
+    directory: Path | None, chain: list[tuple[str, str, Any]], now: datetime
+) -> list[tuple[str, str, Any]]:
+    """The newest digest file (path, time, the link it names, links written since), and
+    the files written on each of the last :data:`DIGEST_DAYS` UTC days, 0 included."""
+    if directory is None:
+        return [("chain", "digest_files_checked", False)]
+    found = summarise(directory)
+    links = next((value for _s, name, value in chain if name == "links"), None)
+    behind = None
+    if links is not None and found.newest_link is not None:
+        behind = max(int(links) - found.newest_link, 0)
+    rows: list[tuple[str, str, Any]] = [
+        ("chain", "digest_files_checked", True),
+        ("chain", "digest_dir", str(directory)),
+        ("chain", "digest_files", found.files),
+        ("chain", "newest_digest_file", str(found.newest) if found.newest else None),
+        ("chain", "newest_digest_at", found.newest_at),
+        ("chain", "newest_digest_link", found.newest_link),
+        ("chain", "links_after_newest_digest", behind),
+    ]
+    today = now.astimezone(timezone.utc).date()
+    for back in range(DIGEST_DAYS - 1, -1, -1):
+        day = today - timedelta(days=back)
+        rows.append(("digest_files", day.isoformat(), found.per_day.get(day, 0)))
+    return rows
 
 
 def _has_no_runs_table(engine: sa.Engine) -> bool:

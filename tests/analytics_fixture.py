@@ -49,6 +49,7 @@ from ingest.store import Received
 # Every named report, in the order `report --list` gives them.
 REPORTS = [
     "budget-exhaustion-rate",
+    "chain",
     "event-volume",
     "grant-lifetime",
     "ingest-coverage",

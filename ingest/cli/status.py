@@ -23,10 +23,16 @@ from .progress import progress_for
     metavar="MINUTES",
     help="Exit 1 when the newest successful ingest finished longer ago than this.",
 )
+@click.option(
+    "--digest-dir",
+    type=click.Path(file_okay=False, exists=True, path_type=Path),
+    help="Also show the newest digest file here and the files written per day.",
+)
 @output_options
 @copy_options
 def status(
     max_age: float | None,
+    digest_dir: Path | None,
     fmt: str | None,
     output: str | None,
     db_url: str,
@@ -42,7 +48,12 @@ def status(
     `reconcile` run; open_findings counts per kind the findings of each
     source's newest completed run (`report reconciliation` lists every run).
     Section chain is the hash chain's newest link (`verify-archive` checks
-    it) and the rows written before the chain that await `seal`.
+    it) and the rows written before the chain that await `seal`; with
+    --digest-dir also the newest digest file there (newest_digest_file, its
+    time, the link it names, links_after_newest_digest: links written since)
+    and, in section digest_files, the files written on each of the last 7
+    UTC days (hourly while a command runs: up to 24 a day). Without
+    --digest-dir, digest_files_checked is false.
     With --max-age, exits 1 when no ingest run finished successfully (exit
     code 0) within that many minutes: a check for a cron-driven worker.
 
@@ -50,12 +61,15 @@ def status(
     Example:
       grantex-archive status
       grantex-archive status --max-age 90 --format json || alert "archive is stale"
+      grantex-archive status --digest-dir /mnt/worm/digests --format json
     """
     check_db_url(db_url)
     progress = progress_for("Refreshing the analytics copy", not no_refresh)
     try:
         with query_errors(), reported():
-            result = api.status(db_url, analytics_dir, not no_refresh, progress)
+            result = api.status(
+                db_url, analytics_dir, not no_refresh, progress, digest_dir=digest_dir
+            )
     finally:
         if progress is not None:
             progress.done()

@@ -10,7 +10,8 @@ every sealed table through the checks of :mod:`ingest.seal.verify`.
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -113,10 +114,19 @@ class Verdict:
     rows: dict[str, int] = field(default_factory=lambda: {kind: 0 for kind in TABLES})
     problems: list[Problem] = field(default_factory=list)
     more: int = 0  # problems past the ones kept
+    keep: int = 100  # how many problems are listed
 
     @property
     def ok(self) -> bool:
         return not self.problems
+
+    def note(self, problems: Iterable[Problem]) -> None:
+        """List the problems, up to ``keep``; count the rest."""
+        for problem in problems:
+            if len(self.problems) < self.keep:
+                self.problems.append(problem)
+            else:
+                self.more += 1
 
 
 def verify_archive(
@@ -130,32 +140,36 @@ def verify_archive(
 
     With ``digest_dir``, the digest files there are checked too (against each other, the
     archive's links and, with ``public_key``, their signatures)."""
-    verdict = Verdict()
-
-    def note(problems: Iterator[Problem]) -> None:
-        for problem in problems:
-            if len(verdict.problems) < keep:
-                verdict.problems.append(problem)
-            else:
-                verdict.more += 1
-
-    with engine.connect() as conn:
-        # One snapshot for the whole pass: rows and links a writer commits meanwhile are
-        # neither half seen (rows without their link) nor beyond the head read first.
-        if conn.dialect.name == "postgresql":
-            conn = conn.execution_options(isolation_level="REPEATABLE READ")
-        else:
-            conn.exec_driver_sql("BEGIN")
-        head = conn.execute(sa.select(chain_head.c.n, chain_head.c.hash)).one()
-        note(check_links(_counted(verdict, _all_links(conn)), (int(head.n), str(head.hash))))
+    verdict = Verdict(keep=keep)
+    with snapshot(engine) as conn:
+        head = read_head(conn)
+        verdict.note(check_links(_counted(verdict, _all_links(conn)), head))
         for kind in TABLES:
             links = _links_by_first_key(conn, kind)
             rows = _rows(conn, kind, verdict, progress)
             check = check_mapped if kind == "runs" else check_rows
-            note(check(kind, links, rows))
+            verdict.note(check(kind, links, rows))
         if digest_dir is not None:
-            note(_check_digests(conn, digest_dir, public_key))
+            verdict.note(_check_digests(conn, digest_dir, public_key))
     return verdict
+
+
+@contextmanager
+def snapshot(engine: Engine) -> Iterator[Connection]:
+    """A connection reading one snapshot for the whole pass: rows and links a writer commits
+    meanwhile are neither half seen (rows without their link) nor beyond the head read first."""
+    with engine.connect() as conn:
+        if conn.dialect.name == "postgresql":
+            conn = conn.execution_options(isolation_level="REPEATABLE READ")
+        else:
+            conn.exec_driver_sql("BEGIN")
+        yield conn
+
+
+def read_head(conn: Connection) -> tuple[int, str]:
+    """The chain head: the number and hash of the newest link, as ``chain_head`` holds them."""
+    head = conn.execute(sa.select(chain_head.c.n, chain_head.c.hash)).one()
+    return int(head.n), str(head.hash)
 
 
 def _check_digests(conn: Connection, directory: Path, public_key: Any) -> Iterator[Problem]:

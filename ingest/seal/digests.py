@@ -24,8 +24,8 @@ import logging
 import os
 import threading
 from collections.abc import Iterator
-from dataclasses import dataclass
-from datetime import datetime, timezone
+from dataclasses import dataclass, field
+from datetime import date, datetime, timezone
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Any
@@ -241,13 +241,15 @@ def check_digest_files(
     files: list[tuple[str, bytes]],
     link_hash: Any,
     public_key: Any = None,
+    before: tuple[str, bytes] | None = None,
 ) -> Iterator[Problem]:
     """The digest files ``(name, bytes)`` oldest first against each other and the archive.
 
     ``link_hash(n)`` is the stored hash of link ``n`` (None when there is no such link).
-    With ``public_key``, every file must carry a valid signature by that key.
+    With ``public_key``, every file must carry a valid signature by that key. ``before``
+    is the file just before the first given (a window's), which the first must name.
     """
-    previous: tuple[str, bytes] | None = None
+    previous = before
     for name, data in files:
         try:
             document = json.loads(data)
@@ -320,6 +322,46 @@ def _check_signature(name: str, document: dict[str, Any], public_key: Any) -> It
         public_key.verify(base64.b64decode(signature), canonical_json(unsigned))
     except (InvalidSignature, ValueError):
         yield Problem("digest", f"digest file {name} has a bad signature (not made by this key)")
+
+
+def file_time(name: str) -> datetime | None:
+    """When a digest file was written, from its name (None: not a digest file's name)."""
+    stamp = name[len(PREFIX) :].split("-", 1)[0]
+    try:
+        return datetime.strptime(stamp, "%Y%m%dT%H%M%S%fZ").replace(tzinfo=timezone.utc)
+    except ValueError:
+        return None
+
+
+@dataclass(frozen=True)
+class Summary:
+    """The digest files of a directory, for ``status``: how many, the newest, per day."""
+
+    files: int
+    newest: Path | None = None
+    newest_at: datetime | None = None
+    newest_link: int | None = None
+    per_day: dict[date, int] = field(default_factory=dict)
+
+
+def summarise(directory: Path) -> Summary:
+    """Count the digest files per UTC day (by their names) and read the newest one's head."""
+    paths = digest_files(directory)
+    per_day: dict[date, int] = {}
+    for path in paths:
+        at = file_time(path.name)
+        if at is not None:
+            per_day[at.date()] = per_day.get(at.date(), 0) + 1
+    if not paths:
+        return Summary(0, per_day=per_day)
+    newest = paths[-1]
+    link = None
+    try:
+        document = json.loads(newest.read_bytes())
+        link = int(document["head"]["n"])
+    except (OSError, ValueError, KeyError, TypeError):
+        pass  # verify-archive --digest-dir names what is wrong with it
+    return Summary(len(paths), newest, file_time(newest.name), link, per_day)
 
 
 def read_digest_files(directory: Path) -> list[tuple[str, bytes]]:

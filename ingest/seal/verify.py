@@ -39,14 +39,18 @@ class Row:
 
 
 def check_links(
-    links: Iterable[tuple[Link, str]], head: tuple[int, str] | None = None
+    links: Iterable[tuple[Link, str]],
+    head: tuple[int, str] | None = None,
+    start: tuple[int, str] = (0, GENESIS),
 ) -> Iterator[Problem]:
     """The links ``(link, stored hash)`` in order of ``n``: numbered 1, 2, ... without a
     hole, each naming its predecessor's hash, each hashing to what it stores; and the
-    chain head ``(n, hash)``, when given, naming the newest of them."""
-    expected_n = 1
-    prev_hash = GENESIS
-    prev_n = 0
+    chain head ``(n, hash)``, when given, naming the newest of them.
+
+    ``start`` is the link ``(n, stored hash)`` just before the first given (a window of
+    the chain, see :mod:`ingest.seal.window`); by default the chain's start."""
+    prev_n, prev_hash = start
+    expected_n = prev_n + 1
     for link, stored in links:
         if link.n != expected_n:
             yield Problem("link", f"link {expected_n} is missing (the next stored is {link.n})")

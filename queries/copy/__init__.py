@@ -7,7 +7,8 @@ A copy lives in one directory::
     grants/base-*.parquet       one row of mergeable state per grant
     grants/delta-*.parquet      newer state for recently touched grants
     grants/facts-*.parquet      the revocation facts (``revocations``)
-    tables/<table>-*.parquet    rejected_events, ingest_runs and ingest_connections,
+    tables/<table>-*.parquet    rejected_events, ingest_runs, ingest_connections, the
+                                reconcile tables and chain_links (without digests),
                                 re-read when changed
     trash/                      files a newer manifest no longer lists
     views.sql                   CREATE VIEW statements for the current manifest

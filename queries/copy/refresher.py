@@ -67,6 +67,8 @@ TABLE_MARKERS = {
         "sum(length(outcome)) FROM reconcile_runs"
     ),
     "reconcile_findings": "SELECT count(*), max(id) FROM reconcile_findings",
+    # Links are only appended (verify-archive, not the copy, looks for edits).
+    "chain_links": "SELECT count(*), max(n) FROM chain_links",
 }
 
 _SUBDIRECTORIES = ("events", "grants", "tables", "trash")
@@ -332,8 +334,35 @@ class Refresher:
                 continue
             name = f"tables/{table}-{secrets.token_hex(8)}.parquet"
             tmp = self.dir / f"{name}.tmp"
-            copy_table(self.reader, self.duck, table, columns, "1 = 1", tmp)
+            if not (table == "chain_links" and known and self._append_links(known, marker, tmp)):
+                copy_table(self.reader, self.duck, table, columns, "1 = 1", tmp)
             publish(tmp, self.dir / name)
             if known:
                 self.trash.retire(known["file"])
             manifest.tables[table] = {"file": name, "marker": marker}
+
+    def _append_links(self, known: dict[str, Any], marker: list[str], tmp: Path) -> bool:
+        """Write to ``tmp`` the copied links and the archive's links above them; False
+        (nothing written) unless that gives every link the archive holds.
+
+        Links are only appended, one per sealing transaction, so the table grows with
+        the archive; and on SQLite reading ``created_at`` of every link reads every
+        digest stored before it. Only the new links are read from the archive."""
+        copied, top = known["marker"][0], known["marker"][1]
+        if not copied.isdigit() or not top.isdigit() or not marker[0].isdigit():
+            return False
+        part = tmp.with_name(f"{tmp.name}.new.tmp")
+        columns = TABLE_COLUMNS["chain_links"]
+        copy_table(self.reader, self.duck, "chain_links", columns, f"n > {int(top)}", part)
+        try:
+            ((added,),) = self._exec(f"SELECT count(*) FROM {parquet(part)}")
+            if int(copied) + int(added) != int(marker[0]):
+                return False  # links removed or renumbered: copy them all again
+            self._exec(
+                f"COPY (SELECT * FROM {parquet(self.dir / known['file'])} UNION ALL "
+                f"SELECT * FROM {parquet(part)}) TO '{sql_text(str(tmp))}' "
+                "(FORMAT parquet, COMPRESSION zstd, ROW_GROUP_SIZE 100000)"
+            )
+            return True
+        finally:
+            part.unlink(missing_ok=True)

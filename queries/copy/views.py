@@ -1,8 +1,9 @@
 """The views a session or ``views.sql`` defines over one manifest's files.
 
 ``events``, ``grants``, ``revocations``, ``tokens``, ``rejected_events``,
-``ingest_runs``, ``ingest_connections``, ``reconcile_runs`` and
-``reconcile_findings``: the events view is the segments with every archive
+``ingest_runs``, ``ingest_connections``, ``reconcile_runs``,
+``reconcile_findings`` and ``chain_links`` (``n``, ``kind``, ``count``,
+``created_at`` only): the events view is the segments with every archive
 column and the derived ones; the grants view presents the grant state with
 each grant's first revocation (from the state and the revocation facts, see
 ``revocations``, else from reconciliation's findings) and its status, and
