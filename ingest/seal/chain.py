@@ -64,6 +64,12 @@ def digests_of(kind: str, rows: Iterable[Sequence[Any]]) -> tuple[list[int], byt
     return keys, b"".join(parts)
 
 
+def _real(value: float) -> float | None:
+    """A bound float as SQLite stores it: NaN (how the insert binds NULL) is NULL, and
+    ``-0.0`` is ``0.0`` (a whole number in a ``REAL`` column is stored as an integer)."""
+    return None if value != value else float(value) + 0.0
+
+
 def select_rows(kind: str, where: str) -> str:
     """The statement reading a kind's sealed columns for the rows ``where`` picks, by key."""
     table, key = TABLES[kind]
@@ -91,6 +97,34 @@ class Sealer:
             return list(cursor.fetchall())
         finally:
             cursor.close()
+
+    def events_bound(self, after: int, rows: Sequence[Sequence[Any]], channel: str) -> None:
+        """Seal the events above ``after`` from ``rows``, the values SQLite's insert bound
+        (:func:`ingest.rows.sqlite_rows`, with ``channel`` in the statement), when each of
+        them went in, in order; else (some were already archived) as :meth:`rows_above`.
+
+        What SQLite stores is what was bound, with ``''`` and NaN made NULL by the
+        statement: text in text columns and finite floats in ``REAL`` ones unchanged, times
+        in SQLite's own text form. Digesting the bound values skips reading back every
+        column of every row, which cost the write path more than the digests themselves;
+        reading back the keys with the ids proves which row each key holds.
+        """
+        stored = self._fetch(f"SELECT seq, id FROM events WHERE seq > {int(after)} ORDER BY seq")
+        if len(stored) != len(rows) or any(
+            key_id[1] != row[0] for key_id, row in zip(stored, rows, strict=True)
+        ):
+            self.rows_above("events", after)
+            return
+        digest = event_digest
+        digests = [
+            digest(
+                seq, r[0], r[1], r[2], r[3], r[4], channel, r[14],
+                r[5] or None, r[6] or None, r[7] or None, r[8] or None, r[9] or None,
+                r[10] or None, _real(r[11]), _real(r[12]), _real(r[13]),
+            )
+            for (seq, _), r in zip(stored, rows, strict=True)
+        ]  # fmt: skip
+        self.append("events", [int(seq) for seq, _ in stored], b"".join(digests))
 
     def rows_with_keys(self, kind: str, keys: Sequence[int]) -> None:
         """Seal the rows of ``kind`` with these keys (e.g. runs that became final)."""
