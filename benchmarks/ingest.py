@@ -73,21 +73,10 @@ class Measure:
 class SimulatorProcess:
     def __init__(self, backlog: int, seed: int = 42) -> None:
         env = dict(os.environ, GRANTEX_API_KEY=KEY)
+        args = [*CLI, "simulate", "--port", "0", "--backlog", str(backlog), "--rate", "0",
+                "--seed", str(seed), "--keepalive", "5"]  # fmt: skip
         self.proc = subprocess.Popen(
-            [
-                *CLI,
-                "simulate",
-                "--port",
-                "0",
-                "--backlog",
-                str(backlog),
-                "--rate",
-                "0",
-                "--seed",
-                str(seed),
-                "--keepalive",
-                "5",
-            ],
+            args,
             env=env,
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
@@ -181,20 +170,10 @@ def run_measured(
 def run_ingest(db_url: str, sim: SimulatorProcess, count: int, sealed: bool = True) -> Measure:
     env = dict(os.environ, GRANTEX_API_KEY=KEY)
     args = [
-        *(CLI if sealed else UNSEALED_CLI),
-        "ingest",
-        "--db",
-        db_url,
-        "--base-url",
-        sim.base_url,
-        "--since",
-        sim.history_start,
-        "--max-events",
-        str(count),
-        "--max-runtime",
-        "1800",
+        *(CLI if sealed else UNSEALED_CLI), "ingest", "--db", db_url, "--base-url", sim.base_url,
+        "--since", sim.history_start, "--max-events", str(count), "--max-runtime", "1800",
         "--quiet",
-    ]
+    ]  # fmt: skip
     run = run_measured(args, env, keep_stdout=False)
     if run.returncode != 0:
         raise RuntimeError(f"ingest failed ({run.returncode}): {run.stderr[-2000:]}")
@@ -305,7 +284,7 @@ def drop_pg_schema(schema: str) -> None:
     admin.dispose()
 
 
-def main() -> None:
+def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--events", type=int, default=1_000_000)
     parser.add_argument(
@@ -321,7 +300,11 @@ def main() -> None:
     )  # fmt: skip
     parser.add_argument("--no-postgres", action="store_true")
     parser.add_argument("--no-write", action="store_true", help="do not update BENCHMARKS.md")
-    args = parser.parse_args()
+    return parser.parse_args()
+
+
+def main() -> None:
+    args = parse_args()
 
     results: list[Measure] = []
     with tempfile.TemporaryDirectory(prefix="gxa-bench-") as tmp:
