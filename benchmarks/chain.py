@@ -112,12 +112,16 @@ def pre_chain_copy(events: int, seed: int, name: str) -> Path:
     """A copy of the cached archive as it was before the chain (revision 0006)."""
     source = ensure_archive(events, seed, rebuild=False).path
     copy = WORK / f"chain-{name}-{events}-{seed}.db"
-    for stale in (copy, *(Path(f"{copy}{s}") for s in ("-wal", "-shm"))):
-        stale.unlink(missing_ok=True)
+    remove(copy)
     print(f"copying {source.name} to {copy.name}...", flush=True)
     shutil.copyfile(source, copy)
     command.downgrade(alembic_config(f"sqlite:///{copy}"), PRE_CHAIN)
     return copy
+
+
+def remove(copy: Path) -> None:
+    for path in (copy, *(Path(f"{copy}{s}") for s in ("-wal", "-shm"))):
+        path.unlink(missing_ok=True)
 
 
 def upgrade_and_seal(copy: Path) -> ChildResult:
@@ -173,7 +177,7 @@ def small_verify_rss(events: int, seed: int) -> tuple[int, float]:
         upgrade_and_seal(copy)
         run = checked([*CLI, "verify-archive", "--db", f"sqlite:///{copy}"])
     finally:
-        copy.unlink(missing_ok=True)
+        remove(copy)
     return events, run.rss_mb
 
 
@@ -196,7 +200,7 @@ def main() -> None:
         verify, ceiling = verify_and_ceiling(copy, args.runs)
     finally:
         if not args.keep:
-            copy.unlink(missing_ok=True)
+            remove(copy)
     small = None
     if args.small_events and args.small_events != args.events:
         small = small_verify_rss(args.small_events, args.seed)
