@@ -6,7 +6,8 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
 .PHONY: setup demo test coverage lint bench bench-quick bench-analytics bench-analytics-quick bench-export \
-	bench-export-quick bench-gaps bench-gaps-quick docs clean
+	bench-export-quick bench-gaps bench-gaps-quick bench-chain \
+	bench-chain-quick docs clean
 
 $(STAMP): pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit("Python 3.10+ is required, found " + sys.version.split()[0]) if sys.version_info < (3, 10) else None'
@@ -57,6 +58,12 @@ bench-gaps: $(STAMP)
 
 bench-gaps-quick: $(STAMP)
 	$(BIN)/python -m benchmarks.gaps --seconds 60 --cron-every 10 --down-for 5 --db sqlite --no-write
+
+bench-chain: $(STAMP)
+	$(BIN)/python -m benchmarks.chain --events 10000000
+
+bench-chain-quick: $(STAMP)
+	$(BIN)/python -m benchmarks.chain --events 200000 --small-events 20000 --no-write
 
 clean:
 	rm -rf $(VENV) build dist *.egg-info .pytest_cache .mypy_cache .ruff_cache

@@ -23,6 +23,9 @@ class NoSeal:
     def rows_above(self, kind: str, after: int) -> None:
         return None
 
+    def events_bound(self, after: int, rows: Any, channel: str) -> None:
+        return None
+
     def rows_with_keys(self, kind: str, keys: Any) -> None:
         return None
 

@@ -270,10 +270,13 @@ class Store(RunRecords):
             sealer = Sealer(conn)
             if fresh:
                 before = max_key(conn, "events")
-                self._insert(
+                bound = self._insert(
                     conn, source, list(fresh.values()), result, rejections, channel, before
                 )
-                sealer.rows_above("events", before)
+                if bound is None:
+                    sealer.rows_above("events", before)
+                else:
+                    sealer.events_bound(before, bound, channel)
             if rejections:
                 before = max_key(conn, "rejected")
                 record_rejections(conn, source, run_id, rejections)
@@ -291,14 +294,17 @@ class Store(RunRecords):
         rejections: list[tuple[Rejection, datetime]],
         channel: str,
         before: int,
-    ) -> None:
+    ) -> list[tuple[Any, ...]] | None:
+        """Insert the events; the values bound for them (SQLite), for the sealer."""
+        bound = None
         if self._sqlite:
-            inserted = self._insert_sqlite(conn, sqlite_rows(entries, source), channel)
+            bound = sqlite_rows(entries, source)
+            inserted = self._insert_sqlite(conn, bound, channel)
         else:
             inserted = self._insert_postgres(conn, entries, source, channel)
         result.inserted = inserted
         if inserted == len(entries):
-            return
+            return bound
         # Some ids were archived before: compare what is stored with what came.
         by_id = {entry.item.id: entry for entry in entries if type(entry.item) is Event}
         ids = list(by_id)
@@ -314,6 +320,7 @@ class Store(RunRecords):
                 if not same_payload(payload, item.payload):
                     rejections.append((conflict(item), entry.received_at))
                     result.conflicts += 1
+        return bound
 
     def lock(self, source: str) -> AbstractContextManager[None]:
         """Hold the one-ingest-per-archive-and-source lock, or raise :class:`LockHeld`."""

@@ -32,6 +32,9 @@ SEAL_CHUNK = 10_000
 LINKS_PER_QUERY = 200
 """Links whose digests one query fetches while verifying."""
 
+ROWS_PER_QUERY = 20_000
+"""Rows whose digests one query fetches while verifying (32 bytes each)."""
+
 UNSEALED = {"events": "unsealed_events", "rejected": "unsealed_rejected", "runs": "unsealed_runs"}
 
 Progress = Callable[[str, int], None]
@@ -237,39 +240,57 @@ def _all_links(conn: Connection) -> Iterator[tuple[Link, str]]:
 
 
 def _links_by_first_key(conn: Connection, kind: str) -> Iterator[Link]:
-    """A kind's links in the order of their first key, a batch of links per query."""
+    """A kind's links in the order of their first key, a batch of links per query: at most
+    :data:`LINKS_PER_QUERY` links, and no more rows than :data:`ROWS_PER_QUERY` (links
+    written by `seal` hold :data:`SEAL_CHUNK` rows' digests each) unless one link has more."""
     order = sorted(
-        (next(decode_keys(keys), 0), n)
-        for n, keys in conn.execute(
-            sa.select(chain_links.c.n, chain_links.c["keys"]).where(chain_links.c.kind == kind)
+        (next(decode_keys(keys), 0), n, count)
+        for n, keys, count in conn.execute(
+            sa.select(chain_links.c.n, chain_links.c["keys"], chain_links.c["count"]).where(
+                chain_links.c.kind == kind
+            )
         )
     )
-    ns = [n for _, n in order]
-    for start in range(0, len(ns), LINKS_PER_QUERY):
-        wanted = ns[start : start + LINKS_PER_QUERY]
-        query = sa.select(chain_links).where(chain_links.c.n.in_(wanted))
-        fetched = {link.n: link for link, _ in map(_link, conn.execute(query))}
-        yield from (fetched[n] for n in wanted if n in fetched)
+    batch: list[int] = []
+    rows = 0
+    for i, (_, n, count) in enumerate(order):
+        batch.append(n)
+        rows += count
+        last = i + 1 == len(order)
+        if last or len(batch) == LINKS_PER_QUERY or rows + order[i + 1][2] > ROWS_PER_QUERY:
+            query = sa.select(chain_links).where(chain_links.c.n.in_(batch))
+            fetched = {link.n: link for link, _ in map(_link, conn.execute(query))}
+            yield from (fetched[n] for n in batch if n in fetched)
+            batch, rows = [], 0
 
 
 def _rows(conn: Connection, kind: str, verdict: Verdict, progress: Progress) -> Iterator[Row]:
     """Every row of a kind's table (runs: the final ones), ascending by key, as the verifier
     sees it."""
     where = "outcome <> 'running'" if kind == "runs" else "1 = 1"
-    streamed = conn.execution_options(stream_results=True, yield_per=10_000)
-    result = streamed.exec_driver_sql(select_rows(kind, where))
+    # The driver's own cursor, in this connection's snapshot transaction, a batch of plain
+    # tuples per call: SQLAlchemy's row processing cost more than reading the rows. On
+    # PostgreSQL a named (server-side) cursor, so the rows stream instead of all arriving.
+    raw: Any = conn.connection.driver_connection
+    server_side = conn.dialect.name == "postgresql"
+    cursor = raw.cursor(name=f"gxa_verify_{kind}") if server_side else raw.cursor()
     count = 0
-    for values in result:
-        count += 1
-        if count % 100_000 == 0:
-            progress(kind, count)
-        if kind == "events":
-            digest = event_digest(*values)
-            name = f"seq {values[0]} (id {values[1]})"
-        else:
-            digest = row_digest(kind, values)
-            name = f"{values[0]}"
-        yield Row(int(values[0]), digest, name)
+    try:
+        cursor.execute(select_rows(kind, where))
+        while batch := cursor.fetchmany(2_000):
+            for values in batch:
+                count += 1
+                if count % 100_000 == 0:
+                    progress(kind, count)
+                if kind == "events":
+                    digest = event_digest(*values)
+                    name = f"seq {values[0]} (id {values[1]})"
+                else:
+                    digest = row_digest(kind, values)
+                    name = f"{values[0]}"
+                yield Row(int(values[0]), digest, name)
+    finally:
+        cursor.close()
     verdict.rows[kind] = count
     progress(kind, count)
 

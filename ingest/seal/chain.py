@@ -12,6 +12,8 @@ outside every link is a forgery.
 
 from __future__ import annotations
 
+import hashlib
+import struct
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -21,7 +23,7 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
 from ..schema import chain_head, chain_links
-from .canonical import FIELDS, Link, encode_keys, event_digest, row_digest
+from .canonical import FIELDS, NULL, Link, encode_keys, event_digest, row_digest
 
 TABLES = {"events": ("events", "seq"), "rejected": ("rejected_events", "id"),
           "runs": ("ingest_runs", "id")}  # fmt: skip
@@ -64,6 +66,67 @@ def digests_of(kind: str, rows: Iterable[Sequence[Any]]) -> tuple[list[int], byt
     return keys, b"".join(parts)
 
 
+def bound_event_digests(keys: Sequence[int], rows: Sequence[Sequence[Any]], channel: str) -> bytes:
+    """The :func:`~ingest.seal.canonical.event_digest` s of the rows with these keys, from
+    the values SQLite's insert bound for them (:func:`ingest.rows.sqlite_rows`).
+
+    What SQLite stores is what was bound, but for what the statement and the column types
+    change: ``''`` and NaN are NULL; a float in a ``REAL`` column that is a whole number is
+    stored as an integer, so ``-0.0`` reads back as ``0.0`` (hence ``+ 0.0``). Times are in
+    SQLite's text form. The netstrings of text a batch repeats (source, type, time of
+    receipt) are made once; tests/test_seal_bound.py holds the result to the read-back's.
+    """
+    texts: dict[str, bytes] = {}
+    times: dict[str, bytes] = {}
+
+    def text(value: str) -> bytes:
+        form = texts.get(value)
+        if form is None:
+            data = value.encode()
+            form = texts[value] = b"%d:%b," % (len(data), data)
+        return form
+
+    def time(value: str) -> bytes:
+        form = times.get(value)
+        if form is None:
+            form = times[value] = b"27:%bT%bZ," % (value[:10].encode(), value[11:].encode())
+        return form
+
+    chan = text(channel)
+    out = []
+    for seq, row in zip(keys, rows, strict=True):
+        ident, source, kind, occurred, received, g, a, p, r, t, m, pct, rem, ini, payload = row
+        number = str(seq).encode()
+        ident_b = ident.encode()
+        body = payload.encode()
+        form = _BOUND_FORM % (
+            len(number), number, len(ident_b), ident_b, text(source), text(kind),
+            occurred[:10].encode(), occurred[11:].encode(), time(received), chan,
+            len(body), body,
+            _netstring(g) if g else NULL, _netstring(a) if a else NULL,
+            _netstring(p) if p else NULL, _netstring(r) if r else NULL,
+            _netstring(t) if t else NULL, _netstring(m) if m else NULL,
+            NULL if pct != pct else b"16:%b," % _pack(pct + 0.0).hex().encode(),
+            NULL if rem != rem else b"16:%b," % _pack(rem + 0.0).hex().encode(),
+            NULL if ini != ini else b"16:%b," % _pack(ini + 0.0).hex().encode(),
+        )  # fmt: skip
+        out.append(_sha256(form).digest())
+    return b"".join(out)
+
+
+def _netstring(value: str) -> bytes:
+    data = value.encode()
+    return b"%d:%b," % (len(data), data)
+
+
+_BOUND_FORM = b"5:event,%d:%b,%d:%b,%b%b27:%bT%bZ,%b%b%d:%b," + b"%b" * 9
+"""An event's canonical form: seq, id, source, type, occurred_at, received_at, channel,
+payload, then the nine derived fields."""
+
+_pack = struct.Struct(">d").pack
+_sha256 = hashlib.sha256
+
+
 def select_rows(kind: str, where: str) -> str:
     """The statement reading a kind's sealed columns for the rows ``where`` picks, by key."""
     table, key = TABLES[kind]
@@ -91,6 +154,26 @@ class Sealer:
             return list(cursor.fetchall())
         finally:
             cursor.close()
+
+    def events_bound(self, after: int, rows: Sequence[Sequence[Any]], channel: str) -> None:
+        """Seal the events above ``after`` from ``rows``, the values SQLite's insert bound
+        (:func:`ingest.rows.sqlite_rows`, with ``channel`` in the statement), when each of
+        them went in, in order; else (some were already archived) as :meth:`rows_above`.
+
+        What SQLite stores is what was bound, with ``''`` and NaN made NULL by the
+        statement: text in text columns and finite floats in ``REAL`` ones unchanged, times
+        in SQLite's own text form. Digesting the bound values skips reading back every
+        column of every row, which cost the write path more than the digests themselves;
+        reading back the keys with the ids proves which row each key holds.
+        """
+        stored = self._fetch(f"SELECT seq, id FROM events WHERE seq > {int(after)} ORDER BY seq")
+        if len(stored) != len(rows) or any(
+            key_id[1] != row[0] for key_id, row in zip(stored, rows, strict=True)
+        ):
+            self.rows_above("events", after)
+            return
+        keys = [int(seq) for seq, _ in stored]
+        self.append("events", keys, bound_event_digests(keys, rows, channel))
 
     def rows_with_keys(self, kind: str, keys: Sequence[int]) -> None:
         """Seal the rows of ``kind`` with these keys (e.g. runs that became final)."""
