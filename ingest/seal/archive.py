@@ -35,6 +35,10 @@ LINKS_PER_QUERY = 200
 ROWS_PER_QUERY = 20_000
 """Rows whose digests one query fetches while verifying (32 bytes each)."""
 
+LINKS_STREAMED = 16
+"""Links held at once while the chain is read in order: a link sealed by ``seal`` carries
+10,000 digests (320 kB), so a batch stays within a few megabytes."""
+
 UNSEALED = {"events": "unsealed_events", "rejected": "unsealed_rejected", "runs": "unsealed_runs"}
 
 Progress = Callable[[str, int], None]
@@ -234,7 +238,7 @@ def _link(row: Any) -> tuple[Link, str]:
 
 
 def _all_links(conn: Connection) -> Iterator[tuple[Link, str]]:
-    streamed = conn.execution_options(stream_results=True, yield_per=LINKS_PER_QUERY)
+    streamed = conn.execution_options(stream_results=True, yield_per=LINKS_STREAMED)
     for row in streamed.execute(sa.select(chain_links).order_by(chain_links.c.n)):
         yield _link(row)
 

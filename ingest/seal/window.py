@@ -38,7 +38,16 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
 
 from ..schema import chain_links
-from .archive import LINKS_PER_QUERY, Progress, Verdict, _link, _no_progress, read_head, snapshot
+from .archive import (
+    LINKS_PER_QUERY,
+    LINKS_STREAMED,
+    Progress,
+    Verdict,
+    _link,
+    _no_progress,
+    read_head,
+    snapshot,
+)
 from .canonical import Link, decode_keys, encode_keys, event_digest, row_digest, timestamp
 from .chain import TABLES, select_rows
 from .digests import INTERVAL, check_digest_files, read_digest_files
@@ -124,7 +133,7 @@ def _check_window_links(
                               "stored with it")  # fmt: skip
 
     def links() -> Iterator[tuple[Link, str]]:
-        streamed = conn.execution_options(stream_results=True, yield_per=LINKS_PER_QUERY)
+        streamed = conn.execution_options(stream_results=True, yield_per=LINKS_STREAMED)
         query = sa.select(chain_links).where(_in_window(before, after)).order_by(chain_links.c.n)
         for row in streamed.execute(query):
             link, stored = _link(row)
