@@ -10,6 +10,7 @@ from __future__ import annotations
 import gzip
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -444,6 +445,14 @@ def _start(url: str, target: Path, *args: str, nice: bool = False) -> subprocess
     )
 
 
+def _data_temps(directory: Path, name: str) -> list[Path]:
+    """The export's own temporary file or directory (``.NAME.<8 hex>.tmp``), not the
+    manifest's, whose name (``.NAME.manifest.json.<8 hex>.tmp``) the export writes after
+    the data is in place."""
+    pattern = re.compile(rf"\.{re.escape(name)}\.[0-9a-f]{{8}}\.tmp")
+    return [p for p in directory.iterdir() if pattern.fullmatch(p.name)]
+
+
 def _wait_for_temp(
     proc: subprocess.Popen[bytes], directory: Path, name: str, known: Sequence[str] = ()
 ) -> Path:
@@ -454,7 +463,7 @@ def _wait_for_temp(
         assert time.monotonic() < deadline, "no temporary file after 60 s"
         found = [
             p
-            for p in directory.glob(f".{name}.*.tmp")
+            for p in _data_temps(directory, name)
             if p.name not in known and p.exists() and p.stat().st_size > 0
         ]
         if found:
@@ -506,7 +515,7 @@ def test_a_running_export_s_temp_file_is_left_alone(big: str, tmp_path: Path) ->
 def _caught_writing(proc: subprocess.Popen[bytes], directory: Path, name: str) -> bool:
     """Whether the export's temporary file was seen before the export ended."""
     deadline = time.monotonic() + 200
-    while not list(directory.glob(f".{name}.*.tmp")):
+    while not _data_temps(directory, name):
         if proc.poll() is not None:
             return False
         assert time.monotonic() < deadline, "no temporary file after 200 s"

@@ -222,7 +222,7 @@ def test_ctrl_c_exits_130_without_a_traceback(archive: str) -> None:
         if proc.poll() is None:
             proc.kill()
             proc.wait()
-    assert proc.returncode == 130
+    assert proc.returncode == 130, err
     assert out == ""
     assert err.strip() == "Interrupted"
 
