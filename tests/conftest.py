@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -18,6 +19,13 @@ from click.testing import CliRunner, Result
 from ingest import migrate
 from ingest.cli import main
 from ingest.store import Store
+
+if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+    # Started in the background (`cmd &` in a shell without job control), the test run
+    # inherits SIGINT ignored, and every CLI process a test starts would too: the Ctrl-C
+    # tests would then see their interrupt ignored. Handled here, it is reset to the
+    # default at each exec, as in a run from a terminal.
+    signal.signal(signal.SIGINT, signal.default_int_handler)
 
 PG_URL = os.environ.get("GRANTEX_TEST_PG_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
 IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
