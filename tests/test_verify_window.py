@@ -15,6 +15,7 @@ from ingest.seal.chain import Sealer, max_key
 from ingest.seal.digests import write_digest
 from ingest.timestamps import format_timestamp
 from tests.conftest import invoke, rows
+from tests.test_integrity import execute
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -66,14 +67,6 @@ def chained(archive_url: str) -> tuple[str, list[str]]:
 def verify(url: str, *extra: str) -> tuple[int, str]:
     result = invoke(["verify-archive", "--db", url, *extra])
     return result.exit_code, result.output
-
-
-def execute(url: str, *statements: str) -> None:
-    engine = sa.create_engine(url)
-    with engine.begin() as conn:
-        for statement in statements:
-            conn.exec_driver_sql(statement)
-    engine.dispose()
 
 
 def window(times: list[str]) -> list[str]:
