@@ -1,21 +1,28 @@
-"""Ingest benchmark: a backlog streamed over loopback into fresh archives.
+"""Ingest benchmark: a backlog streamed over loopback into fresh archives, against ceilings.
 
 Run with ``make bench`` (1M events, plus a 4M run for the memory check) or
-``python -m benchmarks.ingest --help``. In one run it measures:
+``python -m benchmarks.ingest --help``. In one run, on the same events, it measures:
 
-- end-to-end: the real ``grantex-archive ingest`` process replaying the
+- **end-to-end**: the real ``grantex-archive ingest`` process replaying the
   simulator's backlog (``--since`` its start, ``--max-events N``) into a fresh
-  SQLite file and a fresh PostgreSQL schema; events/s over the process's
-  wall time, and its peak RSS;
-- the ceiling: the same rows inserted with plain ``sqlite3`` ``executemany``
-  in batches of 1000 into the same schema and indexes, no network (rows built
-  the straightforward way, ``None`` for missing values);
-- the naive baseline: one ORM insert and commit per event;
-- flatness: peak RSS of the ingest process for a larger backlog.
+  SQLite file (with sealing, and without it through ``benchmarks/unsealed.py``)
+  and into a fresh PostgreSQL schema; wall time of the process, start-up
+  included, its CPU time and its own peak RSS;
+- **the SQLite ceiling**: the fastest plain-``sqlite3`` way known to store the
+  same rows: prepared in advance as the product binds them (text times, ``''``
+  and NaN for NULL turned back by ``NULLIF`` and the column type), 500-row
+  multi-VALUES ``INSERT ... ON CONFLICT (id) DO NOTHING`` statements, one
+  commit per 1000 rows (the product's batch), the product's own connection
+  settings, the same schema and indexes, in one process with no network;
+- **the PostgreSQL ceiling**: the same events staged in advance (``COPY``, not
+  timed) and moved by the server's own ``INSERT ... SELECT ... ORDER BY n ON
+  CONFLICT (id) DO NOTHING``, 1000 rows and one commit at a time, through
+  psycopg;
+- **the naive baseline**: one ORM insert and commit per event;
+- **flatness**: the peak RSS of the ingest process for a larger backlog.
 
-The simulator runs as a separate process (``grantex-archive simulate``), as
-does each ingest, so the two share the machine's cores the way a real
-deployment shares a host with the network.
+Each side runs ``--runs`` times, end-to-end and ceiling alternating; the
+table gives the median run and the spread (fastest to slowest).
 """
 
 from __future__ import annotations
@@ -23,7 +30,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import re
 import resource
 import sqlite3
@@ -34,17 +40,24 @@ import tempfile
 import threading
 import time
 import uuid
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
+from itertools import chain
 from pathlib import Path
+from typing import Any
 
+import psycopg
 import sqlalchemy as sa
 from sqlalchemy.orm import Session, registry
 
+from benchmarks.machine import facts_line
 from benchmarks.results import write_section
 from ingest import migrate
+from ingest.database import sqlite_pragmas
 from ingest.events import Event, normalise
-from ingest.rows import plain_row
+from ingest.prepare import sqlite_row, sqlite_time
+from ingest.rows import OPTIONAL_TEXT, plain_row
 from ingest.schema import EVENT_COLUMNS, events
 from ingest.simulator import generate_events
 
@@ -53,21 +66,56 @@ UNSEALED_CLI = [sys.executable, "-m", "benchmarks.unsealed"]
 """The same CLI with sealing stubbed out: the other side of the sealing-cost ratio."""
 PG_URL = os.environ.get("GRANTEX_TEST_PG_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
 KEY = "bench_" + uuid.uuid4().hex
-SEALING_OFF = "end-to-end, SQLite, without sealing"
+BATCH = 1000
+"""Rows per commit in the ceilings: the product's default ``--batch-size``."""
+PER_STATEMENT = 500
+"""Rows per multi-VALUES statement in the SQLite ceiling (the product's, on this SQLite)."""
+
+SEALED = "end-to-end, SQLite (the CLI)"
+UNSEALED = "end-to-end, SQLite, without sealing"
+PG_E2E = "end-to-end, PostgreSQL (the CLI)"
+SQLITE_CEILING = "ceiling: sqlite3, prepared rows, 500-row statements"
+PG_CEILING = "ceiling: PostgreSQL INSERT ... SELECT ... ON CONFLICT via psycopg"
+NAIVE = "naive: one ORM insert and commit per event"
+
+
+@dataclass
+class Sample:
+    seconds: float
+    cpu_seconds: float
+    rss_mb: float | None = None
 
 
 @dataclass
 class Measure:
+    """One side of a comparison: every run of it."""
+
     label: str
     events: int
-    seconds: float
-    rss_mb: float | None = None
-    cpu_seconds: float | None = None
-    spread: str = ""
+    samples: list[Sample] = field(default_factory=list)
+
+    @property
+    def median(self) -> float:
+        return statistics.median(s.seconds for s in self.samples)
 
     @property
     def rate(self) -> float:
-        return self.events / self.seconds if self.seconds else 0.0
+        return self.events / self.median if self.samples else 0.0
+
+    @property
+    def cpu(self) -> float:
+        return statistics.median(s.cpu_seconds for s in self.samples)
+
+    @property
+    def rss_mb(self) -> float | None:
+        values = [s.rss_mb for s in self.samples if s.rss_mb is not None]
+        return max(values) if values else None
+
+    def spread(self) -> str:
+        if len(self.samples) < 2:
+            return "one run"
+        times = sorted(s.seconds for s in self.samples)
+        return f"{times[0]:.2f} to {times[-1]:.2f} s"
 
 
 class SimulatorProcess:
@@ -167,7 +215,7 @@ def run_measured(
     return ChildResult(proc.returncode, out or "", err, seconds, peak.mb, cpu)
 
 
-def run_ingest(db_url: str, sim: SimulatorProcess, count: int, sealed: bool = True) -> Measure:
+def run_ingest(db_url: str, sim: SimulatorProcess, count: int, sealed: bool = True) -> Sample:
     env = dict(os.environ, GRANTEX_API_KEY=KEY)
     args = [
         *(CLI if sealed else UNSEALED_CLI), "ingest", "--db", db_url, "--base-url", sim.base_url,
@@ -183,39 +231,104 @@ def run_ingest(db_url: str, sim: SimulatorProcess, count: int, sealed: bool = Tr
     engine.dispose()
     if stored != count:
         raise RuntimeError(f"archive holds {stored} events, expected {count}")
-    return Measure("", count, run.seconds, run.rss_mb, run.cpu_seconds)
+    return Sample(run.seconds, run.cpu_seconds, run.rss_mb)
 
 
-def backlog_rows(count: int, seed: int) -> list[tuple[object, ...]]:
+def backlog_events(count: int, seed: int) -> list[Event]:
+    """The simulator's backlog for ``seed``, normalised in advance (as the ceilings take it)."""
     start = datetime.now(timezone.utc) - timedelta(days=1)
-    received = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M:%S.%f")
-    rows = []
+    out = []
     for envelope in generate_events(seed, start, count, 86400 / max(count, 1), "live"):
         event = normalise(json.dumps(envelope, separators=(",", ":")))
         assert isinstance(event, Event)
-        rows.append(plain_row(event, "default", received))
-    return rows
+        out.append(event)
+    return out
 
 
-def ceiling(rows: list[tuple[object, ...]], workdir: Path) -> Measure:
-    path = workdir / "ceiling.db"
+def timed(work: Callable[[], None]) -> Sample:
+    started, cpu = time.perf_counter(), time.process_time()
+    work()
+    return Sample(time.perf_counter() - started, time.process_time() - cpu)
+
+
+def sqlite_ceiling(rows: list[tuple[Any, ...]], path: Path) -> Sample:
+    """The rows into a fresh archive file by plain ``sqlite3``, as fast as known."""
     migrate.upgrade(f"sqlite:///{path}")
-    conn = sqlite3.connect(path)
-    conn.execute("PRAGMA journal_mode=WAL")
-    conn.execute("PRAGMA synchronous=NORMAL")
+    conn = sqlite3.connect(path, isolation_level=None)
+    sqlite_pragmas(conn)
     columns = ", ".join(EVENT_COLUMNS)
-    marks = ", ".join("?" for _ in EVENT_COLUMNS)
-    sql = f"INSERT INTO events ({columns}) VALUES ({marks}) ON CONFLICT (id) DO NOTHING"
-    started = time.perf_counter()
-    for start in range(0, len(rows), 1000):
-        conn.executemany(sql, rows[start : start + 1000])
-        conn.commit()
-    seconds = time.perf_counter() - started
+    group = "(" + ", ".join(
+        "NULLIF(?, '')" if name in OPTIONAL_TEXT else "?" for name in EVENT_COLUMNS
+    ) + ", 'stream')"  # fmt: skip
+    head = f"INSERT INTO events ({columns}, channel) VALUES "
+    tail = " ON CONFLICT (id) DO NOTHING"
+    many = head + ", ".join([group] * PER_STATEMENT) + tail
+    one = head + group + tail
+    cursor = conn.cursor()
+
+    def work() -> None:
+        for start in range(0, len(rows), BATCH):
+            batch = rows[start : start + BATCH]
+            full = len(batch) - len(batch) % PER_STATEMENT
+            cursor.execute("BEGIN")
+            for at in range(0, full, PER_STATEMENT):
+                cursor.execute(many, list(chain.from_iterable(batch[at : at + PER_STATEMENT])))
+            if full < len(batch):
+                cursor.executemany(one, batch[full:])
+            cursor.execute("COMMIT")
+
+    sample = timed(work)
+    stored = conn.execute("SELECT count(*) FROM events").fetchone()[0]
     conn.close()
-    return Measure("ceiling: sqlite3 executemany, batches of 1000", len(rows), seconds)
+    for suffix in ("", "-wal", "-shm"):
+        Path(f"{path}{suffix}").unlink(missing_ok=True)
+    if stored != len(rows):
+        raise RuntimeError(f"ceiling stored {stored} rows, expected {len(rows)}")
+    return sample
 
 
-def naive(rows: list[tuple[object, ...]], workdir: Path) -> Measure:
+def pg_ceiling(backlog: list[Event], received_at: datetime) -> Sample:
+    """The events staged by COPY (not timed), then moved by the server, 1000 rows a commit."""
+    _, schema = fresh_pg_schema()
+    columns = ", ".join(EVENT_COLUMNS)
+    try:
+        dsn = PG_URL.replace("postgresql+psycopg://", "postgresql://")
+        with psycopg.connect(dsn, options=f"-c search_path={schema}") as conn:
+            conn.execute(f"CREATE TABLE staging (n integer, {STAGING_COLUMNS})")
+            with conn.cursor().copy(f"COPY staging (n, {columns}) FROM STDIN") as copy:
+                for n, event in enumerate(backlog):
+                    copy.write_row((n, event.id, "default", event.type, event.occurred_at,
+                                    received_at, *event[4:13], event.payload))  # fmt: skip
+            conn.execute("ANALYZE staging")
+            conn.commit()
+            statement = (
+                f"INSERT INTO events ({columns}, channel) SELECT {columns}, 'stream' FROM staging "
+                "WHERE n >= %s AND n < %s ORDER BY n ON CONFLICT (id) DO NOTHING"
+            )
+
+            def work() -> None:
+                for start in range(0, len(backlog), BATCH):
+                    conn.execute(statement, (start, start + BATCH))
+                    conn.commit()
+
+            sample = timed(work)
+            stored = conn.execute("SELECT count(*) FROM events").fetchone()
+    finally:
+        drop_pg_schema(schema)
+    if stored is None or stored[0] != len(backlog):
+        raise RuntimeError(f"PostgreSQL ceiling stored {stored}, expected {len(backlog)}")
+    return sample
+
+
+STAGING_COLUMNS = (
+    "id text, source text, type text, occurred_at timestamptz, received_at timestamptz, "
+    "grant_id text, agent_id text, principal_id text, revoked_by text, token_id text, "
+    "method text, percentage double precision, remaining double precision, "
+    "initial double precision, payload text"
+)
+
+
+def naive(backlog: list[Event], workdir: Path, received_text: str) -> Sample:
     url = f"sqlite:///{workdir / 'naive.db'}"
     migrate.upgrade(url)
     mapper = registry()
@@ -225,45 +338,22 @@ def naive(rows: list[tuple[object, ...]], workdir: Path) -> Measure:
 
     mapper.map_imperatively(Row, events)
     engine = sa.create_engine(url)
-    started = time.perf_counter()
-    with Session(engine) as session:
-        for values in rows:
-            record = Row()
-            for name, value in zip(EVENT_COLUMNS, values, strict=True):
-                if name in ("occurred_at", "received_at"):
-                    value = datetime.fromisoformat(str(value))
-                setattr(record, name, value)
-            session.add(record)
-            session.commit()
-    seconds = time.perf_counter() - started
+
+    def work() -> None:
+        with Session(engine) as session:
+            for event in backlog:
+                record = Row()
+                values = plain_row(event, "default", received_text)
+                for name, value in zip(EVENT_COLUMNS, values, strict=True):
+                    if name in ("occurred_at", "received_at"):
+                        value = datetime.fromisoformat(str(value))
+                    setattr(record, name, value)
+                session.add(record)
+                session.commit()
+
+    sample = timed(work)
     engine.dispose()
-    return Measure("naive: one ORM insert and commit per event", len(rows), seconds)
-
-
-def sealing_pair(sim: SimulatorProcess, workdir: Path, count: int, runs: int) -> list[Measure]:
-    """End-to-end into fresh SQLite files with and without sealing, alternating, from the
-    same simulator (the same events): the median run of each side, with the range."""
-    sides: dict[bool, list[Measure]] = {True: [], False: []}
-    for i in range(runs):
-        for sealed in (True, False):
-            path = workdir / f"e2e-{'sealed' if sealed else 'unsealed'}-{i}.db"
-            m = run_ingest(f"sqlite:///{path}", sim, count, sealed=sealed)
-            sides[sealed].append(m)
-            path.unlink()
-            print(
-                f"  {'with' if sealed else 'without'} sealing {i + 1}: {m.rate:,.0f} events/s, "
-                f"CPU {m.cpu_seconds:.1f} s, peak RSS {m.rss_mb:.0f} MB",
-                flush=True,
-            )
-    medians = []
-    for sealed, label in ((True, "end-to-end, SQLite"), (False, SEALING_OFF)):
-        ordered = sorted(sides[sealed], key=lambda m: m.seconds)
-        median = ordered[len(ordered) // 2]
-        median.label = label
-        median.spread = f"{ordered[0].seconds:.1f} to {ordered[-1].seconds:.1f} s"
-        median.cpu_seconds = statistics.median(m.cpu_seconds or 0.0 for m in ordered)
-        medians.append(median)
-    return medians
+    return sample
 
 
 def fresh_pg_schema() -> tuple[str, str]:
@@ -284,6 +374,73 @@ def drop_pg_schema(schema: str) -> None:
     admin.dispose()
 
 
+def report(m: Measure, sample: Sample, i: int) -> None:
+    rss = f", peak RSS {sample.rss_mb:.0f} MB" if sample.rss_mb is not None else ""
+    print(
+        f"  {m.label} {i + 1}: {m.events / sample.seconds:,.0f} events/s, "
+        f"{sample.seconds:.2f} s, CPU {sample.cpu_seconds:.1f} s{rss}",
+        flush=True,
+    )
+
+
+def sqlite_side(args: argparse.Namespace, workdir: Path, backlog: list[Event]) -> list[Measure]:
+    """End-to-end with and without sealing, and the ceiling, alternating, on the same events."""
+    received_text = sqlite_time(datetime.now(timezone.utc))
+    rows = [sqlite_row(event, "default", received_text) for event in backlog]
+    sealed, unsealed = Measure(SEALED, args.events), Measure(UNSEALED, args.events)
+    ceiling = Measure(SQLITE_CEILING, args.events)
+    sim = SimulatorProcess(args.events)
+    try:
+        for i in range(args.runs):
+            for m in (sealed, unsealed, ceiling):
+                path = workdir / f"run-{i}.db"
+                if m is ceiling:
+                    sample = sqlite_ceiling(rows, path)
+                else:
+                    sample = run_ingest(f"sqlite:///{path}", sim, args.events, m is sealed)
+                    for suffix in ("", "-wal", "-shm"):
+                        Path(f"{path}{suffix}").unlink(missing_ok=True)
+                m.samples.append(sample)
+                report(m, sample, i)
+    finally:
+        sim.close()
+    return [sealed, unsealed, ceiling]
+
+
+def postgres_side(args: argparse.Namespace, backlog: list[Event]) -> list[Measure]:
+    e2e, ceiling = Measure(PG_E2E, args.events), Measure(PG_CEILING, args.events)
+    received_at = datetime.now(timezone.utc)
+    sim = SimulatorProcess(args.events)
+    try:
+        for i in range(args.pg_runs):
+            url, schema = fresh_pg_schema()
+            try:
+                sample = run_ingest(url, sim, args.events)
+            finally:
+                drop_pg_schema(schema)
+            e2e.samples.append(sample)
+            report(e2e, sample, i)
+            sample = pg_ceiling(backlog, received_at)
+            ceiling.samples.append(sample)
+            report(ceiling, sample, i)
+    finally:
+        sim.close()
+    return [e2e, ceiling]
+
+
+def flat_side(args: argparse.Namespace, workdir: Path) -> Measure:
+    m = Measure(f"end-to-end, SQLite, {args.flat_events:,} backlog", args.flat_events)
+    print(f"building a {args.flat_events:,}-event backlog...", flush=True)
+    sim = SimulatorProcess(args.flat_events, seed=43)
+    try:
+        sample = run_ingest(f"sqlite:///{workdir / 'flat.db'}", sim, args.flat_events)
+    finally:
+        sim.close()
+    m.samples.append(sample)
+    report(m, sample, 0)
+    return m
+
+
 def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--events", type=int, default=1_000_000)
@@ -294,10 +451,8 @@ def parse_args() -> argparse.Namespace:
         help="backlog for the RSS flatness check (0 skips it)",
     )
     parser.add_argument("--naive-events", type=int, default=10_000)
-    parser.add_argument(
-        "--seal-runs", type=int, default=3,
-        help="SQLite end-to-end runs with and without sealing, alternating",
-    )  # fmt: skip
+    parser.add_argument("--runs", type=int, default=3, help="runs of each SQLite side")
+    parser.add_argument("--pg-runs", type=int, default=3, help="runs of each PostgreSQL side")
     parser.add_argument("--no-postgres", action="store_true")
     parser.add_argument("--no-write", action="store_true", help="do not update BENCHMARKS.md")
     return parser.parse_args()
@@ -305,48 +460,23 @@ def parse_args() -> argparse.Namespace:
 
 def main() -> None:
     args = parse_args()
-
     results: list[Measure] = []
+    print(f"normalising a {args.events:,}-event backlog for the ceilings...", flush=True)
+    backlog = backlog_events(args.events, 42)
     with tempfile.TemporaryDirectory(prefix="gxa-bench-") as tmp:
         workdir = Path(tmp)
-        print(f"building a {args.events:,}-event backlog in the simulator...", flush=True)
-        sim = SimulatorProcess(args.events)
-        try:
-            results += sealing_pair(sim, workdir, args.events, args.seal_runs)
-            if not args.no_postgres:
-                url, schema = fresh_pg_schema()
-                try:
-                    m = run_ingest(url, sim, args.events)
-                finally:
-                    drop_pg_schema(schema)
-                m.label = "end-to-end, PostgreSQL"
-                results.append(m)
-                print(
-                    f"  {m.label}: {m.rate:,.0f} events/s, peak RSS {m.rss_mb:.0f} MB", flush=True
-                )
-        finally:
-            sim.close()
-
-        rows = backlog_rows(args.events, 42)
-        m = ceiling(rows, workdir)
-        results.append(m)
-        print(f"  {m.label}: {m.rate:,.0f} rows/s", flush=True)
-        m = naive(rows[: args.naive_events], workdir)
-        results.append(m)
-        print(f"  {m.label}: {m.rate:,.0f} events/s", flush=True)
-        del rows
-
-        if args.flat_events:
-            print(f"building a {args.flat_events:,}-event backlog...", flush=True)
-            sim = SimulatorProcess(args.flat_events, seed=43)
-            try:
-                m = run_ingest(f"sqlite:///{workdir / 'flat.db'}", sim, args.flat_events)
-            finally:
-                sim.close()
-            m.label = f"end-to-end, SQLite, {args.flat_events:,} backlog"
+        results += sqlite_side(args, workdir, backlog)
+        if not args.no_postgres:
+            results += postgres_side(args, backlog)
+        if args.naive_events:
+            m = Measure(NAIVE, min(args.naive_events, len(backlog)))
+            received = sqlite_time(datetime.now(timezone.utc))
+            m.samples.append(naive(backlog[: m.events], workdir, received))
+            report(m, m.samples[0], 0)
             results.append(m)
-            print(f"  {m.label}: {m.rate:,.0f} events/s, peak RSS {m.rss_mb:.0f} MB", flush=True)
-
+        del backlog
+        if args.flat_events:
+            results.append(flat_side(args, workdir))
     table = render(results, args)
     print()
     print(table)
@@ -354,42 +484,73 @@ def main() -> None:
         write_section("ingest", table)
 
 
+def command(args: argparse.Namespace) -> str:
+    parts = ["python -m benchmarks.ingest", f"--events {args.events}"]
+    parts.append(f"--flat-events {args.flat_events}")
+    parts.append(f"--runs {args.runs}")
+    parts.append("--no-postgres" if args.no_postgres else f"--pg-runs {args.pg_runs}")
+    return " ".join(parts)
+
+
 def render(results: list[Measure], args: argparse.Namespace) -> str:
     by_label = {m.label: m for m in results}
+    engines = ("sqlite",) if args.no_postgres else ("sqlite", "postgresql")
     lines = [
-        f"Run on {datetime.now(timezone.utc):%Y-%m-%d} · Python {platform.python_version()} · "
-        f"SQLite {sqlite3.sqlite_version} · {os.cpu_count()} cores · "
-        f"`python -m benchmarks.ingest --events {args.events} --flat-events {args.flat_events}`",
+        facts_line(command(args), engines, PG_URL),
         "",
-        "| measure | events | seconds | events/s | peak RSS |",
-        "|---|---:|---:|---:|---:|",
+        "| measure | events | runs | median s | spread | events/s | CPU s (median) | peak RSS |",
+        "|---|---:|---:|---:|---|---:|---:|---:|",
     ]
     for m in results:
         rss = f"{m.rss_mb:.0f} MB" if m.rss_mb is not None else "-"
-        lines.append(f"| {m.label} | {m.events:,} | {m.seconds:.1f} | {m.rate:,.0f} | {rss} |")
-    e2e = by_label.get("end-to-end, SQLite")
-    ceil = by_label.get("ceiling: sqlite3 executemany, batches of 1000")
-    if e2e and ceil:
-        lines += ["", f"SQLite end-to-end / ceiling: **{e2e.rate / ceil.rate:.2f}x**"]
-    unsealed = by_label.get(SEALING_OFF)
-    if e2e and unsealed:
-        cost = 1 - e2e.rate / unsealed.rate
-        verdict = "meets" if cost <= 0.10 else "misses"
         lines.append(
-            f"Sealing's cost (SQLite end-to-end with / without, median of {args.seal_runs} runs "
-            f"each, alternating; with: {e2e.spread}, without: {unsealed.spread}): "
-            f"**{cost * 100:.0f}%** of the throughput ({verdict} the 10% target); "
-            f"CPU seconds of the ingest process, median: {e2e.cpu_seconds:.1f} with, "
-            f"{unsealed.cpu_seconds:.1f} without"
+            f"| {m.label} | {m.events:,} | {len(m.samples)} | {m.median:.2f} | {m.spread()} "
+            f"| {m.rate:,.0f} | {m.cpu:.1f} | {rss} |"
         )
+    lines += ["", "| ratio (medians, same run) | value | target | |", "|---|---:|---|---|"]
+    lines += ratio_lines(by_label)
     flat = [m for m in results if "backlog" in m.label]
+    e2e = by_label.get(SEALED)
     if e2e and flat and e2e.rss_mb and flat[0].rss_mb:
+        worst = max(e2e.rss_mb, flat[0].rss_mb)
         lines.append(
-            f"Peak RSS, {flat[0].events:,} vs {e2e.events:,} backlog: "
+            f"| peak RSS, {flat[0].events:,} vs {e2e.events:,} backlog | "
             f"{flat[0].rss_mb:.0f} MB vs {e2e.rss_mb:.0f} MB "
-            f"({(flat[0].rss_mb / e2e.rss_mb - 1) * 100:+.0f}%)"
+            f"({(flat[0].rss_mb / e2e.rss_mb - 1) * 100:+.0f}%) | ≤ 250 MB, flat | "
+            f"{verdict(worst <= 250)} |"
         )
     return "\n".join(lines)
+
+
+def verdict(met: bool) -> str:
+    return "met" if met else "**not met**"
+
+
+def ratio_lines(by_label: dict[str, Measure]) -> list[str]:
+    lines = []
+    pairs = (
+        (SEALED, SQLITE_CEILING, "SQLite end-to-end / ceiling", 0.7),
+        (UNSEALED, SQLITE_CEILING, "SQLite end-to-end without sealing / ceiling", None),
+        (PG_E2E, PG_CEILING, "PostgreSQL end-to-end / ceiling", 0.7),
+    )
+    for product, ceiling, name, target in pairs:
+        a, b = by_label.get(product), by_label.get(ceiling)
+        if a is None or b is None:
+            continue
+        value = a.rate / b.rate
+        goal = f"≥ {target:.1f}x" if target is not None else ""
+        mark = verdict(value >= target) if target is not None else ""
+        if value > 1:
+            mark = "the ceiling is wrong: the product beats it"
+        lines.append(f"| {name} | {value:.2f}x | {goal} | {mark} |")
+    sealed, unsealed = by_label.get(SEALED), by_label.get(UNSEALED)
+    if sealed and unsealed:
+        cost = 1 - sealed.rate / unsealed.rate
+        lines.append(
+            f"| sealing's cost (1 - with / without) | {cost * 100:.0f}% | ≤ 10% | "
+            f"{verdict(cost <= 0.10)} |"
+        )
+    return lines
 
 
 if __name__ == "__main__":

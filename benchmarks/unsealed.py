@@ -11,7 +11,11 @@ from typing import Any
 
 import ingest.store
 import ingest.store_runs
+import ingest.worker
 from ingest.cli import main
+from ingest.reader import Preparation
+from ingest.settings import IngestSettings
+from ingest.store import Store
 
 
 class NoSeal:
@@ -23,7 +27,7 @@ class NoSeal:
     def rows_above(self, kind: str, after: int) -> None:
         return None
 
-    def events_bound(self, after: int, rows: Any, channel: str) -> None:
+    def events_bound(self, after: int, rows: Any, channel: str, tails: Any = None) -> None:
         return None
 
     def rows_with_keys(self, kind: str, keys: Any) -> None:
@@ -33,7 +37,15 @@ class NoSeal:
         return None
 
 
+def rows_only(settings: IngestSettings, store: Store) -> Preparation | None:
+    """The reader prepares SQLite rows but not the canonical tails only the chain needs."""
+    if not store.prepares_rows:
+        return None
+    return Preparation(settings.source, "stream", tails=False)
+
+
 if __name__ == "__main__":
+    ingest.worker.preparation_for = rows_only  # type: ignore[assignment]
     ingest.store.Sealer = NoSeal  # type: ignore[assignment,misc]
     ingest.store_runs.Sealer = NoSeal  # type: ignore[assignment,misc]
     main()

@@ -8,6 +8,7 @@ import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
+from typing import Any
 
 from .store import ConnectionShare, Received, StoreError
 
@@ -16,15 +17,23 @@ from .store import ConnectionShare, Received, StoreError
 class Batch:
     """What the worker hands over in one commit.
 
-    ``newest`` is the newest plausible event time in it (the resume point
-    once committed); ``connections`` which connections its entries came
-    over, one share per stretch of entries from one connection, in arrival
-    order.
+    ``entries`` are the events and rejections as received; for a SQLite
+    archive the reader prepares the events, which come as ``rows`` (with
+    their canonical ``tails``, None where not made, see :mod:`ingest.prepare`)
+    and leave only the rejections in ``entries``. ``newest`` is the newest
+    plausible event time in it (the resume point once committed);
+    ``connections`` which connections its items came over, one share per
+    stretch of items from one connection, in arrival order.
     """
 
     entries: list[Received] = field(default_factory=list)
     newest: datetime | None = None
     connections: list[ConnectionShare] = field(default_factory=list)
+    rows: list[tuple[Any, ...]] = field(default_factory=list)
+    tails: list[bytes | None] = field(default_factory=list)
+
+    def __len__(self) -> int:
+        return len(self.entries) + len(self.rows)
 
     def came_over(self, connection_id: int | None, events: int, received_at: datetime) -> None:
         """The entries just added (``events`` of them events) arrived over ``connection_id``."""

@@ -38,7 +38,7 @@ def create_archive_engine(url: str) -> Engine:
             # Only ingest writes, one batch at a time: a lock held longer
             # than this is an outage, handled by the retries above it.
             engine = sa.create_engine(parsed, connect_args={"timeout": 10})
-            sa.event.listen(engine, "connect", _sqlite_pragmas)
+            sa.event.listen(engine, "connect", sqlite_pragmas)
             return engine
         engine = sa.create_engine(
             parsed,
@@ -84,7 +84,8 @@ def _hide_password(url: str, exc: Exception) -> str:
     return text.replace(password, "***") if password else text
 
 
-def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
+def sqlite_pragmas(dbapi_connection: Any, _record: Any = None) -> None:
+    """The settings of every SQLite connection to an archive (the benchmarks use them too)."""
     cursor = dbapi_connection.cursor()
     # WAL lets readers (reports, status) work while the worker writes;
     # NORMAL is durable across application crashes in WAL mode.

@@ -31,6 +31,7 @@ from .batch_writer import Batch
 from .database import StoreError
 from .events import Event
 from .locks import HandoverLink
+from .prepare import PAYLOAD
 from .timers import Stop
 
 log = logging.getLogger("grantex_archive.ingest")
@@ -142,7 +143,8 @@ class HolderWatch:
 
 def batch_size(batch: Batch) -> tuple[int, int]:
     """A batch's events, and the bytes of its frames, as the successor's limits count them."""
-    events = size = 0
+    events = len(batch.rows)
+    size = sum(len(row[PAYLOAD]) for row in batch.rows)
     for entry in batch.entries:
         item = entry.item
         if isinstance(item, Event):

@@ -20,6 +20,8 @@ from datetime import datetime
 import httpx
 
 from .events import MAX_FRAME_BYTES, Event, Rejection, normalise, peek_id, reject
+from .prepare import PreparedEvents, prepare_events
+from .resume import latest_plausible
 from .settings import IngestSettings
 from .sse import Frame
 from .stream import (
@@ -46,14 +48,40 @@ class NeedSince:
 
 @dataclass(frozen=True)
 class Normalised:
-    """A chunk's frames, normalised on the reader thread.
+    """A chunk's frames, normalised by the reader.
 
-    Normalising there lets it overlap with the database's own work, which
-    runs without the GIL.
+    Normalising there lets it overlap with the database's own work. For a
+    SQLite archive the reader also prepares the events (:mod:`ingest.prepare`):
+    ``prepared`` then holds the chunk's events as rows, in arrival order, and
+    ``items`` only its rejections. Otherwise ``items`` holds every frame's
+    event or rejection, in arrival order, and ``prepared`` is None.
     """
 
     items: list[Event | Rejection]
     received_at: datetime
+    prepared: PreparedEvents | None = None
+
+
+@dataclass(frozen=True)
+class Preparation:
+    """What the reader prepares for a SQLite archive: rows for ``source`` and ``channel``,
+    and their canonical tails when ``tails`` (the archive seals them)."""
+
+    source: str
+    channel: str = "stream"
+    tails: bool = True
+
+
+class ReaderFailed(Exception):
+    """An error of a reader in another process, carried over as its type's name and text."""
+
+    def __init__(self, kind: str, text: str) -> None:
+        super().__init__(kind, text)
+        self.kind = kind
+        self.text = text
+
+    def __str__(self) -> str:
+        return self.text
 
 
 @dataclass(frozen=True)
@@ -89,8 +117,10 @@ class StreamReader:
         options: StreamOptions,
         stream: StreamFunction,
         stop: threading.Event,
+        preparation: Preparation | None = None,
     ) -> None:
         self._options = options
+        self._preparation = preparation
         self._stream = stream
         self._stop = stop
         self.queue: queue.Queue[QueueItem] = queue.Queue(maxsize=QUEUE_CHUNKS)
@@ -136,15 +166,7 @@ class StreamReader:
         return None
 
     def _put(self, item: QueueItem) -> None:
-        # Blocks while the main thread is behind (backpressure), but never
-        # past a stop request.
-        while True:
-            try:
-                self.queue.put(item, timeout=_POLL)
-                return
-            except queue.Full:
-                if self._stop.is_set():
-                    return
+        put_until_stopped(self.queue, item, self._stop)
 
     def _read(self) -> None:
         error: BaseException | None = None
@@ -154,14 +176,48 @@ class StreamReader:
                 self._options, self._since_for_connect, self._stop, client=self._client
             ):
                 if isinstance(item, Chunk):
-                    normalised = [normalise_frame(frame) for frame in item.frames]
-                    self._put(Normalised(normalised, item.received_at))
+                    self._put(decode_chunk(item, self._preparation))
                 else:
                     self._put(item)
         except BaseException as exc:  # handed to the main thread, which decides
             error = exc
         finally:
             self._put(ReaderDone(error))
+
+
+def put_until_stopped(
+    items: queue.Queue[QueueItem], item: QueueItem, stop: threading.Event
+) -> None:
+    """Put ``item`` on the queue, blocking while the main thread is behind (backpressure),
+    but never past a stop request."""
+    while True:
+        try:
+            items.put(item, timeout=_POLL)
+            return
+        except queue.Full:
+            if stop.is_set():
+                return
+
+
+def decode_chunk(chunk: Chunk, preparation: Preparation | None) -> Normalised:
+    """A chunk's frames normalised, and its events prepared for SQLite when asked."""
+    items = [normalise_frame(frame) for frame in chunk.frames]
+    if preparation is None:
+        return Normalised(items, chunk.received_at)
+    received_at = chunk.received_at
+    events = [item for item in items if type(item) is Event]
+    rejections: list[Event | Rejection] = []
+    if len(events) < len(items):
+        rejections = [item for item in items if type(item) is not Event]
+    prepared = prepare_events(
+        events,
+        preparation.source,
+        received_at,
+        preparation.channel,
+        latest_plausible(received_at),
+        preparation.tails,
+    )
+    return Normalised(rejections, received_at, prepared)
 
 
 def normalise_frame(frame: Frame) -> Event | Rejection:

@@ -9,10 +9,11 @@ here too, so they measure the same encoding.
 from __future__ import annotations
 
 import sqlite3
-from datetime import datetime, timezone
+from datetime import datetime
 from typing import Any, NamedTuple
 
 from .events import Event, Rejection
+from .prepare import sqlite_row, sqlite_time
 from .schema import EVENT_COLUMNS
 
 
@@ -50,52 +51,19 @@ CREATE TEMPORARY TABLE IF NOT EXISTS gxa_incoming (
 """
 
 OPTIONAL_TEXT = ("grant_id", "agent_id", "principal_id", "revoked_by", "token_id", "method")
-_NAN = float("nan")
-
-
-def sqlite_time(value: datetime) -> str:
-    """The text SQLAlchemy's SQLite DateTime stores (UTC), made without its per-row cost."""
-    if value.tzinfo is not None and value.tzinfo is not timezone.utc:
-        value = value.astimezone(timezone.utc)
-    return "%04d-%02d-%02d %02d:%02d:%02d.%06d" % (  # noqa: UP031 (fastest on the hot path)
-        value.year,
-        value.month,
-        value.day,
-        value.hour,
-        value.minute,
-        value.second,
-        value.microsecond,
-    )
 
 
 def sqlite_rows(entries: list[Received], source: str) -> list[tuple[Any, ...]]:
+    """The rows the SQLite insert binds for these events (:func:`~ingest.prepare.sqlite_row`)."""
     rows: list[tuple[Any, ...]] = []
     append = rows.append
     last_received: datetime | None = None
     received_text = ""
-    for item, received_at in entries:
+    for entry in entries:
+        received_at = entry.received_at
         if received_at is not last_received:
             last_received, received_text = received_at, sqlite_time(received_at)
-        event: Event = item  # type: ignore[assignment]
-        append(
-            (
-                event.id,
-                source,
-                event.type,
-                sqlite_time(event.occurred_at),
-                received_text,
-                event.grant_id or "",
-                event.agent_id or "",
-                event.principal_id or "",
-                event.revoked_by or "",
-                event.token_id or "",
-                event.method or "",
-                _NAN if event.percentage is None else event.percentage,
-                _NAN if event.remaining is None else event.remaining,
-                _NAN if event.initial is None else event.initial,
-                event.payload,
-            )
-        )
+        append(sqlite_row(entry.item, source, received_text))  # type: ignore[arg-type]
     return rows
 
 
@@ -111,20 +79,8 @@ def plain_row(event: Event, source: str, received_text: str) -> tuple[Any, ...]:
     SQLite's text form of the times (:func:`sqlite_time`); the benchmarks use
     it for the reference inserts they compare the product with.
     """
-    return (
-        event.id,
-        source,
-        event.type,
-        sqlite_time(event.occurred_at),
-        received_text,
-        event.grant_id,
-        event.agent_id,
-        event.principal_id,
-        event.revoked_by,
-        event.token_id,
-        event.method,
-        event.percentage,
-        event.remaining,
-        event.initial,
-        event.payload,
+    # The bound row's '' and NaN are what the statement turns into NULL.
+    return tuple(
+        None if value == "" or value != value else value
+        for value in sqlite_row(event, source, received_text)
     )

@@ -148,3 +148,6 @@ class IngestSettings:
     """While waiting for the lock: events kept unwritten, at most."""
     hold_bytes: int = 64 * 1024 * 1024
     """While waiting for the lock: bytes of frames kept unwritten, at most."""
+    reader_process: bool = True
+    """Read the stream in a child process (:mod:`ingest.reader_process`), so that reading and
+    writing run on two cores; False reads it on a thread of the ingest process."""

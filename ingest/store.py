@@ -7,8 +7,8 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from contextlib import AbstractContextManager
-from dataclasses import dataclass
 from datetime import datetime
+from itertools import chain
 from typing import Any
 
 import sqlalchemy as sa
@@ -32,13 +32,12 @@ from .rows import (
     OPTIONAL_TEXT,
     PG_STAGING,
     Received,
-    payload_of,
     rows_per_statement,
-    sqlite_rows,
 )
 from .schema import CHANNELS, EVENT_COLUMNS, events
 from .seal.chain import Sealer, max_key
-from .store_rejections import conflict, record_rejections
+from .store_fresh import BatchResult, Fresh, FreshRows, entries_as, fresh_entries, fresh_rows
+from .store_rejections import conflict_of, record_rejections
 from .store_runs import ConnectionShare, RunRecords
 from .timestamps import utc
 
@@ -58,14 +57,6 @@ __all__ = [
     "safe_url",
     "sqlite_path",
 ]
-
-
-@dataclass
-class BatchResult:
-    inserted: int = 0
-    duplicates: int = 0
-    conflicts: int = 0
-    rejected: int = 0
 
 
 class Store(RunRecords):
@@ -126,8 +117,7 @@ class Store(RunRecords):
         if full:
             sql = self._multi_row_sql(channel, per)
             for start in range(0, full, per):
-                chunk = rows[start : start + per]
-                cursor.execute(sql, [value for row in chunk for value in row])
+                cursor.execute(sql, list(chain.from_iterable(rows[start : start + per])))
                 inserted += cursor.rowcount
         if full < len(rows):
             # The remainder row by row: a statement per remainder size would
@@ -147,8 +137,8 @@ class Store(RunRecords):
         with raw.cursor() as cursor:  # type: ignore[union-attr]
             cursor.execute(PG_STAGING)
             with cursor.copy(f"COPY gxa_incoming (n, {columns}) FROM STDIN") as copy:
-                for n, (item, received_at) in enumerate(entries):
-                    event: Event = item  # type: ignore[assignment]
+                for n, entry in enumerate(entries):
+                    event: Event = entry.item  # type: ignore[assignment]
                     copy.write_row(
                         (
                             n,
@@ -156,7 +146,7 @@ class Store(RunRecords):
                             source,
                             event.type,
                             event.occurred_at,
-                            received_at,
+                            entry.received_at,
                             *event[4:13],
                             event.payload,
                         )
@@ -169,6 +159,11 @@ class Store(RunRecords):
             inserted = cursor.rowcount
             cursor.execute("TRUNCATE gxa_incoming")
         return int(inserted)
+
+    @property
+    def prepares_rows(self) -> bool:
+        """Whether :meth:`write_batch` takes events as rows the reader prepared (SQLite)."""
+        return self._sqlite
 
     @classmethod
     def open(cls, url: str) -> Store:
@@ -216,6 +211,8 @@ class Store(RunRecords):
         batch: Sequence[Received],
         connections: Sequence[ConnectionShare] = (),
         channel: str = "stream",
+        rows: Sequence[tuple[Any, ...]] = (),
+        tails: Sequence[bytes | None] = (),
     ) -> BatchResult:
         """Store one batch in one transaction: events insert-or-ignore, rejections appended.
 
@@ -225,26 +222,27 @@ class Store(RunRecords):
         their rows count its events in the same transaction. ``channel`` (one
         of :data:`~ingest.schema.CHANNELS`) is recorded with the events this
         batch inserts; an event another channel delivered first keeps its own.
+        ``rows`` are more events, prepared by the reader for a SQLite archive
+        (:mod:`ingest.prepare`), with their canonical ``tails`` where made;
+        they follow the events among ``batch``.
         """
         if channel not in CHANNELS:
             raise ValueError(f"unknown channel {channel!r}: expected one of {CHANNELS}")
+        if rows and not self._sqlite:
+            raise ValueError("prepared rows are for a SQLite archive")
         result = BatchResult()
-        fresh: dict[str, Received] = {}
         rejections: list[tuple[Rejection, datetime]] = []
+        arrived: list[Received] = []
         for entry in batch:
-            item = entry.item
-            if type(item) is Rejection:
-                rejections.append((item, entry.received_at))
-                continue
-            assert type(item) is Event
-            seen = fresh.get(item.id)
-            if seen is None:
-                fresh[item.id] = entry
-                continue
-            result.duplicates += 1
-            if not same_payload(payload_of(seen), item.payload):
-                rejections.append((conflict(item), entry.received_at))
-                result.conflicts += 1
+            if type(entry.item) is Rejection:
+                rejections.append((entry.item, entry.received_at))
+            else:
+                arrived.append(entry)
+        fresh: Fresh
+        if self._sqlite:
+            fresh = fresh_rows(arrived, source, rows, tails, result, rejections)
+        else:
+            fresh = fresh_entries(arrived, result, rejections)
         try:
             self._write(source, run_id, fresh, rejections, result, connections, channel)
         except self._driver_error as exc:
@@ -258,7 +256,7 @@ class Store(RunRecords):
         self,
         source: str,
         run_id: int | None,
-        fresh: dict[str, Received],
+        fresh: Fresh,
         rejections: list[tuple[Rejection, datetime]],
         result: BatchResult,
         connections: Sequence[ConnectionShare],
@@ -270,13 +268,16 @@ class Store(RunRecords):
             sealer = Sealer(conn)
             if fresh:
                 before = max_key(conn, "events")
-                bound = self._insert(
-                    conn, source, list(fresh.values()), result, rejections, channel, before
-                )
-                if bound is None:
-                    sealer.rows_above("events", before)
+                if isinstance(fresh, FreshRows):
+                    result.inserted = self._insert_sqlite(conn, fresh.rows, channel)
+                    if result.inserted < len(fresh):
+                        self._compare_stored(conn, fresh.stored_as(), before, result, rejections)
+                    sealer.events_bound(before, fresh.rows, channel, fresh.tails)
                 else:
-                    sealer.events_bound(before, bound, channel)
+                    result.inserted = self._insert_postgres(conn, fresh, source, channel)
+                    if result.inserted < len(fresh):
+                        self._compare_stored(conn, entries_as(fresh), before, result, rejections)
+                    sealer.rows_above("events", before)
             if rejections:
                 before = max_key(conn, "rejected")
                 record_rejections(conn, source, run_id, rejections)
@@ -285,42 +286,27 @@ class Store(RunRecords):
                 self.count_connections(conn, connections)
             sealer.close()
 
-    def _insert(
-        self,
+    @staticmethod
+    def _compare_stored(
         conn: Connection,
-        source: str,
-        entries: list[Received],
+        arrived: dict[str, tuple[str, datetime]],
+        before: int,
         result: BatchResult,
         rejections: list[tuple[Rejection, datetime]],
-        channel: str,
-        before: int,
-    ) -> list[tuple[Any, ...]] | None:
-        """Insert the events; the values bound for them (SQLite), for the sealer."""
-        bound = None
-        if self._sqlite:
-            bound = sqlite_rows(entries, source)
-            inserted = self._insert_sqlite(conn, bound, channel)
-        else:
-            inserted = self._insert_postgres(conn, entries, source, channel)
-        result.inserted = inserted
-        if inserted == len(entries):
-            return bound
-        # Some ids were archived before: compare what is stored with what came.
-        by_id = {entry.item.id: entry for entry in entries if type(entry.item) is Event}
-        ids = list(by_id)
+    ) -> None:
+        """Some ids were archived before (``seq <= before``): compare what is stored with what
+        came (``arrived``: id to payload and time of receipt)."""
+        ids = list(arrived)
         for start in range(0, len(ids), 500):
             query = sa.select(events.c.id, events.c.payload).where(
                 events.c.id.in_(ids[start : start + 500]), events.c.seq <= before
             )
-            for event_id, payload in conn.execute(query):
-                entry = by_id[event_id]
-                item = entry.item
-                assert type(item) is Event
+            for event_id, stored in conn.execute(query):
+                payload, received_at = arrived[event_id]
                 result.duplicates += 1
-                if not same_payload(payload, item.payload):
-                    rejections.append((conflict(item), entry.received_at))
+                if not same_payload(stored, payload):
+                    rejections.append((conflict_of(event_id, payload), received_at))
                     result.conflicts += 1
-        return bound
 
     def lock(self, source: str) -> AbstractContextManager[None]:
         """Hold the one-ingest-per-archive-and-source lock, or raise :class:`LockHeld`."""

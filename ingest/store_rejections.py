@@ -110,8 +110,13 @@ def _add_repeats(conn: Connection, source: str, key: str, count: int, latest: da
 
 def conflict(event: Event) -> Rejection:
     """The rejection recording an id archived before with a different payload."""
+    return conflict_of(event.id, event.payload)
+
+
+def conflict_of(event_id: str, payload: str) -> Rejection:
+    """The rejection recording ``event_id`` archived before with a different ``payload``."""
     return reject(
-        f"conflicting duplicate: event {event.id} is already archived with a different payload",
-        event.payload,
-        event.id,
+        f"conflicting duplicate: event {event_id} is already archived with a different payload",
+        payload,
+        event_id,
     )

@@ -416,12 +416,12 @@ def test_resume_query_passes_over_implausible_events_on_both_databases(archive_u
 
 
 def test_the_warning_names_the_event(caplog: pytest.LogCaptureFixture) -> None:
-    from ingest.worker import _warn_implausible
+    from ingest.batching import _warn_implausible
 
     event = normalise(envelope("evt_far", stamp="9999-01-01T00:00:00Z"))
     assert isinstance(event, Event)
     with caplog.at_level(logging.WARNING, logger="grantex_archive"):
-        _warn_implausible(event, NOW)
+        _warn_implausible(event.id, event.occurred_at, NOW)
     assert "evt_far" in caplog.text and "9999-01-01T00:00:00.000Z" in caplog.text
 
 

@@ -140,13 +140,18 @@ class RecordingStore:
         if len(args) > 7 and args[7] is not None:
             self.note("completed", args[7])
 
+    prepares_rows = False
+
     def write_batch(
         self,
         source: str,
         run_id: int | None,
         batch: list[Received],
         connections: list[ConnectionShare],
+        rows: Any = (),
+        tails: Any = (),
     ) -> BatchResult:
+        assert not rows, "the worker sent rows to a store that does not take them"
         if self.fail_writes is not None:
             raise self.fail_writes
         self.shares += connections

@@ -12,8 +12,6 @@ outside every link is a forgery.
 
 from __future__ import annotations
 
-import hashlib
-import struct
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -22,8 +20,9 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
+from ..prepare import digests_from_tails, event_tails
 from ..schema import chain_head, chain_links
-from .canonical import FIELDS, NULL, Link, encode_keys, event_digest, row_digest
+from .canonical import FIELDS, Link, encode_keys, event_digest, row_digest
 
 TABLES = {"events": ("events", "seq"), "rejected": ("rejected_events", "id"),
           "runs": ("ingest_runs", "id")}  # fmt: skip
@@ -68,63 +67,10 @@ def digests_of(kind: str, rows: Iterable[Sequence[Any]]) -> tuple[list[int], byt
 
 def bound_event_digests(keys: Sequence[int], rows: Sequence[Sequence[Any]], channel: str) -> bytes:
     """The :func:`~ingest.seal.canonical.event_digest` s of the rows with these keys, from
-    the values SQLite's insert bound for them (:func:`ingest.rows.sqlite_rows`).
-
-    What SQLite stores is what was bound, but for what the statement and the column types
-    change: ``''`` and NaN are NULL; a float in a ``REAL`` column that is a whole number is
-    stored as an integer, so ``-0.0`` reads back as ``0.0`` (hence ``+ 0.0``). Times are in
-    SQLite's text form. The netstrings of text a batch repeats (source, type, time of
-    receipt) are made once; tests/test_seal_bound.py holds the result to the read-back's.
-    """
-    texts: dict[str, bytes] = {}
-    times: dict[str, bytes] = {}
-
-    def text(value: str) -> bytes:
-        form = texts.get(value)
-        if form is None:
-            data = value.encode()
-            form = texts[value] = b"%d:%b," % (len(data), data)
-        return form
-
-    def time(value: str) -> bytes:
-        form = times.get(value)
-        if form is None:
-            form = times[value] = b"27:%bT%bZ," % (value[:10].encode(), value[11:].encode())
-        return form
-
-    chan = text(channel)
-    out = []
-    for seq, row in zip(keys, rows, strict=True):
-        ident, source, kind, occurred, received, g, a, p, r, t, m, pct, rem, ini, payload = row
-        number = str(seq).encode()
-        ident_b = ident.encode()
-        body = payload.encode()
-        form = _BOUND_FORM % (
-            len(number), number, len(ident_b), ident_b, text(source), text(kind),
-            occurred[:10].encode(), occurred[11:].encode(), time(received), chan,
-            len(body), body,
-            _netstring(g) if g else NULL, _netstring(a) if a else NULL,
-            _netstring(p) if p else NULL, _netstring(r) if r else NULL,
-            _netstring(t) if t else NULL, _netstring(m) if m else NULL,
-            NULL if pct != pct else b"16:%b," % _pack(pct + 0.0).hex().encode(),
-            NULL if rem != rem else b"16:%b," % _pack(rem + 0.0).hex().encode(),
-            NULL if ini != ini else b"16:%b," % _pack(ini + 0.0).hex().encode(),
-        )  # fmt: skip
-        out.append(_sha256(form).digest())
-    return b"".join(out)
-
-
-def _netstring(value: str) -> bytes:
-    data = value.encode()
-    return b"%d:%b," % (len(data), data)
-
-
-_BOUND_FORM = b"5:event,%d:%b,%d:%b,%b%b27:%bT%bZ,%b%b%d:%b," + b"%b" * 9
-"""An event's canonical form: seq, id, source, type, occurred_at, received_at, channel,
-payload, then the nine derived fields."""
-
-_pack = struct.Struct(">d").pack
-_sha256 = hashlib.sha256
+    the values SQLite's insert bound for them (:func:`ingest.prepare.sqlite_row`); see
+    :func:`ingest.prepare.event_tails`. tests/test_seal_bound.py holds the result to the
+    read-back's."""
+    return digests_from_tails(keys, event_tails(rows, channel))
 
 
 def select_rows(kind: str, where: str) -> str:
@@ -155,10 +101,18 @@ class Sealer:
         finally:
             cursor.close()
 
-    def events_bound(self, after: int, rows: Sequence[Sequence[Any]], channel: str) -> None:
+    def events_bound(
+        self,
+        after: int,
+        rows: Sequence[Sequence[Any]],
+        channel: str,
+        tails: Sequence[bytes] | None = None,
+    ) -> None:
         """Seal the events above ``after`` from ``rows``, the values SQLite's insert bound
-        (:func:`ingest.rows.sqlite_rows`, with ``channel`` in the statement), when each of
+        (:func:`ingest.prepare.sqlite_row`, with ``channel`` in the statement), when each of
         them went in, in order; else (some were already archived) as :meth:`rows_above`.
+        ``tails`` are the rows' canonical tails when the reader made them already
+        (:func:`ingest.prepare.event_tails`).
 
         What SQLite stores is what was bound, with ``''`` and NaN made NULL by the
         statement: text in text columns and finite floats in ``REAL`` ones unchanged, times
@@ -173,7 +127,9 @@ class Sealer:
             self.rows_above("events", after)
             return
         keys = [int(seq) for seq, _ in stored]
-        self.append("events", keys, bound_event_digests(keys, rows, channel))
+        if tails is None:
+            tails = event_tails(rows, channel)
+        self.append("events", keys, digests_from_tails(keys, tails))
 
     def rows_with_keys(self, kind: str, keys: Sequence[int]) -> None:
         """Seal the rows of ``kind`` with these keys (e.g. runs that became final)."""

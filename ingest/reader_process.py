@@ -1,0 +1,234 @@
+"""The stream reader in a process of its own, so that reading and writing use two cores.
+
+Reading (HTTP, SSE framing, JSON, normalising, preparing SQLite rows and
+their canonical tails) is Python work, and so is most of the writer's: in
+one process they take turns on one GIL. :class:`ProcessReader` runs the
+reading in a child process (``python -m ingest.reader_process``) and keeps
+the interface of :class:`~ingest.reader.StreamReader`: the main thread reads
+:attr:`~ProcessReader.queue` and answers :class:`~ingest.reader.NeedSince`.
+
+Two pipes join them. The child sends what it reads, pickled, on the data
+pipe; a thread of the parent (the pump) receives it onto the bounded queue.
+When the writer falls behind, the queue fills, the pump stops receiving,
+the pipe fills, the child blocks in its send and stops reading the socket:
+the same backpressure as with a reader thread. The parent sends the job,
+the resume points and the stop request on the control pipe.
+
+The child ignores SIGINT and SIGTERM (the parent decides when reading
+stops, and flushes first), lives in a session of its own, holds no database
+connection, and ends at once when the control pipe closes, so a killed
+ingest does not leave a stream connection behind it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import queue
+import signal
+import subprocess
+import sys
+import threading
+from dataclasses import dataclass
+from datetime import datetime
+from multiprocessing.connection import Connection
+from pathlib import Path
+
+from .reader import (
+    QUEUE_CHUNKS,
+    NeedSince,
+    Preparation,
+    QueueItem,
+    ReaderDone,
+    ReaderFailed,
+    decode_chunk,
+    put_until_stopped,
+)
+from .stream import Chunk, StreamError, StreamOptions, make_client, stream_events
+
+_POLL = 0.2  # how often a blocked side looks at the stop request
+_STOP = ("stop", None)
+
+
+@dataclass(frozen=True)
+class ReaderJob:
+    """Everything the child needs, sent on the control pipe (never on its command line)."""
+
+    options: StreamOptions
+    initial_since: datetime | None
+    preparation: Preparation | None
+
+
+class ProcessReader:
+    """The reader of one run, in a child process; the main thread reads :attr:`queue`."""
+
+    def __init__(
+        self,
+        options: StreamOptions,
+        stop: threading.Event,
+        preparation: Preparation | None = None,
+    ) -> None:
+        self._options = options
+        self._stop = stop
+        self._preparation = preparation
+        self.queue: queue.Queue[QueueItem] = queue.Queue(maxsize=QUEUE_CHUNKS)
+        self._proc: subprocess.Popen[bytes] | None = None
+        self._data: Connection | None = None
+        self._control: Connection | None = None
+        self._control_lock = threading.Lock()
+        self._thread: threading.Thread | None = None
+
+    def start(self, initial_since: datetime | None) -> None:
+        """Start the child; its first connection asks for ``initial_since``."""
+        data_read, data_write = os.pipe()
+        control_read, control_write = os.pipe()
+        try:
+            self._proc = subprocess.Popen(
+                [sys.executable, "-m", "ingest.reader_process", str(data_write), str(control_read)],
+                pass_fds=(data_write, control_read),
+                stdin=subprocess.DEVNULL,
+                env=_child_environment(),
+                start_new_session=True,
+            )
+        finally:
+            os.close(data_write)
+            os.close(control_read)
+        self._data = Connection(data_read, writable=False)
+        self._control = Connection(control_write, readable=False)
+        self._send(ReaderJob(self._options, initial_since, self._preparation))
+        self._thread = threading.Thread(target=self._pump, name="grantex-stream", daemon=True)
+        self._thread.start()
+
+    def answer(self, since: datetime | None) -> None:
+        """The resume point the child asked for with :class:`~ingest.reader.NeedSince`."""
+        self._send(("since", since))
+
+    def close(self, timeout: float) -> None:
+        """Ask the child to stop, wait up to ``timeout``, then end it.
+
+        The child holds nothing worth waiting for: one blocked in a socket
+        read is killed rather than delay the process's exit.
+        """
+        self._send(_STOP)
+        if self._thread is not None:
+            self._thread.join(timeout=timeout)
+        if self._proc is not None:
+            try:
+                self._proc.wait(timeout=timeout)
+            except subprocess.TimeoutExpired:
+                self._proc.kill()
+                self._proc.wait()
+        if self._control is not None:
+            self._control.close()
+
+    def _send(self, message: object) -> None:
+        with self._control_lock:
+            if self._control is None or self._control.closed:
+                return
+            with contextlib.suppress(OSError):
+                self._control.send(message)
+
+    def _put(self, item: QueueItem) -> None:
+        put_until_stopped(self.queue, item, self._stop)
+
+    def _pump(self) -> None:
+        assert self._data is not None
+        data = self._data
+        stop_sent = False
+        try:
+            while True:
+                if not stop_sent and self._stop.is_set():
+                    self._send(_STOP)
+                    stop_sent = True
+                if not data.poll(_POLL):
+                    continue
+                item = data.recv()
+                self._put(item)
+                if isinstance(item, ReaderDone):
+                    return
+        except (EOFError, OSError) as exc:
+            self._put(ReaderDone(self._ended_early(exc)))
+        finally:
+            data.close()
+
+    def _ended_early(self, exc: BaseException) -> ReaderFailed:
+        code = None
+        if self._proc is not None:
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                code = self._proc.wait(timeout=1.0)
+        return ReaderFailed(
+            "ReaderExited",
+            f"the stream reader process ended unexpectedly (exit status {code}; "
+            f"{type(exc).__name__})",
+        )
+
+
+def _child_environment() -> dict[str, str]:
+    """The parent's environment, with this package importable whatever the working directory."""
+    env = dict(os.environ)
+    root = str(Path(__file__).resolve().parent.parent)
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (root, env.get("PYTHONPATH")) if p)
+    return env
+
+
+# -- the child -------------------------------------------------------------------------
+
+
+def portable(error: BaseException | None) -> BaseException | None:
+    """An error as the parent can unpickle it: the stream's own errors as they are,
+    anything else by its type's name and text."""
+    if error is None or type(error).__module__ == StreamError.__module__:
+        return error
+    return ReaderFailed(type(error).__name__, str(error))
+
+
+def child_main(data_fd: int, control_fd: int) -> None:
+    """Read the stream for the parent until it asks to stop or goes away."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    data = Connection(data_fd, readable=False)
+    control = Connection(control_fd, writable=False)
+    job: ReaderJob = control.recv()
+    stop = threading.Event()
+    answers: queue.Queue[datetime | None] = queue.Queue()
+
+    def listen() -> None:
+        try:
+            while True:
+                kind, value = control.recv()
+                if kind == "stop":
+                    stop.set()
+                else:
+                    answers.put(value)
+        except (EOFError, OSError):
+            # The ingest process is gone: nothing here is worth keeping.
+            os._exit(0)
+
+    threading.Thread(target=listen, name="grantex-control", daemon=True).start()
+    first = [True]
+
+    def since_for_connect() -> datetime | None:
+        if first:
+            first.clear()
+            return job.initial_since
+        data.send(NeedSince())
+        while not stop.is_set():
+            try:
+                return answers.get(timeout=_POLL)
+            except queue.Empty:
+                continue
+        return None
+
+    error: BaseException | None = None
+    try:
+        client = make_client(job.options)
+        for item in stream_events(job.options, since_for_connect, stop, client=client):
+            data.send(decode_chunk(item, job.preparation) if isinstance(item, Chunk) else item)
+    except BaseException as exc:  # handed to the parent, which decides
+        error = exc
+    with contextlib.suppress(OSError):
+        data.send(ReaderDone(portable(error)))
+
+
+if __name__ == "__main__":
+    child_main(int(sys.argv[1]), int(sys.argv[2]))

@@ -1,0 +1,109 @@
+"""A batch's events reduced to the fresh ones: the first of each id, in arrival order.
+
+An id seen again within a batch with the same payload is a duplicate; with a
+different payload the first stays and the conflict becomes a rejection. A
+SQLite archive gets its events as the rows its insert binds
+(:class:`FreshRows`, prepared by the reader or made here); PostgreSQL as the
+events received.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from .events import Event, Rejection, same_payload
+from .prepare import ID, PAYLOAD, RECEIVED_AT, stored_time
+from .rows import Received, sqlite_rows
+from .store_rejections import conflict_of
+
+
+@dataclass
+class BatchResult:
+    inserted: int = 0
+    duplicates: int = 0
+    conflicts: int = 0
+    rejected: int = 0
+
+
+@dataclass
+class FreshRows:
+    """Events as SQLite rows, with their canonical tails when every one was made."""
+
+    rows: list[tuple[Any, ...]]
+    tails: list[bytes] | None
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def stored_as(self) -> dict[str, tuple[str, datetime]]:
+        """Id to payload and time of receipt, to compare with what is stored."""
+        return {row[ID]: (row[PAYLOAD], stored_time(row[RECEIVED_AT])) for row in self.rows}
+
+
+Fresh = FreshRows | list[Received]
+
+
+def fresh_rows(
+    arrived: list[Received],
+    source: str,
+    rows: Sequence[tuple[Any, ...]],
+    tails: Sequence[bytes | None],
+    result: BatchResult,
+    rejections: list[tuple[Rejection, datetime]],
+) -> FreshRows:
+    """The fresh events among ``arrived`` (made into rows) and the prepared ``rows``."""
+    every = sqlite_rows(arrived, source) if arrived else []
+    every += rows
+    made: list[bytes | None] = [None] * len(arrived)
+    made += tails if tails else [None] * len(rows)
+    index: dict[str, int] = {}
+    kept: list[tuple[Any, ...]] = []
+    kept_tails: list[bytes | None] = []
+    for row, tail in zip(every, made, strict=True):
+        ident = row[ID]
+        seen = index.get(ident)
+        if seen is None:
+            index[ident] = len(kept)
+            kept.append(row)
+            kept_tails.append(tail)
+            continue
+        result.duplicates += 1
+        if not same_payload(kept[seen][PAYLOAD], row[PAYLOAD]):
+            rejections.append((conflict_of(ident, row[PAYLOAD]), stored_time(row[RECEIVED_AT])))
+            result.conflicts += 1
+    complete = None if None in kept_tails else kept_tails
+    return FreshRows(kept, complete)  # type: ignore[arg-type]
+
+
+def fresh_entries(
+    arrived: list[Received],
+    result: BatchResult,
+    rejections: list[tuple[Rejection, datetime]],
+) -> list[Received]:
+    """The fresh events among ``arrived``, as received."""
+    fresh: dict[str, Received] = {}
+    for entry in arrived:
+        item = entry.item
+        assert type(item) is Event
+        seen = fresh.get(item.id)
+        if seen is None:
+            fresh[item.id] = entry
+            continue
+        result.duplicates += 1
+        if not same_payload(seen.item.payload, item.payload):  # type: ignore[union-attr]
+            rejections.append((conflict_of(item.id, item.payload), entry.received_at))
+            result.conflicts += 1
+    return list(fresh.values())
+
+
+def entries_as(entries: list[Received]) -> dict[str, tuple[str, datetime]]:
+    """Id to payload and time of receipt, to compare with what is stored."""
+    out = {}
+    for entry in entries:
+        item = entry.item
+        assert type(item) is Event
+        out[item.id] = (item.payload, entry.received_at)
+    return out
