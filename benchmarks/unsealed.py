@@ -30,6 +30,9 @@ class NoSeal:
     def events_bound(self, after: int, rows: Any, channel: str, tails: Any = None) -> None:
         return None
 
+    def events_returned(self, keyed: Any, rows: Any, channel: str, tails: Any = None) -> None:
+        return None
+
     def rows_with_keys(self, kind: str, keys: Any) -> None:
         return None
 
@@ -41,7 +44,7 @@ def rows_only(settings: IngestSettings, store: Store) -> Preparation | None:
     """The reader prepares SQLite rows but not the canonical tails only the chain needs."""
     if not store.prepares_rows:
         return None
-    return Preparation(settings.source, "stream", tails=False)
+    return Preparation(settings.source, "stream", tails=False, target=store.dialect)
 
 
 if __name__ == "__main__":

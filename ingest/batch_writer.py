@@ -19,7 +19,8 @@ class Batch:
 
     ``entries`` are the events and rejections as received; for a SQLite
     archive the reader prepares the events, which come as ``rows`` (with
-    their canonical ``tails``, None where not made, see :mod:`ingest.prepare`)
+    their canonical ``tails`` and, for PostgreSQL, their ``COPY`` ``lines``, None
+    where not made, see :mod:`ingest.prepare`)
     and leave only the rejections in ``entries``. ``newest`` is the newest
     plausible event time in it (the resume point once committed);
     ``connections`` which connections its items came over, one share per
@@ -31,6 +32,7 @@ class Batch:
     connections: list[ConnectionShare] = field(default_factory=list)
     rows: list[tuple[Any, ...]] = field(default_factory=list)
     tails: list[bytes | None] = field(default_factory=list)
+    lines: list[bytes | None] = field(default_factory=list)
 
     def __len__(self) -> int:
         return len(self.entries) + len(self.rows)

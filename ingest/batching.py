@@ -74,13 +74,15 @@ def _take_prepared(
 ) -> int:
     """:func:`take` for a chunk whose events came as SQLite rows, with their times."""
     received_at = chunk.received_at
-    rows, tails = prepared.rows, prepared.tails
+    rows, tails, lines = prepared.rows, prepared.tails, prepared.lines
     if limit is not None and c.received + len(rows) > limit:
         rows = rows[: limit - c.received]
         tails = tails[: len(rows)] if tails is not None else None
+        lines = lines[: len(rows)] if lines is not None else None
         prepared = summarise(rows, latest_plausible(received_at))
     batch.rows += rows
     batch.tails += tails if tails is not None else [None] * len(rows)
+    batch.lines += lines if lines is not None else [None] * len(rows)
     batch.entries += [Received(item, received_at) for item in chunk.items]
     c.received += len(rows)
     earliest, newest = prepared.earliest, prepared.newest

@@ -86,6 +86,8 @@ class PreparedEvents:
     earliest: datetime | None
     newest: datetime | None
     implausible: list[tuple[str, datetime]]
+    lines: list[bytes] | None = None
+    """For PostgreSQL: each row as a line of ``COPY ... FROM STDIN`` text."""
 
 
 def prepare_events(
@@ -95,9 +97,11 @@ def prepare_events(
     channel: str,
     bound: datetime,
     tails: bool = True,
+    target: str = "sqlite",
 ) -> PreparedEvents:
     """Rows (and, with ``tails``, canonical tails) of ``events`` that arrived at
-    ``received_at``; ``bound`` is the latest plausible event time for them."""
+    ``received_at``; ``bound`` is the latest plausible event time for them. For a
+    ``postgresql`` target the rows come with their ``COPY`` lines too."""
     received_text = sqlite_time(received_at)
     rows = [sqlite_row(event, source, received_text) for event in events]
     earliest = newest = None
@@ -110,8 +114,9 @@ def prepare_events(
             implausible.append((event.id, occurred))
         elif newest is None or occurred > newest:
             newest = occurred
-    made = event_tails(rows, channel) if tails else None
-    return PreparedEvents(rows, made, earliest, newest, implausible)
+    made = event_tails(rows, channel, ZERO[target]) if tails else None
+    lines = copy_lines(rows) if target == "postgresql" else None
+    return PreparedEvents(rows, made, earliest, newest, implausible, lines)
 
 
 def summarise(rows: list[tuple[Any, ...]], bound: datetime) -> PreparedEvents:
@@ -134,15 +139,20 @@ def stored_time(text: str) -> datetime:
     return datetime.strptime(text, "%Y-%m-%d %H:%M:%S.%f").replace(tzinfo=timezone.utc)
 
 
-def event_tails(rows: Sequence[Sequence[Any]], channel: str) -> list[bytes]:
-    """The canonical form of each row after its ``seq`` field, from the values the SQLite
-    insert binds (:func:`sqlite_row`).
+ZERO = {"sqlite": 0.0, "postgresql": -0.0}
+"""What :func:`event_tails` adds to a float, per database: ``+ 0.0`` makes ``-0.0`` into
+``0.0``, as SQLite stores it; ``+ -0.0`` changes nothing, as PostgreSQL keeps it."""
 
-    What SQLite stores is what was bound, but for what the statement and the column types
-    change: ``''`` and NaN are NULL; a float in a ``REAL`` column that is a whole number is
-    stored as an integer, so ``-0.0`` reads back as ``0.0`` (hence ``+ 0.0``). Times are in
-    SQLite's text form. The netstrings of text the rows repeat (source, type, time of
-    receipt) are made once.
+
+def event_tails(rows: Sequence[Sequence[Any]], channel: str, zero: float = 0.0) -> list[bytes]:
+    """The canonical form of each row after its ``seq`` field, from the values the SQLite
+    insert binds (:func:`sqlite_row`) or the PostgreSQL ``COPY`` carries (:func:`copy_lines`).
+
+    What is stored is what was bound, but for what the statement and the column types
+    change: ``''`` and NaN are NULL; a float in SQLite's ``REAL`` column that is a whole
+    number is stored as an integer, so ``-0.0`` reads back as ``0.0`` there (``zero`` is
+    added to every float: :data:`ZERO`). Times are in SQLite's text form. The netstrings
+    of text the rows repeat (source, type, time of receipt) are made once.
     """
     texts: dict[str, bytes] = {}
     times: dict[str, bytes] = {}
@@ -175,9 +185,9 @@ def event_tails(rows: Sequence[Sequence[Any]], channel: str) -> list[bytes]:
                 _netstring(g) if g else NULL, _netstring(a) if a else NULL,
                 _netstring(p) if p else NULL, _netstring(r) if r else NULL,
                 _netstring(t) if t else NULL, _netstring(m) if m else NULL,
-                NULL if pct != pct else b"16:%b," % _pack(pct + 0.0).hex().encode(),
-                NULL if rem != rem else b"16:%b," % _pack(rem + 0.0).hex().encode(),
-                NULL if ini != ini else b"16:%b," % _pack(ini + 0.0).hex().encode(),
+                NULL if pct != pct else b"16:%b," % _pack(pct + zero).hex().encode(),
+                NULL if rem != rem else b"16:%b," % _pack(rem + zero).hex().encode(),
+                NULL if ini != ini else b"16:%b," % _pack(ini + zero).hex().encode(),
             )
         )  # fmt: skip
     return out
@@ -190,6 +200,47 @@ def digests_from_tails(keys: Sequence[int], tails: Sequence[bytes]) -> bytes:
         number = b"%d" % seq
         out.append(_sha256(b"5:event,%d:%b,%b" % (len(number), number, tail)).digest())
     return b"".join(out)
+
+
+def copy_lines(rows: Sequence[Sequence[Any]]) -> list[bytes]:
+    """Each row (:func:`sqlite_row`) as a line of PostgreSQL ``COPY`` text: tab-separated,
+    ``\\N`` for NULL (``''`` and NaN, as the SQLite statement reads them), times in UTC."""
+    out = []
+    for row in rows:
+        ident, source, kind, occurred, received, g, a, p, r, t, m, pct, rem, ini, payload = row
+        out.append(
+            "\t".join(
+                (
+                    _copy_text(ident), _copy_text(source), _copy_text(kind),
+                    occurred + "+00", received + "+00",
+                    _copy_text(g) if g else NULL_COPY, _copy_text(a) if a else NULL_COPY,
+                    _copy_text(p) if p else NULL_COPY, _copy_text(r) if r else NULL_COPY,
+                    _copy_text(t) if t else NULL_COPY, _copy_text(m) if m else NULL_COPY,
+                    NULL_COPY if pct != pct else repr(pct),
+                    NULL_COPY if rem != rem else repr(rem),
+                    NULL_COPY if ini != ini else repr(ini),
+                    _copy_text(payload),
+                )
+            ).encode()
+            + b"\n"
+        )  # fmt: skip
+    return out
+
+
+NULL_COPY = "\\N"
+"""NULL in ``COPY`` text."""
+
+
+def _copy_text(value: str) -> str:
+    """Text as ``COPY`` reads it: backslash, tab, newline and carriage return escaped."""
+    if "\\" in value or "\t" in value or "\n" in value or "\r" in value:
+        return (
+            value.replace("\\", "\\\\")
+            .replace("\t", "\\t")
+            .replace("\n", "\\n")
+            .replace("\r", "\\r")
+        )
+    return value
 
 
 def _netstring(value: str) -> bytes:

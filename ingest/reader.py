@@ -64,12 +64,14 @@ class Normalised:
 
 @dataclass(frozen=True)
 class Preparation:
-    """What the reader prepares for a SQLite archive: rows for ``source`` and ``channel``,
-    and their canonical tails when ``tails`` (the archive seals them)."""
+    """What the reader prepares for the archive's database (``target``: ``sqlite`` or
+    ``postgresql``): rows for ``source`` and ``channel``, their canonical tails when
+    ``tails`` (the archive seals them), and for PostgreSQL their ``COPY`` lines."""
 
     source: str
     channel: str = "stream"
     tails: bool = True
+    target: str = "sqlite"
 
 
 class ReaderFailed(Exception):
@@ -216,6 +218,7 @@ def decode_chunk(chunk: Chunk, preparation: Preparation | None) -> Normalised:
         preparation.channel,
         latest_plausible(received_at),
         preparation.tails,
+        preparation.target,
     )
     return Normalised(rejections, received_at, prepared)
 

@@ -160,10 +160,37 @@ class Store(RunRecords):
             cursor.execute("TRUNCATE gxa_incoming")
         return int(inserted)
 
+    def _insert_postgres_rows(
+        self, conn: Connection, fresh: FreshRows, channel: str
+    ) -> list[tuple[int, str]]:
+        """:meth:`_insert_postgres` for events whose ``COPY`` lines the reader made: the
+        ``seq`` and id of each row inserted."""
+        raw: Any = conn.connection.driver_connection
+        assert fresh.lines is not None
+        block = b"".join([b"%d\t%b" % (n, line) for n, line in enumerate(fresh.lines)])
+        columns = ", ".join(EVENT_COLUMNS)
+        with raw.cursor() as cursor:
+            cursor.execute(PG_STAGING)
+            with cursor.copy(f"COPY gxa_incoming (n, {columns}) FROM STDIN") as copy:
+                # The lines are UTF-8; a connection in another encoding takes them as text.
+                copy.write(block if raw.info.encoding == "utf-8" else block.decode())
+            cursor.execute(
+                f"INSERT INTO events ({columns}, channel) SELECT {columns}, '{channel}' "
+                "FROM gxa_incoming ORDER BY n ON CONFLICT (id) DO NOTHING RETURNING seq, id"
+            )
+            keyed = [(int(seq), str(ident)) for seq, ident in cursor.fetchall()]
+            cursor.execute("TRUNCATE gxa_incoming")
+        return keyed
+
     @property
     def prepares_rows(self) -> bool:
-        """Whether :meth:`write_batch` takes events as rows the reader prepared (SQLite)."""
-        return self._sqlite
+        """Whether :meth:`write_batch` takes events as rows the reader prepared."""
+        return True
+
+    @property
+    def dialect(self) -> str:
+        """``sqlite`` or ``postgresql``."""
+        return "sqlite" if self._sqlite else "postgresql"
 
     @classmethod
     def open(cls, url: str) -> Store:
@@ -213,6 +240,7 @@ class Store(RunRecords):
         channel: str = "stream",
         rows: Sequence[tuple[Any, ...]] = (),
         tails: Sequence[bytes | None] = (),
+        lines: Sequence[bytes | None] = (),
     ) -> BatchResult:
         """Store one batch in one transaction: events insert-or-ignore, rejections appended.
 
@@ -222,14 +250,12 @@ class Store(RunRecords):
         their rows count its events in the same transaction. ``channel`` (one
         of :data:`~ingest.schema.CHANNELS`) is recorded with the events this
         batch inserts; an event another channel delivered first keeps its own.
-        ``rows`` are more events, prepared by the reader for a SQLite archive
-        (:mod:`ingest.prepare`), with their canonical ``tails`` where made;
-        they follow the events among ``batch``.
+        ``rows`` are more events, prepared by the reader (:mod:`ingest.prepare`),
+        with their canonical ``tails`` where made and, for PostgreSQL, their
+        ``COPY`` ``lines``; they follow the events among ``batch``.
         """
         if channel not in CHANNELS:
             raise ValueError(f"unknown channel {channel!r}: expected one of {CHANNELS}")
-        if rows and not self._sqlite:
-            raise ValueError("prepared rows are for a SQLite archive")
         result = BatchResult()
         rejections: list[tuple[Rejection, datetime]] = []
         arrived: list[Received] = []
@@ -239,8 +265,9 @@ class Store(RunRecords):
             else:
                 arrived.append(entry)
         fresh: Fresh
-        if self._sqlite:
-            fresh = fresh_rows(arrived, source, rows, tails, result, rejections)
+        if self._sqlite or rows:
+            copy = not self._sqlite
+            fresh = fresh_rows(arrived, source, rows, tails, result, rejections, lines, copy)
         else:
             fresh = fresh_entries(arrived, result, rejections)
         try:
@@ -268,11 +295,17 @@ class Store(RunRecords):
             sealer = Sealer(conn)
             if fresh:
                 before = max_key(conn, "events")
-                if isinstance(fresh, FreshRows):
+                if isinstance(fresh, FreshRows) and self._sqlite:
                     result.inserted = self._insert_sqlite(conn, fresh.rows, channel)
                     if result.inserted < len(fresh):
                         self._compare_stored(conn, fresh.stored_as(), before, result, rejections)
                     sealer.events_bound(before, fresh.rows, channel, fresh.tails)
+                elif isinstance(fresh, FreshRows):
+                    keyed = self._insert_postgres_rows(conn, fresh, channel)
+                    result.inserted = len(keyed)
+                    if result.inserted < len(fresh):
+                        self._compare_stored(conn, fresh.stored_as(), before, result, rejections)
+                    sealer.events_returned(keyed, fresh.rows, channel, fresh.tails)
                 else:
                     result.inserted = self._insert_postgres(conn, fresh, source, channel)
                     if result.inserted < len(fresh):

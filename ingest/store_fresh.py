@@ -15,7 +15,7 @@ from datetime import datetime
 from typing import Any
 
 from .events import Event, Rejection, same_payload
-from .prepare import ID, PAYLOAD, RECEIVED_AT, stored_time
+from .prepare import ID, PAYLOAD, RECEIVED_AT, copy_lines, stored_time
 from .rows import Received, sqlite_rows
 from .store_rejections import conflict_of
 
@@ -30,10 +30,12 @@ class BatchResult:
 
 @dataclass
 class FreshRows:
-    """Events as SQLite rows, with their canonical tails when every one was made."""
+    """Events as SQLite rows, with their canonical tails when every one was made, and for
+    PostgreSQL their ``COPY`` lines."""
 
     rows: list[tuple[Any, ...]]
     tails: list[bytes] | None
+    lines: list[bytes] | None = None
 
     def __len__(self) -> int:
         return len(self.rows)
@@ -53,29 +55,42 @@ def fresh_rows(
     tails: Sequence[bytes | None],
     result: BatchResult,
     rejections: list[tuple[Rejection, datetime]],
+    lines: Sequence[bytes | None] = (),
+    copy: bool = False,
 ) -> FreshRows:
-    """The fresh events among ``arrived`` (made into rows) and the prepared ``rows``."""
+    """The fresh events among ``arrived`` (made into rows) and the prepared ``rows``;
+    with ``copy`` (PostgreSQL), each with its ``COPY`` line."""
     every = sqlite_rows(arrived, source) if arrived else []
     every += rows
     made: list[bytes | None] = [None] * len(arrived)
     made += tails if tails else [None] * len(rows)
+    given: list[bytes | None] = [None] * len(arrived)
+    given += lines if lines else [None] * len(rows)
     index: dict[str, int] = {}
     kept: list[tuple[Any, ...]] = []
     kept_tails: list[bytes | None] = []
-    for row, tail in zip(every, made, strict=True):
+    kept_lines: list[bytes | None] = []
+    for row, tail, line in zip(every, made, given, strict=True):
         ident = row[ID]
         seen = index.get(ident)
         if seen is None:
             index[ident] = len(kept)
             kept.append(row)
             kept_tails.append(tail)
+            kept_lines.append(line)
             continue
         result.duplicates += 1
         if not same_payload(kept[seen][PAYLOAD], row[PAYLOAD]):
             rejections.append((conflict_of(ident, row[PAYLOAD]), stored_time(row[RECEIVED_AT])))
             result.conflicts += 1
     complete = None if None in kept_tails else kept_tails
-    return FreshRows(kept, complete)  # type: ignore[arg-type]
+    if not copy:
+        return FreshRows(kept, complete)  # type: ignore[arg-type]
+    if None in kept_lines:
+        kept_lines = [
+            line or copy_lines([row])[0] for row, line in zip(kept, kept_lines, strict=True)
+        ]
+    return FreshRows(kept, complete, kept_lines)  # type: ignore[arg-type]
 
 
 def fresh_entries(

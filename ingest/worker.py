@@ -341,6 +341,7 @@ class Worker:
                 batch.connections,
                 rows=batch.rows,
                 tails=batch.tails,
+                lines=batch.lines,
             )
         )
         newest = batch.newest
@@ -392,4 +393,4 @@ def preparation_for(settings: IngestSettings, store: Store) -> Preparation | Non
     (:mod:`ingest.prepare`); nothing for PostgreSQL, which is sent the events by COPY."""
     if not store.prepares_rows:
         return None
-    return Preparation(settings.source, "stream", tails=True)
+    return Preparation(settings.source, "stream", tails=True, target=store.dialect)

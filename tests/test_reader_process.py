@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
-import sqlite3
+from collections.abc import Iterator
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
+
+import pytest
 
 from ingest import migrate
 from ingest.database import create_archive_engine
@@ -18,7 +20,7 @@ from ingest.seal.chain import digests_of, select_rows
 from ingest.sse import Frame
 from ingest.store import Store
 from ingest.stream import Chunk
-from tests.conftest import API_KEY, event_count, spawn
+from tests.conftest import API_KEY, _fresh_schema, event_count, spawn
 from tests.scripted_server import Reply, ScriptedServer, frame
 from tests.test_ingest_cli import _wait_for
 from tests.test_seal_bound import FRAMES
@@ -70,59 +72,89 @@ def test_the_reader_process_ends_with_a_killed_ingest(tmp_path: Path) -> None:
             proc.communicate()
 
 
-def test_prepared_rows_store_what_events_store(tmp_path: Path) -> None:
+COPY_HOSTILE = [
+    # Text that COPY must escape: backslashes, tabs, newlines and carriage returns in the
+    # payload (multi-line data, JSON escapes) and in a derived field.
+    '{"id":"evt_c1","type":"grant.created","createdAt":"2026-12-01T10:00:03Z",\n\t"data":'
+    '{"grantId":"g\\\\1\\t","note":"a\\nb\\\\c"}}\r',
+    '{"id":"evt_c2","type":"budget.threshold","createdAt":"2026-12-01T10:00:04Z",'
+    '"data":{"grantId":"g4","percentage":1e16,"remaining":0.1,"initial":-2.5}}',
+]
+
+
+def archive_pair(kind: str, tmp_path: Path, server: str | None) -> Iterator[tuple[str, str]]:
+    if kind == "sqlite":
+        yield f"sqlite:///{tmp_path / 'events.db'}", f"sqlite:///{tmp_path / 'rows.db'}"
+        return
+    assert server is not None
+    with _fresh_schema(server) as first, _fresh_schema(server) as second:
+        yield first, second
+
+
+def read_back(url: str) -> tuple[list[object], bytes, bytes]:
+    engine = create_archive_engine(url)
+    try:
+        with engine.connect() as conn:
+            stored = conn.exec_driver_sql(
+                "SELECT id, source, type, occurred_at, received_at, grant_id, agent_id, "
+                "principal_id, revoked_by, token_id, method, percentage, remaining, initial, "
+                "payload, channel FROM events ORDER BY seq"
+            ).all()
+            rejected = conn.exec_driver_sql(
+                "SELECT reason, raw, event_id FROM rejected_events ORDER BY id"
+            ).all()
+            sealed = conn.exec_driver_sql(
+                "SELECT digests FROM chain_links WHERE kind = 'events' ORDER BY n"
+            ).all()
+            _, digests = digests_of(
+                "events", conn.exec_driver_sql(select_rows("events", "1 = 1")).all()
+            )
+        assert verify_archive(engine).ok
+    finally:
+        engine.dispose()
+    return [stored, rejected], b"".join(bytes(d) for (d,) in sealed), digests
+
+
+@pytest.mark.parametrize("kind", ["sqlite", "postgresql"])
+def test_prepared_rows_store_what_events_store(
+    kind: str, tmp_path: Path, request: pytest.FixtureRequest
+) -> None:
     """The same frames written as events and as rows the reader prepared: the same rows,
     the same rejections, a chain that verifies and holds the digests of the rows read back."""
-    items = [normalise(text) for text in FRAMES + MORE]
+    server = request.getfixturevalue("pg_server") if kind == "postgresql" else None
+    items = [normalise(text) for text in FRAMES + COPY_HOSTILE + MORE]
     events = [item for item in items if isinstance(item, Event)]
     rejected = [item for item in items if not isinstance(item, Event)]
-    prepared = prepare_events(events, "default", NOW, "stream", latest_plausible(NOW))
+    prepared = prepare_events(events, "default", NOW, "stream", latest_plausible(NOW), True, kind)
     assert prepared.tails is not None
-    tables: dict[str, list[object]] = {}
-    for name in ("events", "rows"):
-        path = tmp_path / f"{name}.db"
-        url = f"sqlite:///{path}"
-        migrate.upgrade(url)
-        store = Store.open(url)
-        try:
-            store.write_batch("default", None, [Received(normalise(FRAMES[2]), NOW)])
-            if name == "events":
-                result = store.write_batch("default", None, [Received(i, NOW) for i in items])
-            else:
-                entries = [Received(item, NOW) for item in rejected]
-                result = store.write_batch(
-                    "default", None, entries, rows=prepared.rows, tails=prepared.tails
-                )
-        finally:
-            store.close()
-        assert (result.inserted, result.duplicates, result.conflicts) == (3, 3, 1)
-        assert result.rejected == 2
-        conn = sqlite3.connect(path)
-        try:
-            tables[name] = [
-                conn.execute("SELECT * FROM events ORDER BY seq").fetchall(),
-                conn.execute(
-                    "SELECT reason, raw, event_id FROM rejected_events ORDER BY id"
-                ).fetchall(),
-            ]
-        finally:
-            conn.close()
-        conn = sqlite3.connect(path)
-        try:
-            sealed = conn.execute(
-                "SELECT digests FROM chain_links WHERE kind = 'events' ORDER BY n"
-            )
-            stored = b"".join(digests for (digests,) in sealed)
-            _, read_back = digests_of("events", conn.execute(select_rows("events", "1 = 1")))
-        finally:
-            conn.close()
-        assert stored == read_back
-        engine = create_archive_engine(url)
-        try:
-            assert verify_archive(engine).ok
-        finally:
-            engine.dispose()
-    assert tables["rows"] == tables["events"]
+    assert (prepared.lines is not None) == (kind == "postgresql")
+    tables = []
+    for pair in archive_pair(kind, tmp_path, server):
+        for i, url in enumerate(pair):
+            migrate.upgrade(url)
+            store = Store.open(url)
+            try:
+                store.write_batch("default", None, [Received(normalise(FRAMES[2]), NOW)])
+                if i == 0:
+                    entries = [Received(item, NOW) for item in items]
+                    result = store.write_batch("default", None, entries)
+                else:
+                    result = store.write_batch(
+                        "default",
+                        None,
+                        [Received(item, NOW) for item in rejected],
+                        rows=prepared.rows,
+                        tails=prepared.tails,
+                        lines=prepared.lines or (),
+                    )
+            finally:
+                store.close()
+            assert (result.inserted, result.duplicates, result.conflicts) == (5, 3, 1)
+            assert result.rejected == 2
+            table, sealed, digests = read_back(url)
+            assert sealed == digests
+            tables.append(table)
+    assert tables[1] == tables[0]
 
 
 def test_a_chunk_is_decoded_into_rows_and_rejections() -> None:

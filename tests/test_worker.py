@@ -150,6 +150,7 @@ class RecordingStore:
         connections: list[ConnectionShare],
         rows: Any = (),
         tails: Any = (),
+        lines: Any = (),
     ) -> BatchResult:
         assert not rows, "the worker sent rows to a store that does not take them"
         if self.fail_writes is not None:

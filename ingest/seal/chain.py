@@ -20,7 +20,7 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
-from ..prepare import digests_from_tails, event_tails
+from ..prepare import ZERO, digests_from_tails, event_tails
 from ..schema import chain_head, chain_links
 from .canonical import FIELDS, Link, encode_keys, event_digest, row_digest
 
@@ -129,6 +129,31 @@ class Sealer:
         keys = [int(seq) for seq, _ in stored]
         if tails is None:
             tails = event_tails(rows, channel)
+        self.append("events", keys, digests_from_tails(keys, tails))
+
+    def events_returned(
+        self,
+        keyed: Sequence[tuple[int, str]],
+        rows: Sequence[Sequence[Any]],
+        channel: str,
+        tails: Sequence[bytes] | None = None,
+    ) -> None:
+        """Seal the events a PostgreSQL insert returned (``seq`` and id of each) from
+        ``rows``, the values it was given (:func:`ingest.prepare.copy_lines`), when it
+        inserted every one of them in order; else from the rows read back by key.
+
+        PostgreSQL stores what it was given: text unchanged, NULL for ``''`` and NaN as
+        the lines say, floats exactly (``-0.0`` too), times to the microsecond.
+        """
+        keyed = sorted(keyed)
+        keys = [seq for seq, _ in keyed]
+        if len(keyed) != len(rows) or any(
+            ident != row[0] for (_, ident), row in zip(keyed, rows, strict=True)
+        ):
+            self.rows_with_keys("events", keys)
+            return
+        if tails is None:
+            tails = event_tails(rows, channel, ZERO["postgresql"])
         self.append("events", keys, digests_from_tails(keys, tails))
 
     def rows_with_keys(self, kind: str, keys: Sequence[int]) -> None:
