@@ -833,138 +833,6 @@ _SQLITE_TRUTHY = (
     "WHEN 'array' THEN 1 WHEN 'object' THEN 1 ELSE 0 END"
 )
 
-# Each grant's first revocation by the rules of queries/copy/revocations.py:
-# every candidate (direct, anomaly, consent bundle, DPDP withdrawal and
-# erasure, cascade), the least by time, then direct first, then event id.
-_SQLITE_REVOCATIONS = f"""
-edges AS (
-    SELECT grant_id, json_extract(payload, '$.data.parentGrantId') AS parent_grant_id,
-        min(occurred_at) AS at
-    FROM events
-    WHERE type = 'grant.created' AND grant_id IS NOT NULL
-        AND json_extract(payload, '$.data.parentGrantId') IS NOT NULL
-    GROUP BY grant_id
-),
-bundles AS (
-    SELECT json_extract(payload, '$.data.bundleId') AS bundle_id, grant_id
-    FROM events WHERE type = 'consent_bundle.created' AND grant_id IS NOT NULL
-),
-records AS (
-    SELECT json_extract(payload, '$.data.recordId') AS record_id,
-        json_extract(payload, '$.data.dataPrincipalId') AS data_principal_id,
-        grant_id, occurred_at
-    FROM events WHERE type = 'dpdp.consent.created' AND grant_id IS NOT NULL
-),
-candidates AS (
-    SELECT grant_id, occurred_at AS at, 0 AS rank, id AS event_id,
-        coalesce(revoked_by, 'developer_or_principal') AS actor, 'direct' AS via
-    FROM events WHERE type = 'grant.revoked' AND grant_id IS NOT NULL
-    UNION ALL
-    SELECT j.value, e.occurred_at, 1, e.id, 'system', 'anomaly'
-    FROM events e, json_each(e.payload, '$.data.revokedGrants') j
-    WHERE e.type = 'anomaly.auto_revoked' AND j.value IS NOT NULL
-    UNION ALL
-    SELECT b.grant_id, e.occurred_at, 1, e.id, 'developer', 'consent_bundle'
-    FROM events e JOIN bundles b ON b.bundle_id = json_extract(e.payload, '$.data.bundleId')
-    WHERE e.type = 'consent_bundle.revoked' AND {_SQLITE_TRUTHY}
-    UNION ALL
-    SELECT r.grant_id, e.occurred_at, 1, e.id, 'principal', 'consent_withdrawal'
-    FROM events e JOIN records r ON r.record_id = json_extract(e.payload, '$.data.recordId')
-    WHERE e.type = 'dpdp.consent.withdrawn'
-        AND json_type(e.payload, '$.data.grantRevoked') = 'true'
-    UNION ALL
-    SELECT r.grant_id, e.occurred_at, 1, e.id, 'principal', 'erasure'
-    FROM events e JOIN records r
-        ON r.data_principal_id = json_extract(e.payload, '$.data.dataPrincipalId')
-        AND r.occurred_at <= e.occurred_at
-    WHERE e.type = 'dpdp.erasure.completed'
-),
-blocked AS (SELECT grant_id, min(at) AS at FROM candidates GROUP BY grant_id),
-roots AS (
-    SELECT grant_id AS root, occurred_at AS at, id AS event_id,
-        coalesce(revoked_by, 'developer_or_principal') AS actor
-    FROM events
-    WHERE type = 'grant.revoked' AND grant_id IS NOT NULL
-        AND json_type(payload, '$.data.cascade') = 'true'
-),
-walk(grant_id, at, event_id, actor) AS (
-    SELECT e.grant_id, r.at, r.event_id, r.actor
-    FROM roots r JOIN edges e ON e.parent_grant_id = r.root
-    LEFT JOIN blocked b ON b.grant_id = e.grant_id
-    WHERE b.at IS NULL OR b.at >= r.at
-    UNION
-    SELECT e.grant_id, w.at, w.event_id, w.actor
-    FROM walk w JOIN edges e ON e.parent_grant_id = w.grant_id
-    LEFT JOIN blocked b ON b.grant_id = e.grant_id
-    WHERE b.at IS NULL OR b.at >= w.at
-),
-first_revocation AS (
-    SELECT grant_id, at, actor, via FROM (
-        SELECT *, row_number() OVER (PARTITION BY grant_id ORDER BY at, rank, event_id) AS n
-        FROM (
-            SELECT * FROM candidates
-            UNION ALL SELECT grant_id, at, 1, event_id, actor, 'cascade' FROM walk
-        )
-    ) WHERE n = 1
-)"""
-
-# The per-grant state of the copy's ``grants`` view, computed inside one SQLite
-# query. ``created`` and ``auto_agent`` rely on SQLite's bare columns: with a
-# single min() the other columns come from the row holding it.
-SQLITE_GRANTS = f"""{_SQLITE_REVOCATIONS},
-direct AS (
-    SELECT grant_id,
-        min(agent_id) AS any_agent_id,
-        min(CASE WHEN type IN ('grant.created', 'consent_bundle.created')
-            THEN occurred_at END) AS created_at,
-        count(CASE WHEN type = 'token.issued' THEN 1 END) AS tokens_issued,
-        min(CASE WHEN type = 'budget.exhausted'
-            OR (type = 'budget.threshold' AND percentage >= 50) THEN occurred_at END)
-            AS budget_50_at,
-        min(CASE WHEN type = 'budget.exhausted'
-            OR (type = 'budget.threshold' AND percentage >= 80) THEN occurred_at END)
-            AS budget_80_at,
-        min(CASE WHEN type = 'budget.exhausted' THEN occurred_at END) AS exhausted_at
-    FROM events WHERE grant_id IS NOT NULL
-    GROUP BY grant_id
-),
-created AS (
-    SELECT grant_id, min(occurred_at) AS at, agent_id
-    FROM events
-    WHERE type IN ('grant.created', 'consent_bundle.created')
-        AND grant_id IS NOT NULL AND agent_id IS NOT NULL
-    GROUP BY grant_id
-),
-listed AS (
-    SELECT j.value AS grant_id, e.occurred_at,
-        json_extract(e.payload, '$.data.agentId') AS agent_id
-    FROM events e, json_each(e.payload, '$.data.revokedGrants') j
-    WHERE e.type = 'anomaly.auto_revoked' AND j.value IS NOT NULL
-),
-auto AS (SELECT grant_id, min(occurred_at) AS at FROM listed GROUP BY grant_id),
-auto_agent AS (
-    SELECT grant_id, min(occurred_at) AS at, agent_id
-    FROM listed WHERE agent_id IS NOT NULL GROUP BY grant_id
-),
-grants AS (
-    SELECT d.grant_id,
-        coalesce(c.agent_id, d.any_agent_id, aa.agent_id) AS agent_id,
-        d.created_at,
-        d.tokens_issued,
-        f.at AS revoked_at, f.actor AS revoked_by, f.via AS revoked_via,
-        d.budget_50_at, d.budget_80_at, d.exhausted_at
-    FROM direct d
-    LEFT JOIN created c ON c.grant_id = d.grant_id
-    LEFT JOIN first_revocation f ON f.grant_id = d.grant_id
-    LEFT JOIN auto_agent aa ON aa.grant_id = d.grant_id
-    UNION ALL
-    -- grants known only from an anomaly.auto_revoked list
-    SELECT a.grant_id, aa.agent_id, NULL, 0, f.at, f.actor, f.via, NULL, NULL, NULL
-    FROM auto a LEFT JOIN auto_agent aa ON aa.grant_id = a.grant_id
-    JOIN first_revocation f ON f.grant_id = a.grant_id
-    WHERE NOT EXISTS (SELECT 1 FROM events e WHERE e.grant_id = a.grant_id)
-)"""
-
 # Seconds between two archive timestamps (text), like DuckDB's epoch(a) - epoch(b).
 _SECONDS = "(julianday({a}) - julianday({b})) * 86400.0"
 
@@ -1182,23 +1050,160 @@ ORDER BY 1, 3, 2"""
 
 
 # The per-grant state and the token kinds that the reports read, built once
-# into tables of a scratch SQLite file with the archive attached (what the
-# analytics copy holds in its grants state and tokens view): ``grants`` with a
-# flag for budget activity and one for delegation (a grant.created naming a
-# parentGrantId), then ``tokens``, each token.issued with its agent and kind.
+# into tables of a scratch SQLite file with the archive attached: what the
+# analytics copy holds precomputed (its grants state and tokens view). One
+# statement per step and every lookup indexed, so that no step joins two large
+# sets by scanning one for each row of the other (``CROSS JOIN`` fixes
+# SQLite's loop order where it would otherwise pick that plan).
 SQLITE_STATE_BUILD: tuple[str, ...] = (
+    # Delegations: the grants whose grant.created names a parentGrantId.
+    """
+CREATE TABLE edges AS
+SELECT grant_id, json_extract(payload, '$.data.parentGrantId') AS parent_grant_id,
+    min(occurred_at) AS at
+FROM events
+WHERE type = 'grant.created' AND grant_id IS NOT NULL
+    AND json_extract(payload, '$.data.parentGrantId') IS NOT NULL
+GROUP BY grant_id""",
+    "CREATE INDEX edges_parent ON edges (parent_grant_id)",
+    """
+CREATE TABLE bundles AS
+SELECT json_extract(payload, '$.data.bundleId') AS bundle_id, grant_id
+FROM events WHERE type = 'consent_bundle.created' AND grant_id IS NOT NULL""",
+    "CREATE INDEX bundles_bundle ON bundles (bundle_id)",
+    """
+CREATE TABLE records AS
+SELECT json_extract(payload, '$.data.recordId') AS record_id,
+    json_extract(payload, '$.data.dataPrincipalId') AS data_principal_id,
+    grant_id, occurred_at
+FROM events WHERE type = 'dpdp.consent.created' AND grant_id IS NOT NULL""",
+    "CREATE INDEX records_record ON records (record_id)",
+    "CREATE INDEX records_principal ON records (data_principal_id, occurred_at)",
+    # Each grant's revocations by the rules of queries/copy/revocations.py:
+    # direct, anomaly, consent bundle, DPDP withdrawal and erasure, then cascade.
     f"""
-CREATE TABLE grants AS
-WITH RECURSIVE {SQLITE_GRANTS},
-budgeted AS (
-    SELECT DISTINCT grant_id FROM events
-    WHERE type IN ('budget.threshold', 'budget.exhausted') AND grant_id IS NOT NULL
+CREATE TABLE candidates AS
+SELECT grant_id, occurred_at AS at, 0 AS rank, id AS event_id,
+    coalesce(revoked_by, 'developer_or_principal') AS actor, 'direct' AS via
+FROM events WHERE type = 'grant.revoked' AND grant_id IS NOT NULL
+UNION ALL
+SELECT j.value, e.occurred_at, 1, e.id, 'system', 'anomaly'
+FROM events e, json_each(e.payload, '$.data.revokedGrants') j
+WHERE e.type = 'anomaly.auto_revoked' AND j.value IS NOT NULL
+UNION ALL
+SELECT b.grant_id, e.occurred_at, 1, e.id, 'developer', 'consent_bundle'
+FROM events e CROSS JOIN bundles b ON b.bundle_id = json_extract(e.payload, '$.data.bundleId')
+WHERE e.type = 'consent_bundle.revoked' AND {_SQLITE_TRUTHY}
+UNION ALL
+SELECT r.grant_id, e.occurred_at, 1, e.id, 'principal', 'consent_withdrawal'
+FROM events e CROSS JOIN records r ON r.record_id = json_extract(e.payload, '$.data.recordId')
+WHERE e.type = 'dpdp.consent.withdrawn'
+    AND json_type(e.payload, '$.data.grantRevoked') = 'true'
+UNION ALL
+SELECT r.grant_id, e.occurred_at, 1, e.id, 'principal', 'erasure'
+FROM events e CROSS JOIN records r
+    ON r.data_principal_id = json_extract(e.payload, '$.data.dataPrincipalId')
+    AND r.occurred_at <= e.occurred_at
+WHERE e.type = 'dpdp.erasure.completed'""",
+    "CREATE TABLE blocked AS SELECT grant_id, min(at) AS at FROM candidates GROUP BY grant_id",
+    "CREATE INDEX blocked_grant ON blocked (grant_id)",
+    # A cascading grant.revoked revokes the grant's delegations, and theirs,
+    # except those already revoked before it.
+    """
+CREATE TABLE walk AS
+WITH RECURSIVE roots AS (
+    SELECT grant_id AS root, occurred_at AS at, id AS event_id,
+        coalesce(revoked_by, 'developer_or_principal') AS actor
+    FROM events
+    WHERE type = 'grant.revoked' AND grant_id IS NOT NULL
+        AND json_type(payload, '$.data.cascade') = 'true'
+),
+walk(grant_id, at, event_id, actor) AS (
+    SELECT e.grant_id, r.at, r.event_id, r.actor
+    FROM roots r CROSS JOIN edges e ON e.parent_grant_id = r.root
+    LEFT JOIN blocked b ON b.grant_id = e.grant_id
+    WHERE b.at IS NULL OR b.at >= r.at
+    UNION
+    SELECT e.grant_id, w.at, w.event_id, w.actor
+    FROM walk w CROSS JOIN edges e ON e.parent_grant_id = w.grant_id
+    LEFT JOIN blocked b ON b.grant_id = e.grant_id
+    WHERE b.at IS NULL OR b.at >= w.at
 )
-SELECT g.*,
-    g.grant_id IN (SELECT grant_id FROM budgeted) AS budgeted,
-    g.grant_id IN (SELECT grant_id FROM edges) AS delegated
-FROM grants g""",
+SELECT * FROM walk""",
+    # The first: the least by time, then direct first, then event id.
+    """
+CREATE TABLE first_revocation AS
+SELECT grant_id, at, actor, via FROM (
+    SELECT *, row_number() OVER (PARTITION BY grant_id ORDER BY at, rank, event_id) AS n
+    FROM (
+        SELECT * FROM candidates
+        UNION ALL SELECT grant_id, at, 1, event_id, actor, 'cascade' FROM walk
+    )
+) WHERE n = 1""",
+    "CREATE INDEX first_revocation_grant ON first_revocation (grant_id)",
+    # The state of the copy's ``grants`` view. ``created`` and ``auto_agent``
+    # rely on SQLite's bare columns: with a single min() the other columns come
+    # from the row holding it.
+    """
+CREATE TABLE grants AS
+WITH direct AS (
+    SELECT grant_id,
+        min(agent_id) AS any_agent_id,
+        min(CASE WHEN type IN ('grant.created', 'consent_bundle.created')
+            THEN occurred_at END) AS created_at,
+        count(CASE WHEN type = 'token.issued' THEN 1 END) AS tokens_issued,
+        min(CASE WHEN type = 'budget.exhausted'
+            OR (type = 'budget.threshold' AND percentage >= 50) THEN occurred_at END)
+            AS budget_50_at,
+        min(CASE WHEN type = 'budget.exhausted'
+            OR (type = 'budget.threshold' AND percentage >= 80) THEN occurred_at END)
+            AS budget_80_at,
+        min(CASE WHEN type = 'budget.exhausted' THEN occurred_at END) AS exhausted_at,
+        count(CASE WHEN type IN ('budget.threshold', 'budget.exhausted') THEN 1 END) > 0
+            AS budgeted
+    FROM events WHERE grant_id IS NOT NULL
+    GROUP BY grant_id
+),
+created AS (
+    SELECT grant_id, min(occurred_at) AS at, agent_id
+    FROM events
+    WHERE type IN ('grant.created', 'consent_bundle.created')
+        AND grant_id IS NOT NULL AND agent_id IS NOT NULL
+    GROUP BY grant_id
+),
+listed AS (
+    SELECT j.value AS grant_id, e.occurred_at,
+        json_extract(e.payload, '$.data.agentId') AS agent_id
+    FROM events e, json_each(e.payload, '$.data.revokedGrants') j
+    WHERE e.type = 'anomaly.auto_revoked' AND j.value IS NOT NULL
+),
+auto AS (SELECT grant_id, min(occurred_at) AS at FROM listed GROUP BY grant_id),
+auto_agent AS (
+    SELECT grant_id, min(occurred_at) AS at, agent_id
+    FROM listed WHERE agent_id IS NOT NULL GROUP BY grant_id
+),
+state AS (
+    SELECT d.grant_id,
+        coalesce(c.agent_id, d.any_agent_id, aa.agent_id) AS agent_id,
+        d.created_at,
+        d.tokens_issued,
+        f.at AS revoked_at, f.actor AS revoked_by, f.via AS revoked_via,
+        d.budget_50_at, d.budget_80_at, d.exhausted_at, d.budgeted
+    FROM direct d
+    LEFT JOIN created c ON c.grant_id = d.grant_id
+    LEFT JOIN first_revocation f ON f.grant_id = d.grant_id
+    LEFT JOIN auto_agent aa ON aa.grant_id = d.grant_id
+    UNION ALL
+    -- grants known only from an anomaly.auto_revoked list
+    SELECT a.grant_id, aa.agent_id, NULL, 0, f.at, f.actor, f.via, NULL, NULL, NULL, 0
+    FROM auto a LEFT JOIN auto_agent aa ON aa.grant_id = a.grant_id
+    JOIN first_revocation f ON f.grant_id = a.grant_id
+    WHERE NOT EXISTS (SELECT 1 FROM events e WHERE e.grant_id = a.grant_id)
+)
+SELECT s.*, s.grant_id IN (SELECT grant_id FROM edges) AS delegated FROM state s""",
     "CREATE UNIQUE INDEX grants_grant_id ON grants (grant_id)",
+    # Each token.issued with its agent (else its grant's) and its kind, by the
+    # rule in queries.token_kinds, read from the ULIDs.
     f"""
 CREATE TABLE tokens AS
 WITH issued AS (
@@ -1753,6 +1758,8 @@ def render_building(r: Results) -> list[str]:
     """The reports with SQLite equivalents, all run once: warm, with each side's build,
     and with DuckDB's builds spread over a day of cron refreshes."""
     compared = [t for t in r.timings if t.sqlite is not None and t.sqlite.median is not None]
+    if not compared:
+        return ["No SQLite report finished within its timeout."]
     duck = sum(t.median for t in compared)
     lite = sum(t.sqlite.median or 0.0 for t in compared if t.sqlite is not None)
     full_s, incr_s = r.full.data["seconds"], r.incremental.data["seconds"]
