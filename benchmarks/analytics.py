@@ -1927,22 +1927,23 @@ named report once cold, then five times warm, with default options and with
 `--by agent` / `--by month` where the report takes them; a run ends with the
 whole result fetched as an Arrow table. SQLite has no analytics copy, so the
 benchmark builds what the copy holds precomputed, once, into tables of a
-scratch SQLite file with the archive attached read-only (`SQLITE_STATE_BUILD`,
-timed as one number, the SQLite state build): each grant's state (agent,
-creation, tokens issued, budget levels, its first revocation by the rules of
-the copy: direct, anomaly, consent bundle, DPDP withdrawal and erasure,
-cascade), whether it had budget activity and whether it is delegated, and
-each `token.issued` with its agent and kind (its lag read from the ULIDs by
-`queries.token_kinds.token_lag_ms`, registered as a SQLite function). The
-build is a sequence of tables, every lookup in it indexed. The same reports written by hand for SQLite read those
-tables and the archive's own tables (event-volume and ingest-coverage need no
-grant state; coverage spans are merged with window functions), once cold in
-a fresh connection, then five times warm, all rows fetched as tuples, each
-under a 300 s timeout (shown as such). Warm latencies are the median, with the
-fastest and slowest run; speedup = SQLite's warm median / DuckDB's, so
-neither side's build is in it. The rows of each report are compared with
-DuckDB's; at up to 1,000,000 events a difference in any of them fails the
-run.
+scratch SQLite file with the archive attached read-only
+(`SQLITE_STATE_BUILD`, timed as one number, the SQLite state build): each
+grant's state (agent, creation, tokens issued, budget levels, its first
+revocation by the rules of the copy: direct, anomaly, consent bundle, DPDP
+withdrawal and erasure, cascade), whether it had budget activity and whether
+it is delegated, and each `token.issued` with its agent and kind (its lag
+read from the ULIDs by `queries.token_kinds.token_lag_ms`, registered as a
+SQLite function). The build is a sequence of tables, every lookup in it
+indexed. The same reports written by hand for SQLite read those tables and
+the archive's own tables (event-volume and ingest-coverage need no grant
+state; coverage spans are merged with window functions) in one connection
+opened after the build: each once cold, then five times warm, all rows
+fetched as tuples, each under a 300 s timeout (shown as such). Warm
+latencies are the median, with the fastest and slowest run; speedup =
+SQLite's warm median / DuckDB's, so neither side's build is in it. The rows
+of each report are compared with DuckDB's; at up to 1,000,000 events a
+difference in any of them fails the run.
 
 Then, over the reports with a SQLite equivalent (default options), each run
 once, three totals: (1) state built in advance: the sum of the warm medians
