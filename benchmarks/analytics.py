@@ -68,7 +68,6 @@ import json
 import math
 import os
 import random
-import re
 import shutil
 import sqlite3
 import statistics
@@ -1574,18 +1573,6 @@ class Results:
             ("append+refresh loop", cc.churn.rss_mb),
             ("CLI report (max)", max(r.rss_mb for r in cc.idle + cc.busy)),
         ]
-
-
-def calibrate() -> str:
-    """``python -m timeit`` of a fixed loop (``benchmarks.export`` still shows it)."""
-    out = subprocess.run(
-        [sys.executable, "-m", "timeit", "sum(range(1000))"],
-        capture_output=True,
-        text=True,
-        check=True,
-    ).stdout
-    match = re.search(r"([\d.]+) (\w+) per loop", out)
-    return f"{match.group(1)} {match.group(2).replace('usec', 'µs')}" if match else out.strip()
 
 
 def measure(args: argparse.Namespace, archive: Archive) -> Results:
