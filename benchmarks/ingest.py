@@ -294,7 +294,7 @@ def pg_ceiling(backlog: list[Event], received_at: datetime) -> Sample:
     try:
         dsn = PG_URL.replace("postgresql+psycopg://", "postgresql://")
         with psycopg.connect(dsn, options=f"-c search_path={schema}") as conn:
-            conn.execute(f"CREATE TABLE staging (n integer, {STAGING_COLUMNS})")
+            conn.execute(f"CREATE TABLE staging (n integer PRIMARY KEY, {STAGING_COLUMNS})")
             with conn.cursor().copy(f"COPY staging (n, {columns}) FROM STDIN") as copy:
                 for n, event in enumerate(backlog):
                     copy.write_row((n, event.id, "default", event.type, event.occurred_at,

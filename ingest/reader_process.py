@@ -23,6 +23,7 @@ ingest does not leave a stream connection behind it.
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import os
 import queue
 import signal
@@ -81,6 +82,7 @@ class ProcessReader:
     def start(self, initial_since: datetime | None) -> None:
         """Start the child; its first connection asks for ``initial_since``."""
         data_read, data_write = os.pipe()
+        _widen(data_write)
         control_read, control_write = os.pipe()
         try:
             self._proc = subprocess.Popen(
@@ -161,6 +163,20 @@ class ProcessReader:
             f"the stream reader process ended unexpectedly (exit status {code}; "
             f"{type(exc).__name__})",
         )
+
+
+PIPE_BYTES = 1024 * 1024
+"""The data pipe's buffer, where Linux allows it: a chunk's message (a few hundred kB)
+then crosses in one write and one read instead of many 64 kB ones, each of which makes
+the receiving thread wait for the GIL again."""
+
+
+def _widen(fd: int) -> None:
+    setsize = getattr(fcntl, "F_SETPIPE_SZ", None)
+    if setsize is None:
+        return
+    with contextlib.suppress(OSError):
+        fcntl.fcntl(fd, setsize, PIPE_BYTES)
 
 
 def _child_environment() -> dict[str, str]:

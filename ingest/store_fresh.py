@@ -60,6 +60,12 @@ def fresh_rows(
 ) -> FreshRows:
     """The fresh events among ``arrived`` (made into rows) and the prepared ``rows``;
     with ``copy`` (PostgreSQL), each with its ``COPY`` line."""
+    if not arrived and len({row[ID] for row in rows}) == len(rows):
+        # The usual batch: prepared rows only, no id twice.
+        complete = None if not tails or None in tails else list(tails)
+        ready = list(lines) if copy and lines and None not in lines else None
+        if not copy or ready is not None:
+            return FreshRows(list(rows), complete, ready)  # type: ignore[arg-type]
     every = sqlite_rows(arrived, source) if arrived else []
     every += rows
     made: list[bytes | None] = [None] * len(arrived)

@@ -72,7 +72,7 @@ log = logging.getLogger("grantex_archive.ingest")
 
 T = TypeVar("T")
 
-SWITCH_INTERVAL = 0.0005
+SWITCH_INTERVAL = 0.0001
 """Seconds a thread may hold the GIL while another waits for it, during a run."""
 
 OUTCOMES = (
