@@ -19,20 +19,18 @@ Run with ``make bench-chain`` (the 10,000,000-event archive of
 from __future__ import annotations
 
 import argparse
-import os
-import platform
 import shutil
 import sqlite3
 import statistics
 import sys
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
 from pathlib import Path
 
 from alembic import command
 
 from benchmarks.analytics import WORK, ensure_archive
 from benchmarks.ingest import ChildResult, run_measured
+from benchmarks.machine import facts_line
 from benchmarks.results import write_section
 from ingest.migrate import alembic_config
 from ingest.seal.chain import TABLES, select_rows
@@ -220,9 +218,7 @@ def render(
 ) -> str:
     ratio = verify.rate / ceiling.rate
     lines = [
-        f"Run on {datetime.now(timezone.utc):%Y-%m-%d} · Python {platform.python_version()} · "
-        f"SQLite {sqlite3.sqlite_version} · {os.cpu_count()} cores · "
-        f"`python -m benchmarks.chain --events {args.events} --runs {args.runs}`",
+        facts_line(f"python -m benchmarks.chain --events {args.events} --runs {args.runs}"),
         "",
         "| measure | rows | runs | median seconds | spread | rows/s | median CPU seconds "
         "| peak RSS |",

@@ -34,7 +34,6 @@ import argparse
 import contextlib
 import json
 import os
-import platform
 import secrets
 import signal
 import socket
@@ -46,7 +45,6 @@ import time
 import uuid
 from collections import Counter
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
 from pathlib import Path
 
 import httpx
@@ -57,6 +55,7 @@ from ingest.simulator import Simulator, SimulatorConfig
 from ingest.simulator.accounting import category, finding_keys
 from queries import query
 
+from .machine import facts_line
 from .results import write_section
 
 PG_URL = os.environ.get("GRANTEX_TEST_PG_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
@@ -497,8 +496,7 @@ def main() -> None:
         tables.append(table)
     command = " ".join(["python -m benchmarks.gaps", *sys.argv[1:]])
     header = (
-        f"Run on {datetime.now(timezone.utc):%Y-%m-%d} · Python {platform.python_version()} · "
-        f"{os.cpu_count()} cores · `{command}`\n\n"
+        f"{facts_line(command, ('sqlite', 'postgresql'), PG_URL)}\n\n"
         f"Day: {day.seconds:g} s, {day.rate:g} events/s, cron every {day.cron_every:g} s, "
         f"reconcile every {day.reconcile_every:g} s (c), host down at "
         + ", ".join(f"{at:g} s for {span:g} s" for at, span in day.host_down)

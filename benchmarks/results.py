@@ -12,6 +12,8 @@ def write_section(name: str, table: str, method: str = "") -> None:
     text = PATH.read_text() if PATH.exists() else "# Benchmarks\n"
     begin, end = f"<!-- {name}:begin -->", f"<!-- {name}:end -->"
     block = f"{begin}\n{table}\n{end}"
+    if text.count(begin) > 1 or text.count(end) > 1:
+        raise SystemExit(f"{PATH} holds the {name} section more than once: remove the stale copy")
     if begin in text and end in text:
         text = text[: text.index(begin)] + block + text[text.index(end) + len(end) :]
     else:
