@@ -92,6 +92,15 @@ class ProcessReader:
                 env=_child_environment(),
                 start_new_session=True,
             )
+        except OSError as exc:
+            for fd in (data_read, control_write):
+                os.close(fd)
+            self._put(
+                ReaderDone(
+                    ReaderFailed(type(exc).__name__, f"cannot start the stream reader: {exc}")
+                )
+            )
+            return
         finally:
             os.close(data_write)
             os.close(control_read)

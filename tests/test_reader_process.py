@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import subprocess
+import threading
 from collections.abc import Iterator
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
@@ -12,14 +14,16 @@ from ingest import migrate
 from ingest.database import create_archive_engine
 from ingest.events import Event, normalise
 from ingest.prepare import prepare_events, summarise
-from ingest.reader import Preparation, decode_chunk
+from ingest.reader import Preparation, ReaderDone, ReaderFailed, decode_chunk
+from ingest.reader_process import ProcessReader
 from ingest.resume import latest_plausible
 from ingest.rows import Received
 from ingest.seal.archive import verify_archive
 from ingest.seal.chain import digests_of, select_rows
+from ingest.settings import Secret
 from ingest.sse import Frame
 from ingest.store import Store
-from ingest.stream import Chunk
+from ingest.stream import Chunk, StreamOptions
 from tests.conftest import API_KEY, _fresh_schema, event_count, spawn
 from tests.scripted_server import Reply, ScriptedServer, frame
 from tests.test_ingest_cli import _wait_for
@@ -184,3 +188,20 @@ def test_a_cut_chunk_is_summarised_from_the_rows_it_keeps() -> None:
         assert part.implausible == []
     far = summarise(whole.rows, NOW - timedelta(days=3))
     assert far.newest is None and len(far.implausible) == len(events)
+
+
+def test_a_reader_that_cannot_start_ends_the_run_with_its_reason(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    def refuse(*_args: object, **_kwargs: object) -> None:
+        raise PermissionError("not allowed")
+
+    monkeypatch.setattr(subprocess, "Popen", refuse)
+    options = StreamOptions(base_url="http://127.0.0.1:9", api_key=Secret("gx_test_key_123456"))
+    reader = ProcessReader(options, threading.Event())
+    reader.start(None)
+    done = reader.queue.get(timeout=5)
+    assert isinstance(done, ReaderDone) and isinstance(done.error, ReaderFailed)
+    assert done.error.kind == "PermissionError"
+    assert str(done.error) == "cannot start the stream reader: not allowed"
+    reader.close(timeout=0.1)
