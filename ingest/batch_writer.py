@@ -17,11 +17,11 @@ from .store import ConnectionShare, Received, StoreError
 class Batch:
     """What the worker hands over in one commit.
 
-    ``entries`` are the events and rejections as received; for a SQLite
-    archive the reader prepares the events, which come as ``rows`` (with
-    their canonical ``tails`` and, for PostgreSQL, their ``COPY`` ``lines``, None
-    where not made, see :mod:`ingest.prepare`)
-    and leave only the rejections in ``entries``. ``newest`` is the newest
+    ``entries`` are the events and rejections as received; when the reader
+    prepares the events, they come as ``rows`` (with their canonical
+    ``tails`` and, for PostgreSQL, their ``COPY`` ``lines``, None where not
+    made, see :mod:`ingest.prepare`) and leave only the rejections in
+    ``entries``. ``newest`` is the newest
     plausible event time in it (the resume point once committed);
     ``connections`` which connections its items came over, one share per
     stretch of items from one connection, in arrival order.

@@ -1,4 +1,4 @@
-"""Events prepared for a SQLite archive where they are decoded, not where they are written.
+"""Events prepared for the archive's database where they are decoded, not where they are written.
 
 The writer's transaction is the one step of an ingest that cannot run in
 parallel with anything else of the same archive. Two pieces of its work
@@ -6,7 +6,8 @@ depend only on the event, its source, its time of receipt and its channel,
 so the stream reader does them as it decodes:
 
 - the **row** the SQLite insert binds (:func:`sqlite_row`: text times, ``''``
-  and NaN for NULL, made NULL again by the statement);
+  and NaN for NULL, made NULL again by the statement) and, for PostgreSQL,
+  the same row as a line of ``COPY`` text (:func:`copy_lines`);
 - the **tail** of the row's canonical form for the hash chain
   (:func:`event_tails`): every field after ``seq``, which only the insert
   allocates. The writer completes each digest with :func:`digests_from_tails`
@@ -22,12 +23,13 @@ from __future__ import annotations
 
 import hashlib
 import struct
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Any
 
 from .events import Event
+from .seal.canonical import NULL, netstring
 
 NAN = float("nan")
 
@@ -73,7 +75,8 @@ def sqlite_row(event: Event, source: str, received_text: str) -> tuple[Any, ...]
 
 @dataclass(frozen=True, slots=True)
 class PreparedEvents:
-    """A chunk's events as the SQLite insert binds them, with what the worker needs to know
+    """A chunk's events as the SQLite insert binds them (and, for PostgreSQL, their ``COPY``
+    lines), with what the worker needs to know
     of their times, so that only plain rows cross from a reader process.
 
     ``tails`` are the rows' canonical tails (None when not made); ``earliest`` is the
@@ -104,34 +107,33 @@ def prepare_events(
     ``postgresql`` target the rows come with their ``COPY`` lines too."""
     received_text = sqlite_time(received_at)
     rows = [sqlite_row(event, source, received_text) for event in events]
-    earliest = newest = None
-    implausible = []
-    for event in events:
-        occurred = event.occurred_at
-        if earliest is None or occurred < earliest:
-            earliest = occurred
-        if occurred > bound:
-            implausible.append((event.id, occurred))
-        elif newest is None or occurred > newest:
-            newest = occurred
+    times = _times(((event.id, event.occurred_at) for event in events), bound)
     made = event_tails(rows, channel, ZERO[target]) if tails else None
     lines = copy_lines(rows) if target == "postgresql" else None
-    return PreparedEvents(rows, made, earliest, newest, implausible, lines)
+    return PreparedEvents(rows, made, *times, lines)
 
 
 def summarise(rows: list[tuple[Any, ...]], bound: datetime) -> PreparedEvents:
     """The times of prepared ``rows`` (read back from their text), e.g. for part of a chunk."""
+    times = _times(((row[ID], stored_time(row[OCCURRED_AT])) for row in rows), bound)
+    return PreparedEvents(rows, None, *times)
+
+
+def _times(
+    stamped: Iterable[tuple[str, datetime]], bound: datetime
+) -> tuple[datetime | None, datetime | None, list[tuple[str, datetime]]]:
+    """The earliest time, the newest plausible one (up to ``bound``) and the implausible
+    ``(id, time)`` pairs among ``stamped``."""
     earliest = newest = None
     implausible = []
-    for row in rows:
-        occurred = stored_time(row[OCCURRED_AT])
+    for event_id, occurred in stamped:
         if earliest is None or occurred < earliest:
             earliest = occurred
         if occurred > bound:
-            implausible.append((row[ID], occurred))
+            implausible.append((event_id, occurred))
         elif newest is None or occurred > newest:
             newest = occurred
-    return PreparedEvents(rows, None, earliest, newest, implausible)
+    return earliest, newest, implausible
 
 
 def stored_time(text: str) -> datetime:
@@ -182,9 +184,9 @@ def event_tails(rows: Sequence[Sequence[Any]], channel: str, zero: float = 0.0) 
                 len(ident_b), ident_b, text(source), text(kind),
                 occurred[:10].encode(), occurred[11:].encode(), time(received), chan,
                 len(body), body,
-                _netstring(g) if g else NULL, _netstring(a) if a else NULL,
-                _netstring(p) if p else NULL, _netstring(r) if r else NULL,
-                _netstring(t) if t else NULL, _netstring(m) if m else NULL,
+                netstring(g) if g else NULL, netstring(a) if a else NULL,
+                netstring(p) if p else NULL, netstring(r) if r else NULL,
+                netstring(t) if t else NULL, netstring(m) if m else NULL,
                 NULL if pct != pct else b"16:%b," % _pack(pct + zero).hex().encode(),
                 NULL if rem != rem else b"16:%b," % _pack(rem + zero).hex().encode(),
                 NULL if ini != ini else b"16:%b," % _pack(ini + zero).hex().encode(),
@@ -242,14 +244,6 @@ def _copy_text(value: str) -> str:
         )
     return value
 
-
-def _netstring(value: str) -> bytes:
-    data = value.encode()
-    return b"%d:%b," % (len(data), data)
-
-
-NULL = b"~"
-"""A NULL field (as ``ingest.seal.canonical.NULL``)."""
 
 _TAIL_FORM = b"%d:%b,%b%b27:%bT%bZ,%b%b%d:%b," + b"%b" * 9
 """An event's canonical form after ``seq``: id, source, type, occurred_at, received_at,

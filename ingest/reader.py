@@ -50,11 +50,12 @@ class NeedSince:
 class Normalised:
     """A chunk's frames, normalised by the reader.
 
-    Normalising there lets it overlap with the database's own work. For a
-    SQLite archive the reader also prepares the events (:mod:`ingest.prepare`):
-    ``prepared`` then holds the chunk's events as rows, in arrival order, and
-    ``items`` only its rejections. Otherwise ``items`` holds every frame's
-    event or rejection, in arrival order, and ``prepared`` is None.
+    Normalising there lets it overlap with the database's own work. When asked
+    (a :class:`Preparation`), the reader also prepares the events for the
+    archive's database (:mod:`ingest.prepare`): ``prepared`` then holds the
+    chunk's events as rows, in arrival order, and ``items`` only its
+    rejections. Otherwise ``items`` holds every frame's event or rejection, in
+    arrival order, and ``prepared`` is None.
     """
 
     items: list[Event | Rejection]
@@ -202,7 +203,7 @@ def put_until_stopped(
 
 
 def decode_chunk(chunk: Chunk, preparation: Preparation | None) -> Normalised:
-    """A chunk's frames normalised, and its events prepared for SQLite when asked."""
+    """A chunk's frames normalised, and its events prepared for the database when asked."""
     items = [normalise_frame(frame) for frame in chunk.frames]
     if preparation is None:
         return Normalised(items, chunk.received_at)

@@ -67,12 +67,6 @@ def sqlite_rows(entries: list[Received], source: str) -> list[tuple[Any, ...]]:
     return rows
 
 
-def payload_of(entry: Received) -> str:
-    item = entry.item
-    assert isinstance(item, Event)
-    return item.payload
-
-
 def plain_row(event: Event, source: str, received_text: str) -> tuple[Any, ...]:
     """One event in ``EVENT_COLUMNS`` order with None for NULL, as a plain INSERT binds it.
 

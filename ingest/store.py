@@ -184,7 +184,8 @@ class Store(RunRecords):
 
     @property
     def prepares_rows(self) -> bool:
-        """Whether :meth:`write_batch` takes events as rows the reader prepared."""
+        """Whether :meth:`write_batch` takes events as rows the reader prepared (every
+        archive does; a stand-in store may not)."""
         return True
 
     @property

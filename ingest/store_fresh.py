@@ -1,10 +1,11 @@
 """A batch's events reduced to the fresh ones: the first of each id, in arrival order.
 
 An id seen again within a batch with the same payload is a duplicate; with a
-different payload the first stays and the conflict becomes a rejection. A
-SQLite archive gets its events as the rows its insert binds
-(:class:`FreshRows`, prepared by the reader or made here); PostgreSQL as the
-events received.
+different payload the first stays and the conflict becomes a rejection.
+Events the reader prepared come as rows (:class:`FreshRows`); so do all the
+events of a SQLite archive, whose rows are made here when the reader did not
+make them. PostgreSQL takes events given as received (the webhook receiver's)
+as they are.
 """
 
 from __future__ import annotations

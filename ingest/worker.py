@@ -389,8 +389,8 @@ class Worker:
 
 
 def preparation_for(settings: IngestSettings, store: Store) -> Preparation | None:
-    """What the reader prepares for the writer: SQLite rows and their canonical tails
-    (:mod:`ingest.prepare`); nothing for PostgreSQL, which is sent the events by COPY."""
+    """What the reader prepares for the writer (:mod:`ingest.prepare`): each event's row,
+    its canonical tail, and for PostgreSQL its ``COPY`` line."""
     if not store.prepares_rows:
         return None
     return Preparation(settings.source, "stream", tails=True, target=store.dialect)

@@ -65,14 +65,6 @@ def digests_of(kind: str, rows: Iterable[Sequence[Any]]) -> tuple[list[int], byt
     return keys, b"".join(parts)
 
 
-def bound_event_digests(keys: Sequence[int], rows: Sequence[Sequence[Any]], channel: str) -> bytes:
-    """The :func:`~ingest.seal.canonical.event_digest` s of the rows with these keys, from
-    the values SQLite's insert bound for them (:func:`ingest.prepare.sqlite_row`); see
-    :func:`ingest.prepare.event_tails`. tests/test_seal_bound.py holds the result to the
-    read-back's."""
-    return digests_from_tails(keys, event_tails(rows, channel))
-
-
 def select_rows(kind: str, where: str) -> str:
     """The statement reading a kind's sealed columns for the rows ``where`` picks, by key."""
     table, key = TABLES[kind]
