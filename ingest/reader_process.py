@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import gc
 import os
 import queue
 import signal
@@ -36,6 +37,7 @@ from multiprocessing.connection import Connection
 from pathlib import Path
 
 from .reader import (
+    GC_THRESHOLDS,
     QUEUE_CHUNKS,
     NeedSince,
     Preparation,
@@ -45,6 +47,7 @@ from .reader import (
     decode_chunk,
     put_until_stopped,
 )
+from .reader_wire import decode, encode
 from .stream import Chunk, StreamError, StreamOptions, make_client, stream_events
 
 _POLL = 0.2  # how often a blocked side looks at the stop request
@@ -153,7 +156,7 @@ class ProcessReader:
                     stop_sent = True
                 if not data.poll(_POLL):
                     continue
-                item = data.recv()
+                item = decode(data.recv_bytes())
                 self._put(item)
                 if isinstance(item, ReaderDone):
                     return
@@ -211,6 +214,8 @@ def child_main(data_fd: int, control_fd: int) -> None:
     """Read the stream for the parent until it asks to stop or goes away."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    gc.freeze()
+    gc.set_threshold(*GC_THRESHOLDS)
     data = Connection(data_fd, readable=False)
     control = Connection(control_fd, writable=False)
     job: ReaderJob = control.recv()
@@ -236,7 +241,7 @@ def child_main(data_fd: int, control_fd: int) -> None:
         if first:
             first.clear()
             return job.initial_since
-        data.send(NeedSince())
+        data.send_bytes(encode(NeedSince()))
         while not stop.is_set():
             try:
                 return answers.get(timeout=_POLL)
@@ -248,11 +253,12 @@ def child_main(data_fd: int, control_fd: int) -> None:
     try:
         client = make_client(job.options)
         for item in stream_events(job.options, since_for_connect, stop, client=client):
-            data.send(decode_chunk(item, job.preparation) if isinstance(item, Chunk) else item)
+            message = decode_chunk(item, job.preparation) if isinstance(item, Chunk) else item
+            data.send_bytes(encode(message))
     except BaseException as exc:  # handed to the parent, which decides
         error = exc
     with contextlib.suppress(OSError):
-        data.send(ReaderDone(portable(error)))
+        data.send_bytes(encode(ReaderDone(portable(error))))
 
 
 if __name__ == "__main__":

@@ -38,6 +38,7 @@ from .handover import Handover, HoldLimits
 from .locks import HandoverLink
 from .logs import Redactor
 from .reader import (
+    GC_THRESHOLDS,
     NeedSince,
     Normalised,
     Preparation,
@@ -180,11 +181,8 @@ class Worker:
             self._record.start(started, since)
         except StoreError as exc:
             return RunResult("database_error", self.counts, str(exc))
-        # The pipeline allocates many short-lived tuples; collecting the
-        # youngest generation less often made decoding and normalising
-        # 15-25% faster in the micro-benchmarks, and changes nothing else.
         gc_thresholds = gc.get_threshold()
-        gc.set_threshold(50_000, 20, 100)
+        gc.set_threshold(*GC_THRESHOLDS)
         # The writer gives up the GIL for every statement and the commit, and
         # waits for it after each while the other threads run Python: by
         # default up to 5 ms a time, longer than most statements take.

@@ -84,10 +84,15 @@ def test_a_refused_connection_has_no_first_byte_and_closes_at_once(archive_url: 
     assert result.exit_code == 69, result.output
     attempts = connection_rows(archive_url)
     assert len(attempts) >= 2
-    for requested, first_byte, last_seen, closed, status, events, reason in attempts:
+    for i, (requested, first_byte, last_seen, closed, status, events, reason) in enumerate(
+        attempts
+    ):
         assert (first_byte, last_seen, status, events) == (None, None, None, 0)
         assert closed is not None and timedelta(0) <= closed - requested < timedelta(seconds=1)
-        assert reason is not None and reason.startswith("cannot connect: ConnectError")
+        assert reason is not None
+        if i == len(attempts) - 1 and reason == WAITING_REASON:
+            continue  # the run's end came between the last request and its refusal
+        assert reason.startswith("cannot connect: ConnectError")
     [(outcome, reconnects)] = rows(archive_url, "SELECT outcome, reconnects FROM ingest_runs")
     assert (outcome, reconnects) == ("unreachable", len(attempts))
 
@@ -264,6 +269,8 @@ def test_a_killed_run_s_waiting_request_is_closed_by_the_next_run_covering_nothi
         result = ingest(archive_url, server, "--max-runtime", "0.5")
     assert result.exit_code == 69, result.output
     settled, *refused = connection_rows(archive_url)
+    if len(refused) > 1 and refused[-1].close_reason == WAITING_REASON:
+        refused.pop()  # the run's end came between the last request and its answer
     assert refused and all(r.status_code == 503 for r in refused)
     assert (settled.first_byte_at, settled.last_seen_at, settled.status_code) == (None, None, None)
     assert (settled.closed_at, settled.close_reason) == (killed.requested_at, ABANDONED_REASON)

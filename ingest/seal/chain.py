@@ -17,11 +17,9 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Any
 
-import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
-from ..prepare import ZERO, digests_from_tails, event_tails
-from ..schema import chain_head, chain_links
+from ..prepare import ZERO, digests_from_tails, event_tails, sqlite_time
 from .canonical import FIELDS, Link, encode_keys, event_digest, row_digest
 
 TABLES = {"events": ("events", "seq"), "rejected": ("rejected_events", "id"),
@@ -39,15 +37,29 @@ class Head:
 
 def take_head(conn: Connection) -> Head:
     """Lock the chain head for this transaction and read it."""
-    conn.execute(sa.update(chain_head).where(chain_head.c.id == 1).values(n=chain_head.c.n))
-    row = conn.execute(sa.select(chain_head.c.n, chain_head.c.hash)).one()
-    return Head(int(row.n), str(row.hash))
+    driver(conn, "UPDATE chain_head SET n = n WHERE id = 1")
+    n, digest = driver(conn, "SELECT n, hash FROM chain_head WHERE id = 1")[0]
+    return Head(int(n), str(digest))
 
 
 def max_key(conn: Connection, kind: str) -> int:
     """The highest key of a kind's table (0 when empty), read under the head lock."""
     table, key = TABLES[kind]
-    return int(conn.exec_driver_sql(f"SELECT max({key}) FROM {table}").scalar() or 0)
+    return int(driver(conn, f"SELECT max({key}) FROM {table}")[0][0] or 0)
+
+
+def driver(conn: Connection, statement: str, params: Sequence[Any] = ()) -> list[Any]:
+    """Run ``statement`` (``?`` marks its parameters) on the driver's own cursor, in the
+    connection's transaction; its rows as plain tuples. Sealing runs a few statements per
+    batch: SQLAlchemy's building, compiling and row objects cost more than they do."""
+    if params and conn.dialect.paramstyle != "qmark":
+        statement = statement.replace("?", "%s")
+    cursor = conn.connection.driver_connection.cursor()  # type: ignore[union-attr]
+    try:
+        cursor.execute(statement, params)
+        return list(cursor.fetchall()) if cursor.description is not None else []
+    finally:
+        cursor.close()
 
 
 def digests_of(kind: str, rows: Iterable[Sequence[Any]]) -> tuple[list[int], bytes]:
@@ -85,13 +97,7 @@ class Sealer:
         self.append(kind, *digests_of(kind, rows))
 
     def _fetch(self, statement: str) -> list[Any]:
-        """Rows as the driver's plain tuples: the hot path skips SQLAlchemy's row objects."""
-        cursor = self.conn.connection.driver_connection.cursor()  # type: ignore[union-attr]
-        try:
-            cursor.execute(statement)
-            return list(cursor.fetchall())
-        finally:
-            cursor.close()
+        return driver(self.conn, statement)
 
     def events_bound(
         self,
@@ -183,12 +189,15 @@ class Sealer:
             created_at=datetime.now(timezone.utc),
         )
         digest = link.hash()
-        self.conn.execute(
-            sa.insert(chain_links).values(
-                n=link.n, kind=kind, prev=link.prev, keys=link.keys, count=link.count,
-                digests=digests, created_at=link.created_at, hash=digest,
-            )
-        )  # fmt: skip
+        created: Any = link.created_at
+        if self.conn.dialect.name == "sqlite":
+            created = sqlite_time(created)  # the text SQLAlchemy's DateTime stores
+        driver(
+            self.conn,
+            "INSERT INTO chain_links (n, kind, prev, keys, count, digests, created_at, hash)"
+            " VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+            (link.n, kind, link.prev, link.keys, link.count, digests, created, digest),
+        )
         self.head = Head(link.n, digest)
         self._moved = True
         return link
@@ -196,9 +205,9 @@ class Sealer:
     def close(self) -> None:
         """Store the new head (in the same transaction, before its commit)."""
         if self._moved:
-            self.conn.execute(
-                sa.update(chain_head)
-                .where(chain_head.c.id == 1)
-                .values(n=self.head.n, hash=self.head.hash)
+            driver(
+                self.conn,
+                "UPDATE chain_head SET n = ?, hash = ? WHERE id = 1",
+                (self.head.n, self.head.hash),
             )
             self._moved = False

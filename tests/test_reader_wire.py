@@ -1,0 +1,102 @@
+"""What crosses the reader process's data pipe comes out as it went in."""
+
+from __future__ import annotations
+
+import math
+from datetime import datetime, timedelta, timezone
+
+import pytest
+
+from ingest.events import normalise
+from ingest.prepare import PreparedEvents
+from ingest.reader import NeedSince, Normalised, Preparation, ReaderDone, ReaderFailed, decode_chunk
+from ingest.reader_wire import decode, encode
+from ingest.sse import Frame
+from ingest.stream import Chunk, Closed, Opened
+from tests.test_reader_process import COPY_HOSTILE, MORE
+from tests.test_seal_bound import FRAMES
+
+NOW = datetime(2026, 12, 1, 12, 0, 0, 250001, tzinfo=timezone.utc)
+
+EVENTS = [*FRAMES, *COPY_HOSTILE, MORE[2]]
+"""Negative zero, whole and fractional floats, NULLs, non-ASCII and COPY-hostile text,
+and an event dated past the plausibility bound."""
+
+
+def same_rows(a: list[tuple[object, ...]], b: list[tuple[object, ...]]) -> bool:
+    """Equal row for row, with NaN equal to NaN and -0.0 told from 0.0."""
+
+    def key(value: object) -> object:
+        if isinstance(value, float):
+            return ("nan",) if math.isnan(value) else (value, math.copysign(1.0, value))
+        return value
+
+    return [tuple(map(key, row)) for row in a] == [tuple(map(key, row)) for row in b]
+
+
+@pytest.mark.parametrize("target", ["sqlite", "postgresql"])
+@pytest.mark.parametrize("tails", [True, False])
+def test_a_prepared_chunk_crosses_unchanged(target: str, tails: bool) -> None:
+    chunk = Chunk([Frame(text) for text in EVENTS], NOW)
+    sent = decode_chunk(chunk, Preparation("default", "stream", tails, target))
+    assert sent.prepared is not None and not sent.items
+    assert sent.prepared.implausible  # the far-future event
+    message = encode(sent)
+    assert message[:1] == b"M"  # the fast form, not pickle
+    got = decode(message)
+    assert isinstance(got, Normalised) and got.prepared is not None
+    assert got.items == [] and got.received_at == NOW
+    assert got.received_at.tzinfo is timezone.utc
+    p, q = sent.prepared, got.prepared
+    assert same_rows(q.rows, p.rows)
+    assert all(type(row) is tuple for row in q.rows)
+    assert (q.tails, q.lines) == (p.tails, p.lines)
+    assert (q.earliest, q.newest, q.implausible) == (p.earliest, p.newest, p.implausible)
+    for a, b in ((q.earliest, p.earliest), (q.newest, p.newest)):
+        assert a is not None and b is not None and a.utcoffset() == b.utcoffset()
+
+
+def test_times_cross_to_the_microsecond_far_from_now() -> None:
+    for moment in (
+        datetime(1970, 1, 1, tzinfo=timezone.utc) - timedelta(microseconds=1),
+        datetime(1, 1, 1, tzinfo=timezone.utc),
+        datetime(9999, 12, 31, 23, 59, 59, 999999, tzinfo=timezone.utc),
+    ):
+        sent = Normalised([], moment, PreparedEvents([], None, moment, moment, [("e", moment)]))
+        got = decode(encode(sent))
+        assert isinstance(got, Normalised) and got.prepared is not None
+        assert got.received_at == moment
+        assert (got.prepared.earliest, got.prepared.newest) == (moment, moment)
+        assert got.prepared.implausible == [("e", moment)]
+
+
+def test_an_empty_prepared_chunk_has_no_times() -> None:
+    got = decode(encode(decode_chunk(Chunk([], NOW), Preparation("default"))))
+    assert isinstance(got, Normalised) and got.prepared is not None
+    assert got.prepared.rows == [] and got.prepared.earliest is got.prepared.newest is None
+
+
+def test_everything_else_is_pickled() -> None:
+    items = [
+        # A chunk with a rejection keeps the rejection beside its rows.
+        decode_chunk(Chunk([Frame(FRAMES[0]), Frame("not json")], NOW), Preparation("x")),
+        Normalised([normalise(FRAMES[0])], NOW),
+        NeedSince(),
+        Opened(NOW, 200, NOW, NOW),
+        Closed("end of stream", 3, NOW),
+        ReaderDone(ReaderFailed("OSError", "no route")),
+    ]
+    for item in items:
+        message = encode(item)  # type: ignore[arg-type]
+        assert message[:1] == b"P"
+        got = decode(message)
+        if isinstance(item, ReaderDone):
+            assert isinstance(got, ReaderDone) and isinstance(got.error, ReaderFailed)
+            assert (got.error.kind, str(got.error)) == ("OSError", "no route")
+        else:
+            assert got == item
+
+
+def test_a_message_of_no_known_kind_is_an_error() -> None:
+    with pytest.raises(ValueError, match="not a reader message"):
+        decode(b"Xjunk")
