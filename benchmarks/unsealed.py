@@ -27,7 +27,9 @@ class NoSeal:
     def rows_above(self, kind: str, after: int) -> None:
         return None
 
-    def events_bound(self, after: int, rows: Any, channel: str, tails: Any = None) -> None:
+    def events_bound(
+        self, after: int, rows: Any, channel: str, tails: Any = None, inserted: Any = None
+    ) -> None:
         return None
 
     def events_returned(self, keyed: Any, rows: Any, channel: str, tails: Any = None) -> None:

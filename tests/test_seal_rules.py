@@ -30,6 +30,12 @@ def test_keys_round_trip_as_ranges(keys: set[int]) -> None:
     assert encoded.count(",") < len(ordered) or not ordered
 
 
+@given(st.integers(min_value=1, max_value=10**12), st.integers(min_value=0, max_value=3000))
+def test_a_range_of_keys_encodes_as_its_list_does(start: int, count: int) -> None:
+    keys = range(start, start + count)
+    assert encode_keys(keys) == encode_keys(list(keys))
+
+
 def test_key_ranges_are_compact_and_must_ascend() -> None:
     assert encode_keys([1, 2, 3, 5, 7, 8, 9]) == "1-3,5,7-9"
     assert encode_keys([]) == ""

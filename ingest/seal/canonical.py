@@ -172,6 +172,8 @@ _sha256 = hashlib.sha256
 
 def encode_keys(keys: Iterable[int]) -> str:
     """Ascending distinct keys as ranges: ``1-3,5,7-9`` (the order of a link's digests)."""
+    if isinstance(keys, range) and keys.step == 1:
+        return _span(keys.start, keys.stop - 1) if keys else ""
     out: list[str] = []
     start = prev = None
     for key in keys:

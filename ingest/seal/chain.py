@@ -105,12 +105,14 @@ class Sealer:
         rows: Sequence[Sequence[Any]],
         channel: str,
         tails: Sequence[bytes] | None = None,
+        inserted: int | None = None,
     ) -> None:
         """Seal the events above ``after`` from ``rows``, the values SQLite's insert bound
         (:func:`ingest.prepare.sqlite_row`, with ``channel`` in the statement), when each of
         them went in, in order; else (some were already archived) as :meth:`rows_above`.
         ``tails`` are the rows' canonical tails when the reader made them already
-        (:func:`ingest.prepare.event_tails`).
+        (:func:`ingest.prepare.event_tails`); ``inserted`` is how many rows the insert
+        reported, when it was counted.
 
         What SQLite stores is what was bound, with ``''`` and NaN made NULL by the
         statement: text in text columns and finite floats in ``REAL`` ones unchanged, times
@@ -119,18 +121,22 @@ class Sealer:
         Which key each row got needs no read-back either: this transaction holds SQLite's
         write lock from the head's UPDATE on, so the rows above ``after`` are the ones it
         inserted, and each insert takes a key above the one before, in the order of
-        ``rows``. Three aggregates show that every row went in and the keys they took.
+        ``rows``. The insert's count and the lowest and highest key above ``after`` show
+        that every row went in and which keys they took; each of the two keys is one
+        B-tree descent, where a count over the rows would read every one of them.
         """
-        count, low, high = self._fetch(
-            f"SELECT count(*), min(seq), max(seq) FROM events WHERE seq > {int(after)}"
-        )[0]
-        if count != len(rows):
+        if inserted is None:
+            inserted = self._fetch(f"SELECT count(*) FROM events WHERE seq > {int(after)}")[0][0]
+        if inserted != len(rows):
             self.rows_above("events", after)
             return
-        if not count:
+        if not inserted:
             return
-        if high - low == count - 1:
-            keys = list(range(low, high + 1))
+        [(low,)] = self._fetch(f"SELECT min(seq) FROM events WHERE seq > {int(after)}")
+        [(high,)] = self._fetch("SELECT max(seq) FROM events")
+        keys: Sequence[int]
+        if high - low == inserted - 1:
+            keys = range(low, high + 1)
         else:
             keys = [
                 seq
@@ -138,6 +144,9 @@ class Sealer:
                     f"SELECT seq FROM events WHERE seq > {int(after)} ORDER BY seq"
                 )
             ]
+        if len(keys) != len(rows):
+            self.rows_above("events", after)
+            return
         if tails is None:
             tails = event_tails(rows, channel)
         self.append("events", keys, digests_from_tails(keys, tails))
@@ -175,7 +184,7 @@ class Sealer:
         rows = self.conn.exec_driver_sql(select_rows(kind, f"{TABLES[kind][1]} IN ({listed})"))
         self.append(kind, *digests_of(kind, rows))
 
-    def append(self, kind: str, keys: list[int], digests: bytes) -> Link | None:
+    def append(self, kind: str, keys: Sequence[int], digests: bytes) -> Link | None:
         """Append one link over ``keys`` (ascending) and their ``digests``; none for no rows."""
         if not keys:
             return None

@@ -1,0 +1,191 @@
+"""Where ingest's time goes: each stage of the reader and of the writer alone, per event.
+
+The end-to-end figures in "Ingest" say how fast the whole pipeline runs; this
+benchmark says what each part of it costs, so that the ratio there can be
+read. Every stage runs in this one process on the same events, with the
+collector set as during a run (``ingest.reader.GC_THRESHOLDS``), ``--runs``
+times in turn; the table gives the median CPU microseconds per event and the
+spread.
+
+Reader stages, from the simulator's backlog rendered as SSE bytes and cut into
+64 KiB reads: SSE framing (``FrameDecoder``), normalising every frame
+(``normalise_frame``), preparing SQLite rows (``prepare_events``), their
+canonical tails (``event_tails``), and the message for the data pipe
+(``reader_wire.encode``); the writer's side of the pipe (``decode``). Writer
+stages, on the rows those stages made: ``Store.write_batch`` of 1000-row
+batches into a fresh SQLite archive with the canonical tails (sealed) and
+with the chain stubbed out (``benchmarks.unsealed.NoSeal``), against the
+SQLite ceiling of ``benchmarks.ingest`` on the same rows.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import json
+import statistics
+import tempfile
+import time
+from collections.abc import Callable
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+from typing import Any
+
+import ingest.store
+from benchmarks.ingest import sqlite_ceiling
+from benchmarks.machine import facts_line
+from benchmarks.results import write_section
+from benchmarks.unsealed import NoSeal
+from ingest import migrate
+from ingest.prepare import event_tails, prepare_events
+from ingest.reader import GC_THRESHOLDS, Normalised, normalise_frame
+from ingest.reader_wire import decode, encode
+from ingest.resume import latest_plausible
+from ingest.simulator.generator import generate_events
+from ingest.sse import Frame, FrameDecoder
+from ingest.store import Store
+
+READ = 64 * 1024
+BATCH = 1000
+
+
+def sse_bytes(count: int) -> bytes:
+    """The simulator's backlog for seed 42 as the stream sends it."""
+    start = datetime.now(timezone.utc) - timedelta(days=1)
+    frames = [
+        b"data: %b\n\n" % json.dumps(envelope, separators=(",", ":")).encode()
+        for envelope in generate_events(42, start, count, 86400 / max(count, 1), "live")
+    ]
+    return b"".join(frames)
+
+
+def cpu(work: Callable[[], Any]) -> tuple[float, Any]:
+    started = time.process_time()
+    result = work()
+    return time.process_time() - started, result
+
+
+def reader_stages(data: bytes) -> tuple[dict[str, float], list[Normalised]]:
+    """CPU seconds of each reader stage over ``data``, and the chunks it made."""
+    reads = [data[i : i + READ] for i in range(0, len(data), READ)]
+    received_at = datetime.now(timezone.utc)
+    bound = latest_plausible(received_at)
+    seconds: dict[str, float] = {}
+
+    def framing() -> list[list[Frame]]:
+        decoder = FrameDecoder()
+        return [[f for f in decoder.feed(raw) if isinstance(f, Frame)] for raw in reads]
+
+    seconds["SSE framing"], chunks = cpu(framing)
+    seconds["normalising"], events = cpu(lambda: [[normalise_frame(f) for f in c] for c in chunks])
+    seconds["SQLite rows"], prepared = cpu(
+        lambda: [prepare_events(e, "default", received_at, "stream", bound, False) for e in events]
+    )
+    seconds["canonical tails"], tails = cpu(
+        lambda: [event_tails(p.rows, "stream") for p in prepared]
+    )
+    made = [
+        Normalised([], received_at, type(p)(p.rows, t, p.earliest, p.newest, p.implausible))
+        for p, t in zip(prepared, tails, strict=True)
+    ]
+    seconds["pipe message, written"], messages = cpu(lambda: [encode(m) for m in made])
+    seconds["pipe message, read"], _ = cpu(lambda: [decode(m) for m in messages])
+    return seconds, made
+
+
+def write_all(path: Path, made: list[Normalised], sealed: bool) -> float:
+    """CPU seconds of ``Store.write_batch`` storing every row, 1000 rows a batch."""
+    url = f"sqlite:///{path}"
+    migrate.upgrade(url)
+    rows: list[tuple[Any, ...]] = []
+    tails: list[bytes | None] = []
+    for m in made:
+        assert m.prepared is not None and m.prepared.tails is not None
+        rows += m.prepared.rows
+        tails += m.prepared.tails
+    store = Store.open(url)
+    saved = ingest.store.Sealer
+    if not sealed:
+        ingest.store.Sealer = NoSeal  # type: ignore[assignment,misc]
+    try:
+
+        def work() -> None:
+            for i in range(0, len(rows), BATCH):
+                part = rows[i : i + BATCH]
+                store.write_batch(
+                    "default",
+                    None,
+                    [],
+                    rows=part,
+                    tails=tails[i : i + BATCH],
+                    lines=[None] * len(part),
+                )
+
+        seconds, _ = cpu(work)
+    finally:
+        ingest.store.Sealer = saved  # type: ignore[misc]
+        store.close()
+    for suffix in ("", "-wal", "-shm"):
+        Path(f"{path}{suffix}").unlink(missing_ok=True)
+    return seconds
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--events", type=int, default=300_000)
+    parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument("--no-write", action="store_true", help="do not update BENCHMARKS.md")
+    args = parser.parse_args()
+    print(f"rendering a {args.events:,}-event backlog as SSE...", flush=True)
+    data = sse_bytes(args.events)
+    gc.set_threshold(*GC_THRESHOLDS)
+    samples: dict[str, list[float]] = {}
+    with tempfile.TemporaryDirectory(prefix="gxa-stages-") as tmp:
+        for run in range(args.runs):
+            seconds, made = reader_stages(data)
+            events = sum(len(m.prepared.rows) for m in made if m.prepared is not None)
+            assert events == args.events, (events, args.events)
+            rows = [row for m in made if m.prepared is not None for row in m.prepared.rows]
+            seconds["write_batch, sealed"] = write_all(Path(tmp, "sealed.db"), made, True)
+            seconds["write_batch, without sealing"] = write_all(Path(tmp, "bare.db"), made, False)
+            seconds["ceiling: sqlite3, prepared rows"] = sqlite_ceiling(
+                rows, Path(tmp, "ceiling.db")
+            ).cpu_seconds
+            for stage, value in seconds.items():
+                samples.setdefault(stage, []).append(value / args.events * 1e6)
+            print(f"run {run + 1}: " + ", ".join(f"{k} {v[-1]:.2f}" for k, v in samples.items()))
+            del made, rows
+    table = render(samples, args)
+    print()
+    print(table)
+    if not args.no_write:
+        write_section("stages", table)
+
+
+def render(samples: dict[str, list[float]], args: argparse.Namespace) -> str:
+    command = f"python -m benchmarks.stages --events {args.events} --runs {args.runs}"
+    lines = [
+        facts_line(command),
+        "",
+        "| stage | side | CPU µs per event (median) | spread |",
+        "|---|---|---:|---|",
+    ]
+    for stage, values in samples.items():
+        side = "writer" if stage in WRITER_STAGES else "reader"
+        spread = f"{min(values):.2f} to {max(values):.2f}" if len(values) > 1 else "one run"
+        lines.append(f"| {stage} | {side} | {statistics.median(values):.2f} | {spread} |")
+    reader = sum(statistics.median(v) for k, v in samples.items() if k not in WRITER_STAGES)
+    lines.append(f"| **reader stages, total** | reader | {reader:.2f} | |")
+    return "\n".join(lines)
+
+
+WRITER_STAGES = (
+    "pipe message, read",
+    "write_batch, sealed",
+    "write_batch, without sealing",
+    "ceiling: sqlite3, prepared rows",
+)
+
+
+if __name__ == "__main__":
+    main()
