@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 
 .PHONY: setup demo test coverage lint bench bench-quick bench-analytics bench-analytics-quick bench-export \
 	bench-export-quick bench-gaps bench-gaps-quick bench-chain \
-	bench-chain-quick docs clean
+	bench-chain-quick bench-stages bench-stages-quick docs clean
 
 $(STAMP): pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit("Python 3.10+ is required, found " + sys.version.split()[0]) if sys.version_info < (3, 10) else None'
@@ -58,6 +58,12 @@ bench-gaps: $(STAMP)
 
 bench-gaps-quick: $(STAMP)
 	$(BIN)/python -m benchmarks.gaps --seconds 60 --cron-every 10 --down-for 5 --db sqlite --no-write
+
+bench-stages: $(STAMP)
+	$(BIN)/python -m benchmarks.stages --events 300000
+
+bench-stages-quick: $(STAMP)
+	$(BIN)/python -m benchmarks.stages --events 30000 --runs 1 --no-write
 
 bench-chain: $(STAMP)
 	$(BIN)/python -m benchmarks.chain --events 10000000

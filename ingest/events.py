@@ -174,6 +174,16 @@ def normalise(data: str) -> Event | Rejection:
     escapes (``bytes.decode("utf-8", "surrogateescape")``), so invalid UTF-8
     can be told apart from a literal U+FFFD.
     """
+    made = normalise_stamped(data)
+    if isinstance(made, Rejection):
+        return made
+    return made[0]
+
+
+def normalise_stamped(data: str) -> tuple[Event, str] | Rejection:
+    """:func:`normalise`, with the event's time as the frame wrote it (``timestamp`` or
+    ``createdAt``): the reader takes the stored text of the usual form from it
+    (:func:`ingest.prepare.stamp_text`) instead of formatting the parsed time."""
     envelope = _envelope(data)
     if isinstance(envelope, Rejection):
         return envelope
@@ -181,14 +191,15 @@ def normalise(data: str) -> Event | Rejection:
     if isinstance(names, Rejection):
         return names
     event_id, event_type = names
-    occurred_at = _occurred_at(envelope, data, event_id)
-    if isinstance(occurred_at, Rejection):
-        return occurred_at
+    stamped = _occurred_at(envelope, data, event_id)
+    if isinstance(stamped, Rejection):
+        return stamped
+    stamp, occurred_at = stamped
     body = envelope.get("data", _EMPTY)
     if type(body) is not dict:
         return reject(f"'data' is not an object (got {type(body).__name__})", data, event_id)
     if not body:
-        return Event(event_id, event_type, occurred_at, data)
+        return Event(event_id, event_type, occurred_at, data), stamp
     get = body.get
     percentage = get("percentage")
     if percentage is None:
@@ -212,7 +223,7 @@ def normalise(data: str) -> Event | Rejection:
             number_field(percentage),
             number_field(get("remaining")),
             number_field(get("initial")),
-        )
+        ), stamp
     except Unstorable:
         # Rare: find which field, for the reason.
         return _unstorable(body, data, event_id)
@@ -260,8 +271,11 @@ def _id_and_type(envelope: dict[str, Any], data: str) -> tuple[str, str] | Rejec
     return event_id, event_type
 
 
-def _occurred_at(envelope: dict[str, Any], data: str, event_id: str) -> datetime | Rejection:
-    """``timestamp`` (the live service) or ``createdAt`` (the documented contract)."""
+def _occurred_at(
+    envelope: dict[str, Any], data: str, event_id: str
+) -> tuple[str, datetime] | Rejection:
+    """``timestamp`` (the live service) or ``createdAt`` (the documented contract): as
+    written, and parsed."""
     key = "timestamp"
     stamp = envelope.get(key)
     if stamp is None:
@@ -272,7 +286,7 @@ def _occurred_at(envelope: dict[str, Any], data: str, event_id: str) -> datetime
     if not isinstance(stamp, str):
         return reject(f"unparseable {key}: not a string", data, event_id)
     try:
-        return parse_event_time(stamp)
+        return stamp, parse_event_time(stamp)
     except TimestampError as exc:
         return reject(f"unparseable {key}: {exc}", data, event_id)
 

@@ -52,13 +52,38 @@ def sqlite_time(value: datetime) -> str:
     )
 
 
-def sqlite_row(event: Event, source: str, received_text: str) -> tuple[Any, ...]:
-    """One event as the SQLite insert binds it (``EVENT_COLUMNS`` order)."""
+def stamp_text(stamp: str | None) -> str | None:
+    """The :func:`sqlite_time` text of an event time written in the producer's usual form
+    (``2026-03-01T12:00:00.123Z``, as parsed already), by slicing; None for any other form.
+
+    The checks pin the calendar form (not, say, an ISO week date of the same length),
+    so the digits are those the parser read as year, month, day and time of day.
+    """
+    if (
+        stamp is not None
+        and len(stamp) == 24
+        and stamp[23] == "Z"
+        and stamp[19] == "."
+        and stamp[10] == "T"
+        and stamp[4] == "-"
+        and stamp[7] == "-"
+        and stamp[13] == ":"
+        and stamp[16] == ":"
+    ):
+        return f"{stamp[:10]} {stamp[11:23]}000"
+    return None
+
+
+def sqlite_row(
+    event: Event, source: str, received_text: str, stamp: str | None = None
+) -> tuple[Any, ...]:
+    """One event as the SQLite insert binds it (``EVENT_COLUMNS`` order); ``stamp`` is its
+    time as the frame wrote it, when known (:func:`stamp_text`)."""
     return (
         event.id,
         source,
         event.type,
-        sqlite_time(event.occurred_at),
+        stamp_text(stamp) or sqlite_time(event.occurred_at),
         received_text,
         event.grant_id or "",
         event.agent_id or "",
@@ -101,12 +126,20 @@ def prepare_events(
     bound: datetime,
     tails: bool = True,
     target: str = "sqlite",
+    stamps: Sequence[str | None] = (),
 ) -> PreparedEvents:
     """Rows (and, with ``tails``, canonical tails) of ``events`` that arrived at
     ``received_at``; ``bound`` is the latest plausible event time for them. For a
-    ``postgresql`` target the rows come with their ``COPY`` lines too."""
+    ``postgresql`` target the rows come with their ``COPY`` lines too. ``stamps`` are
+    the events' times as their frames wrote them, when known (:func:`stamp_text`)."""
     received_text = sqlite_time(received_at)
-    rows = [sqlite_row(event, source, received_text) for event in events]
+    if stamps:
+        rows = [
+            sqlite_row(event, source, received_text, stamp)
+            for event, stamp in zip(events, stamps, strict=True)
+        ]
+    else:
+        rows = [sqlite_row(event, source, received_text) for event in events]
     times = _times(((event.id, event.occurred_at) for event in events), bound)
     made = event_tails(rows, channel, ZERO[target]) if tails else None
     lines = copy_lines(rows) if target == "postgresql" else None

@@ -19,7 +19,7 @@ from datetime import datetime
 
 import httpx
 
-from .events import MAX_FRAME_BYTES, Event, Rejection, normalise, peek_id, reject
+from .events import MAX_FRAME_BYTES, Event, Rejection, normalise_stamped, peek_id, reject
 from .prepare import PreparedEvents, prepare_events
 from .resume import latest_plausible
 from .settings import IngestSettings
@@ -209,14 +209,15 @@ def put_until_stopped(
 
 def decode_chunk(chunk: Chunk, preparation: Preparation | None) -> Normalised:
     """A chunk's frames normalised, and its events prepared for the database when asked."""
-    items = [normalise_frame(frame) for frame in chunk.frames]
     if preparation is None:
-        return Normalised(items, chunk.received_at)
+        return Normalised([normalise_frame(frame) for frame in chunk.frames], chunk.received_at)
     received_at = chunk.received_at
-    events = [item for item in items if type(item) is Event]
+    made = [normalise_frame_stamped(frame) for frame in chunk.frames]
+    pairs = [item for item in made if not isinstance(item, Rejection)]
+    events = [event for event, _ in pairs]
     rejections: list[Event | Rejection] = []
-    if len(events) < len(items):
-        rejections = [item for item in items if type(item) is not Event]
+    if len(pairs) < len(made):
+        rejections = [item for item in made if isinstance(item, Rejection)]
     prepared = prepare_events(
         events,
         preparation.source,
@@ -225,15 +226,24 @@ def decode_chunk(chunk: Chunk, preparation: Preparation | None) -> Normalised:
         latest_plausible(received_at),
         preparation.tails,
         preparation.target,
+        [stamp for _, stamp in pairs],
     )
     return Normalised(rejections, received_at, prepared)
 
 
 def normalise_frame(frame: Frame) -> Event | Rejection:
     """One frame as an event, or as a rejection with its reason."""
+    made = normalise_frame_stamped(frame)
+    if isinstance(made, Rejection):
+        return made
+    return made[0]
+
+
+def normalise_frame_stamped(frame: Frame) -> tuple[Event, str] | Rejection:
+    """:func:`normalise_frame`, with the event's time as the frame wrote it."""
     if frame.truncated_length is not None:
         rejection = reject(
             f"frame larger than {MAX_FRAME_BYTES} bytes", frame.data, peek_id(frame.data)
         )
         return rejection._replace(raw_length=frame.truncated_length)
-    return normalise(frame.data)
+    return normalise_stamped(frame.data)
