@@ -51,6 +51,14 @@ def text_field(value: Any) -> str | None:
 
     Raises :class:`TooLong` past :data:`MAX_TEXT` characters.
     """
+    if value is None:  # the usual absent field, settled first
+        return None
+    if type(value) is str:
+        if len(value) > MAX_TEXT:
+            raise TooLong(value)
+        if value.isascii():
+            return value if value and "\x00" not in value else None
+        return value if value and storable(value) else None
     if isinstance(value, str):
         if len(value) > MAX_TEXT:
             raise TooLong(value)
