@@ -7,8 +7,10 @@ reading in a child process (``python -m ingest.reader_process``) and keeps
 the interface of :class:`~ingest.reader.StreamReader`: the main thread reads
 :attr:`~ProcessReader.queue` and answers :class:`~ingest.reader.NeedSince`.
 
-Two pipes join them. The child sends what it reads, pickled, on the data
-pipe; a thread of the parent (the pump) receives it onto the bounded queue.
+Two pipes join them. The child sends what it reads on the data pipe (chunks
+of prepared rows as ``marshal`` data, anything else pickled:
+:mod:`ingest.reader_wire`); a thread of the parent (the pump) receives it
+onto the bounded queue.
 When the writer falls behind, the queue fills, the pump stops receiving,
 the pipe fills, the child blocks in its send and stops reading the socket:
 the same backpressure as with a reader thread. The parent sends the job,
