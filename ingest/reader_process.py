@@ -120,22 +120,24 @@ class ProcessReader:
         self._send(("since", since))
 
     def close(self, timeout: float) -> None:
-        """Ask the child to stop, wait up to ``timeout``, then end it.
+        """End the child: at once, however it is blocked; killed after ``timeout``.
 
-        The child holds nothing worth waiting for: one blocked in a socket
-        read is killed rather than delay the process's exit.
+        The child holds nothing worth waiting for. Closing the control pipe
+        ends it even while it waits in a socket read or on a full data pipe,
+        where a stop request would only be seen once the read returns.
         """
         self._send(_STOP)
-        if self._thread is not None:
-            self._thread.join(timeout=timeout)
+        with self._control_lock:
+            if self._control is not None:
+                self._control.close()
         if self._proc is not None:
             try:
                 self._proc.wait(timeout=timeout)
             except subprocess.TimeoutExpired:
                 self._proc.kill()
                 self._proc.wait()
-        if self._control is not None:
-            self._control.close()
+        if self._thread is not None:
+            self._thread.join(timeout=timeout)
 
     def _send(self, message: object) -> None:
         with self._control_lock:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import subprocess
 import threading
+import time
 from collections.abc import Iterator
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
@@ -14,7 +15,7 @@ from ingest import migrate
 from ingest.database import create_archive_engine
 from ingest.events import Event, normalise
 from ingest.prepare import prepare_events, summarise
-from ingest.reader import Preparation, ReaderDone, ReaderFailed, decode_chunk
+from ingest.reader import Normalised, Preparation, ReaderDone, ReaderFailed, decode_chunk
 from ingest.reader_process import ProcessReader
 from ingest.resume import latest_plausible
 from ingest.rows import Received
@@ -205,3 +206,24 @@ def test_a_reader_that_cannot_start_ends_the_run_with_its_reason(
     assert done.error.kind == "PermissionError"
     assert str(done.error) == "cannot start the stream reader: not allowed"
     reader.close(timeout=0.1)
+
+
+def test_closing_the_reader_ends_a_child_blocked_in_a_socket_read_at_once() -> None:
+    """A stream that sends nothing more: the child is in a socket read when the run ends."""
+    with ScriptedServer([Reply(chunks=[frame(FRAMES[0])], hold=30)]) as server:
+        options = StreamOptions(
+            base_url=server.base_url, api_key=Secret(API_KEY), read_timeout=60.0
+        )
+        reader = ProcessReader(options, threading.Event(), Preparation("default"))
+        reader.start(None)
+        got: list[object] = []
+        while not any(isinstance(item, Normalised) and item.prepared for item in got):
+            got.append(reader.queue.get(timeout=15))
+        proc = reader._proc
+        assert proc is not None and proc.poll() is None
+        started = time.monotonic()
+        reader.close(timeout=10.0)
+        elapsed = time.monotonic() - started
+    # Not killed after the timeout: ended by the closed control pipe.
+    assert proc.returncode == 0
+    assert elapsed < 2.0
