@@ -26,14 +26,13 @@ import json
 import statistics
 import tempfile
 import time
-from collections.abc import Callable
 from dataclasses import replace
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
 
 import ingest.store
-from benchmarks.ingest import sqlite_ceiling
+from benchmarks.ingest import sqlite_ceiling, timed
 from benchmarks.machine import facts_line
 from benchmarks.results import write_section
 from benchmarks.unsealed import NoSeal
@@ -59,12 +58,6 @@ def sse_bytes(count: int) -> bytes:
         for envelope in generate_events(42, start, count, 86400 / max(count, 1), "live")
     ]
     return b"".join(frames)
-
-
-def cpu(work: Callable[[], Any]) -> tuple[float, Any]:
-    started = time.process_time()
-    result = work()
-    return time.process_time() - started, result
 
 
 def reader_stages(data: bytes) -> tuple[dict[str, float], list[Normalised]]:
@@ -140,7 +133,7 @@ def write_all(path: Path, made: list[Normalised], sealed: bool) -> float:
                     lines=[None] * len(part),
                 )
 
-        seconds, _ = cpu(work)
+        seconds = timed(work).cpu_seconds
     finally:
         ingest.store.Sealer = saved  # type: ignore[misc]
         store.close()

@@ -28,7 +28,7 @@ class NoSeal:
         return None
 
     def events_bound(
-        self, after: int, rows: Any, channel: str, tails: Any = None, inserted: Any = None
+        self, after: int, rows: Any, channel: str, inserted: int, tails: Any = None
     ) -> None:
         return None
 

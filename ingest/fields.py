@@ -53,12 +53,6 @@ def text_field(value: Any) -> str | None:
     """
     if value is None:  # the usual absent field, settled first
         return None
-    if type(value) is str:
-        if len(value) > MAX_TEXT:
-            raise TooLong(value)
-        if value.isascii():
-            return value if value and "\x00" not in value else None
-        return value if value and storable(value) else None
     if isinstance(value, str):
         if len(value) > MAX_TEXT:
             raise TooLong(value)

@@ -300,7 +300,7 @@ class Store(RunRecords):
                     result.inserted = self._insert_sqlite(conn, fresh.rows, channel)
                     if result.inserted < len(fresh):
                         self._compare_stored(conn, fresh.stored_as(), before, result, rejections)
-                    sealer.events_bound(before, fresh.rows, channel, fresh.tails, result.inserted)
+                    sealer.events_bound(before, fresh.rows, channel, result.inserted, fresh.tails)
                 elif isinstance(fresh, FreshRows):
                     keyed = self._insert_postgres_rows(conn, fresh, channel)
                     result.inserted = len(keyed)

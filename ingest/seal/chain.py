@@ -104,15 +104,15 @@ class Sealer:
         after: int,
         rows: Sequence[Sequence[Any]],
         channel: str,
+        inserted: int,
         tails: Sequence[bytes] | None = None,
-        inserted: int | None = None,
     ) -> None:
         """Seal the events above ``after`` from ``rows``, the values SQLite's insert bound
         (:func:`ingest.prepare.sqlite_row`, with ``channel`` in the statement), when each of
         them went in, in order; else (some were already archived) as :meth:`rows_above`.
-        ``tails`` are the rows' canonical tails when the reader made them already
-        (:func:`ingest.prepare.event_tails`); ``inserted`` is how many rows the insert
-        reported, when it was counted.
+        ``inserted`` is how many rows the insert reported; ``tails`` are the rows'
+        canonical tails when the reader made them already
+        (:func:`ingest.prepare.event_tails`).
 
         What SQLite stores is what was bound, with ``''`` and NaN made NULL by the
         statement: text in text columns and finite floats in ``REAL`` ones unchanged, times
@@ -125,8 +125,6 @@ class Sealer:
         that every row went in and which keys they took; each of the two keys is one
         B-tree descent, where a count over the rows would read every one of them.
         """
-        if inserted is None:
-            inserted = self._fetch(f"SELECT count(*) FROM events WHERE seq > {int(after)}")[0][0]
         if inserted != len(rows):
             self.rows_above("events", after)
             return
