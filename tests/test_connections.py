@@ -268,7 +268,8 @@ def test_a_killed_run_s_waiting_request_is_closed_by_the_next_run_covering_nothi
     [killed] = connection_rows(archive_url)
     assert killed.closed_at is None
     with ScriptedServer([Reply(status=503)], default=Reply(status=503)) as server:
-        result = ingest(archive_url, server, "--max-runtime", "0.5")
+        # Long enough for the reader process to start and be refused on a loaded machine.
+        result = ingest(archive_url, server, "--max-runtime", "1.5")
     assert result.exit_code == 69, result.output
     settled, *refused = connection_rows(archive_url)
     if len(refused) > 1 and refused[-1].close_reason == WAITING_REASON:
