@@ -28,11 +28,19 @@ class NoSeal:
         return None
 
     def events_bound(
-        self, after: int, rows: Any, channel: str, inserted: int, tails: Any = None
+        self,
+        after: int,
+        rows: Any,
+        channel: str,
+        inserted: int,
+        digests: Any = None,
+        first_key: Any = None,
     ) -> None:
         return None
 
-    def events_returned(self, keyed: Any, rows: Any, channel: str, tails: Any = None) -> None:
+    def events_returned(
+        self, keyed: Any, rows: Any, channel: str, digests: Any = None, first_key: Any = None
+    ) -> None:
         return None
 
     def rows_with_keys(self, kind: str, keys: Any) -> None:
@@ -43,10 +51,10 @@ class NoSeal:
 
 
 def rows_only(settings: IngestSettings, store: Store) -> Preparation | None:
-    """The reader prepares SQLite rows but not the canonical tails only the chain needs."""
+    """The reader prepares SQLite rows but not the digests only the chain needs."""
     if not store.prepares_rows:
         return None
-    return Preparation(settings.source, "stream", tails=False, target=store.dialect)
+    return Preparation(settings.source, "stream", digests=False, target=store.dialect)
 
 
 if __name__ == "__main__":

@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
+from .key_guess import Guessed
 from .store import ConnectionShare, Received, StoreError
 
 
@@ -18,10 +19,10 @@ class Batch:
     """What the worker hands over in one commit.
 
     ``entries`` are the events and rejections as received; when the reader
-    prepares the events, they come as ``rows`` (with their canonical
-    ``tails`` and, for PostgreSQL, their ``COPY`` ``lines``, None where not
-    made, see :mod:`ingest.prepare`) and leave only the rejections in
-    ``entries``. ``newest`` is the newest
+    prepares the events, they come as ``rows`` (with their ``digests``, one
+    bytes per chunk, made from the keys ``guessed``, and for PostgreSQL their
+    ``COPY`` ``lines``, None where not made, see :mod:`ingest.prepare`) and
+    leave only the rejections in ``entries``. ``newest`` is the newest
     plausible event time in it (the resume point once committed);
     ``connections`` which connections its items came over, one share per
     stretch of items from one connection, in arrival order.
@@ -31,7 +32,8 @@ class Batch:
     newest: datetime | None = None
     connections: list[ConnectionShare] = field(default_factory=list)
     rows: list[tuple[Any, ...]] = field(default_factory=list)
-    tails: list[bytes | None] = field(default_factory=list)
+    digests: list[bytes] = field(default_factory=list)
+    guessed: Guessed = field(default_factory=Guessed)
     lines: list[bytes | None] = field(default_factory=list)
 
     def __len__(self) -> int:

@@ -13,7 +13,7 @@ from datetime import datetime
 
 from .batch_writer import Batch
 from .events import Event
-from .prepare import PreparedEvents, summarise
+from .prepare import DIGEST_SIZE, PreparedEvents, summarise
 from .reader import Normalised
 from .resume import MAX_CLOCK_SKEW, latest_plausible
 from .rows import Received
@@ -74,14 +74,17 @@ def _take_prepared(
 ) -> int:
     """:func:`take` for a chunk whose events came as SQLite rows, with their times."""
     received_at = chunk.received_at
-    rows, tails, lines = prepared.rows, prepared.tails, prepared.lines
+    rows, digests, lines = prepared.rows, prepared.digests, prepared.lines
+    first_row, first_key = prepared.first_row, prepared.first_key
     if limit is not None and c.received + len(rows) > limit:
         rows = rows[: limit - c.received]
-        tails = tails[: len(rows)] if tails is not None else None
+        digests = digests[: DIGEST_SIZE * len(rows)] if digests is not None else None
         lines = lines[: len(rows)] if lines is not None else None
         prepared = summarise(rows, latest_plausible(received_at))
     batch.rows += rows
-    batch.tails += tails if tails is not None else [None] * len(rows)
+    if digests:
+        batch.digests.append(digests)
+    batch.guessed.add(first_row, len(rows), first_key if digests is not None else None)
     batch.lines += lines if lines is not None else [None] * len(rows)
     batch.entries += [Received(item, received_at) for item in chunk.items]
     c.received += len(rows)

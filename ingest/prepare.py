@@ -8,10 +8,11 @@ so the stream reader does them as it decodes:
 - the **row** the SQLite insert binds (:func:`sqlite_row`: text times, ``''``
   and NaN for NULL, made NULL again by the statement) and, for PostgreSQL,
   the same row as a line of ``COPY`` text (:func:`copy_lines`);
-- the **tail** of the row's canonical form for the hash chain
-  (:func:`event_tails`): every field after ``seq``, which only the insert
-  allocates. The writer completes each digest with :func:`digests_from_tails`
-  once it knows the keys: one SHA-256 per row.
+- the row's **digest** for the hash chain (:func:`event_tails`, then
+  :func:`digests_from_tails`): its canonical form starts with ``seq``, which
+  only the insert allocates, so the reader makes it from the key it guesses the
+  row will take (:mod:`ingest.key_guess`), and the writer uses it when the
+  insert gave that key; otherwise it remakes the digest from the row.
 
 ``docs/integrity.md`` defines the canonical form; ``ingest.seal.canonical`` is
 its reference implementation, and tests hold these digests to it. This
@@ -104,18 +105,22 @@ class PreparedEvents:
     lines), with what the worker needs to know
     of their times, so that only plain rows cross from a reader process.
 
-    ``tails`` are the rows' canonical tails (None when not made); ``earliest`` is the
+    ``digests`` are the rows' digests, concatenated, made from the keys guessed from
+    ``first_key`` (None when not made); ``first_row`` is the first row's number
+    (:mod:`ingest.key_guess`). ``earliest`` is the
     earliest event time, ``newest`` the newest plausible one (the resume point's
     candidate), ``implausible`` the ids and times of events dated past the bound.
     """
 
     rows: list[tuple[Any, ...]]
-    tails: list[bytes] | None
+    digests: bytes | None
     earliest: datetime | None
     newest: datetime | None
     implausible: list[tuple[str, datetime]]
     lines: list[bytes] | None = None
     """For PostgreSQL: each row as a line of ``COPY ... FROM STDIN`` text."""
+    first_row: int = 0
+    first_key: int | None = None
 
 
 def prepare_events(
@@ -124,14 +129,17 @@ def prepare_events(
     received_at: datetime,
     channel: str,
     bound: datetime,
-    tails: bool = True,
+    *,
+    first_key: int | None = None,
     target: str = "sqlite",
     stamps: Sequence[str | None] = (),
+    first_row: int = 0,
 ) -> PreparedEvents:
-    """Rows (and, with ``tails``, canonical tails) of ``events`` that arrived at
-    ``received_at``; ``bound`` is the latest plausible event time for them. For a
-    ``postgresql`` target the rows come with their ``COPY`` lines too. ``stamps`` are
-    the events' times as their frames wrote them, when known (:func:`stamp_text`)."""
+    """Rows of ``events`` that arrived at ``received_at`` (numbered from ``first_row``),
+    with their digests when ``first_key``, the key guessed for the first of them, is
+    known; ``bound`` is the latest plausible event time for them. For a ``postgresql``
+    target the rows come with their ``COPY`` lines too. ``stamps`` are the events' times
+    as their frames wrote them, when known (:func:`stamp_text`)."""
     received_text = sqlite_time(received_at)
     if stamps:
         rows = [
@@ -141,9 +149,12 @@ def prepare_events(
     else:
         rows = [sqlite_row(event, source, received_text) for event in events]
     times = _times(((event.id, event.occurred_at) for event in events), bound)
-    made = event_tails(rows, channel, ZERO[target]) if tails else None
+    made = None
+    if first_key is not None:
+        keys = range(first_key, first_key + len(rows))
+        made = digests_from_tails(keys, event_tails(rows, channel, ZERO[target]))
     lines = copy_lines(rows) if target == "postgresql" else None
-    return PreparedEvents(rows, made, *times, lines)
+    return PreparedEvents(rows, made, *times, lines, first_row, first_key if made else None)
 
 
 def summarise(rows: list[tuple[Any, ...]], bound: datetime) -> PreparedEvents:
@@ -173,6 +184,9 @@ def stored_time(text: str) -> datetime:
     """A time in SQLite's text form (:func:`sqlite_time`), as an aware UTC datetime."""
     return datetime.strptime(text, "%Y-%m-%d %H:%M:%S.%f").replace(tzinfo=timezone.utc)
 
+
+DIGEST_SIZE = 32
+"""Bytes in a row's digest (SHA-256)."""
 
 ZERO = {"sqlite": 0.0, "postgresql": -0.0}
 """What :func:`event_tails` adds to a float, per database: ``+ 0.0`` makes ``-0.0`` into

@@ -20,6 +20,7 @@ from datetime import datetime
 import httpx
 
 from .events import MAX_FRAME_BYTES, Event, Rejection, normalise_stamped, peek_id, reject
+from .key_guess import KeyGuess
 from .prepare import PreparedEvents, prepare_events
 from .resume import latest_plausible
 from .settings import IngestSettings
@@ -71,12 +72,13 @@ class Normalised:
 @dataclass(frozen=True)
 class Preparation:
     """What the reader prepares for the archive's database (``target``: ``sqlite`` or
-    ``postgresql``): rows for ``source`` and ``channel``, their canonical tails when
-    ``tails`` (the archive seals them), and for PostgreSQL their ``COPY`` lines."""
+    ``postgresql``): rows for ``source`` and ``channel``, their digests when ``digests``
+    (the archive seals them; made from the keys a :class:`~ingest.key_guess.KeyGuess`
+    guesses), and for PostgreSQL their ``COPY`` lines."""
 
     source: str
     channel: str = "stream"
-    tails: bool = True
+    digests: bool = True
     target: str = "sqlite"
 
 
@@ -133,6 +135,7 @@ class StreamReader:
         self._stop = stop
         self.queue: queue.Queue[QueueItem] = queue.Queue(maxsize=QUEUE_CHUNKS)
         self._answers: queue.Queue[datetime | None] = queue.Queue(maxsize=1)
+        self._guess = KeyGuess()
         self._first_connect = True
         self._initial_since: datetime | None = None
         self._client: httpx.Client | None = None
@@ -147,6 +150,11 @@ class StreamReader:
     def answer(self, since: datetime | None) -> None:
         """The resume point the reader asked for with :class:`NeedSince`."""
         self._answers.put(since)
+
+    def correct_keys(self, row: int, key: int) -> None:
+        """The writer's word: the row numbered ``row`` takes the key ``key``
+        (:meth:`~ingest.key_guess.KeyGuess.correct`)."""
+        self._guess.correct(row, key)
 
     def close(self, timeout: float) -> None:
         """Wait up to ``timeout`` for the thread; close the HTTP client if it has ended.
@@ -184,7 +192,7 @@ class StreamReader:
                 self._options, self._since_for_connect, self._stop, client=self._client
             ):
                 if isinstance(item, Chunk):
-                    self._put(decode_chunk(item, self._preparation))
+                    self._put(decode_chunk(item, self._preparation, self._guess))
                 else:
                     self._put(item)
         except BaseException as exc:  # handed to the main thread, which decides
@@ -207,8 +215,11 @@ def put_until_stopped(
                 return
 
 
-def decode_chunk(chunk: Chunk, preparation: Preparation | None) -> Normalised:
-    """A chunk's frames normalised, and its events prepared for the database when asked."""
+def decode_chunk(
+    chunk: Chunk, preparation: Preparation | None, guess: KeyGuess | None = None
+) -> Normalised:
+    """A chunk's frames normalised, and its events prepared for the database when asked,
+    numbered and with their digests by ``guess`` when it knows their keys."""
     if preparation is None:
         return Normalised([normalise_frame(frame) for frame in chunk.frames], chunk.received_at)
     received_at = chunk.received_at
@@ -218,15 +229,17 @@ def decode_chunk(chunk: Chunk, preparation: Preparation | None) -> Normalised:
     rejections: list[Event | Rejection] = []
     if len(pairs) < len(made):
         rejections = [item for item in made if isinstance(item, Rejection)]
+    first_row, first_key = guess.take(len(events)) if guess is not None else (0, None)
     prepared = prepare_events(
         events,
         preparation.source,
         received_at,
         preparation.channel,
         latest_plausible(received_at),
-        preparation.tails,
-        preparation.target,
-        [stamp for _, stamp in pairs],
+        first_key=first_key if preparation.digests else None,
+        target=preparation.target,
+        stamps=[stamp for _, stamp in pairs],
+        first_row=first_row,
     )
     return Normalised(rejections, received_at, prepared)
 

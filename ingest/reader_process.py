@@ -38,6 +38,7 @@ from datetime import datetime
 from multiprocessing.connection import Connection
 from pathlib import Path
 
+from .key_guess import KeyGuess
 from .reader import (
     GC_THRESHOLDS,
     QUEUE_CHUNKS,
@@ -118,6 +119,11 @@ class ProcessReader:
     def answer(self, since: datetime | None) -> None:
         """The resume point the child asked for with :class:`~ingest.reader.NeedSince`."""
         self._send(("since", since))
+
+    def correct_keys(self, row: int, key: int) -> None:
+        """The writer's word: the row numbered ``row`` takes the key ``key``
+        (:meth:`~ingest.key_guess.KeyGuess.correct`, in the child)."""
+        self._send(("keys", (row, key)))
 
     def close(self, timeout: float) -> None:
         """End the child: at once, however it is blocked; killed after ``timeout``.
@@ -225,6 +231,7 @@ def child_main(data_fd: int, control_fd: int) -> None:
     job: ReaderJob = control.recv()
     stop = threading.Event()
     answers: queue.Queue[datetime | None] = queue.Queue()
+    guess = KeyGuess()
 
     def listen() -> None:
         try:
@@ -232,6 +239,8 @@ def child_main(data_fd: int, control_fd: int) -> None:
                 kind, value = control.recv()
                 if kind == "stop":
                     stop.set()
+                elif kind == "keys":
+                    guess.correct(*value)
                 else:
                     answers.put(value)
         except (EOFError, OSError):
@@ -257,8 +266,10 @@ def child_main(data_fd: int, control_fd: int) -> None:
     try:
         client = make_client(job.options)
         for item in stream_events(job.options, since_for_connect, stop, client=client):
-            message = decode_chunk(item, job.preparation) if isinstance(item, Chunk) else item
-            data.send_bytes(encode(message))
+            if isinstance(item, Chunk):
+                data.send_bytes(encode(decode_chunk(item, job.preparation, guess)))
+            else:
+                data.send_bytes(encode(item))
     except BaseException as exc:  # handed to the parent, which decides
         error = exc
     with contextlib.suppress(OSError):

@@ -30,8 +30,9 @@ def encode(item: QueueItem) -> bytes:
         p = item.prepared
         implausible = [(event_id, _micros(occurred)) for event_id, occurred in p.implausible]
         fields = (
-            p.rows, p.tails, p.lines, _micros(item.received_at),
+            p.rows, p.digests, p.lines, _micros(item.received_at),
             _optional_micros(p.earliest), _optional_micros(p.newest), implausible,
+            p.first_row, p.first_key,
         )  # fmt: skip
         return _ROWS + marshal.dumps(fields, MARSHAL_VERSION)
     return _PICKLED + pickle.dumps(item, protocol=pickle.HIGHEST_PROTOCOL)
@@ -41,14 +42,17 @@ def decode(message: bytes) -> QueueItem:
     """The item :func:`encode` made ``message`` from."""
     body = memoryview(message)[1:]
     if message[:1] == _ROWS:
-        rows, tails, lines, received, earliest, newest, implausible = marshal.loads(body)
+        (rows, digests, lines, received, earliest, newest, implausible, first_row,
+         first_key) = marshal.loads(body)  # fmt: skip
         prepared = PreparedEvents(
             rows,
-            tails,
+            digests,
             _optional_time(earliest),
             _optional_time(newest),
             [(event_id, _time(occurred)) for event_id, occurred in implausible],
             lines,
+            first_row,
+            first_key,
         )
         return Normalised([], _time(received), prepared)
     if message[:1] == _PICKLED:

@@ -240,7 +240,8 @@ class Store(RunRecords):
         connections: Sequence[ConnectionShare] = (),
         channel: str = "stream",
         rows: Sequence[tuple[Any, ...]] = (),
-        tails: Sequence[bytes | None] = (),
+        digests: bytes = b"",
+        first_key: int | None = None,
         lines: Sequence[bytes | None] = (),
     ) -> BatchResult:
         """Store one batch in one transaction: events insert-or-ignore, rejections appended.
@@ -252,8 +253,11 @@ class Store(RunRecords):
         of :data:`~ingest.schema.CHANNELS`) is recorded with the events this
         batch inserts; an event another channel delivered first keeps its own.
         ``rows`` are more events, prepared by the reader (:mod:`ingest.prepare`),
-        with their canonical ``tails`` where made and, for PostgreSQL, their
-        ``COPY`` ``lines``; they follow the events among ``batch``.
+        with their ``digests`` (concatenated) when it made them from the keys it
+        guessed from ``first_key`` (:mod:`ingest.key_guess`) and, for PostgreSQL,
+        their ``COPY`` ``lines``; they follow the events among ``batch``. The
+        result's ``next_key`` is the key the next event will take, as far as this
+        batch tells.
         """
         if channel not in CHANNELS:
             raise ValueError(f"unknown channel {channel!r}: expected one of {CHANNELS}")
@@ -268,7 +272,9 @@ class Store(RunRecords):
         fresh: Fresh
         if self._sqlite or rows:
             copy = not self._sqlite
-            fresh = fresh_rows(arrived, source, rows, tails, result, rejections, lines, copy)
+            fresh = fresh_rows(
+                arrived, source, rows, result, rejections, lines, copy, digests, first_key
+            )
         else:
             fresh = fresh_entries(arrived, result, rejections)
         try:
@@ -300,13 +306,17 @@ class Store(RunRecords):
                     result.inserted = self._insert_sqlite(conn, fresh.rows, channel)
                     if result.inserted < len(fresh):
                         self._compare_stored(conn, fresh.stored_as(), before, result, rejections)
-                    sealer.events_bound(before, fresh.rows, channel, result.inserted, fresh.tails)
+                    result.next_key = sealer.events_bound(
+                        before, fresh.rows, channel, result.inserted, *fresh.guessed
+                    )
                 elif isinstance(fresh, FreshRows):
                     keyed = self._insert_postgres_rows(conn, fresh, channel)
                     result.inserted = len(keyed)
                     if result.inserted < len(fresh):
                         self._compare_stored(conn, fresh.stored_as(), before, result, rejections)
-                    sealer.events_returned(keyed, fresh.rows, channel, fresh.tails)
+                    result.next_key = sealer.events_returned(
+                        keyed, fresh.rows, channel, *fresh.guessed
+                    )
                 else:
                     result.inserted = self._insert_postgres(conn, fresh, source, channel)
                     if result.inserted < len(fresh):

@@ -16,7 +16,7 @@ from datetime import datetime
 from typing import Any
 
 from .events import Event, Rejection, same_payload
-from .prepare import ID, PAYLOAD, RECEIVED_AT, copy_lines, stored_time
+from .prepare import DIGEST_SIZE, ID, PAYLOAD, RECEIVED_AT, copy_lines, stored_time
 from .rows import Received, sqlite_rows
 from .store_rejections import conflict_of
 
@@ -27,19 +27,29 @@ class BatchResult:
     duplicates: int = 0
     conflicts: int = 0
     rejected: int = 0
+    next_key: int | None = None
+    """The key the next event inserted will take, if no one else writes first (for the
+    reader's guess, :mod:`ingest.key_guess`); None when this batch does not tell."""
 
 
 @dataclass
 class FreshRows:
-    """Events as SQLite rows, with their canonical tails when every one was made, and for
-    PostgreSQL their ``COPY`` lines."""
+    """Events as SQLite rows, with the digests the reader made for them (from the keys
+    guessed from ``first_key``) when it made them for every row, and for PostgreSQL their
+    ``COPY`` lines."""
 
     rows: list[tuple[Any, ...]]
-    tails: list[bytes] | None
+    digests: bytes | None = None
     lines: list[bytes] | None = None
+    first_key: int | None = None
 
     def __len__(self) -> int:
         return len(self.rows)
+
+    @property
+    def guessed(self) -> tuple[bytes | None, int | None]:
+        """The reader's digests and the key they were made from (both None if not made)."""
+        return self.digests, self.first_key
 
     def stored_as(self) -> dict[str, tuple[str, datetime]]:
         """Id to payload and time of receipt, to compare with what is stored."""
@@ -53,51 +63,50 @@ def fresh_rows(
     arrived: list[Received],
     source: str,
     rows: Sequence[tuple[Any, ...]],
-    tails: Sequence[bytes | None],
     result: BatchResult,
     rejections: list[tuple[Rejection, datetime]],
     lines: Sequence[bytes | None] = (),
     copy: bool = False,
+    digests: bytes = b"",
+    first_key: int | None = None,
 ) -> FreshRows:
-    """The fresh events among ``arrived`` (made into rows) and the prepared ``rows``;
-    with ``copy`` (PostgreSQL), each with its ``COPY`` line."""
+    """The fresh events among ``arrived`` (made into rows) and the prepared ``rows``
+    (with their ``digests`` when the reader made them from keys guessed from
+    ``first_key``); with ``copy`` (PostgreSQL), each with its ``COPY`` line."""
     if not arrived and len({row[ID] for row in rows}) == len(rows):
         # The usual batch: prepared rows only, no id twice.
-        complete = None if not tails or None in tails else list(tails)
         ready = list(lines) if copy and lines and None not in lines else None
         if not copy or ready is not None:
-            return FreshRows(list(rows), complete, ready)  # type: ignore[arg-type]
+            if first_key is None or len(digests) != DIGEST_SIZE * len(rows):
+                digests, first_key = b"", None
+            return FreshRows(list(rows), digests or None, ready, first_key)  # type: ignore[arg-type]
+    # Some rows are dropped or added here: the keys the reader guessed no longer hold.
     every = sqlite_rows(arrived, source) if arrived else []
     every += rows
-    made: list[bytes | None] = [None] * len(arrived)
-    made += tails if tails else [None] * len(rows)
     given: list[bytes | None] = [None] * len(arrived)
     given += lines if lines else [None] * len(rows)
     index: dict[str, int] = {}
     kept: list[tuple[Any, ...]] = []
-    kept_tails: list[bytes | None] = []
     kept_lines: list[bytes | None] = []
-    for row, tail, line in zip(every, made, given, strict=True):
+    for row, line in zip(every, given, strict=True):
         ident = row[ID]
         seen = index.get(ident)
         if seen is None:
             index[ident] = len(kept)
             kept.append(row)
-            kept_tails.append(tail)
             kept_lines.append(line)
             continue
         result.duplicates += 1
         if not same_payload(kept[seen][PAYLOAD], row[PAYLOAD]):
             rejections.append((conflict_of(ident, row[PAYLOAD]), stored_time(row[RECEIVED_AT])))
             result.conflicts += 1
-    complete = None if None in kept_tails else kept_tails
     if not copy:
-        return FreshRows(kept, complete)  # type: ignore[arg-type]
+        return FreshRows(kept)
     if None in kept_lines:
         kept_lines = [
             line or copy_lines([row])[0] for row, line in zip(kept, kept_lines, strict=True)
         ]
-    return FreshRows(kept, complete, kept_lines)  # type: ignore[arg-type]
+    return FreshRows(kept, None, kept_lines)  # type: ignore[arg-type]
 
 
 def fresh_entries(

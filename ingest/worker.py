@@ -331,6 +331,8 @@ class Worker:
 
     def _commit(self, batch: Batch) -> None:
         """Runs on the writer thread: one batch and its connections' counts, one transaction."""
+        guessed = batch.guessed
+        digests = b"".join(batch.digests) if guessed.first_key is not None else b""
         result = self._with_db_retry(
             lambda: self.store.write_batch(
                 self.settings.source,
@@ -338,10 +340,14 @@ class Worker:
                 batch.entries,
                 batch.connections,
                 rows=batch.rows,
-                tails=batch.tails,
+                digests=digests,
+                first_key=guessed.first_key,
                 lines=batch.lines,
             )
         )
+        correction = guessed.correction(result.next_key)
+        if correction is not None:
+            self._reader.correct_keys(*correction)
         newest = batch.newest
         c = self.counts
         c.inserted += result.inserted
@@ -388,7 +394,7 @@ class Worker:
 
 def preparation_for(settings: IngestSettings, store: Store) -> Preparation | None:
     """What the reader prepares for the writer (:mod:`ingest.prepare`): each event's row,
-    its canonical tail, and for PostgreSQL its ``COPY`` line."""
+    its digest, and for PostgreSQL its ``COPY`` line."""
     if not store.prepares_rows:
         return None
-    return Preparation(settings.source, "stream", tails=True, target=store.dialect)
+    return Preparation(settings.source, "stream", digests=True, target=store.dialect)

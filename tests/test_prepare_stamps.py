@@ -62,9 +62,16 @@ def test_rows_made_with_stamps_are_the_rows_made_without() -> None:
     assert events == [normalise(text) for text in texts]
     bound = latest_plausible(NOW)
     for target in ("sqlite", "postgresql"):
-        plain = prepare_events(events, "default", NOW, "stream", bound, True, target)
+        plain = prepare_events(events, "default", NOW, "stream", bound, first_key=1, target=target)
         stamped = prepare_events(
-            events, "default", NOW, "stream", bound, True, target, [s for _, s in pairs]
+            events,
+            "default",
+            NOW,
+            "stream",
+            bound,
+            first_key=1,
+            target=target,
+            stamps=[s for _, s in pairs],
         )
         assert repr(stamped) == repr(plain)
     assert any(stamp_text(s) is not None for _, s in pairs)

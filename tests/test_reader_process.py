@@ -130,8 +130,9 @@ def test_prepared_rows_store_what_events_store(
     items = [normalise(text) for text in FRAMES + COPY_HOSTILE + MORE]
     events = [item for item in items if isinstance(item, Event)]
     rejected = [item for item in items if not isinstance(item, Event)]
-    prepared = prepare_events(events, "default", NOW, "stream", latest_plausible(NOW), True, kind)
-    assert prepared.tails is not None
+    bound = latest_plausible(NOW)
+    prepared = prepare_events(events, "default", NOW, "stream", bound, first_key=2, target=kind)
+    assert prepared.digests is not None and prepared.first_key == 2
     assert (prepared.lines is not None) == (kind == "postgresql")
     tables = []
     for pair in archive_pair(kind, tmp_path, server):
@@ -149,7 +150,8 @@ def test_prepared_rows_store_what_events_store(
                         None,
                         [Received(item, NOW) for item in rejected],
                         rows=prepared.rows,
-                        tails=prepared.tails,
+                        digests=prepared.digests,
+                        first_key=prepared.first_key,
                         lines=prepared.lines or (),
                     )
             finally:

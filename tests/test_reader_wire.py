@@ -8,6 +8,7 @@ from datetime import datetime, timedelta, timezone
 import pytest
 
 from ingest.events import normalise
+from ingest.key_guess import KeyGuess
 from ingest.prepare import PreparedEvents
 from ingest.reader import NeedSince, Normalised, Preparation, ReaderDone, ReaderFailed, decode_chunk
 from ingest.reader_wire import decode, encode
@@ -35,11 +36,18 @@ def same_rows(a: list[tuple[object, ...]], b: list[tuple[object, ...]]) -> bool:
 
 
 @pytest.mark.parametrize("target", ["sqlite", "postgresql"])
-@pytest.mark.parametrize("tails", [True, False])
-def test_a_prepared_chunk_crosses_unchanged(target: str, tails: bool) -> None:
+@pytest.mark.parametrize("offset", [None, 41])
+def test_a_prepared_chunk_crosses_unchanged(target: str, offset: int | None) -> None:
     chunk = Chunk([Frame(text) for text in EVENTS], NOW)
-    sent = decode_chunk(chunk, Preparation("default", "stream", tails, target))
+    guess = KeyGuess()
+    guess.take(7)
+    if offset is not None:
+        guess.correct(0, offset)
+    sent = decode_chunk(chunk, Preparation("default", "stream", True, target), guess)
     assert sent.prepared is not None and not sent.items
+    assert sent.prepared.first_row == 7
+    assert sent.prepared.first_key == (None if offset is None else 48)
+    assert (sent.prepared.digests is None) == (offset is None)
     assert sent.prepared.implausible  # the far-future event
     message = encode(sent)
     assert message[:1] == b"M"  # the fast form, not pickle
@@ -50,7 +58,8 @@ def test_a_prepared_chunk_crosses_unchanged(target: str, tails: bool) -> None:
     p, q = sent.prepared, got.prepared
     assert same_rows(q.rows, p.rows)
     assert all(type(row) is tuple for row in q.rows)
-    assert (q.tails, q.lines) == (p.tails, p.lines)
+    assert (q.digests, q.lines) == (p.digests, p.lines)
+    assert (q.first_row, q.first_key) == (p.first_row, p.first_key)
     assert (q.earliest, q.newest, q.implausible) == (p.earliest, p.newest, p.implausible)
     for a, b in ((q.earliest, p.earliest), (q.newest, p.newest)):
         assert a is not None and b is not None and a.utcoffset() == b.utcoffset()

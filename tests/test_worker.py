@@ -149,10 +149,11 @@ class RecordingStore:
         batch: list[Received],
         connections: list[ConnectionShare],
         rows: Any = (),
-        tails: Any = (),
+        digests: bytes = b"",
+        first_key: int | None = None,
         lines: Any = (),
     ) -> BatchResult:
-        assert not rows, "the worker sent rows to a store that does not take them"
+        assert not rows and not digests, "the worker sent rows to a store that does not take them"
         if self.fail_writes is not None:
             raise self.fail_writes
         self.shares += connections

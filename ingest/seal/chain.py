@@ -19,7 +19,7 @@ from typing import Any
 
 from sqlalchemy.engine import Connection
 
-from ..prepare import ZERO, digests_from_tails, event_tails, sqlite_time
+from ..prepare import DIGEST_SIZE, ZERO, digests_from_tails, event_tails, sqlite_time
 from .canonical import FIELDS, Link, encode_keys, event_digest, row_digest
 
 TABLES = {"events": ("events", "seq"), "rejected": ("rejected_events", "id"),
@@ -91,10 +91,13 @@ class Sealer:
         self.head = take_head(conn)
         self._moved = False
 
-    def rows_above(self, kind: str, after: int) -> None:
-        """Seal the rows of ``kind`` whose key is above ``after`` (this transaction's)."""
+    def rows_above(self, kind: str, after: int) -> int:
+        """Seal the rows of ``kind`` whose key is above ``after`` (this transaction's);
+        returns the key after the last of them."""
         rows = self._fetch(select_rows(kind, f"{TABLES[kind][1]} > {int(after)}"))
-        self.append(kind, *digests_of(kind, rows))
+        keys, digests = digests_of(kind, rows)
+        self.append(kind, keys, digests)
+        return (keys[-1] if keys else after) + 1
 
     def _fetch(self, statement: str) -> list[Any]:
         return driver(self.conn, statement)
@@ -105,14 +108,16 @@ class Sealer:
         rows: Sequence[Sequence[Any]],
         channel: str,
         inserted: int,
-        tails: Sequence[bytes] | None = None,
-    ) -> None:
+        digests: bytes | None = None,
+        first_key: int | None = None,
+    ) -> int | None:
         """Seal the events above ``after`` from ``rows``, the values SQLite's insert bound
         (:func:`ingest.prepare.sqlite_row`, with ``channel`` in the statement), when each of
         them went in, in order; else (some were already archived) as :meth:`rows_above`.
-        ``inserted`` is how many rows the insert reported; ``tails`` are the rows'
-        canonical tails when the reader made them already
-        (:func:`ingest.prepare.event_tails`).
+        ``inserted`` is how many rows the insert reported; ``digests`` are the rows'
+        digests when the reader made them already, from keys guessed from ``first_key``
+        (:mod:`ingest.key_guess`): used when those are the keys the rows took. Returns
+        the key the next event will take, if no one else writes first.
 
         What SQLite stores is what was bound, with ``''`` and NaN made NULL by the
         statement: text in text columns and finite floats in ``REAL`` ones unchanged, times
@@ -126,10 +131,9 @@ class Sealer:
         B-tree descent, where a count over the rows would read every one of them.
         """
         if inserted != len(rows):
-            self.rows_above("events", after)
-            return
+            return self.rows_above("events", after)
         if not inserted:
-            return
+            return after + 1
         [(low,)] = self._fetch(f"SELECT min(seq) FROM events WHERE seq > {int(after)}")
         [(high,)] = self._fetch("SELECT max(seq) FROM events")
         keys: Sequence[int]
@@ -143,22 +147,23 @@ class Sealer:
                 )
             ]
         if len(keys) != len(rows):
-            self.rows_above("events", after)
-            return
-        if tails is None:
-            tails = event_tails(rows, channel)
-        self.append("events", keys, digests_from_tails(keys, tails))
+            return self.rows_above("events", after)
+        self._append_events(keys, rows, channel, ZERO["sqlite"], digests, first_key)
+        return int(keys[-1]) + 1
 
     def events_returned(
         self,
         keyed: Sequence[tuple[int, str]],
         rows: Sequence[Sequence[Any]],
         channel: str,
-        tails: Sequence[bytes] | None = None,
-    ) -> None:
+        digests: bytes | None = None,
+        first_key: int | None = None,
+    ) -> int | None:
         """Seal the events a PostgreSQL insert returned (``seq`` and id of each) from
         ``rows``, the values it was given (:func:`ingest.prepare.copy_lines`), when it
         inserted every one of them in order; else from the rows read back by key.
+        ``digests`` and ``first_key`` and what is returned are those of
+        :meth:`events_bound`.
 
         PostgreSQL stores what it was given: text unchanged, NULL for ``''`` and NaN as
         the lines say, floats exactly (``-0.0`` too), times to the microsecond.
@@ -169,10 +174,29 @@ class Sealer:
             ident != row[0] for (_, ident), row in zip(keyed, rows, strict=True)
         ):
             self.rows_with_keys("events", keys)
-            return
-        if tails is None:
-            tails = event_tails(rows, channel, ZERO["postgresql"])
-        self.append("events", keys, digests_from_tails(keys, tails))
+        else:
+            self._append_events(keys, rows, channel, ZERO["postgresql"], digests, first_key)
+        return keys[-1] + 1 if keys else None
+
+    def _append_events(
+        self,
+        keys: Sequence[int],
+        rows: Sequence[Sequence[Any]],
+        channel: str,
+        zero: float,
+        digests: bytes | None,
+        first_key: int | None,
+    ) -> None:
+        """The link over ``rows``, which took ``keys``: with the reader's ``digests`` when
+        it guessed those keys, else with digests made here."""
+        if (
+            digests is None
+            or first_key != keys[0]
+            or keys[-1] - keys[0] != len(keys) - 1
+            or len(digests) != DIGEST_SIZE * len(keys)
+        ):
+            digests = digests_from_tails(keys, event_tails(rows, channel, zero))
+        self.append("events", keys, digests)
 
     def rows_with_keys(self, kind: str, keys: Sequence[int]) -> None:
         """Seal the rows of ``kind`` with these keys (e.g. runs that became final)."""
