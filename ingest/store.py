@@ -69,6 +69,9 @@ class Store(RunRecords):
             raise StoreError(f"unsupported database {dialect!r}: use SQLite or PostgreSQL")
         self._sqlite = dialect == "sqlite"
         self._driver_error: type[Exception] = engine.dialect.loaded_dbapi.Error
+        self._unique_violation: type[Exception] = self._driver_error
+        if not self._sqlite:
+            self._unique_violation = engine.dialect.loaded_dbapi.errors.UniqueViolation
         # Compiled once per channel: the hot path hands rows straight to the
         # driver's executemany, skipping per-row parameter processing.
         self._insert_sql = {channel: self._compile_insert(channel) for channel in CHANNELS}
@@ -159,6 +162,36 @@ class Store(RunRecords):
             inserted = cursor.rowcount
             cursor.execute("TRUNCATE gxa_incoming")
         return int(inserted)
+
+    def _copy_postgres_rows(self, conn: Connection, fresh: FreshRows, channel: str) -> int | None:
+        """The events whose ``COPY`` lines the reader made, copied straight into ``events``:
+        how many, or None when one of them was archived already (nothing is kept then;
+        :meth:`_insert_postgres_rows` takes them).
+
+        Most batches hold only new events, and a ``COPY`` into the table does half the
+        server's work of staging them and moving them with ``INSERT ... SELECT ... ON
+        CONFLICT``. A unique violation rolls back to a savepoint. Each row takes its
+        ``seq`` as it is copied, in the order of the lines.
+        """
+        raw: Any = conn.connection.driver_connection
+        assert fresh.lines is not None
+        # Every line ends in a newline: joined with the channel's column, each starts
+        # with it.
+        lead = f"{channel}\t".encode()
+        block = lead + lead.join(fresh.lines)
+        with raw.cursor() as cursor:
+            cursor.execute("SAVEPOINT gxa_copy")
+            try:
+                with cursor.copy(
+                    f"COPY events (channel, {', '.join(EVENT_COLUMNS)}) FROM STDIN"
+                ) as copy:
+                    copy.write(block if raw.info.encoding == "utf-8" else block.decode())
+            except self._unique_violation:
+                cursor.execute("ROLLBACK TO SAVEPOINT gxa_copy")
+                return None
+            copied = cursor.rowcount
+            cursor.execute("RELEASE SAVEPOINT gxa_copy")
+        return int(copied)
 
     def _insert_postgres_rows(
         self, conn: Connection, fresh: FreshRows, channel: str
@@ -308,6 +341,14 @@ class Store(RunRecords):
                         self._compare_stored(conn, fresh.stored_as(), before, result, rejections)
                     result.next_key = sealer.events_bound(
                         before, fresh.rows, channel, result.inserted, *fresh.guessed
+                    )
+                elif (
+                    isinstance(fresh, FreshRows)
+                    and (copied := self._copy_postgres_rows(conn, fresh, channel)) is not None
+                ):
+                    result.inserted = copied
+                    result.next_key = sealer.events_bound(
+                        before, fresh.rows, channel, copied, *fresh.guessed
                     )
                 elif isinstance(fresh, FreshRows):
                     keyed = self._insert_postgres_rows(conn, fresh, channel)

@@ -302,3 +302,37 @@ def test_the_reader_keys_its_rows_from_the_writers_word(in_process: bool) -> Non
     assert [row[0] for row in keyed.rows] == [f"evt_{n:05d}" for n in range(3, 8)]
     tails = event_tails(keyed.rows, "stream")
     assert keyed.digests == digests_from_tails(range(40, 45), tails)
+
+
+def test_new_events_are_copied_straight_into_the_table_and_a_duplicate_takes_the_staged_path(
+    pg_archive: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """PostgreSQL: a batch of new events goes in by one ``COPY`` into ``events``; one that
+    holds an archived id (with the same payload, and with another) rolls back to its
+    savepoint and is staged, and its duplicate and conflict are counted as before."""
+    from ingest import migrate
+
+    migrate.upgrade(pg_archive)
+    store = Store.open(pg_archive)
+    staged: list[int] = []
+    original = Store._insert_postgres_rows
+
+    def counting(self: Store, conn: Any, fresh: Any, channel: str) -> Any:
+        staged.append(len(fresh))
+        return original(self, conn, fresh, channel)
+
+    monkeypatch.setattr(Store, "_insert_postgres_rows", counting)
+    try:
+        result = write_prepared(store, events(0, 30), None)
+        assert (result.inserted, staged) == (30, [])
+        again = events(20, 20)
+        changed = again[0]._replace(payload=again[0].payload.replace("grnt_", "GRNT_"))
+        result = write_prepared(store, [changed, *again[1:]], result.next_key)
+        assert (result.inserted, result.duplicates, result.conflicts) == (10, 10, 1)
+        assert staged == [20]
+        result = write_prepared(store, events(40, 5), result.next_key)
+        assert (result.inserted, staged) == (5, [20])
+    finally:
+        store.close()
+    links, stored = sealed_digests(pg_archive)
+    assert links == stored

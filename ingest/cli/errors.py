@@ -6,12 +6,11 @@ command line turns them into exit codes and one-line ``Error:`` messages.
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 
 import click
-
-from queries.copy import AnalyticsError, ArchiveSchemaError, ArchiveUnavailable
 
 from ..settings import ConfigError
 from ..store import DatabaseURLError, LockHeld, StoreError
@@ -49,11 +48,26 @@ ERROR_EXITS: tuple[tuple[type[BaseException], int], ...] = (
     (ConfigError, EXIT_USAGE),
     (DatabaseURLError, EXIT_USAGE),
     (StoreError, EXIT_DATABASE),
-    (ArchiveUnavailable, EXIT_DATABASE),
-    (ArchiveSchemaError, EXIT_DATABASE),
-    (AnalyticsError, EXIT_FAILED),
 )
-"""The exit code of each library error; the first entry that matches wins."""
+"""The exit code of each library error of ``ingest``; the first entry that matches wins.
+The analytics copy's errors follow (:func:`error_exits`)."""
+
+ANALYTICS_ERRORS = "queries.copy.errors"
+
+
+def error_exits() -> tuple[tuple[type[BaseException], int], ...]:
+    """``ERROR_EXITS``, then the analytics copy's errors when its module is loaded: a
+    command that never loaded it (``ingest``, run every minute by cron) cannot meet them,
+    and does not pay for importing DuckDB."""
+    analytics = sys.modules.get(ANALYTICS_ERRORS)
+    if analytics is None:
+        return ERROR_EXITS
+    return (
+        *ERROR_EXITS,
+        (analytics.ArchiveUnavailable, EXIT_DATABASE),
+        (analytics.ArchiveSchemaError, EXIT_DATABASE),
+        (analytics.AnalyticsError, EXIT_FAILED),
+    )
 
 
 class CliError(click.ClickException):
@@ -65,8 +79,8 @@ class CliError(click.ClickException):
 
 
 def exit_code_for(exc: BaseException) -> int | None:
-    """The exit code ``ERROR_EXITS`` gives ``exc``; None when it is not a library error."""
-    for kind, code in ERROR_EXITS:
+    """The exit code :func:`error_exits` gives ``exc``; None when it is not a library error."""
+    for kind, code in error_exits():
         if isinstance(exc, kind):
             return code
     return None
@@ -74,10 +88,12 @@ def exit_code_for(exc: BaseException) -> int | None:
 
 @contextmanager
 def reported() -> Iterator[None]:
-    """Turn the library errors in ``ERROR_EXITS`` into ``Error:`` lines with their exit codes."""
+    """Turn the library errors of :func:`error_exits` into ``Error:`` lines with their exit
+    codes."""
     try:
         yield
-    except tuple(kind for kind, _code in ERROR_EXITS) as exc:
+    except Exception as exc:
         code = exit_code_for(exc)
-        assert code is not None
+        if code is None:
+            raise
         raise CliError(str(exc), code) from None

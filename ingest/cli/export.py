@@ -30,8 +30,9 @@ from queries.export.rederive import verify_against_archive
 from queries.session import QueryError
 
 from .copies import open_copy
+from .copy_options import copy_options
 from .errors import EXIT_INTERRUPTED, CliError, reported
-from .options import check_db_url, check_window, copy_options, parse_time
+from .options import check_db_url, check_window, parse_time
 from .progress import progress_for
 from .unix import silence_stdout
 

@@ -17,8 +17,9 @@ from queries.session import bare_statement
 
 from ..timestamps import now_utc
 from .copies import emit, open_copy, query_errors
+from .copy_options import copy_options, output_options
 from .errors import EXIT_INTERRUPTED, CliError
-from .options import check_window, copy_options, output_options, parse_time
+from .options import check_window, parse_time
 
 
 def _list_reports(ctx: click.Context, _param: click.Parameter, value: bool) -> None:

@@ -1,30 +1,56 @@
-"""The ``grantex-archive`` group: assembled here from the command modules, nothing else."""
+"""The ``grantex-archive`` group: assembled here from the command modules, nothing else.
+
+A command's module is imported when the command runs (or its help is shown): ``ingest``,
+which cron starts every minute, does not load DuckDB and the analytics it never uses.
+"""
 
 from __future__ import annotations
 
+import importlib
 import sys
 from typing import Any
 
 import click
 
-from .db import db
-from .demo import demo
-from .export import export_command, verify_export_command
 from .help_format import HelpContext, use_help_format
-from .ingest import ingest
-from .integrity import seal_command, verify_archive_command
-from .receive import receive
-from .reconcile import reconcile
-from .report import report, sql_command
-from .simulate import simulate
-from .status import refresh_command, status
 from .unix import silence_stdout, stdout_closed, unix_endings
+
+COMMANDS = {
+    "db": ("db", "db"),
+    "ingest": ("ingest", "ingest"),
+    "receive": ("receive", "receive"),
+    "reconcile": ("reconcile", "reconcile"),
+    "simulate": ("simulate", "simulate"),
+    "demo": ("demo", "demo"),
+    "report": ("report", "report"),
+    "sql": ("report", "sql_command"),
+    "status": ("status", "status"),
+    "refresh": ("status", "refresh_command"),
+    "export": ("export", "export_command"),
+    "seal": ("integrity", "seal_command"),
+    "verify-archive": ("integrity", "verify_archive_command"),
+    "verify-export": ("export", "verify_export_command"),
+}
+"""Each command: its module in this package and its name there."""
 
 
 class RootGroup(click.Group):
-    """The root command: maps how a command ends to Unix conventions (see :mod:`.unix`)."""
+    """The root command: maps how a command ends to Unix conventions (see :mod:`.unix`),
+    and loads each command from :data:`COMMANDS` when it is asked for."""
 
     context_class = HelpContext
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted({*COMMANDS, *self.commands})
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        if cmd_name not in self.commands and cmd_name in COMMANDS:
+            module, name = COMMANDS[cmd_name]
+            command = getattr(importlib.import_module(f"{__package__}.{module}"), name)
+            assert isinstance(command, click.Command) and command.name == cmd_name
+            use_help_format(command)
+            self.add_command(command)
+        return super().get_command(ctx, cmd_name)
 
     def make_context(
         self,
@@ -65,23 +91,3 @@ def main() -> None:
     Archive your account's events until caught up (cron):
       GRANTEX_API_KEY=... grantex-archive ingest --until-idle 60 --max-runtime 3300
     """
-
-
-for _command in (
-    db,
-    ingest,
-    receive,
-    reconcile,
-    simulate,
-    demo,
-    report,
-    sql_command,
-    status,
-    refresh_command,
-    export_command,
-    seal_command,
-    verify_archive_command,
-    verify_export_command,
-):
-    main.add_command(_command)
-use_help_format(main)

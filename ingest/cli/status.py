@@ -11,8 +11,9 @@ from queries.copy import AnalyticsCopy
 from queries.render import render
 
 from .copies import note_wait, query_errors, refresh_copy
+from .copy_options import copy_location_options, copy_options, output_options
 from .errors import EXIT_STALE, CliError, reported
-from .options import check_db_url, copy_location_options, copy_options, output_options
+from .options import check_db_url
 from .progress import progress_for
 
 

@@ -112,7 +112,8 @@ class Sealer:
         first_key: int | None = None,
     ) -> int | None:
         """Seal the events above ``after`` from ``rows``, the values SQLite's insert bound
-        (:func:`ingest.prepare.sqlite_row`, with ``channel`` in the statement), when each of
+        (:func:`ingest.prepare.sqlite_row`, with ``channel`` in the statement) or
+        PostgreSQL's ``COPY`` carried (:func:`ingest.prepare.copy_lines`), when each of
         them went in, in order; else (some were already archived) as :meth:`rows_above`.
         ``inserted`` is how many rows the insert reported; ``digests`` are the rows'
         digests when the reader made them already, from keys guessed from ``first_key``
@@ -123,10 +124,11 @@ class Sealer:
         statement: text in text columns and finite floats in ``REAL`` ones unchanged, times
         in SQLite's own text form. Digesting the bound values skips reading back every
         column of every row, which cost the write path more than the digests themselves.
-        Which key each row got needs no read-back either: this transaction holds SQLite's
-        write lock from the head's UPDATE on, so the rows above ``after`` are the ones it
-        inserted, and each insert takes a key above the one before, in the order of
-        ``rows``. The insert's count and the lowest and highest key above ``after`` show
+        Which key each row got needs no read-back either: this transaction holds the chain
+        head from its UPDATE on (SQLite's write lock; on PostgreSQL the head's row lock,
+        which every writer takes before it inserts), so the rows above ``after`` are the
+        ones it inserted, and each insert takes a key above the one before, in the order
+        of ``rows``. The insert's count and the lowest and highest key above ``after`` show
         that every row went in and which keys they took; each of the two keys is one
         B-tree descent, where a count over the rows would read every one of them.
         """
@@ -148,7 +150,7 @@ class Sealer:
             ]
         if len(keys) != len(rows):
             return self.rows_above("events", after)
-        self._append_events(keys, rows, channel, ZERO["sqlite"], digests, first_key)
+        self._append_events(keys, rows, channel, ZERO[self.conn.dialect.name], digests, first_key)
         return int(keys[-1]) + 1
 
     def events_returned(
