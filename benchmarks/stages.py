@@ -10,8 +10,8 @@ spread.
 Reader stages, from the simulator's backlog rendered as SSE bytes and cut into
 64 KiB reads: SSE framing (``FrameDecoder``), normalising every frame
 (``normalise_frame_stamped``), preparing SQLite rows (``prepare_events``), their
-digests from the keys the reader guesses (``event_tails`` and
-``digests_from_tails``, keys from 1 as in a fresh archive), and the message for
+digests from the keys the reader guesses (``event_digests``, keys from 1 as in a
+fresh archive), and the message for
 the data pipe (``reader_wire.encode``); the writer's side of the pipe
 (``decode``). Writer stages, on the rows those stages made: ``Store.write_batch``
 of 1000-row batches into a fresh SQLite archive with those digests (sealed: the
@@ -40,7 +40,7 @@ from benchmarks.results import write_section
 from benchmarks.unsealed import NoSeal
 from ingest import migrate
 from ingest.events import Rejection
-from ingest.prepare import DIGEST_SIZE, digests_from_tails, event_tails, prepare_events
+from ingest.prepare import DIGEST_SIZE, event_digests, prepare_events
 from ingest.reader import GC_THRESHOLDS, Normalised, normalise_frame_stamped
 from ingest.reader_wire import decode, encode
 from ingest.resume import latest_plausible
@@ -91,7 +91,7 @@ def reader_stages(data: bytes) -> tuple[dict[str, float], list[Normalised]]:
         p = prepare_events(events, "default", received_at, "stream", bound, stamps=stamps)
         t4 = clock()
         keys = range(next_key, next_key + len(p.rows))
-        digests = digests_from_tails(keys, event_tails(p.rows, "stream"))
+        digests = event_digests(keys, p.rows, "stream")
         t5 = clock()
         chunk = Normalised([], received_at, replace(p, digests=digests, first_key=next_key))
         next_key += len(p.rows)

@@ -8,11 +8,11 @@ so the stream reader does them as it decodes:
 - the **row** the SQLite insert binds (:func:`sqlite_row`: text times, ``''``
   and NaN for NULL, made NULL again by the statement) and, for PostgreSQL,
   the same row as a line of ``COPY`` text (:func:`copy_lines`);
-- the row's **digest** for the hash chain (:func:`event_tails`, then
-  :func:`digests_from_tails`): its canonical form starts with ``seq``, which
-  only the insert allocates, so the reader makes it from the key it guesses the
-  row will take (:mod:`ingest.key_guess`), and the writer uses it when the
-  insert gave that key; otherwise it remakes the digest from the row.
+- the row's **digest** for the hash chain (:func:`event_digests`): its
+  canonical form starts with ``seq``, which only the insert allocates, so the
+  reader makes it from the key it guesses the row will take
+  (:mod:`ingest.key_guess`), and the writer uses it when the insert gave that
+  key; otherwise it remakes the digest from the row.
 
 ``docs/integrity.md`` defines the canonical form; ``ingest.seal.canonical`` is
 its reference implementation, and tests hold these digests to it. This
@@ -30,7 +30,7 @@ from datetime import datetime, timezone
 from typing import Any
 
 from .events import Event
-from .seal.canonical import NULL, netstring
+from .seal.canonical import NULL
 
 NAN = float("nan")
 
@@ -152,7 +152,7 @@ def prepare_events(
     made = None
     if first_key is not None:
         keys = range(first_key, first_key + len(rows))
-        made = digests_from_tails(keys, event_tails(rows, channel, ZERO[target]))
+        made = event_digests(keys, rows, channel, ZERO[target])
     lines = copy_lines(rows) if target == "postgresql" else None
     return PreparedEvents(rows, made, *times, lines, first_row, first_key if made else None)
 
@@ -193,15 +193,19 @@ ZERO = {"sqlite": 0.0, "postgresql": -0.0}
 ``0.0``, as SQLite stores it; ``+ -0.0`` changes nothing, as PostgreSQL keeps it."""
 
 
-def event_tails(rows: Sequence[Sequence[Any]], channel: str, zero: float = 0.0) -> list[bytes]:
-    """The canonical form of each row after its ``seq`` field, from the values the SQLite
-    insert binds (:func:`sqlite_row`) or the PostgreSQL ``COPY`` carries (:func:`copy_lines`).
+def event_digests(
+    keys: Sequence[int], rows: Sequence[Sequence[Any]], channel: str, zero: float = 0.0
+) -> bytes:
+    """The concatenated SHA-256 digests of the rows with these keys (``seq``), from the
+    values the SQLite insert binds (:func:`sqlite_row`) or the PostgreSQL ``COPY`` carries
+    (:func:`copy_lines`), each row's canonical form made in one formatting operation.
 
     What is stored is what was bound, but for what the statement and the column types
     change: ``''`` and NaN are NULL; a float in SQLite's ``REAL`` column that is a whole
     number is stored as an integer, so ``-0.0`` reads back as ``0.0`` there (``zero`` is
     added to every float: :data:`ZERO`). Times are in SQLite's text form. The netstrings
-    of text the rows repeat (source, type, time of receipt) are made once.
+    of text the rows repeat (source, type, time of receipt, agent, principal, who revoked,
+    method) are made once.
     """
     texts: dict[str, bytes] = {}
     times: dict[str, bytes] = {}
@@ -221,33 +225,24 @@ def event_tails(rows: Sequence[Sequence[Any]], channel: str, zero: float = 0.0) 
 
     chan = text(channel)
     out = []
-    for row in rows:
+    for seq, row in zip(keys, rows, strict=True):
         ident, source, kind, occurred, received, g, a, p, r, t, m, pct, rem, ini, payload = row
+        number = b"%d" % seq
         ident_b = ident.encode()
         body = payload.encode()
-        out.append(
-            _TAIL_FORM
-            % (
-                len(ident_b), ident_b, text(source), text(kind),
-                occurred[:10].encode(), occurred[11:].encode(), time(received), chan,
-                len(body), body,
-                netstring(g) if g else NULL, netstring(a) if a else NULL,
-                netstring(p) if p else NULL, netstring(r) if r else NULL,
-                netstring(t) if t else NULL, netstring(m) if m else NULL,
-                NULL if pct != pct else b"16:%b," % _pack(pct + zero).hex().encode(),
-                NULL if rem != rem else b"16:%b," % _pack(rem + zero).hex().encode(),
-                NULL if ini != ini else b"16:%b," % _pack(ini + zero).hex().encode(),
-            )
+        form = _FORM % (
+            len(number), number, len(ident_b), ident_b, text(source), text(kind),
+            occurred[:10].encode(), occurred[11:].encode(), time(received), chan,
+            len(body), body,
+            b"%d:%b," % (len(x := g.encode()), x) if g else NULL,
+            text(a) if a else NULL, text(p) if p else NULL, text(r) if r else NULL,
+            b"%d:%b," % (len(y := t.encode()), y) if t else NULL,
+            text(m) if m else NULL,
+            NULL if pct != pct else b"16:%b," % _pack(pct + zero).hex().encode(),
+            NULL if rem != rem else b"16:%b," % _pack(rem + zero).hex().encode(),
+            NULL if ini != ini else b"16:%b," % _pack(ini + zero).hex().encode(),
         )  # fmt: skip
-    return out
-
-
-def digests_from_tails(keys: Sequence[int], tails: Sequence[bytes]) -> bytes:
-    """The concatenated SHA-256 digests of the rows with these keys (``seq``) and tails."""
-    out = []
-    for seq, tail in zip(keys, tails, strict=True):
-        number = b"%d" % seq
-        out.append(_sha256(b"5:event,%d:%b,%b" % (len(number), number, tail)).digest())
+        out.append(_sha256(form).digest())
     return b"".join(out)
 
 
@@ -292,7 +287,9 @@ def _copy_text(value: str) -> str:
     return value
 
 
-_TAIL_FORM = b"%d:%b,%b%b27:%bT%bZ,%b%b%d:%b," + b"%b" * 9
+_FORM = b"5:event,%d:%b,%d:%b,%b%b27:%bT%bZ,%b%b%d:%b," + b"%b" * 9
+"""An event row's canonical form (``docs/integrity.md``): the tag, ``seq``, the id, source,
+type, both times, channel and payload, then the nine derived fields."""
 """An event's canonical form after ``seq``: id, source, type, occurred_at, received_at,
 channel, payload, then the nine derived fields."""
 

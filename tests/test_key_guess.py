@@ -21,7 +21,7 @@ import ingest.seal.chain
 from ingest.database import create_archive_engine
 from ingest.events import Event, normalise
 from ingest.key_guess import Guessed, KeyGuess
-from ingest.prepare import PreparedEvents, digests_from_tails, event_tails, prepare_events
+from ingest.prepare import PreparedEvents, event_digests, prepare_events
 from ingest.reader import Normalised, Preparation, StreamReader
 from ingest.reader_process import ProcessReader
 from ingest.resume import latest_plausible
@@ -109,13 +109,13 @@ class Remade:
 
     def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
         self.rows = 0
-        original = ingest.seal.chain.digests_from_tails
+        original = ingest.seal.chain.event_digests
 
-        def counting(keys: Sequence[int], tails: Sequence[bytes]) -> bytes:
+        def counting(keys: Sequence[int], rows: Sequence[Any], channel: str, zero: float) -> bytes:
             self.rows += len(keys)
-            return original(keys, tails)
+            return original(keys, rows, channel, zero)
 
-        monkeypatch.setattr(ingest.seal.chain, "digests_from_tails", counting)
+        monkeypatch.setattr(ingest.seal.chain, "event_digests", counting)
 
 
 def sealed_digests(url: str) -> tuple[bytes, bytes]:
@@ -300,8 +300,7 @@ def test_the_reader_keys_its_rows_from_the_writers_word(in_process: bool) -> Non
     assert (told.first_row, told.first_key, told.digests) == (0, None, None)
     assert (keyed.first_row, keyed.first_key) == (3, 40)
     assert [row[0] for row in keyed.rows] == [f"evt_{n:05d}" for n in range(3, 8)]
-    tails = event_tails(keyed.rows, "stream")
-    assert keyed.digests == digests_from_tails(range(40, 45), tails)
+    assert keyed.digests == event_digests(range(40, 45), keyed.rows, "stream")
 
 
 def test_new_events_are_copied_straight_into_the_table_and_a_duplicate_takes_the_staged_path(

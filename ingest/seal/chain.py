@@ -19,7 +19,7 @@ from typing import Any
 
 from sqlalchemy.engine import Connection
 
-from ..prepare import DIGEST_SIZE, ZERO, digests_from_tails, event_tails, sqlite_time
+from ..prepare import DIGEST_SIZE, ZERO, event_digests, sqlite_time
 from .canonical import FIELDS, Link, encode_keys, event_digest, row_digest
 
 TABLES = {"events": ("events", "seq"), "rejected": ("rejected_events", "id"),
@@ -197,7 +197,7 @@ class Sealer:
             or keys[-1] - keys[0] != len(keys) - 1
             or len(digests) != DIGEST_SIZE * len(keys)
         ):
-            digests = digests_from_tails(keys, event_tails(rows, channel, zero))
+            digests = event_digests(keys, rows, channel, zero)
         self.append("events", keys, digests)
 
     def rows_with_keys(self, kind: str, keys: Sequence[int]) -> None:
