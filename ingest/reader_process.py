@@ -66,18 +66,75 @@ class ReaderJob:
     preparation: Preparation | None
 
 
+@dataclass
+class ReaderChild:
+    """A reader process started before its job (:func:`spawn`), so that it starts Python and
+    imports what it reads with while the ingest process opens the archive."""
+
+    proc: subprocess.Popen[bytes]
+    data: Connection
+    control: Connection
+    taken: bool = False
+    """Whether a :class:`ProcessReader` took it (and ends it)."""
+
+    def close(self, timeout: float = 1.0) -> None:
+        """End the child if no reader took it: it exits when its control pipe closes."""
+        if self.taken:
+            return
+        self.taken = True
+        self.control.close()
+        self.data.close()
+        try:
+            self.proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+
+
+def spawn() -> ReaderChild:
+    """Start a reader process, waiting for its job on the control pipe; OSError if it
+    cannot be started."""
+    data_read, data_write = os.pipe()
+    _widen(data_write)
+    control_read, control_write = os.pipe()
+    try:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "ingest.reader_process", str(data_write), str(control_read)],
+            pass_fds=(data_write, control_read),
+            stdin=subprocess.DEVNULL,
+            env=_child_environment(),
+            start_new_session=True,
+        )
+    except OSError:
+        os.close(data_read)
+        os.close(control_write)
+        raise
+    finally:
+        os.close(data_write)
+        os.close(control_read)
+    return ReaderChild(
+        proc, Connection(data_read, writable=False), Connection(control_write, readable=False)
+    )
+
+
 class ProcessReader:
-    """The reader of one run, in a child process; the main thread reads :attr:`queue`."""
+    """The reader of one run, in a child process; the main thread reads :attr:`queue`.
+
+    ``child`` is a reader process started already (:func:`spawn`); without one,
+    :meth:`start` starts it.
+    """
 
     def __init__(
         self,
         options: StreamOptions,
         stop: threading.Event,
         preparation: Preparation | None = None,
+        child: ReaderChild | None = None,
     ) -> None:
         self._options = options
         self._stop = stop
         self._preparation = preparation
+        self._child = child
         self.queue: queue.Queue[QueueItem] = queue.Queue(maxsize=QUEUE_CHUNKS)
         self._proc: subprocess.Popen[bytes] | None = None
         self._data: Connection | None = None
@@ -86,32 +143,21 @@ class ProcessReader:
         self._thread: threading.Thread | None = None
 
     def start(self, initial_since: datetime | None) -> None:
-        """Start the child; its first connection asks for ``initial_since``."""
-        data_read, data_write = os.pipe()
-        _widen(data_write)
-        control_read, control_write = os.pipe()
-        try:
-            self._proc = subprocess.Popen(
-                [sys.executable, "-m", "ingest.reader_process", str(data_write), str(control_read)],
-                pass_fds=(data_write, control_read),
-                stdin=subprocess.DEVNULL,
-                env=_child_environment(),
-                start_new_session=True,
-            )
-        except OSError as exc:
-            for fd in (data_read, control_write):
-                os.close(fd)
-            self._put(
-                ReaderDone(
-                    ReaderFailed(type(exc).__name__, f"cannot start the stream reader: {exc}")
+        """Give the child its job (starting it first if need be); its first connection asks
+        for ``initial_since``."""
+        child, self._child = self._child, None
+        if child is None or child.taken:
+            try:
+                child = spawn()
+            except OSError as exc:
+                self._put(
+                    ReaderDone(
+                        ReaderFailed(type(exc).__name__, f"cannot start the stream reader: {exc}")
+                    )
                 )
-            )
-            return
-        finally:
-            os.close(data_write)
-            os.close(control_read)
-        self._data = Connection(data_read, writable=False)
-        self._control = Connection(control_write, readable=False)
+                return
+        child.taken = True
+        self._proc, self._data, self._control = child.proc, child.data, child.control
         self._send(ReaderJob(self._options, initial_since, self._preparation))
         self._thread = threading.Thread(target=self._pump, name="grantex-stream", daemon=True)
         self._thread.start()
@@ -228,7 +274,11 @@ def child_main(data_fd: int, control_fd: int) -> None:
     gc.set_threshold(*GC_THRESHOLDS)
     data = Connection(data_fd, readable=False)
     control = Connection(control_fd, writable=False)
-    job: ReaderJob = control.recv()
+    try:
+        job: ReaderJob = control.recv()
+    except (EOFError, OSError):
+        # Started ahead of a run that ended before it began (a lock held, say).
+        os._exit(0)
     stop = threading.Event()
     answers: queue.Queue[datetime | None] = queue.Queue()
     guess = KeyGuess()

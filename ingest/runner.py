@@ -29,6 +29,7 @@ import sqlalchemy as sa
 from .clock import SYSTEM, Clock
 from .database import first_line
 from .locks import LockHeld, handover_link
+from .reader_process import ReaderChild, spawn
 from .retry import opening_retry
 from .settings import IngestSettings
 from .signals import handle_signals
@@ -65,6 +66,9 @@ def run_ingest(settings: IngestSettings, exit_codes: Mapping[str, int] | None = 
             # so concurrent first runs cannot race on the schema.
             lock = functools.partial(file_lock_for, path, settings.source)
             owned = _take_lock(held, lock, settings.wait_lock is not None)
+        child = _spawn_reader(settings)
+        if child is not None:
+            held.callback(child.close)
         store = open_with_retry(settings, stop)
         if store is None:
             return RunResult("interrupted", error=reason[0] if reason else None)
@@ -78,10 +82,29 @@ def run_ingest(settings: IngestSettings, exit_codes: Mapping[str, int] | None = 
             if not owned:
                 link.queue_up()
                 log.info("another ingest holds the lock: reading, and waiting to take over")
-        worker = Worker(settings, store, stop=stop, exit_codes=exit_codes, link=link, owned=owned)
+        worker = Worker(
+            settings,
+            store,
+            stop=stop,
+            exit_codes=exit_codes,
+            link=link,
+            owned=owned,
+            reader_child=child,
+        )
         if reason:
             worker.stop_reason = reason[0]
         return worker.run()
+
+
+def _spawn_reader(settings: IngestSettings) -> ReaderChild | None:
+    """The run's reader process, started now so that it gets ready while the archive opens;
+    None when the run reads on a thread, or when it cannot start (the worker then says why)."""
+    if not settings.reader_process:
+        return None
+    try:
+        return spawn()
+    except OSError:
+        return None
 
 
 def _take_lock(

@@ -48,7 +48,7 @@ from .reader import (
     StreamReader,
     stream_options,
 )
-from .reader_process import ProcessReader
+from .reader_process import ProcessReader, ReaderChild
 from .resume import resume_point
 from .retry import STOP_GRACE, database_retry
 from .run_record import RunCounts, RunRecord, RunResult
@@ -104,7 +104,8 @@ class Worker:
     ``stream`` defaults to :func:`~ingest.stream.stream_events` waiting on
     ``clock``; ``exit_codes`` maps outcomes to the exit codes recorded with
     the run. ``link`` carries the hand-over signals; a run that does not
-    hold the ingest lock yet (``owned`` False) is a successor.
+    hold the ingest lock yet (``owned`` False) is a successor. ``reader_child`` is a
+    reader process started ahead (:func:`~ingest.reader_process.spawn`).
     """
 
     def __init__(
@@ -117,6 +118,7 @@ class Worker:
         clock: Clock = SYSTEM,
         link: HandoverLink | None = None,
         owned: bool = True,
+        reader_child: ReaderChild | None = None,
     ) -> None:
         self.settings = settings
         self.store = store
@@ -138,16 +140,13 @@ class Worker:
         )
         self._writer = BatchWriter(self._commit, self._give_up_reason)
         preparation = preparation_for(settings, store)
+        options = stream_options(settings)
         self._reader: StreamReader | ProcessReader
         if stream is None and clock is SYSTEM and settings.reader_process:
-            self._reader = ProcessReader(stream_options(settings), self.stop, preparation)
+            self._reader = ProcessReader(options, self.stop, preparation, reader_child)
         else:
-            self._reader = StreamReader(
-                stream_options(settings),
-                stream or functools.partial(stream_events, clock=clock),
-                self.stop,
-                preparation,
-            )
+            stream = stream or functools.partial(stream_events, clock=clock)
+            self._reader = StreamReader(options, stream, self.stop, preparation)
 
     def resume_since(self) -> datetime | None:
         """The ``since`` for the next connection, read back from the archive."""

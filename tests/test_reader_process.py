@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import os
 import subprocess
 import threading
 import time
@@ -11,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from ingest import migrate
+from ingest import migrate, reader_process, runner
 from ingest.database import create_archive_engine
 from ingest.events import Event, normalise
 from ingest.prepare import prepare_events, summarise
@@ -19,11 +21,12 @@ from ingest.reader import Normalised, Preparation, ReaderDone, ReaderFailed, dec
 from ingest.reader_process import ProcessReader
 from ingest.resume import latest_plausible
 from ingest.rows import Received
+from ingest.runner import run_ingest
 from ingest.seal.archive import verify_archive
 from ingest.seal.chain import digests_of, select_rows
-from ingest.settings import Secret
+from ingest.settings import IngestSettings, Secret
 from ingest.sse import Frame
-from ingest.store import Store
+from ingest.store import Store, StoreError
 from ingest.stream import Chunk, StreamOptions
 from tests.conftest import API_KEY, _fresh_schema, event_count, spawn
 from tests.scripted_server import Reply, ScriptedServer, frame
@@ -75,6 +78,59 @@ def test_the_reader_process_ends_with_a_killed_ingest(tmp_path: Path) -> None:
         finally:
             proc.kill()
             proc.communicate()
+
+
+def reader_children() -> list[int]:
+    found = []
+    for pid in children(os.getpid()):
+        with contextlib.suppress(OSError):
+            if b"ingest.reader_process" in Path(f"/proc/{pid}/cmdline").read_bytes():
+                found.append(pid)
+    return found
+
+
+def test_a_reader_started_ahead_ends_with_a_run_that_never_began(tmp_path: Path) -> None:
+    """The reader process starts before the archive opens; a run that ends there (an
+    unreachable database) leaves no reader process behind, and the run says why."""
+    settings = IngestSettings(
+        db_url="postgresql+psycopg://nobody@127.0.0.1:9/none?connect_timeout=1",
+        base_url="http://127.0.0.1:9",
+        api_key=Secret(API_KEY),
+        db_retry_timeout=0.5,
+    )
+    before = reader_children()
+    with pytest.raises(StoreError, match="database unusable"):
+        run_ingest(settings)
+    assert reader_children() == before
+
+
+def test_a_reader_started_ahead_reads_for_the_run(tmp_path: Path) -> None:
+    """The run hands its job to the reader process it started before opening the archive."""
+    url = f"sqlite:///{tmp_path / 'archive.db'}"
+    body = b"".join(frame(text) for text in FRAMES)
+    with ScriptedServer([Reply(chunks=[body], hold=10)]) as server:
+        settings = IngestSettings(
+            db_url=url,
+            base_url=server.base_url,
+            api_key=Secret(API_KEY),
+            until_idle=0.5,
+            max_runtime=20.0,
+        )
+        started = []
+        original = reader_process.spawn
+
+        def spying() -> reader_process.ReaderChild:
+            child = original()
+            started.append(child)
+            return child
+
+        with pytest.MonkeyPatch.context() as mp:
+            mp.setattr(runner, "spawn", spying)
+            result = run_ingest(settings)
+    assert result.outcome == "idle" and result.counts.inserted == len(FRAMES)
+    [child] = started
+    assert child.taken and child.proc.returncode == 0
+    assert reader_children() == []
 
 
 COPY_HOSTILE = [
