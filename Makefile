@@ -36,7 +36,7 @@ coverage: $(STAMP)
 	$(BIN)/pytest -n auto --dist worksteal --cov --cov-report=term
 
 bench: $(STAMP)
-	$(BIN)/python -m benchmarks.ingest --events 1000000 --flat-events 4000000
+	$(BIN)/python -m benchmarks.ingest --events 1000000 --flat-events 4000000 --runs 5 --pg-runs 5
 
 bench-quick: $(STAMP)
 	$(BIN)/python -m benchmarks.ingest --events 100000 --flat-events 0 --no-write
