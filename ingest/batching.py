@@ -84,7 +84,7 @@ def _take_prepared(
     batch.rows += rows
     if digests:
         batch.digests.append(digests)
-    batch.guessed.add(first_row, len(rows), first_key if digests is not None else None)
+    batch.guessed.add(first_row, len(rows), first_key)
     batch.lines += lines if lines is not None else [None] * len(rows)
     batch.entries += [Received(item, received_at) for item in chunk.items]
     c.received += len(rows)

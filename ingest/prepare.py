@@ -189,7 +189,7 @@ DIGEST_SIZE = 32
 """Bytes in a row's digest (SHA-256)."""
 
 ZERO = {"sqlite": 0.0, "postgresql": -0.0}
-"""What :func:`event_tails` adds to a float, per database: ``+ 0.0`` makes ``-0.0`` into
+"""What :func:`event_digests` adds to a float, per database: ``+ 0.0`` makes ``-0.0`` into
 ``0.0``, as SQLite stores it; ``+ -0.0`` changes nothing, as PostgreSQL keeps it."""
 
 
@@ -290,8 +290,6 @@ def _copy_text(value: str) -> str:
 _FORM = b"5:event,%d:%b,%d:%b,%b%b27:%bT%bZ,%b%b%d:%b," + b"%b" * 9
 """An event row's canonical form (``docs/integrity.md``): the tag, ``seq``, the id, source,
 type, both times, channel and payload, then the nine derived fields."""
-"""An event's canonical form after ``seq``: id, source, type, occurred_at, received_at,
-channel, payload, then the nine derived fields."""
 
 _pack = struct.Struct(">d").pack
 _sha256 = hashlib.sha256

@@ -146,7 +146,7 @@ class ProcessReader:
         """Give the child its job (starting it first if need be); its first connection asks
         for ``initial_since``."""
         child, self._child = self._child, None
-        if child is None or child.taken:
+        if child is None:
             try:
                 child = spawn()
             except OSError as exc:

@@ -16,7 +16,7 @@ from datetime import datetime
 from typing import Any
 
 from .events import Event, Rejection, same_payload
-from .prepare import DIGEST_SIZE, ID, PAYLOAD, RECEIVED_AT, copy_lines, stored_time
+from .prepare import ID, PAYLOAD, RECEIVED_AT, copy_lines, stored_time
 from .rows import Received, sqlite_rows
 from .store_rejections import conflict_of
 
@@ -35,8 +35,8 @@ class BatchResult:
 @dataclass
 class FreshRows:
     """Events as SQLite rows, with the digests the reader made for them (from the keys
-    guessed from ``first_key``) when it made them for every row, and for PostgreSQL their
-    ``COPY`` lines."""
+    guessed from ``first_key``; the sealer checks both before it uses them), and for
+    PostgreSQL their ``COPY`` lines."""
 
     rows: list[tuple[Any, ...]]
     digests: bytes | None = None
@@ -77,8 +77,6 @@ def fresh_rows(
         # The usual batch: prepared rows only, no id twice.
         ready = list(lines) if copy and lines and None not in lines else None
         if not copy or ready is not None:
-            if first_key is None or len(digests) != DIGEST_SIZE * len(rows):
-                digests, first_key = b"", None
             return FreshRows(list(rows), digests or None, ready, first_key)  # type: ignore[arg-type]
     # Some rows are dropped or added here: the keys the reader guessed no longer hold.
     every = sqlite_rows(arrived, source) if arrived else []

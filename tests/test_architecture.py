@@ -199,3 +199,22 @@ def test_the_size_rule_sees_a_long_function(tmp_path: Path) -> None:
         assert _long_functions(tmp_path / "m.py") == []
     finally:
         ROOT = saved
+
+
+@pytest.mark.parametrize("command", ["ingest", "receive", "reconcile"])
+def test_the_commands_that_never_read_the_copy_do_not_import_it(command: str) -> None:
+    """``ingest`` runs every minute from cron: loading a command's module must not load
+    DuckDB or the analytics copy, which only the commands that read the copy need."""
+    import subprocess
+    import sys
+
+    probe = (
+        "import sys\n"
+        "from ingest.cli.root import main\n"
+        f"main([{command!r}, '--help'], standalone_mode=False)\n"
+        "print(sorted({m.split('.')[0] for m in sys.modules} & {'duckdb', 'queries', 'pyarrow'}))"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", probe], capture_output=True, text=True, check=True, cwd=ROOT
+    ).stdout
+    assert out.strip().splitlines()[-1] == "[]", out
