@@ -8,12 +8,12 @@ times in turn; the table gives the median CPU microseconds per event and the
 spread.
 
 Reader stages, from the simulator's backlog rendered as SSE bytes and cut into
-64 KiB reads: SSE framing (``FrameDecoder``), normalising every frame
-(``normalise_frame_stamped``), preparing SQLite rows (``prepare_events``), their
-digests from the keys the reader guesses (``event_digests``, keys from 1 as in a
-fresh archive), and the message for
-the data pipe (``reader_wire.encode``); the writer's side of the pipe
-(``decode``). Writer stages, on the rows those stages made: ``Store.write_batch``
+64 KiB reads: SSE framing (``FrameDecoder``), each frame's SQLite row
+(``frame_rows``: JSON, checks and row in one pass for the usual frame), the chunk's
+times summarised and the rows' digests from the keys the reader guesses
+(``prepare_rows``, keys from 1 as in a fresh archive), and the message for the
+data pipe (``reader_wire.encode``); the writer's side of the pipe (``decode``).
+Writer stages, on the rows those stages made: ``Store.write_batch``
 of 1000-row batches into a fresh SQLite archive with those digests (sealed: the
 guesses hold, as they do in a run after its first batch) and with the chain
 stubbed out (``benchmarks.unsealed.NoSeal``), against the
@@ -28,7 +28,6 @@ import json
 import statistics
 import tempfile
 import time
-from dataclasses import replace
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
@@ -39,9 +38,9 @@ from benchmarks.machine import facts_line
 from benchmarks.results import write_section
 from benchmarks.unsealed import NoSeal
 from ingest import migrate
-from ingest.events import Rejection
-from ingest.prepare import DIGEST_SIZE, event_digests, prepare_events
-from ingest.reader import GC_THRESHOLDS, Normalised, normalise_frame_stamped
+from ingest.frame_rows import frame_rows
+from ingest.prepare import DIGEST_SIZE, prepare_rows, sqlite_time
+from ingest.reader import GC_THRESHOLDS, Normalised
 from ingest.reader_wire import decode, encode
 from ingest.resume import latest_plausible
 from ingest.simulator.generator import generate_events
@@ -72,38 +71,32 @@ def reader_stages(data: bytes) -> tuple[dict[str, float], list[Normalised]]:
     """
     received_at = datetime.now(timezone.utc)
     bound = latest_plausible(received_at)
-    names: tuple[str, ...] = ("SSE framing", "normalising", "SQLite rows", "digests")
+    names: tuple[str, ...] = ("SSE framing", "SQLite rows", "times and digests")
     names = (*names, "pipe message, written", "pipe message, read")
     seconds = dict.fromkeys(names, 0.0)
     read: list[Normalised] = []
     decoder = FrameDecoder()
+    received_text = sqlite_time(received_at)
     next_key = 1
     clock = time.process_time
     for i in range(0, len(data), READ):
         t0 = clock()
         frames = [f for f in decoder.feed(data[i : i + READ]) if isinstance(f, Frame)]
         t1 = clock()
-        made = [normalise_frame_stamped(f) for f in frames]
+        rows, times, _ = frame_rows(frames, "default", received_text)
         t2 = clock()
-        pairs = [m for m in made if not isinstance(m, Rejection)]
-        events, stamps = [e for e, _ in pairs], [s for _, s in pairs]
+        p = prepare_rows(rows, times, "stream", bound, first_key=next_key, first_row=next_key - 1)
         t3 = clock()
-        p = prepare_events(events, "default", received_at, "stream", bound, stamps=stamps)
-        t4 = clock()
-        keys = range(next_key, next_key + len(p.rows))
-        digests = event_digests(keys, p.rows, "stream")
-        t5 = clock()
-        chunk = Normalised([], received_at, replace(p, digests=digests, first_key=next_key))
+        chunk = Normalised([], received_at, p)
         next_key += len(p.rows)
-        t6 = clock()
         message = encode(chunk)
-        t7 = clock()
+        t4 = clock()
         back = decode(message)
-        t8 = clock()
+        t5 = clock()
         del message
         assert isinstance(back, Normalised)
         read.append(back)
-        spent = (t1 - t0, t2 - t1, t4 - t3, t5 - t4, t7 - t6, t8 - t7)
+        spent = (t1 - t0, t2 - t1, t3 - t2, t4 - t3, t5 - t4)
         for name, part in zip(names, spent, strict=True):
             seconds[name] += part
     return seconds, read
@@ -214,10 +207,11 @@ in turn; the table gives the median CPU microseconds per event and the spread.
 
 - **Reader stages** (the reader process's work, in the order it does it, one
   read at a time through all of them, so that only one read's objects are
-  alive at once, as in a run): SSE framing, normalising each frame, the SQLite
-  rows, their digests (from the keys the reader guesses), the message for the
-  data pipe. Not included:
-  HTTP, and the pipe's system calls.
+  alive at once, as in a run): SSE framing; each frame's SQLite row (JSON,
+  checks and row in one pass for the usual frame, `ingest.frame_rows`); the
+  chunk's times summarised and the rows' digests (from the keys the reader
+  guesses); the message for the data pipe. Not included: HTTP, and the pipe's
+  system calls.
 - **Writer stages** (the ingest process's work): reading each message as it is
   made; `Store.write_batch` of 1000-row batches into a fresh SQLite archive,
   sealed (the reader's digests checked against the keys the rows took, the

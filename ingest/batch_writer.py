@@ -130,3 +130,44 @@ class BatchWriter:
                 with self._done:
                     self._pending -= 1
                     self._done.notify_all()
+
+
+class InlineWriter:
+    """Commits each batch in the thread that submits it: :class:`BatchWriter`'s interface,
+    for a run whose reading and decoding happen in another process.
+
+    With the reader in a process of its own (:mod:`ingest.reader_process`), the
+    ingest process has little to do besides writing: receiving a chunk and adding
+    it to the batch. A writer thread would overlap only that little, and would pay
+    for it on every statement: the threads take turns on the GIL, and a thread
+    woken for every chunk contends for the core the writer runs on. Written
+    inline, the one busy thread of the ingest process is the one that writes,
+    while the reader process goes on decoding into the pipe; a slow database
+    stops the reading of the pipe, and so the reader (backpressure).
+    """
+
+    def __init__(self, commit: Callable[[Batch], None]) -> None:
+        self._commit = commit
+        self._error: StoreError | None = None
+
+    def submit(self, batch: Batch) -> None:
+        self.check()
+        try:
+            self._commit(batch)
+        except StoreError as exc:
+            self._error = exc
+        except Exception as exc:  # as BatchWriter reports it
+            self._error = StoreError(f"database unusable: {type(exc).__name__}: {exc}")
+        self.check()
+
+    def wait(self) -> None:
+        """Every submitted batch is committed already; raises the writer's error."""
+        self.check()
+
+    def close(self, timeout: float) -> None:
+        """Nothing to end."""
+
+    def check(self) -> None:
+        """Raise the writer's error, if a batch could not be committed."""
+        if self._error is not None:
+            raise self._error

@@ -14,7 +14,7 @@ import re
 from datetime import datetime
 from typing import Any, NamedTuple
 
-import orjson
+import msgspec
 
 from .fields import MAX_TEXT as MAX_TEXT
 from .fields import (
@@ -125,16 +125,19 @@ def _has_surrogates(text: str) -> bool:
     return False
 
 
-def _loads(data: str) -> Any:
-    """Parse JSON: orjson for speed, the standard library for what orjson refuses.
+_decode_json = msgspec.json.Decoder().decode
 
-    orjson is strict RFC 8259; the standard library also takes NaN, huge
-    numbers and escaped lone surrogates, which a producer may send. Only text
-    that neither accepts is invalid.
+
+def _loads(data: str) -> Any:
+    """Parse JSON: msgspec for speed, the standard library for what msgspec refuses.
+
+    msgspec is strict RFC 8259; the standard library also takes NaN, numbers
+    beyond a float's range and escaped lone surrogates, which a producer may
+    send. Only text that neither accepts is invalid.
     """
     try:
-        return orjson.loads(data)
-    except orjson.JSONDecodeError:
+        return _decode_json(data)
+    except msgspec.DecodeError:
         try:
             return json.loads(data)
         except RecursionError:

@@ -148,13 +148,35 @@ def prepare_events(
         ]
     else:
         rows = [sqlite_row(event, source, received_text) for event in events]
-    times = _times(((event.id, event.occurred_at) for event in events), bound)
+    times = [event.occurred_at for event in events]
+    return prepare_rows(
+        rows, times, channel, bound, first_key=first_key, target=target, first_row=first_row
+    )
+
+
+def prepare_rows(
+    rows: list[tuple[Any, ...]],
+    times: Sequence[datetime],
+    channel: str,
+    bound: datetime,
+    *,
+    first_key: int | None = None,
+    target: str = "sqlite",
+    first_row: int = 0,
+) -> PreparedEvents:
+    """:func:`prepare_events` for rows made already (:mod:`ingest.frame_rows`), with their
+    events' ``times``."""
+    if times and max(times) <= bound:
+        summary: tuple[datetime | None, datetime | None, list[tuple[str, datetime]]]
+        summary = min(times), max(times), []
+    else:
+        summary = _times(zip([row[ID] for row in rows], times, strict=True), bound)
     made = None
     if first_key is not None:
         keys = range(first_key, first_key + len(rows))
         made = event_digests(keys, rows, channel, ZERO[target])
     lines = copy_lines(rows) if target == "postgresql" else None
-    return PreparedEvents(rows, made, *times, lines, first_row, first_key if made else None)
+    return PreparedEvents(rows, made, *summary, lines, first_row, first_key if made else None)
 
 
 def summarise(rows: list[tuple[Any, ...]], bound: datetime) -> PreparedEvents:
@@ -209,18 +231,16 @@ def event_digests(
     """
     texts: dict[str, bytes] = {}
     times: dict[str, bytes] = {}
+    # Lookups are a bound dict.get (a C call); only a text not seen yet calls Python.
+    known, known_time = texts.get, times.get
 
     def text(value: str) -> bytes:
-        form = texts.get(value)
-        if form is None:
-            data = value.encode()
-            form = texts[value] = b"%d:%b," % (len(data), data)
+        data = value.encode()
+        form = texts[value] = b"%d:%b," % (len(data), data)
         return form
 
     def time(value: str) -> bytes:
-        form = times.get(value)
-        if form is None:
-            form = times[value] = b"27:%bT%bZ," % (value[:10].encode(), value[11:].encode())
+        form = times[value] = b"27:%bT%bZ," % (value[:10].encode(), value[11:].encode())
         return form
 
     chan = text(channel)
@@ -231,13 +251,14 @@ def event_digests(
         ident_b = ident.encode()
         body = payload.encode()
         form = _FORM % (
-            len(number), number, len(ident_b), ident_b, text(source), text(kind),
-            occurred[:10].encode(), occurred[11:].encode(), time(received), chan,
-            len(body), body,
+            len(number), number, len(ident_b), ident_b, known(source) or text(source),
+            known(kind) or text(kind), occurred[:10].encode(), occurred[11:].encode(),
+            known_time(received) or time(received), chan, len(body), body,
             b"%d:%b," % (len(x := g.encode()), x) if g else NULL,
-            text(a) if a else NULL, text(p) if p else NULL, text(r) if r else NULL,
+            (known(a) or text(a)) if a else NULL, (known(p) or text(p)) if p else NULL,
+            (known(r) or text(r)) if r else NULL,
             b"%d:%b," % (len(y := t.encode()), y) if t else NULL,
-            text(m) if m else NULL,
+            (known(m) or text(m)) if m else NULL,
             NULL if pct != pct else b"16:%b," % _pack(pct + zero).hex().encode(),
             NULL if rem != rem else b"16:%b," % _pack(rem + zero).hex().encode(),
             NULL if ini != ini else b"16:%b," % _pack(ini + zero).hex().encode(),

@@ -19,12 +19,12 @@ from datetime import datetime
 
 import httpx
 
-from .events import MAX_FRAME_BYTES, Event, Rejection, normalise_stamped, peek_id, reject
+from .events import Event, Rejection
+from .frame_rows import frame_rows, normalise_frame
 from .key_guess import KeyGuess
-from .prepare import PreparedEvents, prepare_events
+from .prepare import PreparedEvents, prepare_rows, sqlite_time
 from .resume import latest_plausible
 from .settings import IngestSettings
-from .sse import Frame
 from .stream import (
     Chunk,
     Closed,
@@ -223,40 +223,15 @@ def decode_chunk(
     if preparation is None:
         return Normalised([normalise_frame(frame) for frame in chunk.frames], chunk.received_at)
     received_at = chunk.received_at
-    made = [normalise_frame_stamped(frame) for frame in chunk.frames]
-    pairs = [item for item in made if not isinstance(item, Rejection)]
-    events = [event for event, _ in pairs]
-    rejections: list[Event | Rejection] = []
-    if len(pairs) < len(made):
-        rejections = [item for item in made if isinstance(item, Rejection)]
-    first_row, first_key = guess.take(len(events)) if guess is not None else (0, None)
-    prepared = prepare_events(
-        events,
-        preparation.source,
-        received_at,
+    rows, times, rejections = frame_rows(chunk.frames, preparation.source, sqlite_time(received_at))
+    first_row, first_key = guess.take(len(rows)) if guess is not None else (0, None)
+    prepared = prepare_rows(
+        rows,
+        times,
         preparation.channel,
         latest_plausible(received_at),
         first_key=first_key if preparation.digests else None,
         target=preparation.target,
-        stamps=[stamp for _, stamp in pairs],
         first_row=first_row,
     )
-    return Normalised(rejections, received_at, prepared)
-
-
-def normalise_frame(frame: Frame) -> Event | Rejection:
-    """One frame as an event, or as a rejection with its reason."""
-    made = normalise_frame_stamped(frame)
-    if isinstance(made, Rejection):
-        return made
-    return made[0]
-
-
-def normalise_frame_stamped(frame: Frame) -> tuple[Event, str] | Rejection:
-    """:func:`normalise_frame`, with the event's time as the frame wrote it."""
-    if frame.truncated_length is not None:
-        rejection = reject(
-            f"frame larger than {MAX_FRAME_BYTES} bytes", frame.data, peek_id(frame.data)
-        )
-        return rejection._replace(raw_length=frame.truncated_length)
-    return normalise_stamped(frame.data)
+    return Normalised(list[Event | Rejection](rejections), received_at, prepared)

@@ -1,7 +1,7 @@
 """The stream reader in a process of its own, so that reading and writing use two cores.
 
 Reading (HTTP, SSE framing, JSON, normalising, preparing SQLite rows and
-their canonical tails) is Python work, and so is most of the writer's: in
+their digests) is Python work, and so is most of the writer's: in
 one process they take turns on one GIL. :class:`ProcessReader` runs the
 reading in a child process (``python -m ingest.reader_process``) and keeps
 the interface of :class:`~ingest.reader.StreamReader`: the main thread reads
@@ -9,12 +9,13 @@ the interface of :class:`~ingest.reader.StreamReader`: the main thread reads
 
 Two pipes join them. The child sends what it reads on the data pipe (chunks
 of prepared rows as ``marshal`` data, anything else pickled:
-:mod:`ingest.reader_wire`); a thread of the parent (the pump) receives it
-onto the bounded queue.
-When the writer falls behind, the queue fills, the pump stops receiving,
-the pipe fills, the child blocks in its send and stops reading the socket:
-the same backpressure as with a reader thread. The parent sends the job,
-the resume points and the stop request on the control pipe.
+:mod:`ingest.reader_wire`); the parent's main thread reads it off the pipe
+itself (:class:`PipeItems`) and commits each batch inline
+(:class:`~ingest.batch_writer.InlineWriter`), so the ingest process has one
+busy thread. When the database falls behind, the pipe fills, the child blocks
+in its send and stops reading the socket: the same backpressure as with a
+reader thread. The parent sends the job, the resume points, the writer's word
+on the keys and the stop request on the control pipe.
 
 The child ignores SIGINT and SIGTERM (the parent decides when reading
 stops, and flushes first), lives in a session of its own, holds no database
@@ -24,6 +25,7 @@ ingest does not leave a stream connection behind it.
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import fcntl
 import gc
@@ -33,6 +35,7 @@ import signal
 import subprocess
 import sys
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
 from multiprocessing.connection import Connection
@@ -41,14 +44,12 @@ from pathlib import Path
 from .key_guess import KeyGuess
 from .reader import (
     GC_THRESHOLDS,
-    QUEUE_CHUNKS,
     NeedSince,
     Preparation,
     QueueItem,
     ReaderDone,
     ReaderFailed,
     decode_chunk,
-    put_until_stopped,
 )
 from .reader_wire import decode, encode
 from .stream import Chunk, StreamError, StreamOptions, make_client, stream_events
@@ -135,12 +136,10 @@ class ProcessReader:
         self._stop = stop
         self._preparation = preparation
         self._child = child
-        self.queue: queue.Queue[QueueItem] = queue.Queue(maxsize=QUEUE_CHUNKS)
+        self.queue = PipeItems(stop, self._send, self._ended_early)
         self._proc: subprocess.Popen[bytes] | None = None
-        self._data: Connection | None = None
         self._control: Connection | None = None
         self._control_lock = threading.Lock()
-        self._thread: threading.Thread | None = None
 
     def start(self, initial_since: datetime | None) -> None:
         """Give the child its job (starting it first if need be); its first connection asks
@@ -150,17 +149,13 @@ class ProcessReader:
             try:
                 child = spawn()
             except OSError as exc:
-                self._put(
-                    ReaderDone(
-                        ReaderFailed(type(exc).__name__, f"cannot start the stream reader: {exc}")
-                    )
-                )
+                text = f"cannot start the stream reader: {exc}"
+                self.queue.put(ReaderDone(ReaderFailed(type(exc).__name__, text)))
                 return
         child.taken = True
-        self._proc, self._data, self._control = child.proc, child.data, child.control
+        self._proc, self._control = child.proc, child.control
+        self.queue.attach(child.data)
         self._send(ReaderJob(self._options, initial_since, self._preparation))
-        self._thread = threading.Thread(target=self._pump, name="grantex-stream", daemon=True)
-        self._thread.start()
 
     def answer(self, since: datetime | None) -> None:
         """The resume point the child asked for with :class:`~ingest.reader.NeedSince`."""
@@ -188,8 +183,7 @@ class ProcessReader:
             except subprocess.TimeoutExpired:
                 self._proc.kill()
                 self._proc.wait()
-        if self._thread is not None:
-            self._thread.join(timeout=timeout)
+        self.queue.close()
 
     def _send(self, message: object) -> None:
         with self._control_lock:
@@ -197,29 +191,6 @@ class ProcessReader:
                 return
             with contextlib.suppress(OSError):
                 self._control.send(message)
-
-    def _put(self, item: QueueItem) -> None:
-        put_until_stopped(self.queue, item, self._stop)
-
-    def _pump(self) -> None:
-        assert self._data is not None
-        data = self._data
-        stop_sent = False
-        try:
-            while True:
-                if not stop_sent and self._stop.is_set():
-                    self._send(_STOP)
-                    stop_sent = True
-                if not data.poll(_POLL):
-                    continue
-                item = decode(data.recv_bytes())
-                self._put(item)
-                if isinstance(item, ReaderDone):
-                    return
-        except (EOFError, OSError) as exc:
-            self._put(ReaderDone(self._ended_early(exc)))
-        finally:
-            data.close()
 
     def _ended_early(self, exc: BaseException) -> ReaderFailed:
         code = None
@@ -231,6 +202,84 @@ class ProcessReader:
             f"the stream reader process ended unexpectedly (exit status {code}; "
             f"{type(exc).__name__})",
         )
+
+
+class PipeItems:
+    """What the reader process sends, read off the data pipe by the thread that asks for it
+    (the worker's main thread), through the interface of the queue a reader thread fills:
+    :meth:`get`, :meth:`get_nowait`, :meth:`empty`.
+
+    No thread of the ingest process waits on the pipe for the main thread: one
+    would wake for every chunk and take turns with the writer on the GIL. The
+    pipe's buffer holds the chunks the reader is ahead; when it is full, the
+    reader blocks (backpressure). ``send`` carries the stop request to the
+    reader once it is set; ``ended_early`` says why the pipe closed before the
+    reader said it was done.
+    """
+
+    def __init__(
+        self,
+        stop: threading.Event,
+        send: Callable[[object], None],
+        ended_early: Callable[[BaseException], ReaderFailed],
+    ) -> None:
+        self._stop = stop
+        self._send = send
+        self._ended_early = ended_early
+        self._data: Connection | None = None
+        self._pending: collections.deque[QueueItem] = collections.deque()
+        self._stop_sent = False
+        self._ended = False
+
+    def attach(self, data: Connection) -> None:
+        """Read from ``data`` from now on."""
+        self._data = data
+
+    def put(self, item: QueueItem) -> None:
+        """An item of the ingest process's own (the reader could not start), read first."""
+        self._pending.append(item)
+
+    def get(self, block: bool = True, timeout: float | None = None) -> QueueItem:
+        """The next item; :class:`queue.Empty` when none comes within ``timeout``."""
+        if self._pending:
+            return self._pending.popleft()
+        if self._stop.is_set() and not self._stop_sent:
+            self._stop_sent = True
+            self._send(_STOP)
+        data = self._data
+        if data is None or self._ended:
+            # Nothing more will come: wait as an empty queue would.
+            if block:
+                self._stop.wait(timeout)
+            raise queue.Empty
+        try:
+            if not data.poll(timeout if block else 0):
+                raise queue.Empty
+            item = decode(data.recv_bytes())
+        except (EOFError, OSError) as exc:
+            item = ReaderDone(self._ended_early(exc))
+        if isinstance(item, ReaderDone):
+            self.close()
+        return item
+
+    def get_nowait(self) -> QueueItem:
+        return self.get(block=False)
+
+    def empty(self) -> bool:
+        if self._pending:
+            return False
+        if self._data is None or self._ended:
+            return True
+        try:
+            return not self._data.poll(0)
+        except (EOFError, OSError):
+            return False  # the next get reports the end
+
+    def close(self) -> None:
+        """Stop reading: the reader is done, or is being ended."""
+        self._ended = True
+        if self._data is not None:
+            self._data.close()
 
 
 PIPE_BYTES = 1024 * 1024

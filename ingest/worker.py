@@ -1,17 +1,16 @@
 """The ingest worker: stream -> normalise -> batch -> store, with stopping rules.
 
-Three threads, each with one job. The :class:`~ingest.reader.StreamReader`
-runs :func:`~ingest.stream.stream_events`, normalises each chunk's frames
-and hands them over a bounded queue; the main thread (:class:`Worker`)
-batches them, asks :class:`~ingest.timers.RunTimers` what is due (flush,
-progress, the end of the run) and keeps the run records
-(:class:`~ingest.run_record.RunRecord`); the
-:class:`~ingest.batch_writer.BatchWriter` commits batches. When the
-database is slow the writer falls behind, ``submit()`` blocks, the queue
-fills, the reader blocks and the socket is no longer read: backpressure
-instead of unbounded buffering. Before every reconnect the reader asks the
-main thread for the resume point, which the main thread answers only after
-everything received is committed.
+The reader runs :func:`~ingest.stream.stream_events` and normalises each chunk's
+frames, in a process of its own (:class:`~ingest.reader_process.ProcessReader`, the
+default) or on a thread (:class:`~ingest.reader.StreamReader`). The main thread
+(:class:`Worker`) batches the chunks, asks :class:`~ingest.timers.RunTimers` what is
+due (flush, progress, the end of the run) and keeps the run records
+(:class:`~ingest.run_record.RunRecord`). Batches are committed inline with a reader
+process (:class:`~ingest.batch_writer.InlineWriter`), else on a writer thread
+(:class:`~ingest.batch_writer.BatchWriter`). When the database is slow, the pipe or
+the queue fills, the reader blocks and the socket is no longer read: backpressure
+instead of unbounded buffering. Before every reconnect the reader asks the main
+thread for the resume point, answered once everything received is committed.
 """
 
 from __future__ import annotations
@@ -30,7 +29,7 @@ from typing import TypeVar
 
 import sqlalchemy as sa
 
-from .batch_writer import Batch, BatchWriter
+from .batch_writer import Batch, BatchWriter, InlineWriter
 from .batching import take
 from .clock import SYSTEM, Clock
 from .database import first_line
@@ -138,13 +137,15 @@ class Worker:
         self._record = RunRecord(
             settings, store, self.counts, self._with_db_retry, self._redact, clock, exit_codes or {}
         )
-        self._writer = BatchWriter(self._commit, self._give_up_reason)
         preparation = preparation_for(settings, store)
         options = stream_options(settings)
         self._reader: StreamReader | ProcessReader
+        self._writer: BatchWriter | InlineWriter
         if stream is None and clock is SYSTEM and settings.reader_process:
             self._reader = ProcessReader(options, self.stop, preparation, reader_child)
+            self._writer = InlineWriter(self._commit)
         else:
+            self._writer = BatchWriter(self._commit, self._give_up_reason)
             stream = stream or functools.partial(stream_events, clock=clock)
             self._reader = StreamReader(options, stream, self.stop, preparation)
 
@@ -191,6 +192,7 @@ class Worker:
         try:
             return self._loop()
         except StoreError as exc:
+            self._drain()  # what arrived while the database was retried: received, not stored
             return RunResult("database_error", self.counts, str(exc))
         except Exception as exc:  # recorded in ingest_runs, not lost in a traceback
             log.exception("ingest failed")
@@ -288,6 +290,7 @@ class Worker:
         return RunResult("failed", self.counts, self._redact(f"{kind}: {error}"))
 
     def _drain(self) -> None:
+        """Take what the reader has handed over already, without waiting for more."""
         while True:
             try:
                 item = self._reader.queue.get_nowait()
@@ -354,8 +357,6 @@ class Worker:
         c.rejected += result.rejected
         if newest is not None and (c.newest_committed is None or newest > c.newest_committed):
             c.newest_committed = newest
-
-    # -- the database's time limits ----------------------------------------------------------
 
     def _give_up_reason(self) -> str | None:
         """Why waiting on the database should end now, if it should (see RunTimers)."""

@@ -111,6 +111,14 @@ def test_revoked_and_token_fields() -> None:
     assert isinstance(token, Event) and (token.token_id, token.method) == ("t", "refresh")
 
 
+def test_integer_identifiers_are_archived_as_their_text_at_any_size() -> None:
+    for number in (12, 2**64, 10**40):
+        event = normalise(envelope(data={"grantId": number, "remaining": number}))
+        assert isinstance(event, Event)
+        assert event.grant_id == str(number)
+        assert event.remaining == float(number)
+
+
 def test_unknown_type_is_archived_with_null_typed_columns() -> None:
     text = envelope(type="anomaly.auto_revoked", data={"revokedGrants": ["g1", "g2"]})
     event = normalise(text)
