@@ -50,6 +50,18 @@ class Batch:
         shares.append(ConnectionShare(connection_id, events, received_at))
 
 
+def committed(commit: Callable[[Batch], None], batch: Batch) -> StoreError | None:
+    """Commit ``batch``; the error that stops the writer, if it fails (anything unexpected
+    is reported as the database being unusable, not lost)."""
+    try:
+        commit(batch)
+    except StoreError as exc:
+        return exc
+    except Exception as exc:
+        return StoreError(f"database unusable: {type(exc).__name__}: {exc}")
+    return None
+
+
 class BatchWriter:
     """Commits batches on a thread of its own.
 
@@ -121,11 +133,7 @@ class BatchWriter:
                 return
             try:
                 if self._error is None:
-                    self._commit(job)
-            except StoreError as exc:
-                self._error = exc
-            except Exception as exc:  # reported to the main thread, not lost
-                self._error = StoreError(f"database unusable: {type(exc).__name__}: {exc}")
+                    self._error = committed(self._commit, job)
             finally:
                 with self._done:
                     self._pending -= 1
@@ -152,12 +160,7 @@ class InlineWriter:
 
     def submit(self, batch: Batch) -> None:
         self.check()
-        try:
-            self._commit(batch)
-        except StoreError as exc:
-            self._error = exc
-        except Exception as exc:  # as BatchWriter reports it
-            self._error = StoreError(f"database unusable: {type(exc).__name__}: {exc}")
+        self._error = committed(self._commit, batch)
         self.check()
 
     def wait(self) -> None:

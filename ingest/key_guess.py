@@ -6,7 +6,7 @@ ingest) would hash every row itself. While the ingest is the archive's only
 writer and every row it sends is new, the rows take consecutive keys: the
 row the reader prepared n-th (its *row number*) takes the key n + offset.
 The reader numbers its rows and, once it knows the offset, makes each row's
-digest from the key it guesses (:func:`ingest.prepare.prepare_events`).
+digest from the key it guesses (:func:`ingest.prepare.prepare_rows`).
 
 The writer checks every guess against the keys the insert gave: a wrong
 guess costs only the digests' remaking, never a wrong link. After each batch

@@ -166,9 +166,10 @@ def prepare_rows(
 ) -> PreparedEvents:
     """:func:`prepare_events` for rows made already (:mod:`ingest.frame_rows`), with their
     events' ``times``."""
-    if times and max(times) <= bound:
-        summary: tuple[datetime | None, datetime | None, list[tuple[str, datetime]]]
-        summary = min(times), max(times), []
+    newest = max(times, default=None)
+    summary: tuple[datetime | None, datetime | None, list[tuple[str, datetime]]]
+    if newest is not None and newest <= bound:
+        summary = min(times), newest, []
     else:
         summary = _times(zip([row[ID] for row in rows], times, strict=True), bound)
     made = None
