@@ -7,7 +7,8 @@ Run with ``make bench`` (1M events, plus a 4M run for the memory check) or
   simulator's backlog (``--since`` its start, ``--max-events N``) into a fresh
   SQLite file (with sealing, and without it through ``benchmarks/unsealed.py``)
   and into a fresh PostgreSQL schema; wall time of the process, start-up
-  included, its CPU time and its own peak RSS;
+  included, its CPU time (its reader process's included) and peak RSS (the
+  ingest process's plus its reader process's);
 - **the SQLite ceiling**: the fastest plain-``sqlite3`` way known to store the
   same rows: prepared in advance as the product binds them (text times, ``''``
   and NaN for NULL turned back by ``NULLIF`` and the column type), 500-row
@@ -22,7 +23,7 @@ Run with ``make bench`` (1M events, plus a 4M run for the memory check) or
   ``events`` 1000 rows and one commit at a time (no conflict handling: none of
   these events is archived yet);
 - **the naive baseline**: one ORM insert and commit per event;
-- **flatness**: the peak RSS of the ingest process for a larger backlog.
+- **flatness**: the peak RSS of the ingest (both processes) for a larger backlog.
 
 Each side runs ``--runs`` times, end-to-end and ceiling alternating; the
 table gives the median run and the spread (fastest to slowest).
@@ -153,7 +154,9 @@ class SimulatorProcess:
 
 
 class PeakRss:
-    """Samples the process's own high-water mark (VmHWM) until it exits.
+    """Samples the high-water mark (VmHWM) of a process and of its descendants (the ingest's
+    reader process) until it exits; the figure is their sum, an upper bound on their peak
+    together.
 
     Not ``ru_maxrss``: that also counts the pages a child shares with its
     parent between fork and exec, so a large benchmark process would inflate
@@ -162,19 +165,20 @@ class PeakRss:
 
     def __init__(self, pid: int) -> None:
         self.pid = pid
-        self.kb = 0
+        self.peaks: dict[int, int] = {}
         self._done = threading.Event()
         self._thread = threading.Thread(target=self._sample, daemon=True)
         self._thread.start()
 
     def _sample(self) -> None:
         while not self._done.is_set():
-            try:
-                for line in Path(f"/proc/{self.pid}/status").read_text().splitlines():
-                    if line.startswith("VmHWM:"):
-                        self.kb = max(self.kb, int(line.split()[1]))
-            except (OSError, ValueError):
-                pass
+            for pid in family(self.pid):
+                try:
+                    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+                        if line.startswith("VmHWM:"):
+                            self.peaks[pid] = max(self.peaks.get(pid, 0), int(line.split()[1]))
+                except (OSError, ValueError):
+                    pass
             self._done.wait(0.1)
 
     def stop(self) -> None:
@@ -182,8 +186,26 @@ class PeakRss:
         self._thread.join()
 
     @property
+    def kb(self) -> int:
+        return sum(self.peaks.values())
+
+    @property
     def mb(self) -> float:
         return self.kb / 1024
+
+
+def family(pid: int) -> list[int]:
+    """``pid`` and its living descendants."""
+    found, at = [pid], 0
+    while at < len(found):
+        try:
+            tasks = Path(f"/proc/{found[at]}/task").iterdir()
+            for task in tasks:
+                found += [int(c) for c in (task / "children").read_text().split()]
+        except (OSError, ValueError):
+            pass
+        at += 1
+    return found
 
 
 @dataclass

@@ -16,6 +16,7 @@ import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import datetime
+from typing import TYPE_CHECKING
 
 import httpx
 
@@ -35,6 +36,9 @@ from .stream import (
     StreamOptions,
     make_client,
 )
+
+if TYPE_CHECKING:
+    from .store import Store
 
 QUEUE_CHUNKS = 64
 """Chunks the reader may be ahead of the main thread."""
@@ -82,6 +86,14 @@ class Preparation:
     target: str = "sqlite"
 
 
+def preparation_for(settings: IngestSettings, store: Store) -> Preparation | None:
+    """What the reader prepares for the writer (:mod:`ingest.prepare`): each event's row,
+    its digest, and for PostgreSQL its ``COPY`` line."""
+    if not store.prepares_rows:
+        return None
+    return Preparation(settings.source, "stream", digests=True, target=store.dialect)
+
+
 class ReaderFailed(Exception):
     """An error of a reader in another process, carried over as its type's name and text."""
 
@@ -121,6 +133,10 @@ def stream_options(settings: IngestSettings) -> StreamOptions:
 
 class StreamReader:
     """The reader thread of one run; the main thread reads :attr:`queue`."""
+
+    ends_when_asked = False
+    """Asked to stop, the thread ends only once its socket read returns: the worker
+    takes what is queued then, without waiting."""
 
     def __init__(
         self,

@@ -3,7 +3,7 @@
 Reading (HTTP, SSE framing, JSON, normalising, preparing SQLite rows and
 their digests) is Python work, and so is most of the writer's: in
 one process they take turns on one GIL. :class:`ProcessReader` runs the
-reading in a child process (``python -m ingest.reader_process``) and keeps
+reading in a child process (:mod:`ingest.reader_child`) and keeps
 the interface of :class:`~ingest.reader.StreamReader`: the main thread reads
 :attr:`~ProcessReader.queue` and answers :class:`~ingest.reader.NeedSince`.
 
@@ -12,11 +12,16 @@ of prepared rows as ``marshal`` data, anything else pickled:
 :mod:`ingest.reader_wire`); the parent's main thread reads it off the pipe
 itself (:class:`PipeItems`) and commits each batch inline
 (:class:`~ingest.batch_writer.InlineWriter`), so the ingest process has one
-busy thread. When the database falls behind, the pipe fills, the child blocks
-in its send and stops reading the socket: the same backpressure as with a
-reader thread. The parent sends the job, the resume points, the writer's word
-on the keys and the stop request on the control pipe.
+busy thread. The child writes through an :class:`~ingest.outbox.Outbox`, so it
+goes on reading while the parent is held by a long commit. When the database
+falls behind, the pipe and then the outbox fill, the child blocks in its send
+and stops reading the socket: the same backpressure as with a reader thread.
+The parent sends the job, the resume points, the writer's word on the keys and
+the stop request on the control pipe.
 
+Asked to stop, the child sends :class:`~ingest.reader.ReaderDone` after
+everything it read before the request, even while its main thread waits in a
+socket read; the parent takes all of it (:attr:`ProcessReader.ends_when_asked`).
 The child ignores SIGINT and SIGTERM (the parent decides when reading
 stops, and flushes first), lives in a session of its own, holds no database
 connection, and ends at once when the control pipe closes, so a killed
@@ -28,10 +33,10 @@ from __future__ import annotations
 import collections
 import contextlib
 import fcntl
-import gc
+import math
 import os
 import queue
-import signal
+import select
 import subprocess
 import sys
 import threading
@@ -41,20 +46,15 @@ from datetime import datetime
 from multiprocessing.connection import Connection
 from pathlib import Path
 
-from .key_guess import KeyGuess
 from .reader import (
-    GC_THRESHOLDS,
-    NeedSince,
     Preparation,
     QueueItem,
     ReaderDone,
     ReaderFailed,
-    decode_chunk,
 )
-from .reader_wire import decode, encode
-from .stream import Chunk, StreamError, StreamOptions, make_client, stream_events
+from .reader_wire import FrameReader, decode
+from .stream import StreamOptions
 
-_POLL = 0.2  # how often a blocked side looks at the stop request
 _STOP = ("stop", None)
 
 
@@ -100,7 +100,7 @@ def spawn() -> ReaderChild:
     control_read, control_write = os.pipe()
     try:
         proc = subprocess.Popen(
-            [sys.executable, "-m", "ingest.reader_process", str(data_write), str(control_read)],
+            [sys.executable, "-m", "ingest.reader_child", str(data_write), str(control_read)],
             pass_fds=(data_write, control_read),
             stdin=subprocess.DEVNULL,
             env=_child_environment(),
@@ -124,6 +124,12 @@ class ProcessReader:
     ``child`` is a reader process started already (:func:`spawn`); without one,
     :meth:`start` starts it.
     """
+
+    @property
+    def ends_when_asked(self) -> bool:
+        """Whether the reader's end is still to come: asked to stop, the child sends it
+        promptly, after everything it read before the request."""
+        return not self.queue.ended
 
     def __init__(
         self,
@@ -169,9 +175,9 @@ class ProcessReader:
     def close(self, timeout: float) -> None:
         """End the child: at once, however it is blocked; killed after ``timeout``.
 
-        The child holds nothing worth waiting for. Closing the control pipe
-        ends it even while it waits in a socket read or on a full data pipe,
-        where a stop request would only be seen once the read returns.
+        Whatever the child held is taken by now or given up (the run ended).
+        Closing the control pipe ends it even while it waits in a socket read
+        or on a full data pipe.
         """
         self._send(_STOP)
         with self._control_lock:
@@ -227,6 +233,8 @@ class PipeItems:
         self._send = send
         self._ended_early = ended_early
         self._data: Connection | None = None
+        self._frames = FrameReader(-1)
+        self._poller = select.poll()
         self._pending: collections.deque[QueueItem] = collections.deque()
         self._stop_sent = False
         self._ended = False
@@ -234,6 +242,9 @@ class PipeItems:
     def attach(self, data: Connection) -> None:
         """Read from ``data`` from now on."""
         self._data = data
+        self._frames = FrameReader(data.fileno())
+        # One poll object for the run, not a selector per look (the loop looks often).
+        self._poller.register(data.fileno(), select.POLLIN)
 
     def put(self, item: QueueItem) -> None:
         """An item of the ingest process's own (the reader could not start), read first."""
@@ -253,14 +264,20 @@ class PipeItems:
                 self._stop.wait(timeout)
             raise queue.Empty
         try:
-            if not data.poll(timeout if block else 0):
+            frames = self._frames
+            if not frames.complete() and not self._ready(timeout if block else 0):
                 raise queue.Empty
-            item = decode(data.recv_bytes())
+            item = decode(frames.next())
         except (EOFError, OSError) as exc:
             item = ReaderDone(self._ended_early(exc))
         if isinstance(item, ReaderDone):
             self.close()
         return item
+
+    @property
+    def ended(self) -> bool:
+        """Nothing more will come: the reader's end was read, or the pipe closed."""
+        return self._ended and not self._pending
 
     def get_nowait(self) -> QueueItem:
         return self.get(block=False)
@@ -271,9 +288,13 @@ class PipeItems:
         if self._data is None or self._ended:
             return True
         try:
-            return not self._data.poll(0)
+            return not self._frames.complete() and not self._ready(0)
         except (EOFError, OSError):
             return False  # the next get reports the end
+
+    def _ready(self, timeout: float | None) -> bool:
+        """Whether the pipe has something to read (or its end) within ``timeout`` seconds."""
+        return bool(self._poller.poll(None if timeout is None else math.ceil(timeout * 1000)))
 
     def close(self) -> None:
         """Stop reading: the reader is done, or is being ended."""
@@ -302,78 +323,3 @@ def _child_environment() -> dict[str, str]:
     root = str(Path(__file__).resolve().parent.parent)
     env["PYTHONPATH"] = os.pathsep.join(p for p in (root, env.get("PYTHONPATH")) if p)
     return env
-
-
-# -- the child -------------------------------------------------------------------------
-
-
-def portable(error: BaseException | None) -> BaseException | None:
-    """An error as the parent can unpickle it: the stream's own errors as they are,
-    anything else by its type's name and text."""
-    if error is None or type(error).__module__ == StreamError.__module__:
-        return error
-    return ReaderFailed(type(error).__name__, str(error))
-
-
-def child_main(data_fd: int, control_fd: int) -> None:
-    """Read the stream for the parent until it asks to stop or goes away."""
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    signal.signal(signal.SIGTERM, signal.SIG_IGN)
-    gc.freeze()
-    gc.set_threshold(*GC_THRESHOLDS)
-    data = Connection(data_fd, readable=False)
-    control = Connection(control_fd, writable=False)
-    try:
-        job: ReaderJob = control.recv()
-    except (EOFError, OSError):
-        # Started ahead of a run that ended before it began (a lock held, say).
-        os._exit(0)
-    stop = threading.Event()
-    answers: queue.Queue[datetime | None] = queue.Queue()
-    guess = KeyGuess()
-
-    def listen() -> None:
-        try:
-            while True:
-                kind, value = control.recv()
-                if kind == "stop":
-                    stop.set()
-                elif kind == "keys":
-                    guess.correct(*value)
-                else:
-                    answers.put(value)
-        except (EOFError, OSError):
-            # The ingest process is gone: nothing here is worth keeping.
-            os._exit(0)
-
-    threading.Thread(target=listen, name="grantex-control", daemon=True).start()
-    first = [True]
-
-    def since_for_connect() -> datetime | None:
-        if first:
-            first.clear()
-            return job.initial_since
-        data.send_bytes(encode(NeedSince()))
-        while not stop.is_set():
-            try:
-                return answers.get(timeout=_POLL)
-            except queue.Empty:
-                continue
-        return None
-
-    error: BaseException | None = None
-    try:
-        client = make_client(job.options)
-        for item in stream_events(job.options, since_for_connect, stop, client=client):
-            if isinstance(item, Chunk):
-                data.send_bytes(encode(decode_chunk(item, job.preparation, guess)))
-            else:
-                data.send_bytes(encode(item))
-    except BaseException as exc:  # handed to the parent, which decides
-        error = exc
-    with contextlib.suppress(OSError):
-        data.send_bytes(encode(ReaderDone(portable(error))))
-
-
-if __name__ == "__main__":
-    child_main(int(sys.argv[1]), int(sys.argv[2]))

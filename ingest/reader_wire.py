@@ -5,13 +5,17 @@ numbers and bytes. Those go as :mod:`marshal` data, which both sides write and r
 in about half the time pickle takes for the same rows (``marshal`` is safe here: the
 pipe is private to the ingest process and the child it started). Their times travel
 as whole microseconds since the epoch, exactly. Anything else (connection news, a
-chunk with rejections, the end of the stream) is pickled.
+chunk with rejections, the end of the stream) is pickled. On the pipe, each message
+is framed by its length (:data:`HEADER`), so that the reader can write many in one
+system call and the ingest process read many in one.
 """
 
 from __future__ import annotations
 
 import marshal
+import os
 import pickle
+import struct
 from datetime import datetime, timedelta, timezone
 
 from .prepare import PreparedEvents
@@ -22,6 +26,48 @@ _PICKLED = b"P"
 _EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
 _MICROSECOND = timedelta(microseconds=1)
 MARSHAL_VERSION = 4
+HEADER = struct.Struct("!I")
+"""A message's frame on the pipe: its length in bytes (4 bytes, big-endian), then it."""
+
+
+READ_BYTES = 1024 * 1024
+"""What :class:`FrameReader` asks of the pipe at a time: all it holds, usually."""
+
+
+def frame(message: bytes) -> bytes:
+    """``message`` framed for the pipe."""
+    return HEADER.pack(len(message)) + message
+
+
+class FrameReader:
+    """The messages on a pipe of frames, read in large pieces: one system call brings
+    all the messages the pipe holds."""
+
+    def __init__(self, fd: int) -> None:
+        self._fd = fd
+        self._buffer = b""
+        self._at = 0
+
+    def complete(self) -> bool:
+        """Whether a whole message is read already."""
+        buffer, at = self._buffer, self._at
+        if len(buffer) - at < HEADER.size:
+            return False
+        size: int = HEADER.unpack_from(buffer, at)[0]
+        return len(buffer) - at - HEADER.size >= size
+
+    def next(self) -> memoryview:
+        """The next message, read until it is whole (blocking); EOFError at the pipe's end."""
+        while not self.complete():
+            data = os.read(self._fd, READ_BYTES)
+            if not data:
+                raise EOFError("the pipe closed")
+            rest = self._buffer[self._at :]
+            self._buffer, self._at = (rest + data if rest else data), 0
+        (size,) = HEADER.unpack_from(self._buffer, self._at)
+        start = self._at + HEADER.size
+        self._at = start + size
+        return memoryview(self._buffer)[start : self._at]
 
 
 def encode(item: QueueItem) -> bytes:
@@ -38,7 +84,7 @@ def encode(item: QueueItem) -> bytes:
     return _PICKLED + pickle.dumps(item, protocol=pickle.HIGHEST_PROTOCOL)
 
 
-def decode(message: bytes) -> QueueItem:
+def decode(message: bytes | memoryview) -> QueueItem:
     """The item :func:`encode` made ``message`` from."""
     body = memoryview(message)[1:]
     if message[:1] == _ROWS:

@@ -46,6 +46,16 @@ class RunCounts:
     last_occurred_at: datetime | None = None
     newest_committed: datetime | None = None
 
+    def committed(
+        self, inserted: int, duplicates: int, rejected: int, newest: datetime | None
+    ) -> None:
+        """Count a committed batch; ``newest`` is its newest plausible event time."""
+        self.inserted += inserted
+        self.duplicates += duplicates
+        self.rejected += rejected
+        if newest is not None and (self.newest_committed is None or newest > self.newest_committed):
+            self.newest_committed = newest
+
     def as_row(self) -> dict[str, Any]:
         return {
             "received": self.received,

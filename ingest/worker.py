@@ -40,11 +40,11 @@ from .reader import (
     GC_THRESHOLDS,
     NeedSince,
     Normalised,
-    Preparation,
     QueueItem,
     ReaderDone,
     ReaderFailed,
     StreamReader,
+    preparation_for,
     stream_options,
 )
 from .reader_process import ProcessReader, ReaderChild
@@ -64,7 +64,7 @@ from .stream import (
     StreamItem,
     stream_events,
 )
-from .timers import RunLimits, RunTimers, Stop
+from .timers import POLL, RunLimits, RunTimers, Stop
 
 __all__ = ["OUTCOMES", "STOP_GRACE", "RunCounts", "RunResult", "Worker", "handle_signals"]
 
@@ -192,7 +192,7 @@ class Worker:
         try:
             return self._loop()
         except StoreError as exc:
-            self._drain()  # what arrived while the database was retried: received, not stored
+            self._drain(store=False)  # what arrived meanwhile: received, not stored
             return RunResult("database_error", self.counts, str(exc))
         except Exception as exc:  # recorded in ingest_runs, not lost in a traceback
             log.exception("ingest failed")
@@ -268,8 +268,7 @@ class Worker:
             self._reader.answer(self._with_db_retry(self.resume_since))
 
     def _end(self, stop: Stop) -> RunResult:
-        if stop.outcome == "interrupted":
-            self._drain()
+        self._drain(store=True)
         self._flush(wait=True)
         self._handover.drop()
         if stop.outcome == "interrupted":
@@ -289,15 +288,29 @@ class Worker:
         kind = error.kind if isinstance(error, ReaderFailed) else type(error).__name__
         return RunResult("failed", self.counts, self._redact(f"{kind}: {error}"))
 
-    def _drain(self) -> None:
-        """Take what the reader has handed over already, without waiting for more."""
+    def _drain(self, store: bool) -> None:
+        """Stop the reader and take what it read: up to its end when it sends that once asked
+        (within :data:`STOP_GRACE`), else what it has handed over. With ``store``, each
+        batch goes to the writer as it fills."""
+        self.stop.set()
+        items, clock = self._reader.queue, self.clock
+        deadline = clock.monotonic() + STOP_GRACE
         while True:
+            waiting = self._reader.ends_when_asked and clock.monotonic() < deadline
             try:
-                item = self._reader.queue.get_nowait()
+                item = items.get(timeout=POLL) if waiting else items.get_nowait()
             except queue.Empty:
+                if waiting:
+                    continue
+                if self._reader.ends_when_asked:
+                    log.warning("the reader did not end within %gs of stopping", STOP_GRACE)
+                return
+            if isinstance(item, ReaderDone):
                 return
             if type(item) is Normalised:
                 self._take(item)
+                if store and len(self._batch) >= self.settings.batch_size:
+                    self._flush()
 
     # -- batching --------------------------------------------------------------------------
 
@@ -350,13 +363,7 @@ class Worker:
         correction = guessed.correction(result.next_key)
         if correction is not None:
             self._reader.correct_keys(*correction)
-        newest = batch.newest
-        c = self.counts
-        c.inserted += result.inserted
-        c.duplicates += result.duplicates
-        c.rejected += result.rejected
-        if newest is not None and (c.newest_committed is None or newest > c.newest_committed):
-            c.newest_committed = newest
+        self.counts.committed(result.inserted, result.duplicates, result.rejected, batch.newest)
 
     def _give_up_reason(self) -> str | None:
         """Why waiting on the database should end now, if it should (see RunTimers)."""
@@ -390,11 +397,3 @@ class Worker:
                 # Not transient (a missing table, a permission): retrying
                 # cannot help, and nothing uncommitted was acknowledged.
                 raise StoreError(f"database unusable: {first_line(exc)}") from None
-
-
-def preparation_for(settings: IngestSettings, store: Store) -> Preparation | None:
-    """What the reader prepares for the writer (:mod:`ingest.prepare`): each event's row,
-    its digest, and for PostgreSQL its ``COPY`` line."""
-    if not store.prepares_rows:
-        return None
-    return Preparation(settings.source, "stream", digests=True, target=store.dialect)

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import os
 import queue
+import subprocess
 import threading
 import time
 from datetime import datetime, timezone
@@ -19,19 +20,26 @@ from multiprocessing.connection import Connection
 from pathlib import Path
 
 import pytest
+import sqlalchemy as sa
 
 from ingest import migrate
 from ingest.batch_writer import Batch, BatchWriter, InlineWriter
-from ingest.reader import NeedSince, ReaderDone, ReaderFailed
-from ingest.reader_process import PipeItems, ProcessReader
-from ingest.reader_wire import encode
+from ingest.reader import NeedSince, Preparation, ReaderDone, ReaderFailed, decode_chunk
+from ingest.reader_process import PipeItems, ProcessReader, ReaderChild
+from ingest.reader_wire import encode, frame
 from ingest.settings import IngestSettings, Secret
+from ingest.sse import Frame
 from ingest.store import Store, StoreError
-from ingest.stream import Opened
+from ingest.stream import Chunk, Opened
 from ingest.worker import Worker
 from tests.conftest import API_KEY
 
 NOW = datetime(2026, 12, 1, 12, tzinfo=timezone.utc)
+
+
+def send(conn: Connection, message: bytes) -> None:
+    """One message on the pipe, framed as the reader process frames it."""
+    os.write(conn.fileno(), frame(message))
 
 
 class Pipe:
@@ -61,8 +69,8 @@ def test_items_come_in_order_and_a_timeout_is_an_empty_queue() -> None:
     with pytest.raises(queue.Empty):
         pipe.items.get_nowait()
     opened = Opened(since=None, status_code=200, requested_at=NOW, first_byte_at=NOW)
-    pipe.writer.send_bytes(encode(NeedSince()))
-    pipe.writer.send_bytes(encode(opened))
+    send(pipe.writer, encode(NeedSince()))
+    send(pipe.writer, encode(opened))
     assert not pipe.items.empty()
     assert pipe.items.get(timeout=1) == NeedSince()
     assert pipe.items.get_nowait() == opened
@@ -71,8 +79,10 @@ def test_items_come_in_order_and_a_timeout_is_an_empty_queue() -> None:
 
 def test_the_readers_end_closes_the_pipe_and_nothing_follows() -> None:
     pipe = Pipe()
-    pipe.writer.send_bytes(encode(ReaderDone(None)))
+    send(pipe.writer, encode(ReaderDone(None)))
+    assert not pipe.items.ended  # the worker, stopping, waits for the end
     assert pipe.items.get(timeout=1) == ReaderDone(None)
+    assert pipe.items.ended  # and then no longer
     assert pipe.reader.closed
     assert pipe.items.empty()
     with pytest.raises(queue.Empty):
@@ -85,6 +95,7 @@ def test_a_pipe_closed_without_a_word_is_the_reader_ending_early() -> None:
     done = pipe.items.get(timeout=1)
     assert isinstance(done, ReaderDone) and isinstance(done.error, ReaderFailed)
     assert done.error.kind == "ReaderExited" and "EOFError" in done.error.text
+    assert pipe.items.ended
 
 
 def test_the_stop_request_is_sent_to_the_reader_once() -> None:
@@ -101,7 +112,7 @@ def test_the_stop_request_is_sent_to_the_reader_once() -> None:
 
 def test_an_item_of_the_ingest_process_comes_first() -> None:
     pipe = Pipe()
-    pipe.writer.send_bytes(encode(NeedSince()))
+    send(pipe.writer, encode(NeedSince()))
     own = ReaderDone(ReaderFailed("PermissionError", "cannot start"))
     pipe.items.put(own)
     assert not pipe.items.empty()
@@ -168,3 +179,62 @@ def test_a_run_with_a_reader_process_writes_inline(tmp_path: Path) -> None:
         threaded._writer.close(timeout=1.0)
     finally:
         store.close()
+
+
+def chunk_message(first: int, count: int) -> bytes:
+    """A reader process's message: ``count`` events from ``first``, prepared as it prepares
+    them (rows, no digests: the writer makes those)."""
+    frames = [
+        Frame(
+            data=f'{{"id":"evt_{n:08d}","type":"grant.created",'
+            f'"createdAt":"2026-12-01T11:00:00Z","data":{{"grantId":"grnt_{n}"}}}}'
+        )
+        for n in range(first, first + count)
+    ]
+    return encode(decode_chunk(Chunk(frames, NOW), Preparation("default", digests=False)))
+
+
+def test_a_stopped_run_stores_all_the_reader_process_read_before_its_end(tmp_path: Path) -> None:
+    """Stopping, the worker waits for the reader's end and stores what comes before it,
+    however late: here 300 events go out only once the stop request has come."""
+    url = f"sqlite:///{tmp_path / 'a.db'}"
+    migrate.upgrade(url)
+    store = Store.open(url)
+    data_read, data_write = os.pipe()
+    control_read, control_write = os.pipe()
+    data = Connection(data_write, readable=False)
+    control = Connection(control_read, writable=False)
+    stand_in = subprocess.Popen(["sleep", "60"])  # the process the worker ends at last
+    child = ReaderChild(
+        stand_in, Connection(data_read, writable=False), Connection(control_write, readable=False)
+    )
+    settings = IngestSettings(db_url=url, base_url="http://127.0.0.1:9", api_key=Secret(API_KEY))
+    worker = Worker(settings, store, reader_child=child)
+    asked: list[object] = []
+
+    def reader_process() -> None:
+        asked.append(control.recv())  # the job
+        send(data, encode(Opened(None, 200, NOW, NOW)))
+        send(data, chunk_message(0, 200))
+        worker.stop.set()  # as a signal would
+        asked.append(control.recv())  # the stop request
+        for first in (200, 300, 400):
+            send(data, chunk_message(first, 100))
+        send(data, encode(ReaderDone(None)))
+
+    thread = threading.Thread(target=reader_process, daemon=True)
+    thread.start()
+    try:
+        result = worker.run()
+    finally:
+        stand_in.kill()
+        stand_in.wait()
+        store.close()
+    thread.join(5)
+    assert asked[1:] == [("stop", None)]
+    assert result.outcome == "interrupted"
+    assert (result.counts.received, result.counts.inserted) == (500, 500)
+    engine = sa.create_engine(url)
+    with engine.connect() as conn:
+        assert conn.execute(sa.text("SELECT count(*) FROM events")).scalar_one() == 500
+    engine.dispose()

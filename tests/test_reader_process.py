@@ -69,7 +69,7 @@ def test_the_reader_process_ends_with_a_killed_ingest(tmp_path: Path) -> None:
             _wait_for(lambda: event_count(url) == 1)
             [reader] = children(proc.pid)
             command = Path(f"/proc/{reader}/cmdline").read_bytes().replace(b"\0", b" ")
-            assert b"ingest.reader_process" in command
+            assert b"ingest.reader_child" in command
             # The key goes over the control pipe, never on a command line.
             assert API_KEY.encode() not in command
             proc.kill()
@@ -84,7 +84,7 @@ def reader_children() -> list[int]:
     found = []
     for pid in children(os.getpid()):
         with contextlib.suppress(OSError):
-            if b"ingest.reader_process" in Path(f"/proc/{pid}/cmdline").read_bytes():
+            if b"ingest.reader_child" in Path(f"/proc/{pid}/cmdline").read_bytes():
                 found.append(pid)
     return found
 

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import math
+import os
+import threading
 from datetime import datetime, timedelta, timezone
 
 import pytest
@@ -11,7 +13,7 @@ from ingest.events import normalise
 from ingest.key_guess import KeyGuess
 from ingest.prepare import PreparedEvents
 from ingest.reader import NeedSince, Normalised, Preparation, ReaderDone, ReaderFailed, decode_chunk
-from ingest.reader_wire import decode, encode
+from ingest.reader_wire import READ_BYTES, FrameReader, decode, encode, frame
 from ingest.sse import Frame
 from ingest.stream import Chunk, Closed, Opened
 from tests.test_reader_process import COPY_HOSTILE, MORE
@@ -109,3 +111,26 @@ def test_everything_else_is_pickled() -> None:
 def test_a_message_of_no_known_kind_is_an_error() -> None:
     with pytest.raises(ValueError, match="not a reader message"):
         decode(b"Xjunk")
+
+
+def test_frames_come_back_whole_however_the_pipe_cuts_them() -> None:
+    """Messages written in pieces of every size, one larger than a read, come back whole
+    and in order; a pipe that closes inside a frame is its end."""
+    messages = [b"", b"x", bytes(range(256)) * 9, b"y" * (READ_BYTES + 12345), b"last"]
+    stream = b"".join(frame(m) for m in messages) + frame(b"cut short")[:-3]
+    read, write = os.pipe()
+    reader = FrameReader(read)
+
+    def writer() -> None:
+        for at in range(0, len(stream), 7919):  # a prime: cuts fall everywhere
+            os.write(write, stream[at : at + 7919])
+        os.close(write)
+
+    thread = threading.Thread(target=writer)
+    thread.start()
+    got = [bytes(reader.next()) for _ in messages]
+    assert got == messages
+    with pytest.raises(EOFError):
+        reader.next()
+    thread.join()
+    os.close(read)
