@@ -12,8 +12,8 @@ The outbox lets the reader go on through such a pause: :meth:`Outbox.send`
 queues the message and returns, and the outbox's thread writes the messages
 in order, blocking in the write (without the GIL) while the pipe is full.
 The queue is bounded in bytes: once it holds ``limit`` bytes, :meth:`send`
-blocks until the pipe takes some, so a database that stays slow still stops
-the reader and, through it, the stream (backpressure is kept).
+blocks until a write ends, so a database that stays slow still stops the
+reader and, through it, the stream (backpressure is kept).
 """
 
 from __future__ import annotations
