@@ -125,12 +125,6 @@ class ProcessReader:
     :meth:`start` starts it.
     """
 
-    @property
-    def ends_when_asked(self) -> bool:
-        """Whether the reader's end is still to come: asked to stop, the child sends it
-        promptly, after everything it read before the request."""
-        return not self.queue.ended
-
     def __init__(
         self,
         options: StreamOptions,
@@ -146,6 +140,12 @@ class ProcessReader:
         self._proc: subprocess.Popen[bytes] | None = None
         self._control: Connection | None = None
         self._control_lock = threading.Lock()
+
+    @property
+    def ends_when_asked(self) -> bool:
+        """Whether the reader's end is still to come: asked to stop, the child sends it
+        promptly, after everything it read before the request."""
+        return not self.queue.ended
 
     def start(self, initial_since: datetime | None) -> None:
         """Give the child its job (starting it first if need be); its first connection asks
@@ -217,8 +217,8 @@ class PipeItems:
 
     No thread of the ingest process waits on the pipe for the main thread: one
     would wake for every chunk and take turns with the writer on the GIL. The
-    pipe's buffer holds the chunks the reader is ahead; when it is full, the
-    reader blocks (backpressure). ``send`` carries the stop request to the
+    pipe's buffer and the reader's outbox hold the chunks the reader is ahead;
+    when both are full, the reader blocks (backpressure). ``send`` carries the stop request to the
     reader once it is set; ``ended_early`` says why the pipe closed before the
     reader said it was done.
     """
