@@ -94,6 +94,16 @@ def preparation_for(settings: IngestSettings, store: Store) -> Preparation | Non
     return Preparation(settings.source, "stream", digests=True, target=store.dialect)
 
 
+def answer_or_stop(answers: queue.Queue[datetime | None], stop: threading.Event) -> datetime | None:
+    """The main thread's answer to :class:`NeedSince`, or None once ``stop`` is set."""
+    while not stop.is_set():
+        try:
+            return answers.get(timeout=_POLL)
+        except queue.Empty:
+            continue
+    return None
+
+
 class ReaderFailed(Exception):
     """An error of a reader in another process, carried over as its type's name and text."""
 
@@ -190,12 +200,7 @@ class StreamReader:
             self._first_connect = False
             return self._initial_since
         self._put(NeedSince())
-        while not self._stop.is_set():
-            try:
-                return self._answers.get(timeout=_POLL)
-            except queue.Empty:
-                continue
-        return None
+        return answer_or_stop(self._answers, self._stop)
 
     def _put(self, item: QueueItem) -> None:
         put_until_stopped(self.queue, item, self._stop)

@@ -18,12 +18,17 @@ from multiprocessing.connection import Connection
 
 from .key_guess import KeyGuess
 from .outbox import Outbox
-from .reader import GC_THRESHOLDS, NeedSince, ReaderDone, ReaderFailed, decode_chunk
+from .reader import (
+    GC_THRESHOLDS,
+    NeedSince,
+    ReaderDone,
+    ReaderFailed,
+    answer_or_stop,
+    decode_chunk,
+)
 from .reader_process import ReaderJob
 from .reader_wire import encode
 from .stream import Chunk, StreamError, make_client, stream_events
-
-_POLL = 0.2  # how often a waiting side looks at the stop request
 
 
 def portable(error: BaseException | None) -> BaseException | None:
@@ -122,12 +127,7 @@ class ChildReader:
             return self.job.initial_since
         if not self.data.send(encode(NeedSince())):
             return None
-        while not self.stop.is_set():
-            try:
-                return self.answers.get(timeout=_POLL)
-            except queue.Empty:
-                continue
-        return None
+        return answer_or_stop(self.answers, self.stop)
 
 
 if __name__ == "__main__":

@@ -7,9 +7,9 @@ default) or on a thread (:class:`~ingest.reader.StreamReader`). The main thread
 due (flush, progress, the end of the run) and keeps the run records
 (:class:`~ingest.run_record.RunRecord`). Batches are committed inline with a reader
 process (:class:`~ingest.batch_writer.InlineWriter`), else on a writer thread
-(:class:`~ingest.batch_writer.BatchWriter`). When the database is slow, the pipe or
-the queue fills, the reader blocks and the socket is no longer read: backpressure
-instead of unbounded buffering. Before every reconnect the reader asks the main
+(:class:`~ingest.batch_writer.BatchWriter`). When the database is slow, the pipe and
+the reader's outbox (or the queue) fill, the reader blocks and the socket is no longer
+read: backpressure instead of unbounded buffering. Before every reconnect the reader asks the main
 thread for the resume point, answered once everything received is committed.
 """
 
